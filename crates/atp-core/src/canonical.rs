@@ -1,0 +1,186 @@
+//! Strict I-JSON parsing (RFC 7493) and RFC 8785 canonical bytes.
+//!
+//! `serde_json::Value` silently keeps the last of duplicate keys and accepts integers that a
+//! double cannot hold, so two parties could hash different things from the same bytes. Input is
+//! therefore parsed through [`parse_strict`], which refuses both, before anything is signed
+//! checked, hashed or stored.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Largest integer magnitude an IEEE 754 double holds exactly (2^53 - 1), the I-JSON bound.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("not JSON: {0}")]
+    Syntax(String),
+    #[error("not I-JSON: {0}")]
+    NotIJson(String),
+    #[error("cannot canonicalize: {0}")]
+    Canonicalize(String),
+}
+
+impl CanonicalError {
+    /// True when the input was JSON but broke an I-JSON rule (duplicate key, unsafe number).
+    pub fn is_i_json_violation(&self) -> bool {
+        matches!(self, Self::NotIJson(_))
+    }
+}
+
+const NOT_I_JSON: &str = "i-json:";
+
+struct Strict(Value);
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an I-JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Strict, E> {
+        if v.unsigned_abs() > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!(
+                "{NOT_I_JSON} integer {v} is beyond ±(2^53-1)"
+            )));
+        }
+        Ok(Strict(Value::Number(v.into())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Strict, E> {
+        if v > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!(
+                "{NOT_I_JSON} integer {v} is beyond ±(2^53-1)"
+            )));
+        }
+        Ok(Strict(Value::Number(v.into())))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Strict, E> {
+        Number::from_f64(v)
+            .map(|n| Strict(Value::Number(n)))
+            .ok_or_else(|| E::custom(format!("{NOT_I_JSON} number {v} is not finite")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(Value::Array(out)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "{NOT_I_JSON} duplicate member name {key:?}"
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(Strict(Value::Object(out)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+/// Parses `bytes` as I-JSON: valid UTF-8 JSON, no duplicate member names, integers within
+/// ±(2^53-1), nothing after the value. serde_json already refuses lone surrogates and
+/// nesting deeper than 128.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Strict::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(Strict(v)) => Ok(v),
+        Err(e) => {
+            let msg = e.to_string();
+            match msg.strip_prefix(NOT_I_JSON) {
+                Some(rest) => Err(CanonicalError::NotIJson(rest.trim().to_owned())),
+                None => Err(CanonicalError::Syntax(msg)),
+            }
+        }
+    }
+}
+
+/// RFC 8785 canonical bytes of a value that came from [`parse_strict`] (or was built in code).
+pub fn to_canonical(value: &Value) -> Result<Vec<u8>, CanonicalError> {
+    serde_json_canonicalizer::to_vec(value).map_err(|e| CanonicalError::Canonicalize(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_duplicate_keys_at_any_depth() {
+        let e = parse_strict(br#"{"a":1,"b":{"c":1,"c":2}}"#).unwrap_err();
+        assert!(e.is_i_json_violation(), "{e}");
+        assert!(e.to_string().contains("\"c\""), "{e}");
+    }
+
+    #[test]
+    fn refuses_integers_a_double_cannot_hold() {
+        assert!(parse_strict(b"9007199254740991").is_ok());
+        assert!(parse_strict(b"-9007199254740991").is_ok());
+        assert!(
+            parse_strict(b"9007199254740992")
+                .unwrap_err()
+                .is_i_json_violation()
+        );
+        assert!(
+            parse_strict(b"-9007199254740992")
+                .unwrap_err()
+                .is_i_json_violation()
+        );
+        assert!(
+            parse_strict(b"[18446744073709551615]")
+                .unwrap_err()
+                .is_i_json_violation()
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_not_i_json_violations() {
+        let e = parse_strict(b"{\"a\":").unwrap_err();
+        assert!(matches!(e, CanonicalError::Syntax(_)), "{e:?}");
+        assert!(matches!(
+            parse_strict(b"{} x").unwrap_err(),
+            CanonicalError::Syntax(_)
+        ));
+        assert!(matches!(
+            parse_strict(br#""\ud800""#).unwrap_err(),
+            CanonicalError::Syntax(_)
+        ));
+        assert!(matches!(
+            parse_strict(b"1e400").unwrap_err(),
+            CanonicalError::Syntax(_)
+        ));
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_and_normalises_numbers() {
+        let v =
+            parse_strict(br#"{ "b": [1.0, 1e3, "\u00e9"], "a": {"z": null, "y": true} }"#).unwrap();
+        assert_eq!(
+            String::from_utf8(to_canonical(&v).unwrap()).unwrap(),
+            r#"{"a":{"y":true,"z":null},"b":[1,1000,"é"]}"#
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! Admission of one submitted CloudEvent: parse strictly, validate against CloudEvents 1.0 and
+//! the audit `data` schema, check tenant and source, verify the DSSE signature.
+//!
+//! `admit` is a pure function of the submission and the source's registration (looked up by the
+//! caller beforehand). Its result is either an [`Admitted`] event, ready to be sealed into a
+//! record, or a [`Rejection`] with the contract's reason code.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::canonical::{self, CanonicalError};
+use crate::dsse::{self, DsseError, Envelope, SignedFields};
+use crate::names::PartitionKey;
+use crate::reason::{Reason, Rejection};
+use crate::registry::SourceRegistration;
+
+/// Longest CloudEvents `id` ATP takes (CONTRACT §2).
+pub const MAX_ID_LEN: usize = 128;
+/// Extension attributes that must be covered by the signature when present.
+pub const MUST_SIGN: [&str; 2] = ["sequence", "tenantid"];
+const CORE_ATTRIBUTES: [&str; 8] = [
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+];
+
+/// The audit payload every event's `data` carries (CONTRACT §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditData {
+    pub actor: Actor,
+    /// What was done: `CREATE`, `UPDATE`, `DELETE`, `READ`, `LOGIN`, ...
+    pub action: String,
+    pub resource: Resource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Flat JSON: string, number, boolean or null values only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Actor {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Resource {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// The part of [`AuditData`] every read model needs; permissive about extra members so that
+/// records admitted under a schema allowing them still project.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AuditFacets {
+    pub actor: Actor,
+    pub action: String,
+    pub resource: Resource,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// How the submission reached ATP, established by the shell (never by the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// Published straight to `atp.ingress.*` by a producer.
+    Nats,
+    /// Forwarded by the gateway for an authenticated token subject.
+    Gateway { subject: String },
+}
+
+/// A message as it arrived on `atp.ingress.<tenant>.<source>`.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    pub body: &'a [u8],
+    /// `content-type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// `ce-*` headers (binary mode), names lower-cased without the `ce-` prefix.
+    pub ce_headers: Vec<(String, String)>,
+    pub channel: Channel,
+}
+
+/// The `producer` object of a record: who signed and how the submitter authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerStamp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub auth: String,
+}
+
+/// An event that passed admission.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The event in structured form, as received (binary mode: its body as `data_base64`).
+    pub event: Map<String, Value>,
+    pub id: String,
+    pub sequence: Option<u64>,
+    pub occurred_at: DateTime<Utc>,
+    pub producer: ProducerStamp,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection::new(reason, detail)
+}
+
+fn malformed(e: CanonicalError) -> Rejection {
+    reject(Reason::Malformed, e.to_string())
+}
+
+/// Turns a binary-mode message into the structured form ATP stores.
+fn structured_from_binary(sub: &Submission<'_>) -> Map<String, Value> {
+    let mut event = Map::new();
+    for (name, value) in &sub.ce_headers {
+        event.insert(name.clone(), Value::String(value.clone()));
+    }
+    if let Some(ct) = sub.content_type {
+        event.insert("datacontenttype".to_owned(), Value::String(ct.to_owned()));
+    }
+    event.insert(
+        "data_base64".to_owned(),
+        Value::String(STANDARD.encode(sub.body)),
+    );
+    event
+}
+
+fn is_binary_mode(sub: &Submission<'_>) -> bool {
+    sub.ce_headers.iter().any(|(n, _)| n == "specversion")
+}
+
+fn string_attr<'e>(
+    event: &'e Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'e str>, Rejection> {
+    match event.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("attribute {name:?} must be a string"),
+        )),
+    }
+}
+
+fn required<'e>(event: &'e Map<String, Value>, name: &str) -> Result<&'e str, Rejection> {
+    match string_attr(event, name)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("required attribute {name:?} is missing"),
+        )),
+    }
+}
+
+/// CloudEvents' canonical string form of an extension value (strings as-is, others as JSON).
+fn ext_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks a submission against its source's registration.
+///
+/// `registration` is `None` when the tenant has no such source. `now` bounds nothing yet; it is
+/// passed so that key validity windows can be checked without reading a clock here.
+pub fn admit(
+    partition: &PartitionKey,
+    sub: &Submission<'_>,
+    registration: Option<&SourceRegistration>,
+) -> Result<Admitted, Rejection> {
+    let max = registration.map_or(crate::registry::DEFAULT_MAX_EVENT_BYTES, |r| {
+        r.max_event_bytes
+    });
+    if sub.body.len() > max {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("event is {} bytes; the limit is {max}", sub.body.len()),
+        ));
+    }
+
+    // 1. Parse into the structured form, strictly.
+    let binary = is_binary_mode(sub);
+    let (event, data_value, data_bytes) = if binary {
+        let data = canonical::parse_strict(sub.body).map_err(malformed)?;
+        (structured_from_binary(sub), data, sub.body.to_vec())
+    } else {
+        let Value::Object(event) = canonical::parse_strict(sub.body).map_err(malformed)? else {
+            return Err(reject(
+                Reason::Malformed,
+                "a structured-mode event must be a JSON object",
+            ));
+        };
+        let (data, bytes) = match (event.get("data"), event.get("data_base64")) {
+            (Some(_), Some(_)) => {
+                return Err(reject(
+                    Reason::SchemaValidationFailed,
+                    "an event carries either data or data_base64",
+                ));
+            }
+            (Some(d), None) => (d.clone(), canonical::to_canonical(d).map_err(malformed)?),
+            (None, Some(Value::String(b64))) => {
+                let bytes = STANDARD.decode(b64).map_err(|_| {
+                    reject(Reason::SchemaValidationFailed, "data_base64 is not base64")
+                })?;
+                (canonical::parse_strict(&bytes).map_err(malformed)?, bytes)
+            }
+            (None, Some(_)) => {
+                return Err(reject(
+                    Reason::SchemaValidationFailed,
+                    "data_base64 must be a string",
+                ));
+            }
+            (None, None) => {
+                return Err(reject(
+                    Reason::SchemaValidationFailed,
+                    "required attribute \"data\" is missing",
+                ));
+            }
+        };
+        (event, data, bytes)
+    };
+
+    // 2. CloudEvents 1.0 context attributes.
+    let specversion = required(&event, "specversion")?;
+    if specversion != "1.0" {
+        return Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("specversion {specversion:?} is not \"1.0\""),
+        ));
+    }
+    let id = required(&event, "id")?;
+    if id.len() > MAX_ID_LEN {
+        return Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("id is {} bytes; at most {MAX_ID_LEN}", id.len()),
+        ));
+    }
+    let source = required(&event, "source")?;
+    let ty = required(&event, "type")?;
+    let time_str = required(&event, "time")?;
+    let occurred_at = DateTime::parse_from_rfc3339(time_str)
+        .map_err(|e| {
+            reject(
+                Reason::SchemaValidationFailed,
+                format!("time {time_str:?} is not RFC 3339: {e}"),
+            )
+        })?
+        .with_timezone(&Utc);
+    let datacontenttype = required(&event, "datacontenttype")?;
+    if datacontenttype != "application/json" {
+        return Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("datacontenttype {datacontenttype:?} is not \"application/json\""),
+        ));
+    }
+    let dataschema = string_attr(&event, "dataschema")?;
+    let subject = string_attr(&event, "subject")?;
+    // The SDK's own model is the second opinion on the attribute set (types, URI-reference).
+    if !binary {
+        check_with_sdk(&event)?;
+    }
+
+    // 3. Tenant and source.
+    if let Some(t) = event.get("tenantid") {
+        let claimed = ext_string(t);
+        if claimed != partition.tenant.as_str() {
+            return Err(reject(
+                Reason::TenantMismatch,
+                format!(
+                    "tenantid {claimed:?} is not the tenant {:?} of the subject",
+                    partition.tenant.as_str()
+                ),
+            ));
+        }
+    }
+    let Some(reg) = registration else {
+        return Err(reject(
+            Reason::UnknownSource,
+            format!(
+                "source {:?} is not registered for tenant {:?}",
+                partition.source.as_str(),
+                partition.tenant.as_str()
+            ),
+        ));
+    };
+    if source != reg.source_uri {
+        return Err(reject(
+            Reason::SourceMismatch,
+            format!(
+                "source {source:?} is not {:?}, the URI registered for {:?}",
+                reg.source_uri,
+                reg.source_id.as_str()
+            ),
+        ));
+    }
+    let sequence = match event.get("sequence") {
+        None => None,
+        Some(v) => {
+            let s = ext_string(v);
+            let ok = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+            Some(s.parse::<u64>().ok().filter(|_| ok).ok_or_else(|| {
+                reject(
+                    Reason::SchemaValidationFailed,
+                    format!("sequence {s:?} is not a decimal string"),
+                )
+            })?)
+        }
+    };
+
+    // 4. Signature.
+    let producer = match event.get("dssematerial") {
+        None | Some(Value::Null) => match &sub.channel {
+            Channel::Gateway { subject } => ProducerStamp {
+                key_id: None,
+                auth: format!("token:{subject}"),
+            },
+            Channel::Nats if reg.allow_unsigned => ProducerStamp {
+                key_id: None,
+                auth: "nats:unsigned".to_owned(),
+            },
+            Channel::Nats => {
+                return Err(reject(
+                    Reason::SignatureMissing,
+                    "events published on NATS must carry dssematerial",
+                ));
+            }
+        },
+        Some(material) => {
+            let Value::String(material) = material else {
+                return Err(reject(
+                    Reason::SignatureInvalid,
+                    "dssematerial must be a string",
+                ));
+            };
+            let extensions = signed_extensions(&event)?;
+            let ext_pairs: Vec<(&str, &str)> = extensions
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let fields = SignedFields {
+                id: Some(id),
+                source: Some(source),
+                specversion: Some(specversion),
+                ty: Some(ty),
+                datacontenttype: Some(datacontenttype),
+                dataschema,
+                subject,
+                time: Some(occurred_at),
+                data: &data_bytes,
+                extensions: ext_pairs,
+            };
+            let expected = dsse::verification_material(&fields);
+            let envelope = Envelope::decode(material)
+                .map_err(|e| reject(Reason::SignatureInvalid, e.to_string()))?;
+            let keys: Vec<(String, Option<VerifyingKey>, bool)> = reg
+                .keys
+                .iter()
+                .map(|k| (k.key_id.clone(), k.verifying_key(), k.revoked_at.is_some()))
+                .collect();
+            // A signature by a revoked key is refused as such, before trying the live keys.
+            if let Some((kid, _, _)) = envelope.signatures.iter().find_map(|(kid, _)| {
+                let kid = kid.as_deref()?;
+                keys.iter().find(|(k, _, revoked)| k == kid && *revoked)
+            }) {
+                return Err(reject(
+                    Reason::KeyRevoked,
+                    format!("key {kid:?} is revoked"),
+                ));
+            }
+            let key_id = envelope
+                .verify(&expected, |kid| {
+                    keys.iter()
+                        .find(|(k, _, revoked)| k == kid && !revoked)
+                        .and_then(|(_, vk, _)| vk.as_ref())
+                })
+                .map_err(|e| match e {
+                    DsseError::UnknownKey(_) => reject(Reason::UnknownKey, e.to_string()),
+                    other => reject(Reason::SignatureInvalid, other.to_string()),
+                })?;
+            let auth = match &sub.channel {
+                Channel::Nats => "dsse-ed25519".to_owned(),
+                Channel::Gateway { subject } => format!("dsse-ed25519;token:{subject}"),
+            };
+            ProducerStamp {
+                key_id: Some(key_id),
+                auth,
+            }
+        }
+    };
+
+    // 5. The audit payload.
+    check_data(&data_value, reg.allow_unknown_data_fields)?;
+
+    Ok(Admitted {
+        id: id.to_owned(),
+        sequence,
+        occurred_at,
+        producer,
+        event,
+    })
+}
+
+/// The signed extension attributes, validated per the extension's `signedextattrs` rules, plus
+/// ATP's own: `sequence` and `tenantid` must be signed when present.
+fn signed_extensions(event: &Map<String, Value>) -> Result<Vec<(String, String)>, Rejection> {
+    let list = match event.get("signedextattrs") {
+        None => Vec::new(),
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(Value::String(s)) => s.split(',').map(str::to_owned).collect(),
+        Some(_) => {
+            return Err(reject(
+                Reason::SignatureInvalid,
+                "signedextattrs must be a string",
+            ));
+        }
+    };
+    let mut out: Vec<(String, String)> = Vec::with_capacity(list.len());
+    for name in list {
+        let bad = CORE_ATTRIBUTES.contains(&name.as_str())
+            || name == "dssematerial"
+            || name == "signedextattrs"
+            || out.iter().any(|(n, _)| *n == name);
+        if bad {
+            return Err(reject(
+                Reason::SignatureInvalid,
+                format!("signedextattrs may not list {name:?}"),
+            ));
+        }
+        let value = event.get(&name).map(ext_string).unwrap_or_default();
+        out.push((name, value));
+    }
+    for must in MUST_SIGN {
+        if event.contains_key(must) && !out.iter().any(|(n, _)| n == must) {
+            return Err(reject(
+                Reason::SignatureInvalid,
+                format!("extension {must:?} is present but not signed"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn check_with_sdk(event: &Map<String, Value>) -> Result<(), Rejection> {
+    let mut attrs = event.clone();
+    // The SDK models data itself; the attribute set is what it is asked about here.
+    attrs.remove("data");
+    attrs.remove("data_base64");
+    serde_json::from_value::<cloudevents::Event>(Value::Object(attrs))
+        .map(|_| ())
+        .map_err(|e| {
+            reject(
+                Reason::SchemaValidationFailed,
+                format!("not a CloudEvent: {e}"),
+            )
+        })
+}
+
+fn check_data(data: &Value, allow_unknown: bool) -> Result<(), Rejection> {
+    if !data.is_object() {
+        return Err(reject(
+            Reason::SchemaValidationFailed,
+            "data must be a JSON object",
+        ));
+    }
+    let facets: AuditFacets = if allow_unknown {
+        AuditFacets::deserialize(data)
+            .map_err(|e| reject(Reason::SchemaValidationFailed, format!("data: {e}")))?
+    } else {
+        let d = AuditData::deserialize(data)
+            .map_err(|e| reject(Reason::SchemaValidationFailed, format!("data: {e}")))?;
+        AuditFacets {
+            actor: d.actor,
+            action: d.action,
+            resource: d.resource,
+            outcome: d.outcome,
+            attributes: d.attributes,
+        }
+    };
+    if let Some(attrs) = &facets.attributes {
+        if let Some((k, _)) = attrs.iter().find(|(_, v)| v.is_object() || v.is_array()) {
+            return Err(reject(
+                Reason::SchemaValidationFailed,
+                format!(
+                    "data.attributes.{k}: attributes are flat (string, number, boolean or null)"
+                ),
+            ));
+        }
+    }
+    for (path, v) in [
+        ("data.actor.id", &facets.actor.id),
+        ("data.action", &facets.action),
+        ("data.resource.type", &facets.resource.ty),
+        ("data.resource.id", &facets.resource.id),
+    ] {
+        if v.is_empty() {
+            return Err(reject(
+                Reason::SchemaValidationFailed,
+                format!("{path} must not be empty"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the audit facets of an event in stored (structured) form, for projections.
+pub fn facets_of(event: &Value) -> Option<AuditFacets> {
+    match (event.get("data"), event.get("data_base64")) {
+        (Some(d), _) => AuditFacets::deserialize(d).ok(),
+        (None, Some(Value::String(b64))) => {
+            let bytes = STANDARD.decode(b64).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        }
+        _ => None,
+    }
+}
+
+/// JSON Schema of the audit payload, for producers' engineers and the docs.
+pub fn audit_data_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(AuditData)).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! Admission: the happy paths and one test per reason code.
+
+use base64::Engine as _;
+use chrono::{TimeZone, Utc};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::names::{SourceId, TenantId};
+use crate::partition::{Decision, PartitionState, Stamps};
+use crate::policy::PolicyStamp;
+use crate::producer::{example_event, sign_structured};
+use crate::registry::ProducerKey;
+
+const URI: &str = "https://crm.example.com/core";
+
+fn partition() -> PartitionKey {
+    PartitionKey::new(
+        TenantId::new("acme").unwrap(),
+        SourceId::new("crm").unwrap(),
+    )
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42u8; 32])
+}
+
+fn registration() -> SourceRegistration {
+    let mut r = SourceRegistration::new(
+        TenantId::new("acme").unwrap(),
+        SourceId::new("crm").unwrap(),
+        URI,
+    );
+    r.keys.push(ProducerKey {
+        key_id: "k1".to_owned(),
+        public_key: key().verifying_key().to_bytes(),
+        created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        revoked_at: None,
+    });
+    r
+}
+
+fn event(id: &str) -> Map<String, Value> {
+    example_event(
+        id,
+        URI,
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+        "alice",
+        "UPDATE",
+    )
+}
+
+fn signed(mut e: Map<String, Value>) -> Vec<u8> {
+    sign_structured(&mut e, &key(), "k1").unwrap();
+    serde_json::to_vec(&e).unwrap()
+}
+
+fn nats(body: &[u8]) -> Submission<'_> {
+    Submission {
+        body,
+        content_type: Some("application/cloudevents+json"),
+        ce_headers: vec![],
+        channel: Channel::Nats,
+    }
+}
+
+fn admit_bytes(body: &[u8]) -> Result<Admitted, Rejection> {
+    admit(&partition(), &nats(body), Some(&registration()))
+}
+
+fn reason_of(body: &[u8]) -> Reason {
+    match admit_bytes(body) {
+        Ok(_) => panic!("expected a rejection"),
+        Err(r) => r.reason,
+    }
+}
+
+#[test]
+fn a_signed_structured_event_is_admitted_as_received() {
+    let body = signed(event("e1"));
+    let a = admit_bytes(&body).unwrap();
+    assert_eq!(a.id, "e1");
+    assert_eq!(
+        a.producer,
+        ProducerStamp {
+            key_id: Some("k1".to_owned()),
+            auth: "dsse-ed25519".to_owned()
+        }
+    );
+    assert_eq!(
+        Value::Object(a.event),
+        serde_json::from_slice::<Value>(&body).unwrap()
+    );
+}
+
+#[test]
+fn signed_sequence_and_tenantid_are_accepted_and_parsed() {
+    let mut e = event("e1");
+    e.insert("sequence".into(), json!("17"));
+    e.insert("tenantid".into(), json!("acme"));
+    let a = admit_bytes(&signed(e)).unwrap();
+    assert_eq!(a.sequence, Some(17));
+}
+
+#[test]
+fn binary_mode_is_stored_structured_with_the_body_byte_for_byte() {
+    let data = br#"{"actor":{"id":"bob","type":"user"},"action":"LOGIN","resource":{"type":"Session","id":"s1"}}"#;
+    let time = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+    let material = crate::dsse::verification_material(&crate::dsse::SignedFields {
+        id: Some("b1"),
+        source: Some(URI),
+        specversion: Some("1.0"),
+        ty: Some("com.example.login"),
+        datacontenttype: Some("application/json"),
+        time: Some(time),
+        data,
+        ..Default::default()
+    });
+    let headers = vec![
+        ("specversion".to_owned(), "1.0".to_owned()),
+        ("id".to_owned(), "b1".to_owned()),
+        ("source".to_owned(), URI.to_owned()),
+        ("type".to_owned(), "com.example.login".to_owned()),
+        ("time".to_owned(), "2026-11-23T10:00:00Z".to_owned()),
+        (
+            "dssematerial".to_owned(),
+            crate::dsse::sign(&material, &key(), "k1"),
+        ),
+    ];
+    let sub = Submission {
+        body: data,
+        content_type: Some("application/json"),
+        ce_headers: headers,
+        channel: Channel::Nats,
+    };
+    let a = admit(&partition(), &sub, Some(&registration())).unwrap();
+    let stored = a.event.get("data_base64").and_then(Value::as_str).unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .unwrap(),
+        data.to_vec()
+    );
+    assert_eq!(
+        a.event.get("datacontenttype"),
+        Some(&json!("application/json"))
+    );
+    assert_eq!(facets_of(&Value::Object(a.event)).unwrap().action, "LOGIN");
+}
+
+#[test]
+fn gateway_submissions_may_be_unsigned_and_are_attributed_to_the_token() {
+    let body = serde_json::to_vec(&event("e1")).unwrap();
+    let sub = Submission {
+        body: &body,
+        content_type: None,
+        ce_headers: vec![],
+        channel: Channel::Gateway {
+            subject: "svc-billing".to_owned(),
+        },
+    };
+    let a = admit(&partition(), &sub, Some(&registration())).unwrap();
+    assert_eq!(
+        a.producer,
+        ProducerStamp {
+            key_id: None,
+            auth: "token:svc-billing".to_owned()
+        }
+    );
+}
+
+#[test]
+fn malformed_json() {
+    assert_eq!(reason_of(b"{\"specversion\":"), Reason::Malformed);
+    assert_eq!(reason_of(b"[1,2]"), Reason::Malformed);
+}
+
+#[test]
+fn duplicate_keys_and_unsafe_numbers_are_malformed() {
+    let body = signed(event("e1"));
+    let text = String::from_utf8(body).unwrap();
+    let dup = text.replacen("\"id\":\"e1\"", "\"id\":\"e1\",\"id\":\"e2\"", 1);
+    assert_eq!(reason_of(dup.as_bytes()), Reason::Malformed);
+    let big = text.replacen("\"amount\":12.5", "\"amount\":9007199254740993", 1);
+    assert_ne!(big, text);
+    assert_eq!(reason_of(big.as_bytes()), Reason::Malformed);
+}
+
+#[test]
+fn missing_required_attributes() {
+    for attr in [
+        "id",
+        "source",
+        "type",
+        "time",
+        "specversion",
+        "datacontenttype",
+        "data",
+    ] {
+        let mut e = event("e1");
+        e.remove(attr);
+        let r = admit_bytes(&signed(e)).unwrap_err();
+        assert_eq!(r.reason, Reason::SchemaValidationFailed, "{attr}: {r}");
+    }
+}
+
+#[test]
+fn data_outside_the_audit_schema_names_the_offender() {
+    let mut e = event("e1");
+    e.get_mut("data")
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .insert("surprise".into(), json!(1));
+    let r = admit_bytes(&signed(e)).unwrap_err();
+    assert_eq!(r.reason, Reason::SchemaValidationFailed);
+    assert!(r.detail.contains("surprise"), "{r}");
+    let mut nested = event("e2");
+    nested["data"]["attributes"]["deep"] = json!({"x": 1});
+    let r = admit_bytes(&signed(nested)).unwrap_err();
+    assert!(r.detail.contains("data.attributes.deep"), "{r}");
+}
+
+#[test]
+fn unsigned_on_nats() {
+    assert_eq!(
+        reason_of(&serde_json::to_vec(&event("e1")).unwrap()),
+        Reason::SignatureMissing
+    );
+}
+
+#[test]
+fn bad_signature_after_tampering() {
+    let mut e: Map<String, Value> = serde_json::from_slice(&signed(event("e1"))).unwrap();
+    e["data"]["action"] = json!("DELETE");
+    assert_eq!(
+        reason_of(&serde_json::to_vec(&e).unwrap()),
+        Reason::SignatureInvalid
+    );
+}
+
+#[test]
+fn unsigned_sequence_is_a_bad_signature() {
+    let mut e = event("e1");
+    sign_structured(&mut e, &key(), "k1").unwrap();
+    e.insert("sequence".into(), json!("5"));
+    assert_eq!(
+        reason_of(&serde_json::to_vec(&e).unwrap()),
+        Reason::SignatureInvalid
+    );
+}
+
+#[test]
+fn unknown_key() {
+    let mut e = event("e1");
+    sign_structured(&mut e, &key(), "k-unknown").unwrap();
+    assert_eq!(
+        reason_of(&serde_json::to_vec(&e).unwrap()),
+        Reason::UnknownKey
+    );
+}
+
+#[test]
+fn revoked_key() {
+    let mut reg = registration();
+    reg.keys[0].revoked_at = Some(Utc::now());
+    let body = signed(event("e1"));
+    let r = admit(&partition(), &nats(&body), Some(&reg)).unwrap_err();
+    assert_eq!(r.reason, Reason::KeyRevoked);
+}
+
+#[test]
+fn tenant_mismatch() {
+    let mut e = event("e1");
+    e.insert("tenantid".into(), json!("globex"));
+    assert_eq!(reason_of(&signed(e)), Reason::TenantMismatch);
+}
+
+#[test]
+fn oversize() {
+    let mut e = event("e1");
+    e["data"]["attributes"]["blob"] = json!("x".repeat(70_000));
+    assert_eq!(reason_of(&signed(e)), Reason::TooLarge);
+}
+
+#[test]
+fn unknown_and_mismatched_sources() {
+    let body = signed(event("e1"));
+    assert_eq!(
+        admit(&partition(), &nats(&body), None).unwrap_err().reason,
+        Reason::UnknownSource
+    );
+    let mut e = event("e1");
+    e.insert("source".into(), json!("https://elsewhere.example"));
+    assert_eq!(reason_of(&signed(e)), Reason::SourceMismatch);
+}
+
+fn stamps(n: u8) -> Stamps {
+    Stamps {
+        record_id: format!("01JD00000000000000000000{n:02}"),
+        received_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+        committed_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 1).unwrap(),
+        policy: PolicyStamp::default(),
+    }
+}
+
+fn with_seq(id: &str, seq: u64) -> Admitted {
+    let mut e = event(id);
+    e.insert("sequence".into(), json!(seq.to_string()));
+    admit_bytes(&signed(e)).unwrap()
+}
+
+#[test]
+fn sequence_regression_unless_exact_duplicate() {
+    let mut p = PartitionState::genesis(partition());
+    let first = p.append(&with_seq("e5", 5), 1, stamps(1)).unwrap();
+    assert_eq!(first.link.index, 0);
+    assert_eq!(first.link.prev_hash, crate::chain::genesis(&partition()));
+    let second = p.append(&with_seq("e9", 9), 2, stamps(2)).unwrap();
+    assert_eq!(second.link.prev_hash, first.link.chain_hash);
+    assert!(matches!(p.decide(&with_seq("e5", 5)), Decision::Duplicate(r) if r.chain_index == 0));
+    assert!(
+        matches!(p.decide(&with_seq("e7", 7)), Decision::Reject(r) if r.reason == Reason::SequenceRegression)
+    );
+    assert_eq!(p.decide(&with_seq("e10", 10)), Decision::Append);
+    assert_eq!((p.seq_hwm, p.ledger_cursor, p.next_index), (Some(9), 2, 2));
+}
+
+#[test]
+fn the_audit_schema_is_published() {
+    let s = audit_data_schema();
+    assert_eq!(s["additionalProperties"], json!(false), "{s}");
+    assert!(s["required"].as_array().unwrap().contains(&json!("actor")));
+}

@@ -1,0 +1,23 @@
+//! ATP's pure domain core: names, canonical bytes, digests, hash chains, signed CloudEvents,
+//! policy stamping, records and reason codes.
+//!
+//! Architecture invariant: this crate performs no I/O and depends on no async runtime, no
+//! sqlx and no async-nats. Everything here is a function of its arguments, so it is tested
+//! with known-answer vectors and property tests alone.
+
+pub mod canonical;
+pub mod chain;
+pub mod dsse;
+pub mod event;
+pub mod names;
+pub mod partition;
+pub mod policy;
+pub mod producer;
+pub mod reason;
+pub mod record;
+pub mod registry;
+
+pub use chain::{ChainLink, Digest};
+pub use names::{PartitionKey, SourceId, TenantId};
+pub use reason::{Reason, Rejection};
+pub use record::{Record, SealedRecord};

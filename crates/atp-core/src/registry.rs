@@ -1,0 +1,85 @@
+//! The producer registry: which sources a tenant has, the CloudEvents `source` each stands for,
+//! and the Ed25519 keys allowed to sign its events.
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{SourceId, TenantId};
+
+/// Events larger than this are `TOO_LARGE` unless the source's registration says otherwise.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerKey {
+    pub key_id: String,
+    /// Raw 32-byte Ed25519 public key, base64 (standard alphabet) on the wire.
+    #[serde(with = "b64_key")]
+    pub public_key: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ProducerKey {
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        VerifyingKey::from_bytes(&self.public_key).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRegistration {
+    pub tenant_id: TenantId,
+    pub source_id: SourceId,
+    /// The CloudEvents `source` attribute this source's events carry.
+    pub source_uri: String,
+    #[serde(default)]
+    pub keys: Vec<ProducerKey>,
+    /// Direct NATS submissions must be signed unless this is set (CONTRACT §2).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    #[serde(default = "default_max")]
+    pub max_event_bytes: usize,
+    /// Accept top-level `data` members outside the audit schema.
+    #[serde(default)]
+    pub allow_unknown_data_fields: bool,
+}
+
+fn default_max() -> usize {
+    DEFAULT_MAX_EVENT_BYTES
+}
+
+impl SourceRegistration {
+    pub fn new(tenant_id: TenantId, source_id: SourceId, source_uri: impl Into<String>) -> Self {
+        Self {
+            tenant_id,
+            source_id,
+            source_uri: source_uri.into(),
+            keys: Vec::new(),
+            allow_unsigned: false,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            allow_unknown_data_fields: false,
+        }
+    }
+    pub fn key(&self, key_id: &str) -> Option<&ProducerKey> {
+        self.keys.iter().find(|k| k.key_id == key_id)
+    }
+}
+
+mod b64_key {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(k))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let v = STANDARD.decode(s).map_err(serde::de::Error::custom)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("an Ed25519 public key is 32 bytes"))
+    }
+}
