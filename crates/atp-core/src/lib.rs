@@ -5,6 +5,7 @@
 //! sqlx and no async-nats. Everything here is a function of its arguments, so it is tested
 //! with known-answer vectors and property tests alone.
 
+pub mod attestation;
 pub mod canonical;
 pub mod chain;
 pub mod dsse;

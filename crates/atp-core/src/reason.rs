@@ -95,3 +95,36 @@ mod tests {
         }
     }
 }
+
+/// What ATP_REJECTED stores for a refused submission (CONTRACT §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionEnvelope {
+    pub reason: Reason,
+    pub detail: String,
+    pub ingress_seq: u64,
+    pub tenant_id: String,
+    pub source_id: String,
+    pub received_at: String,
+    pub rejected_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// `json` when `event` is the submission itself, `base64` when it was not I-JSON and
+    /// `event` is its bytes in base64.
+    pub event_encoding: String,
+    pub event: serde_json::Value,
+}
+
+impl RejectionEnvelope {
+    /// Keeps the submission as received: as JSON when it is I-JSON, else base64 of its bytes.
+    pub fn event_from_bytes(body: &[u8]) -> (String, serde_json::Value) {
+        use base64::Engine as _;
+        match crate::canonical::parse_strict(body) {
+            Ok(v) => ("json".to_owned(), v),
+            Err(_) => (
+                "base64".to_owned(),
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+            ),
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! ATP's NATS JetStream adapter: subjects, stream definitions, atomic appends, the producer
+//! registry, and the connection with its server-version check.
+//!
+//! Architecture invariant: nothing outside this crate spells a subject or publishes to
+//! JetStream with raw headers; roles call the functions here.
+
+pub mod batch;
+pub mod connect;
+pub mod headers;
+pub mod registry;
+pub mod streams;
+pub mod subjects;
+
+pub use async_nats;
+pub use batch::{AppendError, Outgoing, publish_atomic};
+pub use connect::{ConnectError, MIN_SERVER_VERSION, connect};

@@ -1,0 +1,81 @@
+//! Connecting to NATS, and refusing servers too old for ATP's stream settings.
+
+use async_nats::{Client, ConnectOptions};
+
+/// nats-server 2.14 is the oldest with every stream setting ATP relies on (atomic batches from
+/// 2.12, and the fixes after). Older servers, such as Debian's 2.9.10, accept those settings and
+/// silently ignore them, which would quietly drop ATP's no-fork guarantee.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 14, 0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "nats-server {found} at {url} is too old: ATP needs >= {}.{}.{} (run ops/bin/install-nats-server for a pinned build)",
+        MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2
+    )]
+    TooOld { url: String, found: String },
+    #[error("cannot read credentials {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Connects as `name` (shown in the server's connection list) and checks the server version.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    credentials: Option<&str>,
+) -> Result<Client, ConnectError> {
+    let mut opts = ConnectOptions::new().name(name);
+    if let Some(path) = credentials {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    let client = opts
+        .connect(url)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    let found = client.server_info().version;
+    match parse_version(&found) {
+        Some(v) if v >= MIN_SERVER_VERSION => Ok(client),
+        _ => Err(ConnectError::TooOld {
+            url: url.to_owned(),
+            found,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.14.0-RC.1"), Some((2, 14, 0)));
+        assert!(parse_version("2.9.10").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("2.10.0").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("3.0").unwrap() >= MIN_SERVER_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,672 @@
+//! The ingest role: ATP_INGRESS → verify, validate, canonicalise, stamp, chain → ATP_LEDGER
+//! (accepted) or ATP_REJECTED (refused).
+//!
+//! Exactly-once without a side store. Ingress is read in order from a resume hint. For each
+//! partition the worker knows, from the ledger's tail alone, the highest ingress sequence
+//! already recorded (`Atp-Ingress-Seq` on the last ledger message) and, from ATP_REJECTED's
+//! tail, the highest already refused. Anything at or below those is skipped on re-reading, so a
+//! crash at any point re-does only what never became durable. Within a batch a partition's
+//! rejections are committed before its records: then "ingress seq ≤ ledger cursor" means
+//! handled, whatever the outcome.
+//!
+//! No forks. Each partition's records go out as one atomic batch whose first message expects
+//! the ledger subject's last sequence as this worker read it. A second worker that appended in
+//! between makes the batch fail whole; the worker then forgets the partition, re-reads its tail
+//! and handles the batch again, now skipping what the other worker recorded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::{Context, Message};
+use atp_core::event::{Channel, Submission, admit};
+use atp_core::partition::{Decision, PartitionState, RecordRef, Stamps};
+use atp_core::policy::PolicyStamp;
+use atp_core::reason::RejectionEnvelope;
+use atp_core::record::{self, timestamp};
+use atp_core::{PartitionKey, Reason, Rejection, SourceId, TenantId, attestation};
+use atp_nats::registry::RegistryCache;
+use atp_nats::{AppendError, Outgoing, headers, publish_atomic, streams, subjects};
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::Utc;
+use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
+
+use crate::reader::{BatchHandler, ReadSpec, Role};
+use crate::{RoleError, to_chrono};
+
+/// A worker's share of the partitions: those whose key hashes to `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `k/n`, e.g. `0/2`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (k, n) = s.split_once('/')?;
+        let (index, count) = (k.parse().ok()?, n.parse().ok()?);
+        (count > 0 && index < count).then_some(Self { index, count })
+    }
+
+    /// FNV-1a: stable across processes and versions, which a std hasher is not.
+    pub fn owns(&self, partition_subject_key: &str) -> bool {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in partition_subject_key.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % self.count == self.index
+    }
+
+    fn label(&self) -> String {
+        format!("{}-of-{}", self.index, self.count)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub shard: Shard,
+    /// Messages handled per batch. At most the 1000 of an atomic batch, since one partition may
+    /// fill a whole batch; 1000 is also where JetStream's batch throughput levels off.
+    pub batch_max: usize,
+    /// How far back a partition's tail is read for duplicate ids when the worker (re)loads it.
+    pub dedupe_window: Duration,
+    /// The gateway's attestation key; without it gateway-forwarded submissions are refused.
+    pub gateway_key: Option<VerifyingKey>,
+    pub policy: PolicyStamp,
+    /// Partitions committed concurrently. JetStream allows 50 atomic batches in flight per stream.
+    pub parallel_appends: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            shard: Shard::ALL,
+            batch_max: atp_nats::batch::MAX_BATCH,
+            dedupe_window: Duration::from_secs(600),
+            gateway_key: None,
+            policy: PolicyStamp::default(),
+            parallel_appends: 16,
+        }
+    }
+}
+
+/// What the worker knows of one partition.
+struct Part {
+    /// `None` for subjects whose tokens are not valid names: those only ever get rejections.
+    chain: Option<PartitionState>,
+    /// Stream sequence of the last message on the partition's ledger subject (0 = none).
+    ledger_tail: u64,
+    /// Highest ingress sequence already refused, and the rejected subject's last sequence.
+    rejected_cursor: u64,
+    rejected_tail: u64,
+}
+
+impl Part {
+    fn ledger_cursor(&self) -> u64 {
+        self.chain.as_ref().map_or(0, |c| c.ledger_cursor)
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    ledger_subject: String,
+    rejected_subject: String,
+    records: Vec<Outgoing>,
+    rejections: Vec<Outgoing>,
+}
+
+/// Counters for one batch, logged and (later) exported as metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchStats {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub skipped: u64,
+}
+
+pub struct Ingest {
+    js: Context,
+    ledger: Stream,
+    rejected: Stream,
+    registry: RegistryCache,
+    progress: Store,
+    cfg: IngestConfig,
+    parts: HashMap<String, Part>,
+    /// Totals since start, for tests and the benchmark.
+    pub totals: Arc<std::sync::Mutex<BatchStats>>,
+}
+
+fn retry(what: &str) -> impl Fn(String) -> RoleError + '_ {
+    move |e| RoleError::Retry(format!("{what}: {e}"))
+}
+
+impl Ingest {
+    pub async fn new(js: Context, cfg: IngestConfig) -> Result<Self, RoleError> {
+        let fatal = |e: String| RoleError::Fatal(e);
+        let ledger = js
+            .get_stream(streams::LEDGER)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        let rejected = js
+            .get_stream(streams::REJECTED)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        let producers = js
+            .get_key_value(streams::PRODUCERS_BUCKET)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        let progress = js
+            .get_key_value(streams::INGEST_BUCKET)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        let registry = RegistryCache::start(producers)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        Ok(Self {
+            js,
+            ledger,
+            rejected,
+            registry,
+            progress,
+            cfg,
+            parts: HashMap::new(),
+            totals: Arc::default(),
+        })
+    }
+
+    fn progress_key(&self) -> String {
+        format!("progress.{}", self.cfg.shard.label())
+    }
+
+    /// Reads a partition's state from the ledger's and the rejected stream's tails.
+    async fn load(
+        &self,
+        tenant: &str,
+        source: &str,
+        key: Option<&PartitionKey>,
+    ) -> Result<Part, RoleError> {
+        let rejected_subject = subjects::rejected_raw(tenant, source);
+        let (rejected_cursor, rejected_tail) =
+            match last_on(&self.rejected, &rejected_subject).await? {
+                None => (0, 0),
+                Some((seq, headers, _, _)) => {
+                    (header_u64(&headers, headers::INGRESS_SEQ).unwrap_or(0), seq)
+                }
+            };
+        let Some(key) = key else {
+            return Ok(Part {
+                chain: None,
+                ledger_tail: 0,
+                rejected_cursor,
+                rejected_tail,
+            });
+        };
+        let ledger_subject = subjects::ledger(key);
+        let (mut chain, ledger_tail, tail_time) = match last_on(&self.ledger, &ledger_subject)
+            .await?
+        {
+            None => (PartitionState::genesis(key.clone()), 0, None),
+            Some((seq, headers, payload, time)) => {
+                let opened = record::open(&payload, false).map_err(|e| {
+                    tracing::error!(partition = %key, ledger_seq = seq, error = %e, "ledger tail does not parse");
+                    RoleError::Fatal(format!("ledger tail of {key} at {seq} does not parse: {e}"))
+                })?;
+                let state = PartitionState::resume(
+                    key.clone(),
+                    opened.record.chain_index,
+                    opened.link.chain_hash,
+                    header_u64(&headers, headers::SEQ_HWM),
+                    header_u64(&headers, headers::INGRESS_SEQ).unwrap_or(0),
+                );
+                (state, seq, Some(time))
+            }
+        };
+        // Duplicate ids within the window are recognised after a restart too.
+        let window_start = time::OffsetDateTime::now_utc() - self.cfg.dedupe_window;
+        if tail_time.is_some_and(|t| t >= window_start) {
+            self.warm_recent_ids(&ledger_subject, ledger_tail, window_start, &mut chain)
+                .await?;
+        }
+        Ok(Part {
+            chain: Some(chain),
+            ledger_tail,
+            rejected_cursor,
+            rejected_tail,
+        })
+    }
+
+    async fn warm_recent_ids(
+        &self,
+        subject: &str,
+        until_seq: u64,
+        from: time::OffsetDateTime,
+        chain: &mut PartitionState,
+    ) -> Result<(), RoleError> {
+        let consumer = self
+            .ledger
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+        let mut msgs = consumer
+            .messages()
+            .await
+            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .map_err(|_| RoleError::Retry("timed out reading a partition tail".to_owned()))?
+        {
+            let m = m.map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(until_seq);
+            if let Ok(opened) = record::open(&m.payload, false) {
+                if let Some(id) = opened.record.event.get("id").and_then(|v| v.as_str()) {
+                    chain.remember(
+                        id.to_owned(),
+                        RecordRef {
+                            chain_index: opened.record.chain_index,
+                            record_id: opened.record.record_id.clone(),
+                            digest: opened.link.digest,
+                        },
+                    );
+                }
+            }
+            if seq >= until_seq {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which channel a submission came by; a gateway claim must carry a valid attestation.
+    fn channel(
+        &self,
+        subject: &str,
+        h: Option<&HeaderMap>,
+        body: &[u8],
+    ) -> Result<Channel, Rejection> {
+        let get = |n: &str| h.and_then(|h| h.get(n)).map(|v| v.as_str().to_owned());
+        match (get(headers::GATEWAY_SUBJECT), get(headers::GATEWAY_MAC)) {
+            (None, None) => Ok(Channel::Nats),
+            (Some(token_subject), Some(sig)) => {
+                let sig = base64::engine::general_purpose::STANDARD
+                    .decode(sig)
+                    .unwrap_or_default();
+                match &self.cfg.gateway_key {
+                    Some(k) if attestation::verify(k, subject, &token_subject, body, &sig) => {
+                        Ok(Channel::Gateway {
+                            subject: token_subject,
+                        })
+                    }
+                    _ => Err(Rejection::new(
+                        Reason::PolicyDenied,
+                        "the gateway attestation does not verify",
+                    )),
+                }
+            }
+            _ => Err(Rejection::new(
+                Reason::PolicyDenied,
+                "incomplete gateway attestation headers",
+            )),
+        }
+    }
+}
+
+/// The last message on `subject`, if any: (stream sequence, headers, payload, time).
+async fn last_on(
+    stream: &Stream,
+    subject: &str,
+) -> Result<Option<(u64, HeaderMap, Bytes, time::OffsetDateTime)>, RoleError> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(m) => Ok(Some((m.sequence, m.headers, m.payload, m.time))),
+        Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+        Err(e) => Err(RoleError::Retry(format!(
+            "reading the tail of {subject}: {e}"
+        ))),
+    }
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+fn submission<'a>(msg: &'a Message, channel: Channel) -> Submission<'a> {
+    let mut content_type = None;
+    let mut ce_headers = Vec::new();
+    if let Some(h) = &msg.headers {
+        for (name, values) in h.iter() {
+            let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
+            let Some(v) = values.first() else { continue };
+            if lower == "content-type" {
+                content_type = Some(v.as_str());
+            } else if let Some(attr) = lower.strip_prefix(headers::CE_PREFIX) {
+                ce_headers.push((attr.to_owned(), v.as_str().to_owned()));
+            }
+        }
+    }
+    Submission {
+        body: &msg.payload,
+        content_type,
+        ce_headers,
+        channel,
+    }
+}
+
+fn event_id_of(sub: &Submission<'_>) -> Option<String> {
+    if let Some((_, id)) = sub.ce_headers.iter().find(|(n, _)| n == "id") {
+        return Some(id.clone());
+    }
+    let v: serde_json::Value = serde_json::from_slice(sub.body).ok()?;
+    v.get("id")?.as_str().map(str::to_owned)
+}
+
+impl Role for Ingest {
+    const NAME: &'static str = "ingest";
+
+    async fn start(&mut self) -> Result<ReadSpec, RoleError> {
+        // Every (re)start forgets partitions: their state is re-read from the ledger.
+        self.parts.clear();
+        let resume = match self.progress.get(self.progress_key()).await {
+            Ok(Some(v)) => String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0),
+            Ok(None) => 0,
+            Err(e) => {
+                return Err(RoleError::Retry(format!(
+                    "reading the ingest resume hint: {e}"
+                )));
+            }
+        };
+        Ok(ReadSpec {
+            stream: streams::INGRESS.to_owned(),
+            filter_subjects: vec![subjects::all(subjects::INGRESS)],
+            start_seq: resume + 1,
+            batch_max: self.cfg.batch_max.min(atp_nats::batch::MAX_BATCH),
+            stop_after: None,
+            stop_at_end: false,
+        })
+    }
+}
+
+impl BatchHandler for Ingest {
+    async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
+        let mut stats = BatchStats::default();
+        let mut plans: HashMap<String, Plan> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let committed_at = Utc::now();
+        let mut last_seq = 0;
+
+        for msg in batch {
+            let info = msg
+                .info()
+                .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
+            let seq = info.stream_sequence;
+            let received_at = to_chrono(info.published);
+            last_seq = seq;
+            let Some((t, s)) = subjects::tokens_of(subjects::INGRESS, msg.subject.as_str()) else {
+                continue;
+            };
+            let pkey = format!("{t}.{s}");
+            if !self.cfg.shard.owns(&pkey) {
+                continue;
+            }
+            let key = match (TenantId::new(t), SourceId::new(s)) {
+                (Ok(t), Ok(s)) => Some(PartitionKey::new(t, s)),
+                _ => None,
+            };
+            if !self.parts.contains_key(&pkey) {
+                let part = self.load(t, s, key.as_ref()).await?;
+                self.parts.insert(pkey.clone(), part);
+            }
+            let registration = match &key {
+                Some(k) => self
+                    .registry
+                    .lookup(k)
+                    .await
+                    .map_err(|e| RoleError::Retry(e.to_string()))?,
+                None => None,
+            };
+            let channel = self.channel(msg.subject.as_str(), msg.headers.as_ref(), &msg.payload);
+            let Some(part) = self.parts.get_mut(&pkey) else {
+                continue;
+            };
+            // Recorded before a restart: already handled, whatever its outcome was.
+            if seq <= part.ledger_cursor() {
+                stats.skipped += 1;
+                continue;
+            }
+            let sub = submission(msg, channel.clone().unwrap_or(Channel::Nats));
+            let outcome = match (&key, channel) {
+                (None, _) => Err(Rejection::new(
+                    Reason::Malformed,
+                    format!("subject tokens {t:?}.{s:?} are not a valid tenant and source id"),
+                )),
+                (Some(_), Err(rej)) => Err(rej),
+                (Some(k), Ok(_)) => admit(k, &sub, registration.as_deref()),
+            };
+            let plan = plans.entry(pkey.clone()).or_insert_with(|| {
+                order.push(pkey.clone());
+                Plan {
+                    ledger_subject: key.as_ref().map(subjects::ledger).unwrap_or_default(),
+                    rejected_subject: subjects::rejected_raw(t, s),
+                    ..Plan::default()
+                }
+            });
+            let decision = match (&outcome, part.chain.as_ref()) {
+                (Ok(ev), Some(chain)) => chain.decide(ev),
+                (Err(rej), _) => Decision::Reject(rej.clone()),
+                (Ok(_), None) => {
+                    Decision::Reject(Rejection::new(Reason::Malformed, "invalid partition"))
+                }
+            };
+            match (decision, outcome, part.chain.as_mut()) {
+                (Decision::Append, Ok(ev), Some(chain)) => {
+                    let stamps = Stamps {
+                        record_id: ulid::Ulid::generate().to_string(),
+                        received_at,
+                        committed_at,
+                        policy: self.cfg.policy.clone(),
+                    };
+                    let sealed = chain
+                        .append(&ev, seq, stamps)
+                        .map_err(|e| RoleError::Fatal(format!("cannot seal a record: {e}")))?;
+                    let mut h = HeaderMap::new();
+                    h.insert(headers::CONTENT_TYPE, "application/json");
+                    h.insert(headers::INGRESS_SEQ, seq.to_string().as_str());
+                    h.insert(headers::EVENT_ID, ev.id.as_str());
+                    if let Some(hwm) = chain.seq_hwm {
+                        h.insert(headers::SEQ_HWM, hwm.to_string().as_str());
+                    }
+                    plan.records.push(Outgoing {
+                        headers: h,
+                        payload: Bytes::from(sealed.bytes),
+                    });
+                    stats.accepted += 1;
+                }
+                (Decision::Duplicate(r), _, _) => {
+                    tracing::debug!(partition = %pkey, ingress_seq = seq, chain_index = r.chain_index, "duplicate answered by its record");
+                    stats.duplicates += 1;
+                }
+                (Decision::Reject(rej), _, _) | (_, Err(rej), _) => {
+                    if seq <= part.rejected_cursor {
+                        stats.skipped += 1;
+                        continue;
+                    }
+                    let (event_encoding, event) = RejectionEnvelope::event_from_bytes(&msg.payload);
+                    let env = RejectionEnvelope {
+                        reason: rej.reason,
+                        detail: rej.detail,
+                        ingress_seq: seq,
+                        tenant_id: t.to_owned(),
+                        source_id: s.to_owned(),
+                        received_at: timestamp(received_at),
+                        rejected_at: timestamp(committed_at),
+                        event_id: event_id_of(&sub),
+                        event_encoding,
+                        event,
+                    };
+                    let payload =
+                        serde_json::to_vec(&env).map_err(|e| RoleError::Fatal(e.to_string()))?;
+                    let mut h = HeaderMap::new();
+                    h.insert(headers::CONTENT_TYPE, "application/json");
+                    h.insert(headers::INGRESS_SEQ, seq.to_string().as_str());
+                    plan.rejections.push(Outgoing {
+                        headers: h,
+                        payload: Bytes::from(payload),
+                    });
+                    part.rejected_cursor = seq;
+                    stats.rejected += 1;
+                }
+                (Decision::Append, Ok(_), None) => {}
+            }
+        }
+
+        self.commit(plans, order).await?;
+
+        // Only a hint: if this write is lost, the next start re-reads and skips.
+        if last_seq > 0 {
+            if let Err(e) = self
+                .progress
+                .put(self.progress_key(), last_seq.to_string().into())
+                .await
+            {
+                tracing::warn!(error = %e, "could not store the ingest resume hint");
+            }
+        }
+        if let Ok(mut t) = self.totals.lock() {
+            t.accepted += stats.accepted;
+            t.rejected += stats.rejected;
+            t.duplicates += stats.duplicates;
+            t.skipped += stats.skipped;
+        }
+        tracing::debug!(?stats, "ingest batch committed");
+        Ok(())
+    }
+}
+
+impl Ingest {
+    /// Commits every partition's plan: rejections first, then records, each atomically.
+    async fn commit(
+        &mut self,
+        plans: HashMap<String, Plan>,
+        order: Vec<String>,
+    ) -> Result<(), RoleError> {
+        let mut jobs = Vec::new();
+        for pkey in order {
+            let (Some(plan), Some(part)) = (plans.get(&pkey), self.parts.get(&pkey)) else {
+                continue;
+            };
+            jobs.push((
+                pkey,
+                plan.clone_shallow(),
+                part.rejected_tail,
+                part.ledger_tail,
+            ));
+        }
+        let js = &self.js;
+        let results: Vec<(String, Result<(u64, u64), AppendError>)> = futures::stream::iter(jobs)
+            .map(|(pkey, plan, rejected_tail, ledger_tail)| async move {
+                let mut tails = (rejected_tail, ledger_tail);
+                let r = async {
+                    if !plan.rejections.is_empty() {
+                        tails.0 = publish_atomic(
+                            js,
+                            &plan.rejected_subject,
+                            rejected_tail,
+                            plan.rejections,
+                        )
+                        .await?
+                        .sequence;
+                    }
+                    // If we crash here, the rejections are durable and the records are not:
+                    // re-reading skips the former (rejected cursor) and appends the latter.
+                    if !plan.records.is_empty() {
+                        tails.1 =
+                            publish_atomic(js, &plan.ledger_subject, ledger_tail, plan.records)
+                                .await?
+                                .sequence;
+                    }
+                    Ok(tails)
+                }
+                .await;
+                (pkey, r)
+            })
+            .buffer_unordered(self.cfg.parallel_appends.max(1))
+            .collect()
+            .await;
+
+        let mut failed = Vec::new();
+        for (pkey, r) in results {
+            match r {
+                Ok((rejected_tail, ledger_tail)) => {
+                    if let Some(part) = self.parts.get_mut(&pkey) {
+                        part.rejected_tail = rejected_tail;
+                        part.ledger_tail = ledger_tail;
+                    }
+                }
+                Err(e) => {
+                    // Our view of this partition ran ahead of what is durable: forget it and
+                    // re-read its tail when the batch is handled again.
+                    self.parts.remove(&pkey);
+                    match e {
+                        AppendError::WrongLastSequence => {
+                            tracing::info!(partition = %pkey, "another writer appended first; re-reading the partition")
+                        }
+                        other => failed.push(format!("{pkey}: {other}")),
+                    }
+                    if failed.is_empty() {
+                        failed.push(format!("{pkey}: append conflict"));
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(RoleError::Retry(failed.join("; ")))
+        }
+    }
+}
+
+impl Plan {
+    fn clone_shallow(&self) -> Plan {
+        Plan {
+            ledger_subject: self.ledger_subject.clone(),
+            rejected_subject: self.rejected_subject.clone(),
+            records: self.records.clone(),
+            rejections: self.rejections.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_partitions_stably() {
+        let two = [Shard::parse("0/2").unwrap(), Shard::parse("1/2").unwrap()];
+        for k in ["acme.crm", "acme.billing", "globex.crm", "x.y"] {
+            assert_eq!(
+                two.iter().filter(|s| s.owns(k)).count(),
+                1,
+                "{k} has exactly one owner"
+            );
+            assert!(Shard::ALL.owns(k));
+        }
+        assert_eq!(Shard::parse("2/2"), None);
+        assert_eq!(Shard::parse("0/0"), None);
+        // FNV-1a of "acme.crm" is fixed, so the owner never changes between releases.
+        assert_eq!(two[0].owns("acme.crm"), !two[1].owns("acme.crm"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The one consume loop every role shares.
+//!
+//! A role reads its input stream with an *ordered* consumer from a start sequence it derives
+//! from its own durable output (the ledger's tail for ingest, the PostgreSQL watermark for the
+//! projector). There is no durable consumer state that could disagree with that output, and no
+//! redelivery that could reorder a partition. Batches are what is ready, up to `batch_max`; a
+//! batch whose handling fails transiently is retried as is (handlers are idempotent) with
+//! capped exponential backoff until it succeeds or shutdown is asked for.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::{Context, Message};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::RoleError;
+
+/// Shutdown signal: roles stop at the next batch boundary once it reads `true`.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Backoff between retries of a failed batch: 50 ms doubling to 5 s. 50 ms is a few JetStream
+/// round trips; 5 s keeps a dead dependency from being hammered while recovery stays prompt.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    pub stream: String,
+    pub filter_subjects: Vec<String>,
+    /// First stream sequence to read (1 = from the beginning).
+    pub start_seq: u64,
+    pub batch_max: usize,
+    /// Stop (return) once this sequence has been handled; `None` follows the stream for ever.
+    pub stop_after: Option<u64>,
+    /// Stop once every message that matched when reading began has been handled (replays).
+    pub stop_at_end: bool,
+}
+
+/// A role's batch handler. It must be idempotent: after a failure the same batch comes again,
+/// and after a crash the batch after the role's durable position comes again.
+pub trait BatchHandler {
+    fn handle(&mut self, batch: &[Message]) -> impl Future<Output = Result<(), RoleError>> + Send;
+}
+
+/// Reads `spec.stream` in order and feeds batches to `handler` until shutdown (or `stop_after`).
+pub async fn read_stream<H: BatchHandler>(
+    js: &Context,
+    spec: ReadSpec,
+    mut shutdown: Shutdown,
+    handler: &mut H,
+) -> Result<(), RoleError> {
+    if spec.stop_after.is_some_and(|s| s < spec.start_seq) {
+        return Ok(());
+    }
+    let stream = js
+        .get_stream(&spec.stream)
+        .await
+        .map_err(|e| RoleError::Fatal(format!("stream {} unavailable: {e}", spec.stream)))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: spec.filter_subjects.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: spec.start_seq.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            RoleError::Retry(format!(
+                "cannot create ordered consumer on {}: {e}",
+                spec.stream
+            ))
+        })?;
+    let mut consumer = consumer;
+    if spec.stop_at_end {
+        let pending = consumer.info().await.map(|i| i.num_pending).unwrap_or(1);
+        if pending == 0 {
+            return Ok(());
+        }
+    }
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| RoleError::Retry(format!("cannot read {}: {e}", spec.stream)))?;
+    let mut batches = messages.ready_chunks(spec.batch_max.max(1));
+    loop {
+        let next = tokio::select! {
+            b = batches.next() => b,
+            _ = shutdown.changed() => None,
+        };
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let Some(batch) = next else {
+            return Err(RoleError::Retry(format!(
+                "consumer on {} ended",
+                spec.stream
+            )));
+        };
+        let mut msgs = Vec::with_capacity(batch.len());
+        for m in batch {
+            // The ordered consumer recreates itself across gaps and server restarts; an error
+            // here means it could not, and the caller restarts the reader from its position.
+            msgs.push(m.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?);
+        }
+        let (last, pending) = msgs
+            .last()
+            .and_then(|m| m.info().ok().map(|i| (Some(i.stream_sequence), i.pending)))
+            .unwrap_or((None, 1));
+        let mut delay = RETRY_FIRST;
+        loop {
+            match handler.handle(&msgs).await {
+                Ok(()) => break,
+                Err(RoleError::Fatal(e)) => return Err(RoleError::Fatal(e)),
+                Err(RoleError::Retry(e)) => {
+                    tracing::warn!(stream = %spec.stream, error = %e, delay_ms = delay.as_millis() as u64, "batch failed; retrying");
+                    if !pause(&mut shutdown, delay).await {
+                        return Ok(());
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if let (Some(stop), Some(last)) = (spec.stop_after, last) {
+            if last >= stop {
+                return Ok(());
+            }
+        }
+        if spec.stop_at_end && pending == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Sleeps for `delay` unless shutdown comes first; false when shutting down.
+pub async fn pause(shutdown: &mut Shutdown, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+    !*shutdown.borrow()
+}
+
+/// A long-running role: where to start reading (derived afresh from its durable output on
+/// every (re)start, which also resets any in-memory state) and how to handle batches.
+pub trait Role: BatchHandler {
+    const NAME: &'static str;
+    fn start(&mut self) -> impl Future<Output = Result<ReadSpec, RoleError>> + Send;
+}
+
+/// Keeps a role running: a reader that ends with a transient error is restarted from the
+/// position the role derives anew. Returns when shutdown is asked for or on a fatal error.
+pub async fn run_role<R: Role>(
+    js: &Context,
+    role: &mut R,
+    mut shutdown: Shutdown,
+) -> Result<(), RoleError> {
+    let mut delay = RETRY_FIRST;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let outcome = match role.start().await {
+            Ok(spec) => read_stream(js, spec, shutdown.clone(), role).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(RoleError::Fatal(e)) => {
+                tracing::error!(role = R::NAME, error = %e, "role stopped");
+                return Err(RoleError::Fatal(e));
+            }
+            Err(RoleError::Retry(e)) => {
+                tracing::warn!(role = R::NAME, error = %e, delay_ms = delay.as_millis() as u64, "role restarting");
+                if !pause(&mut shutdown, delay).await {
+                    return Ok(());
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

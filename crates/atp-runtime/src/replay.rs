@@ -1,0 +1,101 @@
+//! Rebuilding the records read model from the ledger (`atp replay --projection records`).
+//!
+//! The ledger is read into a fresh table while the live one keeps answering queries; the
+//! rebuilt rows are then swapped in with one transaction (see `atp_store::projection::Swap`).
+
+use async_nats::jetstream::{Context, Message};
+use atp_core::TenantId;
+use atp_nats::{streams, subjects};
+use atp_store::projection::{self, Swap, Target};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::RoleError;
+use crate::projector::record_rows;
+use crate::reader::{BatchHandler, ReadSpec, read_stream};
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub tenant: Option<TenantId>,
+    /// Ledger stream sequences, inclusive.
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub rows: u64,
+}
+
+struct Rebuild {
+    pool: PgPool,
+    rows: u64,
+}
+
+impl BatchHandler for Rebuild {
+    async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
+        let (rows, _) = record_rows(batch)?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| RoleError::Retry(e.to_string()))?;
+        let n = projection::insert_records(&mut conn, Target::Rebuild, &rows)
+            .await
+            .map_err(|e| RoleError::Retry(e.to_string()))?;
+        self.rows += n;
+        Ok(())
+    }
+}
+
+pub async fn replay_records(
+    js: &Context,
+    pool: &PgPool,
+    opts: &ReplayOptions,
+) -> Result<ReplayReport, RoleError> {
+    let fatal = |e: String| RoleError::Fatal(e);
+    projection::begin_rebuild(pool)
+        .await
+        .map_err(|e| fatal(e.to_string()))?;
+    let filter = match &opts.tenant {
+        Some(t) => subjects::tenant_all(subjects::LEDGER, t),
+        None => subjects::all(subjects::LEDGER),
+    };
+    let (_tx, shutdown) = watch::channel(false);
+    let mut rebuild = Rebuild {
+        pool: pool.clone(),
+        rows: 0,
+    };
+    read_stream(
+        js,
+        ReadSpec {
+            stream: streams::LEDGER.to_owned(),
+            filter_subjects: vec![filter],
+            start_seq: opts.from_seq.unwrap_or(1),
+            batch_max: crate::projector::BATCH_MAX,
+            stop_after: opts.to_seq,
+            stop_at_end: true,
+        },
+        shutdown,
+        &mut rebuild,
+    )
+    .await?;
+    let swap = if opts.tenant.is_none() && opts.from_seq.is_none() && opts.to_seq.is_none() {
+        Swap::All
+    } else {
+        let lo = opts
+            .from_seq
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let hi = opts
+            .to_seq
+            .map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        Swap::Scoped {
+            tenant_id: opts.tenant.as_ref().map(|t| t.to_string()),
+            ledger_seq: Some((lo, hi)),
+        }
+    };
+    projection::finish_rebuild(pool, swap)
+        .await
+        .map_err(|e| fatal(e.to_string()))?;
+    Ok(ReplayReport { rows: rebuild.rows })
+}

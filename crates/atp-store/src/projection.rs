@@ -1,0 +1,417 @@
+//! Writing the read models: rows derived from ledger and rejected-stream messages, inserted in
+//! batches with the watermark in the same transaction.
+
+use atp_core::event::facets_of;
+use atp_core::reason::RejectionEnvelope;
+use atp_core::record;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::StoreError;
+
+pub const RECORDS: &str = "records";
+pub const REJECTIONS: &str = "rejections";
+
+/// The table a batch goes to: the live one, or the one a replay is rebuilding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Live,
+    Rebuild,
+}
+
+impl Target {
+    fn records(self) -> &'static str {
+        match self {
+            Self::Live => "records",
+            Self::Rebuild => "records_rebuild",
+        }
+    }
+}
+
+/// One `records` row, derived from one ledger message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRow {
+    pub tenant_id: String,
+    pub record_id: String,
+    pub source_id: String,
+    pub chain_index: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub committed_at: DateTime<Utc>,
+    pub actor_id: String,
+    pub actor_type: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub outcome: Option<String>,
+    pub classification: String,
+    pub policy_version: i32,
+    pub attributes_text: String,
+    pub digest: Vec<u8>,
+    pub chain_hash: Vec<u8>,
+    pub ledger_seq: i64,
+    pub ingress_seq: Option<i64>,
+    pub record: Vec<u8>,
+}
+
+fn ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl RecordRow {
+    /// Derives the row from the record bytes as stored on the ledger.
+    pub fn from_ledger(
+        bytes: &[u8],
+        ledger_seq: u64,
+        ingress_seq: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadRecord {
+            seq: ledger_seq,
+            reason,
+        };
+        let opened = record::open(bytes, false).map_err(|e| bad(e.to_string()))?;
+        let r = opened.record;
+        let facets =
+            facets_of(&r.event).ok_or_else(|| bad("event data has no audit facets".to_owned()))?;
+        let ev = |name: &str| r.event.get(name).and_then(Value::as_str).map(str::to_owned);
+        let attributes_text = facets
+            .attributes
+            .as_ref()
+            .map(|m| {
+                m.values()
+                    .map(|v| match v {
+                        Value::String(s) => s.to_lowercase(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            record_id: r.record_id.clone(),
+            source_id: r.source_id.clone(),
+            chain_index: i64::try_from(r.chain_index)
+                .map_err(|_| bad("chainIndex out of range".to_owned()))?,
+            event_id: ev("id").ok_or_else(|| bad("event has no id".to_owned()))?,
+            event_type: ev("type").unwrap_or_default(),
+            occurred_at: ev("time")
+                .as_deref()
+                .and_then(ts)
+                .ok_or_else(|| bad("event has no time".to_owned()))?,
+            received_at: ts(&r.received_at).ok_or_else(|| bad("bad receivedAt".to_owned()))?,
+            committed_at: ts(&r.committed_at).ok_or_else(|| bad("bad committedAt".to_owned()))?,
+            actor_id: facets.actor.id,
+            actor_type: facets.actor.ty,
+            action: facets.action,
+            resource_type: facets.resource.ty,
+            resource_id: facets.resource.id,
+            outcome: facets.outcome.map(|o| format!("{o:?}").to_lowercase()),
+            classification: r.policy.classification.clone(),
+            policy_version: i32::try_from(r.policy.policy_version).unwrap_or(i32::MAX),
+            attributes_text,
+            digest: opened.link.digest.0.to_vec(),
+            chain_hash: opened.link.chain_hash.0.to_vec(),
+            ledger_seq: i64::try_from(ledger_seq)
+                .map_err(|_| bad("sequence out of range".to_owned()))?,
+            ingress_seq: ingress_seq.and_then(|s| i64::try_from(s).ok()),
+            record: bytes.to_vec(),
+            tenant_id: r.tenant_id,
+        })
+    }
+}
+
+/// One `rejections` row, derived from one ATP_REJECTED message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectionRow {
+    pub rejected_seq: i64,
+    pub tenant_id: String,
+    pub source_id: String,
+    pub ingress_seq: i64,
+    pub reason: String,
+    pub detail: String,
+    pub event_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub rejected_at: DateTime<Utc>,
+    pub envelope: Vec<u8>,
+}
+
+impl RejectionRow {
+    pub fn from_stream(bytes: &[u8], seq: u64) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadRecord { seq, reason };
+        let env: RejectionEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            rejected_seq: i64::try_from(seq)
+                .map_err(|_| bad("sequence out of range".to_owned()))?,
+            tenant_id: env.tenant_id,
+            source_id: env.source_id,
+            ingress_seq: i64::try_from(env.ingress_seq)
+                .map_err(|_| bad("ingressSeq out of range".to_owned()))?,
+            reason: env.reason.code().to_owned(),
+            detail: env.detail,
+            event_id: env.event_id,
+            received_at: ts(&env.received_at).ok_or_else(|| bad("bad receivedAt".to_owned()))?,
+            rejected_at: ts(&env.rejected_at).ok_or_else(|| bad("bad rejectedAt".to_owned()))?,
+            envelope: bytes.to_vec(),
+        })
+    }
+}
+
+/// Inserts records in one round trip (`INSERT … SELECT FROM UNNEST`); rows already present
+/// (redelivery, replay over a live table) are skipped.
+pub async fn insert_records(
+    conn: &mut PgConnection,
+    target: Target,
+    rows: &[RecordRow],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let sql = format!(
+        "INSERT INTO {} (tenant_id, record_id, source_id, chain_index, event_id, event_type, occurred_at, \
+         received_at, committed_at, actor_id, actor_type, action, resource_type, resource_id, outcome, \
+         classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
+         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[], \
+         $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[], $18::text[], $19::bytea[], \
+         $20::bytea[], $21::int8[], $22::int8[], $23::bytea[]) ON CONFLICT DO NOTHING",
+        target.records()
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(col!(tenant_id))
+        .bind(col!(record_id))
+        .bind(col!(source_id))
+        .bind(col!(chain_index))
+        .bind(col!(event_id))
+        .bind(col!(event_type))
+        .bind(col!(occurred_at))
+        .bind(col!(received_at))
+        .bind(col!(committed_at))
+        .bind(col!(actor_id))
+        .bind(col!(actor_type))
+        .bind(col!(action))
+        .bind(col!(resource_type))
+        .bind(col!(resource_id))
+        .bind(col!(outcome))
+        .bind(col!(classification))
+        .bind(col!(policy_version))
+        .bind(col!(attributes_text))
+        .bind(col!(digest))
+        .bind(col!(chain_hash))
+        .bind(col!(ledger_seq))
+        .bind(col!(ingress_seq))
+        .bind(col!(record))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn insert_rejections(
+    conn: &mut PgConnection,
+    rows: &[RejectionRow],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let done = sqlx::query(
+        "INSERT INTO rejections (rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, \
+         received_at, rejected_at, envelope) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
+         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(col!(rejected_seq))
+    .bind(col!(tenant_id))
+    .bind(col!(source_id))
+    .bind(col!(ingress_seq))
+    .bind(col!(reason))
+    .bind(col!(detail))
+    .bind(col!(event_id))
+    .bind(col!(received_at))
+    .bind(col!(rejected_at))
+    .bind(col!(envelope))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Watermark of a projection: the last stream sequence whose rows are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    pub stream_seq: u64,
+    pub last_committed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Watermark>, StoreError> {
+    let row: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT stream_seq, last_committed_at FROM projection_watermarks WHERE projection = $1",
+    )
+    .bind(projection)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(s, c)| Watermark {
+        stream_seq: u64::try_from(s).unwrap_or(0),
+        last_committed_at: c,
+    }))
+}
+
+/// Moves a watermark forward (never back) inside the caller's transaction.
+pub async fn advance_watermark(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: &str,
+    stream_seq: u64,
+    last_committed_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO projection_watermarks (projection, stream_seq, last_committed_at, updated_at) \
+         VALUES ($1, $2, $3, now()) ON CONFLICT (projection) DO UPDATE SET \
+         stream_seq = GREATEST(projection_watermarks.stream_seq, EXCLUDED.stream_seq), \
+         last_committed_at = COALESCE(GREATEST(projection_watermarks.last_committed_at, EXCLUDED.last_committed_at), \
+         projection_watermarks.last_committed_at, EXCLUDED.last_committed_at), updated_at = now()",
+    )
+    .bind(projection)
+    .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
+    .bind(last_committed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Prepares an empty `records_rebuild` shaped like `records` (indexes included).
+pub async fn begin_rebuild(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DROP TABLE IF EXISTS records_rebuild")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE records_rebuild (LIKE records INCLUDING ALL)")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How a finished rebuild replaces live rows.
+#[derive(Debug, Clone)]
+pub enum Swap {
+    /// The whole table: `records_rebuild` becomes `records` in one transaction.
+    All,
+    /// Some rows: one tenant's, a ledger-sequence range, or both.
+    Scoped {
+        tenant_id: Option<String>,
+        ledger_seq: Option<(i64, i64)>,
+    },
+}
+
+/// Swaps rebuilt rows in atomically: readers see the old rows until the commit, then the new.
+pub async fn finish_rebuild(pool: &PgPool, swap: Swap) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    match swap {
+        Swap::All => {
+            let live: Option<String> = sqlx::query_scalar("SELECT to_regclass('records')::text")
+                .fetch_one(&mut *tx)
+                .await?;
+            if live.is_none() {
+                // The read model was dropped: the rebuild simply becomes it.
+                sqlx::query("ALTER TABLE records_rebuild RENAME TO records")
+                    .execute(&mut *tx)
+                    .await?;
+                rename_indexes(&mut tx).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+            // The brief ACCESS EXCLUSIVE lock orders the swap after in-flight projector writes;
+            // rows the live projector committed meanwhile are carried over (they are the same
+            // rows the replay would write, keyed identically).
+            sqlx::query("LOCK TABLE records IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO records_rebuild SELECT * FROM records r WHERE r.ledger_seq > \
+                 (SELECT coalesce(max(ledger_seq), 0) FROM records_rebuild) ON CONFLICT DO NOTHING",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("ALTER TABLE records RENAME TO records_replaced")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("ALTER TABLE records_rebuild RENAME TO records")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DROP TABLE records_replaced")
+                .execute(&mut *tx)
+                .await?;
+            rename_indexes(&mut tx).await?;
+        }
+        Swap::Scoped {
+            tenant_id,
+            ledger_seq,
+        } => {
+            let (lo, hi) = ledger_seq.unwrap_or((0, i64::MAX));
+            sqlx::query(
+                "DELETE FROM records WHERE ($1::text IS NULL OR tenant_id = $1) AND ledger_seq BETWEEN $2 AND $3",
+            )
+            .bind(&tenant_id)
+            .bind(lo)
+            .bind(hi)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO records SELECT * FROM records_rebuild ON CONFLICT DO NOTHING")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DROP TABLE records_rebuild")
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `LIKE … INCLUDING ALL` names the copied indexes after the new table; give them back the
+/// names the migration chose so later migrations find them.
+async fn rename_indexes(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    let names: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'records'",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for (name, def) in names {
+        let wanted = if def.contains("PRIMARY") || name.ends_with("_pkey") {
+            "records_pkey"
+        } else if def.contains("(tenant_id, actor_id") {
+            "records_by_actor"
+        } else if def.contains("(tenant_id, resource_type") {
+            "records_by_resource"
+        } else if def.contains("(tenant_id, source_id, event_id") {
+            "records_by_event"
+        } else if def.contains("(tenant_id, occurred_at") {
+            "records_by_time"
+        } else {
+            continue;
+        };
+        if name != wanted {
+            let sql = format!(
+                "ALTER INDEX \"{}\" RENAME TO {wanted}",
+                name.replace('"', "")
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}

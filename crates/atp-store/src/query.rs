@@ -1,0 +1,275 @@
+//! The read side: record and rejection queries behind `/api/v1/audit/*`.
+//!
+//! Every query takes the tenant explicitly; there is no query without one.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+use crate::StoreError;
+
+pub const MAX_LIMIT: i64 = 1000;
+pub const DEFAULT_LIMIT: i64 = 100;
+
+/// Filters of `GET /audit/records` (CONTRACT §5).
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub source_id: Option<String>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// A keyset position: the (occurredAt, recordId) of the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub micros: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.micros, self.id))
+    }
+    pub fn decode(s: &str) -> Result<Self, StoreError> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| StoreError::BadCursor)?;
+        let text = String::from_utf8(raw).map_err(|_| StoreError::BadCursor)?;
+        let (m, id) = text.split_once('|').ok_or(StoreError::BadCursor)?;
+        Ok(Self {
+            micros: m.parse().map_err(|_| StoreError::BadCursor)?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRecord {
+    pub tenant_id: String,
+    pub record_id: String,
+    pub source_id: String,
+    pub chain_index: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub committed_at: DateTime<Utc>,
+    pub digest: Vec<u8>,
+    pub chain_hash: Vec<u8>,
+    pub ledger_seq: i64,
+    pub record: Vec<u8>,
+}
+
+const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub async fn records(
+    pool: &PgPool,
+    tenant: &str,
+    f: &RecordFilter,
+) -> Result<Page<StoredRecord>, StoreError> {
+    let limit = f.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = "
+    ));
+    qb.push_bind(tenant.to_owned());
+    if let Some(v) = f.from {
+        qb.push(" AND occurred_at >= ").push_bind(v);
+    }
+    if let Some(v) = f.to {
+        qb.push(" AND occurred_at < ").push_bind(v);
+    }
+    for (col, v) in [
+        ("source_id", &f.source_id),
+        ("actor_id", &f.actor_id),
+        ("action", &f.action),
+        ("resource_type", &f.resource_type),
+        ("resource_id", &f.resource_id),
+    ] {
+        if let Some(v) = v {
+            qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+        }
+    }
+    if let Some(q) = &f.q {
+        let escaped = q
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        qb.push(" AND attributes_text LIKE ")
+            .push_bind(format!("%{escaped}%"));
+    }
+    if let Some(c) = &f.cursor {
+        let c = Cursor::decode(c)?;
+        let at = DateTime::<Utc>::from_timestamp_micros(c.micros).ok_or(StoreError::BadCursor)?;
+        qb.push(" AND (occurred_at, record_id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(c.id)
+            .push(")");
+    }
+    qb.push(" ORDER BY occurred_at DESC, record_id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let mut items: Vec<StoredRecord> = qb.build_query_as().fetch_all(pool).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| {
+            Cursor {
+                micros: r.occurred_at.timestamp_micros(),
+                id: r.record_id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub async fn record(
+    pool: &PgPool,
+    tenant: &str,
+    record_id: &str,
+) -> Result<Option<StoredRecord>, StoreError> {
+    let sql =
+        format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND record_id = $2");
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(record_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+pub async fn record_by_event(
+    pool: &PgPool,
+    tenant: &str,
+    source: &str,
+    event_id: &str,
+) -> Result<Option<StoredRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND source_id = $2 AND event_id = $3 \
+         ORDER BY chain_index LIMIT 1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(source)
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRejection {
+    pub rejected_seq: i64,
+    pub tenant_id: String,
+    pub source_id: String,
+    pub ingress_seq: i64,
+    pub reason: String,
+    pub detail: String,
+    pub event_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub rejected_at: DateTime<Utc>,
+    pub envelope: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RejectionFilter {
+    pub source_id: Option<String>,
+    pub reason: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+pub async fn rejections(
+    pool: &PgPool,
+    tenant: &str,
+    f: &RejectionFilter,
+) -> Result<Page<StoredRejection>, StoreError> {
+    let limit = f.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, received_at, rejected_at, envelope \
+         FROM rejections WHERE tenant_id = ",
+    );
+    qb.push_bind(tenant.to_owned());
+    if let Some(v) = &f.source_id {
+        qb.push(" AND source_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.reason {
+        qb.push(" AND reason = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.from {
+        qb.push(" AND rejected_at >= ").push_bind(v);
+    }
+    if let Some(v) = f.to {
+        qb.push(" AND rejected_at < ").push_bind(v);
+    }
+    if let Some(c) = &f.cursor {
+        let c = Cursor::decode(c)?;
+        let at = DateTime::<Utc>::from_timestamp_micros(c.micros).ok_or(StoreError::BadCursor)?;
+        let seq: i64 = c.id.parse().map_err(|_| StoreError::BadCursor)?;
+        qb.push(" AND (rejected_at, rejected_seq) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(seq)
+            .push(")");
+    }
+    qb.push(" ORDER BY rejected_at DESC, rejected_seq DESC LIMIT ")
+        .push_bind(limit + 1);
+    let mut items: Vec<StoredRejection> = qb.build_query_as().fetch_all(pool).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| {
+            Cursor {
+                micros: r.rejected_at.timestamp_micros(),
+                id: r.rejected_seq.to_string(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub async fn rejection_by_ingress(
+    pool: &PgPool,
+    tenant: &str,
+    ingress_seq: u64,
+) -> Result<Option<StoredRejection>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, received_at, rejected_at, envelope \
+         FROM rejections WHERE ingress_seq = $1 AND tenant_id = $2 LIMIT 1",
+    )
+    .bind(i64::try_from(ingress_seq).unwrap_or(i64::MAX))
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = Cursor {
+            micros: 1_763_900_000_000_000,
+            id: "01JD".to_owned(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        assert!(Cursor::decode("not base64!").is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("nopipe")).is_err());
+    }
+}
