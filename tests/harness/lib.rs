@@ -1,1 +1,309 @@
-//! placeholder
+//! The integration-test harness: a real nats-server and a real PostgreSQL per test, on free
+//! loopback ports, stopped when the [`Stack`] drops; ATP started through the same entry point as
+//! `atp serve`; and oracles that read the ledger back and re-verify every chain.
+
+// Test support: a panic with a message is exactly how a failed step should be reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use atp::serve::{Roles, Running, ServeConfig};
+use atp_core::chain::ChainVerifier;
+use atp_core::reason::RejectionEnvelope;
+use atp_core::record::{self, Record};
+use atp_core::{PartitionKey, SourceId, TenantId};
+use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_gateway::Role;
+use atp_nats::{headers, streams, subjects};
+use atp_runtime::Secret;
+use atp_runtime::ingest::IngestConfig;
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+pub const TENANT: &str = "acme";
+pub const SOURCE: &str = "crm";
+pub const SOURCE_URI: &str = "https://crm.acme.example/core";
+pub const KEY_ID: &str = "acme-crm-1";
+
+/// How long a test waits for a condition before failing. Generous: CI machines are slow and
+/// shared; a passing run returns as soon as the condition holds.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub js: Context,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub issuer: SigningKey,
+    pub producer: SigningKey,
+}
+
+pub fn partition(tenant: &str, source: &str) -> PartitionKey {
+    PartitionKey::new(
+        TenantId::new(tenant).unwrap(),
+        SourceId::new(source).unwrap(),
+    )
+}
+
+impl Stack {
+    /// Fresh servers, streams and schema, and tenant `acme` with source `crm` and one key.
+    pub async fn start() -> Stack {
+        let nats = NatsServer::start(NatsOptions::default())
+            .await
+            .expect("nats-server starts");
+        let pg = Postgres::start(PostgresOptions::default())
+            .await
+            .expect("PostgreSQL starts");
+        let database_url = pg.create_database("atp").await.expect("database created");
+        let client = atp_nats::connect(&nats.url(), "atp-test", None)
+            .await
+            .expect("connect to nats");
+        let js = async_nats::jetstream::new(client);
+        atp::admin::prepare(&js, &database_url, 1)
+            .await
+            .expect("streams and migrations");
+        let pool = atp_store::connect(&database_url, 4).await.expect("pool");
+        let producer = SigningKey::from_bytes(&[11u8; 32]);
+        atp::admin::add_producer(
+            &js,
+            TENANT,
+            SOURCE,
+            SOURCE_URI,
+            Some((KEY_ID, producer.verifying_key().to_bytes())),
+        )
+        .await
+        .expect("producer registered");
+        Stack {
+            nats,
+            pg,
+            js,
+            database_url,
+            pool,
+            issuer: SigningKey::from_bytes(&[12u8; 32]),
+            producer,
+        }
+    }
+
+    pub fn serve_config(&self, roles: Roles) -> ServeConfig {
+        ServeConfig {
+            nats_url: self.nats.url(),
+            nats_credentials: None,
+            database_url: Secret::new(self.database_url.clone()),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            roles,
+            ingest: IngestConfig::default(),
+            issuer: atp::dev::ISSUER.to_owned(),
+            audience: atp::dev::AUDIENCE.to_owned(),
+            token_keys: vec![(
+                atp::dev::ISSUER_KID.to_owned(),
+                self.issuer.verifying_key().to_bytes(),
+            )],
+            attestation_key: None,
+        }
+    }
+
+    pub async fn serve(&self, roles: Roles) -> Running {
+        atp::serve::start(self.serve_config(roles))
+            .await
+            .expect("atp serve starts")
+    }
+
+    pub fn token(&self, tenant: &str, role: Role) -> String {
+        atp::dev::mint_token(
+            &self.issuer,
+            tenant,
+            role,
+            &format!("{tenant}-{role:?}").to_lowercase(),
+            3600,
+        )
+        .unwrap()
+    }
+
+    /// A valid, unsigned audit event of the test source.
+    pub fn event(&self, id: &str) -> Map<String, Value> {
+        atp_core::producer::example_event(id, SOURCE_URI, chrono::Utc::now(), "alice", "UPDATE")
+    }
+
+    pub fn sign(&self, mut event: Map<String, Value>) -> Map<String, Value> {
+        atp_core::producer::sign_structured(&mut event, &self.producer, KEY_ID).unwrap();
+        event
+    }
+
+    /// Publishes raw bytes to a partition's ingress subject, as a direct producer; returns the
+    /// ingress sequence.
+    pub async fn publish_raw(&self, p: &PartitionKey, body: Vec<u8>, msg_id: Option<&str>) -> u64 {
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+        if let Some(id) = msg_id {
+            h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        self.js
+            .publish_with_headers(subjects::ingress(p), h, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    }
+
+    pub async fn publish(&self, p: &PartitionKey, event: &Map<String, Value>) -> u64 {
+        let id = event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        self.publish_raw(
+            p,
+            serde_json::to_vec(event).unwrap(),
+            Some(&format!("{p}:{id}")),
+        )
+        .await
+    }
+
+    /// Every message on a subject of a stream, in order: (stream seq, headers, payload).
+    pub async fn read_subject(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Vec<(u64, Option<HeaderMap>, Vec<u8>)> {
+        let s = self.js.get_stream(stream).await.unwrap();
+        let mut consumer = s
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let total = consumer.info().await.unwrap().num_pending;
+        let mut out = Vec::new();
+        if total == 0 {
+            return out;
+        }
+        let mut msgs = consumer.messages().await.unwrap();
+        while let Some(m) = tokio::time::timeout(PATIENCE, msgs.next())
+            .await
+            .expect("reading a subject")
+            .map(|m| m.unwrap())
+        {
+            let info = m.info().unwrap();
+            out.push((info.stream_sequence, m.headers.clone(), m.payload.to_vec()));
+            if info.pending == 0 {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The partition's records from the ledger.
+    pub async fn ledger(&self, p: &PartitionKey) -> Vec<Record> {
+        self.read_subject(streams::LEDGER, &subjects::ledger(p))
+            .await
+            .into_iter()
+            .map(|(_, _, bytes)| {
+                record::open(&bytes, true)
+                    .expect("ledger bytes are canonical records")
+                    .record
+            })
+            .collect()
+    }
+
+    /// Re-walks a partition's chain from the ledger: every index present once, in order, every
+    /// link intact, no event id twice. Returns the number of records.
+    pub async fn verify_chain(&self, p: &PartitionKey) -> u64 {
+        let msgs = self
+            .read_subject(streams::LEDGER, &subjects::ledger(p))
+            .await;
+        let mut v = ChainVerifier::new(p);
+        let mut ids = HashSet::new();
+        for (seq, _, bytes) in &msgs {
+            let opened = record::open(bytes, true).expect("canonical record");
+            v.push(
+                opened.record.chain_index,
+                opened.record.prev_hash,
+                opened.link.digest,
+            )
+            .unwrap_or_else(|e| panic!("chain of {p} broken at ledger seq {seq}: {e}"));
+            let id = opened.record.event["id"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "event {id} recorded twice in {p}");
+        }
+        v.len()
+    }
+
+    pub async fn rejections(&self, p: &PartitionKey) -> Vec<RejectionEnvelope> {
+        self.read_subject(streams::REJECTED, &subjects::rejected(p))
+            .await
+            .into_iter()
+            .map(|(_, _, b)| serde_json::from_slice(&b).expect("rejection envelope"))
+            .collect()
+    }
+
+    pub async fn ledger_len(&self, p: &PartitionKey) -> u64 {
+        self.ledger_last_index(p).await.map_or(0, |i| i + 1)
+    }
+
+    async fn ledger_last_index(&self, p: &PartitionKey) -> Option<u64> {
+        let s = self.js.get_stream(streams::LEDGER).await.unwrap();
+        let m = s
+            .direct_get_last_for_subject(subjects::ledger(p))
+            .await
+            .ok()?;
+        Some(record::open(&m.payload, false).unwrap().record.chain_index)
+    }
+
+    pub async fn rejected_len(&self, p: &PartitionKey) -> usize {
+        self.rejections(p).await.len()
+    }
+
+    pub async fn projected_records(&self, tenant: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM records WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `cond` until it returns `Some` or `PATIENCE` passes; panics naming `what` on timeout.
+/// Polling a condition with a deadline is the synchronisation; the short pause only spaces
+/// the checks.
+pub async fn eventually<T, F, Fut>(what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `atp` binary next to this test binary (built by `cargo build --bin atp`).
+pub fn atp_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("atp");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin atp` first (ops/bin/test does)",
+        bin.display()
+    );
+    bin
+}

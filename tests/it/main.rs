@@ -1,1 +1,9 @@
-//! placeholder
+//! Every integration scenario, in one test binary, against real servers (see `harness/`).
+
+// Test code: a panic with a message is how a failed step is reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crash;
+mod gateway;
+mod ingest;
+mod replay;

@@ -500,15 +500,16 @@ fn check_data(data: &Value, allow_unknown: bool) -> Result<(), Rejection> {
             attributes: d.attributes,
         }
     };
-    if let Some(attrs) = &facets.attributes {
-        if let Some((k, _)) = attrs.iter().find(|(_, v)| v.is_object() || v.is_array()) {
-            return Err(reject(
-                Reason::SchemaValidationFailed,
-                format!(
-                    "data.attributes.{k}: attributes are flat (string, number, boolean or null)"
-                ),
-            ));
-        }
+    if let Some((k, _)) = facets
+        .attributes
+        .iter()
+        .flatten()
+        .find(|(_, v)| v.is_object() || v.is_array())
+    {
+        return Err(reject(
+            Reason::SchemaValidationFailed,
+            format!("data.attributes.{k}: attributes are flat (string, number, boolean or null)"),
+        ));
     }
     for (path, v) in [
         ("data.actor.id", &facets.actor.id),

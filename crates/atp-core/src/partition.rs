@@ -99,10 +99,10 @@ impl PartitionState {
     pub fn remember(&mut self, event_id: String, r: RecordRef) {
         if self.recent.insert(event_id.clone(), r).is_none() {
             self.recent_order.push_back(event_id);
-            if self.recent_order.len() > RECENT_IDS {
-                if let Some(old) = self.recent_order.pop_front() {
-                    self.recent.remove(&old);
-                }
+            if self.recent_order.len() > RECENT_IDS
+                && let Some(old) = self.recent_order.pop_front()
+            {
+                self.recent.remove(&old);
             }
         }
     }

@@ -1,1 +1,100 @@
-//! placeholder
+//! ATP's HTTP gateway (CONTRACT §5): append, query, health. Stateless between requests: every
+//! answer comes from the token, NATS or PostgreSQL.
+
+pub mod append;
+pub mod auth;
+pub mod health;
+pub mod problem;
+pub mod query;
+mod wait;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use atp_nats::registry::RegistryCache;
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use ed25519_dalek::SigningKey;
+use sqlx::PgPool;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+pub use auth::{AuthConfig, Claims, Principal, Role};
+pub use problem::Problem;
+pub use wait::Waiters;
+
+/// Largest request body: a full batch of 1000 events of 64 KiB would be 64 MiB, which no
+/// gateway should buffer; 16 MiB admits 1000 typical (1–10 KiB) events and bounds memory.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The longest a request may take; `Prefer: wait` is capped below it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// NATS-side dependencies of the gateway.
+#[derive(Clone)]
+pub struct Bus {
+    pub js: Context,
+    pub registry: RegistryCache,
+    pub producers: async_nats::jetstream::kv::Store,
+    /// Signs the attestation on submissions forwarded to ingress.
+    pub attestation_key: Arc<SigningKey>,
+}
+
+#[derive(Clone)]
+pub struct GatewayState {
+    pub auth: Arc<AuthConfig>,
+    pub bus: Bus,
+    pub db: PgPool,
+    pub waiters: Waiters,
+}
+
+impl FromRef<GatewayState> for Arc<AuthConfig> {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.auth.clone()
+    }
+}
+impl FromRef<GatewayState> for Bus {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.bus.clone()
+    }
+}
+impl FromRef<GatewayState> for PgPool {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.db.clone()
+    }
+}
+impl FromRef<GatewayState> for Waiters {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.waiters.clone()
+    }
+}
+
+pub fn router(state: GatewayState) -> Router {
+    let api = Router::new()
+        .route("/audit/append", post(append::append_one))
+        .route("/audit/append:batch", post(append::append_batch))
+        .route("/audit/records", get(query::list_records))
+        .route("/audit/records/{record_id}", get(query::get_record))
+        .route("/audit/rejections", get(query::list_rejections))
+        .route("/producers/keys", get(query::producer_keys))
+        .fallback(problem::not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(problem::not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(problem::request_context))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+        ]))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}

@@ -125,6 +125,29 @@ impl RegistryCache {
         Ok(Self { kv, map })
     }
 
+    /// The tenant's source whose CloudEvents `source` URI is `uri`.
+    pub async fn find_by_uri(
+        &self,
+        tenant: &atp_core::TenantId,
+        uri: &str,
+    ) -> Result<Option<Arc<SourceRegistration>>, RegistryError> {
+        let hit = |m: &HashMap<String, Arc<SourceRegistration>>| {
+            m.values()
+                .find(|r| r.tenant_id == *tenant && r.source_uri == uri)
+                .cloned()
+        };
+        if let Some(r) = hit(&self.map.read().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(Some(r));
+        }
+        let fresh = list_tenant(&self.kv, tenant).await?;
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for r in fresh {
+            let p = PartitionKey::new(r.tenant_id.clone(), r.source_id.clone());
+            m.insert(key(&p), Arc::new(r));
+        }
+        Ok(hit(&m))
+    }
+
     pub async fn lookup(
         &self,
         p: &PartitionKey,

@@ -118,10 +118,16 @@ fn drift(def: &StreamDef, actual: &stream::Config) -> Vec<String> {
         .filter(|(k, v)| {
             let a = actual.get(k.as_str()).unwrap_or(&Value::Null);
             // The server omits false booleans and zero limits.
-            let default_equal = matches!((v, a), (Value::Bool(false), Value::Null) | (Value::Number(_), Value::Null) if v.as_i64() == Some(0));
+            let default_equal =
+                a.is_null() && (v.as_bool() == Some(false) || v.as_i64() == Some(0));
             a != *v && !default_equal
         })
-        .map(|(k, v)| format!("{k}: want {v}, server has {}", actual.get(k.as_str()).unwrap_or(&Value::Null)))
+        .map(|(k, v)| {
+            format!(
+                "{k}: want {v}, server has {}",
+                actual.get(k.as_str()).unwrap_or(&Value::Null)
+            )
+        })
         .collect()
 }
 

@@ -271,17 +271,15 @@ impl Ingest {
         {
             let m = m.map_err(|e| retry("reading a partition tail")(e.to_string()))?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(until_seq);
-            if let Ok(opened) = record::open(&m.payload, false) {
-                if let Some(id) = opened.record.event.get("id").and_then(|v| v.as_str()) {
-                    chain.remember(
-                        id.to_owned(),
-                        RecordRef {
-                            chain_index: opened.record.chain_index,
-                            record_id: opened.record.record_id.clone(),
-                            digest: opened.link.digest,
-                        },
-                    );
-                }
+            if let Ok(opened) = record::open(&m.payload, false)
+                && let Some(id) = opened.record.event.get("id").and_then(|v| v.as_str())
+            {
+                let r = RecordRef {
+                    chain_index: opened.record.chain_index,
+                    record_id: opened.record.record_id.clone(),
+                    digest: opened.link.digest,
+                };
+                chain.remember(id.to_owned(), r);
             }
             if seq >= until_seq {
                 break;
@@ -534,14 +532,13 @@ impl BatchHandler for Ingest {
         self.commit(plans, order).await?;
 
         // Only a hint: if this write is lost, the next start re-reads and skips.
-        if last_seq > 0 {
-            if let Err(e) = self
+        if last_seq > 0
+            && let Err(e) = self
                 .progress
                 .put(self.progress_key(), last_seq.to_string().into())
                 .await
-            {
-                tracing::warn!(error = %e, "could not store the ingest resume hint");
-            }
+        {
+            tracing::warn!(error = %e, "could not store the ingest resume hint");
         }
         if let Ok(mut t) = self.totals.lock() {
             t.accepted += stats.accepted;
@@ -558,49 +555,26 @@ impl Ingest {
     /// Commits every partition's plan: rejections first, then records, each atomically.
     async fn commit(
         &mut self,
-        plans: HashMap<String, Plan>,
+        mut plans: HashMap<String, Plan>,
         order: Vec<String>,
     ) -> Result<(), RoleError> {
-        let mut jobs = Vec::new();
+        let mut jobs = Vec::with_capacity(order.len());
         for pkey in order {
-            let (Some(plan), Some(part)) = (plans.get(&pkey), self.parts.get(&pkey)) else {
+            let (Some(plan), Some(part)) = (plans.remove(&pkey), self.parts.get(&pkey)) else {
                 continue;
             };
-            jobs.push((
+            jobs.push(Job {
                 pkey,
-                plan.clone_shallow(),
-                part.rejected_tail,
-                part.ledger_tail,
-            ));
+                plan,
+                tails: Tails {
+                    rejected: part.rejected_tail,
+                    ledger: part.ledger_tail,
+                },
+            });
         }
         let js = &self.js;
-        let results: Vec<(String, Result<(u64, u64), AppendError>)> = futures::stream::iter(jobs)
-            .map(|(pkey, plan, rejected_tail, ledger_tail)| async move {
-                let mut tails = (rejected_tail, ledger_tail);
-                let r = async {
-                    if !plan.rejections.is_empty() {
-                        tails.0 = publish_atomic(
-                            js,
-                            &plan.rejected_subject,
-                            rejected_tail,
-                            plan.rejections,
-                        )
-                        .await?
-                        .sequence;
-                    }
-                    // If we crash here, the rejections are durable and the records are not:
-                    // re-reading skips the former (rejected cursor) and appends the latter.
-                    if !plan.records.is_empty() {
-                        tails.1 =
-                            publish_atomic(js, &plan.ledger_subject, ledger_tail, plan.records)
-                                .await?
-                                .sequence;
-                    }
-                    Ok(tails)
-                }
-                .await;
-                (pkey, r)
-            })
+        let results: Vec<(String, Result<Tails, AppendError>)> = futures::stream::iter(jobs)
+            .map(|job| async move { (job.pkey, commit_partition(js, job.plan, job.tails).await) })
             .buffer_unordered(self.cfg.parallel_appends.max(1))
             .collect()
             .await;
@@ -608,25 +582,20 @@ impl Ingest {
         let mut failed = Vec::new();
         for (pkey, r) in results {
             match r {
-                Ok((rejected_tail, ledger_tail)) => {
+                Ok(tails) => {
                     if let Some(part) = self.parts.get_mut(&pkey) {
-                        part.rejected_tail = rejected_tail;
-                        part.ledger_tail = ledger_tail;
+                        part.rejected_tail = tails.rejected;
+                        part.ledger_tail = tails.ledger;
                     }
                 }
                 Err(e) => {
                     // Our view of this partition ran ahead of what is durable: forget it and
                     // re-read its tail when the batch is handled again.
                     self.parts.remove(&pkey);
-                    match e {
-                        AppendError::WrongLastSequence => {
-                            tracing::info!(partition = %pkey, "another writer appended first; re-reading the partition")
-                        }
-                        other => failed.push(format!("{pkey}: {other}")),
+                    if matches!(e, AppendError::WrongLastSequence) {
+                        tracing::info!(partition = %pkey, "another writer appended first; re-reading the partition");
                     }
-                    if failed.is_empty() {
-                        failed.push(format!("{pkey}: append conflict"));
-                    }
+                    failed.push(format!("{pkey}: {e}"));
                 }
             }
         }
@@ -638,15 +607,38 @@ impl Ingest {
     }
 }
 
-impl Plan {
-    fn clone_shallow(&self) -> Plan {
-        Plan {
-            ledger_subject: self.ledger_subject.clone(),
-            rejected_subject: self.rejected_subject.clone(),
-            records: self.records.clone(),
-            rejections: self.rejections.clone(),
-        }
+/// Stream sequences of the last message on a partition's rejected and ledger subjects.
+#[derive(Debug, Clone, Copy)]
+struct Tails {
+    rejected: u64,
+    ledger: u64,
+}
+
+struct Job {
+    pkey: String,
+    plan: Plan,
+    tails: Tails,
+}
+
+async fn commit_partition(
+    js: &Context,
+    plan: Plan,
+    mut tails: Tails,
+) -> Result<Tails, AppendError> {
+    if !plan.rejections.is_empty() {
+        tails.rejected =
+            publish_atomic(js, &plan.rejected_subject, tails.rejected, plan.rejections)
+                .await?
+                .sequence;
     }
+    // If we crash here, the rejections are durable and the records are not: re-reading skips
+    // the former (rejected cursor) and appends the latter.
+    if !plan.records.is_empty() {
+        tails.ledger = publish_atomic(js, &plan.ledger_subject, tails.ledger, plan.records)
+            .await?
+            .sequence;
+    }
+    Ok(tails)
 }
 
 #[cfg(test)]

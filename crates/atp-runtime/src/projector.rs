@@ -15,8 +15,7 @@ use crate::reader::{BatchHandler, ReadSpec, Role};
 /// Rows per transaction: UNNEST inserts level off around 1000 rows (LIMITS.md), and a batch of
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
 pub const BATCH_MAX: usize = 1000;
-/// PostgreSQL channel the projector notifies after each commit (the gateway's `Prefer: wait`).
-pub const NOTIFY_CHANNEL: &str = "atp_projected";
+use atp_store::projection::NOTIFY_CHANNEL;
 
 fn db(e: atp_store::StoreError) -> RoleError {
     RoleError::Retry(e.to_string())

@@ -123,10 +123,10 @@ pub async fn read_stream<H: BatchHandler>(
                 }
             }
         }
-        if let (Some(stop), Some(last)) = (spec.stop_after, last) {
-            if last >= stop {
-                return Ok(());
-            }
+        if let (Some(stop), Some(last)) = (spec.stop_after, last)
+            && last >= stop
+        {
+            return Ok(());
         }
         if spec.stop_at_end && pending == 0 {
             return Ok(());

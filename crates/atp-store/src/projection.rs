@@ -11,6 +11,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use crate::StoreError;
 
 pub const RECORDS: &str = "records";
+/// PostgreSQL channel the projector notifies after each commit (what `Prefer: wait` waits on).
+pub const NOTIFY_CHANNEL: &str = "atp_projected";
 pub const REJECTIONS: &str = "rejections";
 
 /// The table a batch goes to: the live one, or the one a replay is rebuilding.
@@ -291,13 +293,13 @@ pub async fn advance_watermark(
     Ok(())
 }
 
-/// Prepares an empty `records_rebuild` shaped like `records` (indexes included).
+/// Prepares an empty `records_rebuild` (from the one table definition, migration 0002).
 pub async fn begin_rebuild(pool: &PgPool) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("DROP TABLE IF EXISTS records_rebuild")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("CREATE TABLE records_rebuild (LIKE records INCLUDING ALL)")
+    sqlx::query("SELECT atp_create_records_table('records_rebuild')")
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -381,37 +383,26 @@ pub async fn finish_rebuild(pool: &PgPool, swap: Swap) -> Result<(), StoreError>
     Ok(())
 }
 
-/// `LIKE … INCLUDING ALL` names the copied indexes after the new table; give them back the
-/// names the migration chose so later migrations find them.
+/// The rebuilt table's indexes are named after `records_rebuild`; give them the live names.
 async fn rename_indexes(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
-    let names: Vec<(String, String)> = sqlx::query_as(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'records'",
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'records' \
+         AND indexname LIKE 'records\\_rebuild\\_%'",
     )
     .fetch_all(&mut **tx)
     .await?;
-    for (name, def) in names {
-        let wanted = if def.contains("PRIMARY") || name.ends_with("_pkey") {
-            "records_pkey"
-        } else if def.contains("(tenant_id, actor_id") {
-            "records_by_actor"
-        } else if def.contains("(tenant_id, resource_type") {
-            "records_by_resource"
-        } else if def.contains("(tenant_id, source_id, event_id") {
-            "records_by_event"
-        } else if def.contains("(tenant_id, occurred_at") {
-            "records_by_time"
-        } else {
+    for name in names {
+        let Some(suffix) = name.strip_prefix("records_rebuild_") else {
             continue;
         };
-        if name != wanted {
-            let sql = format!(
-                "ALTER INDEX \"{}\" RENAME TO {wanted}",
-                name.replace('"', "")
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut **tx)
-                .await?;
+        // Names come from the catalogue and are plain identifiers (table name + fixed suffix).
+        if !suffix.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
         }
+        let sql = format!("ALTER INDEX {name} RENAME TO records_{suffix}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

@@ -1,1 +1,449 @@
-fn main() {}
+//! `atp`: serve ATP's roles, run the dev stack, apply streams, migrate, register producers, mint
+//! dev tokens, replay read models, publish sample events and run benchmarks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use atp::dev;
+use atp::serve::{Roles, ServeConfig};
+use atp_gateway::Role;
+use atp_runtime::Secret;
+use atp_runtime::ingest::{IngestConfig, Shard};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "atp", version, about = "ATP, the Audit Trail Platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "ATP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, env = "ATP_NATS_CREDS")]
+    nats_creds: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// PostgreSQL URL (kept out of logs).
+    #[arg(long, env = "ATP_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run roles: gateway, ingest, projector (all by default).
+    Serve {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, env = "ATP_ROLES", default_value = "all")]
+        roles: String,
+        #[arg(long, env = "ATP_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// This worker's share of partitions, `k/n`.
+        #[arg(long, env = "ATP_INGEST_SHARD", default_value = "0/1")]
+        shard: String,
+        #[arg(long, env = "ATP_TOKEN_ISSUER", default_value = dev::ISSUER)]
+        token_issuer: String,
+        #[arg(long, env = "ATP_TOKEN_AUDIENCE", default_value = dev::AUDIENCE)]
+        token_audience: String,
+        /// Trusted token keys, `kid=<base64 Ed25519 public key>`, comma-separated.
+        #[arg(long, env = "ATP_TOKEN_KEYS", value_delimiter = ',')]
+        token_keys: Vec<String>,
+        /// The gateway's attestation private key (PKCS#8 PEM).
+        #[arg(long, env = "ATP_GATEWAY_KEY")]
+        gateway_key: Option<PathBuf>,
+        /// The gateway's attestation public key (base64), for ingest workers in other processes.
+        #[arg(long, env = "ATP_GATEWAY_PUBLIC_KEY")]
+        gateway_public_key: Option<String>,
+    },
+    /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Streams and KV buckets from streams/.
+    Streams {
+        #[command(subcommand)]
+        action: StreamsAction,
+    },
+    /// Apply database migrations.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// The producer registry.
+    Producer {
+        #[command(subcommand)]
+        action: ProducerAction,
+    },
+    /// Dev-issuer tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Rebuild a read model from the ledger into a fresh table and swap it in.
+    Replay {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value = "records")]
+        projection: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// First ledger sequence (inclusive).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last ledger sequence (inclusive).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Sign and publish sample events straight to NATS, as a producer would.
+    Publish {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long, env = "ATP_DEV_TENANT")]
+        tenant: String,
+        #[arg(long, env = "ATP_DEV_SOURCE")]
+        source: String,
+        #[arg(long, env = "ATP_DEV_SOURCE_URI")]
+        source_uri: String,
+        #[arg(long, env = "ATP_DEV_PRODUCER_KEY")]
+        key: PathBuf,
+        #[arg(long, env = "ATP_DEV_PRODUCER_KEY_ID")]
+        key_id: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value = "alice")]
+        actor: String,
+        #[arg(long, default_value = "UPDATE")]
+        action: String,
+    },
+    /// Benchmarks against servers this command starts itself.
+    Bench {
+        #[command(subcommand)]
+        which: atp::bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamsAction {
+    /// Create or update every stream and bucket; report drift.
+    Apply {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Check every stream is present and not drifted.
+    Check {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProducerAction {
+    /// Register a source (and optionally a key for it).
+    Add {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        source_uri: String,
+        #[arg(long, requires = "public_key")]
+        key_id: Option<String>,
+        /// Raw Ed25519 public key, base64.
+        #[arg(long, requires = "key_id")]
+        public_key: Option<String>,
+    },
+    /// Revoke a producer key: later events signed with it are KEY_REVOKED.
+    Revoke {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a dev-issuer token (dev stack only).
+    Mint {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, default_value = "dev-user")]
+        subject: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        #[arg(
+            long,
+            env = "ATP_DEV_ISSUER_KEY",
+            default_value = ".atp/dev/issuer.pem"
+        )]
+        issuer_key: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "producer" => Ok(Role::Producer),
+        "auditor" => Ok(Role::Auditor),
+        "admin" => Ok(Role::Admin),
+        other => Err(format!(
+            "unknown role {other:?}: producer, auditor or admin"
+        )),
+    }
+}
+
+async fn jetstream(n: &NatsArgs) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = atp_nats::connect(&n.nats_url, "atp-cli", n.nats_creds.as_deref()).await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            nats,
+            db,
+            roles,
+            listen,
+            shard,
+            token_issuer,
+            token_audience,
+            token_keys,
+            gateway_key,
+            gateway_public_key,
+        } => {
+            let mut keys = Vec::new();
+            for entry in token_keys.iter().filter(|e| !e.is_empty()) {
+                let (kid, b64) = entry
+                    .split_once('=')
+                    .context("ATP_TOKEN_KEYS entries are kid=<base64 key>")?;
+                keys.push((kid.to_owned(), atp::keys::parse_public(b64)?));
+            }
+            let mut ingest = IngestConfig {
+                shard: Shard::parse(&shard).context("--shard is k/n with k < n")?,
+                ..IngestConfig::default()
+            };
+            if let Some(pk) = gateway_public_key {
+                let bytes = atp::keys::parse_public(&pk)?;
+                ingest.gateway_key = Some(
+                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                        .context("bad gateway public key")?,
+                );
+            }
+            let attestation_key = gateway_key
+                .map(|p| atp::keys::read_private(&p))
+                .transpose()?;
+            let mut running = atp::serve::start(ServeConfig {
+                nats_url: nats.nats_url,
+                nats_credentials: nats.nats_creds,
+                database_url: Secret::new(db.database_url),
+                listen,
+                roles: Roles::parse(&roles)?,
+                ingest,
+                issuer: token_issuer,
+                audience: token_audience,
+                token_keys: keys,
+                attestation_key,
+            })
+            .await?;
+            if let Some(addr) = running.gateway_addr {
+                tracing::info!(%addr, "gateway listening");
+            }
+            tokio::select! {
+                r = running.wait() => r?,
+                _ = shutdown_signal() => tracing::info!("shutting down"),
+            }
+            running.stop().await;
+        }
+        Command::Dev { listen } => {
+            let root = std::env::current_dir()?;
+            dev::run(&root, listen).await?;
+        }
+        Command::Streams {
+            action: StreamsAction::Apply { nats, replicas },
+        } => {
+            let js = jetstream(&nats).await?;
+            for (name, applied) in atp_nats::streams::apply(&js, replicas).await? {
+                println!("{name}: {applied:?}");
+            }
+        }
+        Command::Streams {
+            action: StreamsAction::Check { nats },
+        } => {
+            atp_nats::streams::check(&jetstream(&nats).await?).await?;
+            println!("streams present and not drifted");
+        }
+        Command::Migrate { db } => {
+            let pool = atp_store::connect(&db.database_url, 2).await?;
+            atp_store::migrate(&pool).await?;
+            println!("migrations applied");
+        }
+        Command::Producer {
+            action:
+                ProducerAction::Add {
+                    nats,
+                    tenant,
+                    source,
+                    source_uri,
+                    key_id,
+                    public_key,
+                },
+        } => {
+            let js = jetstream(&nats).await?;
+            let key = match (key_id.as_deref(), public_key) {
+                (Some(id), Some(pk)) => Some((id, atp::keys::parse_public(&pk)?)),
+                _ => None,
+            };
+            let reg = atp::admin::add_producer(&js, &tenant, &source, &source_uri, key).await?;
+            println!("{}", serde_json::to_string_pretty(&reg)?);
+        }
+        Command::Producer {
+            action:
+                ProducerAction::Revoke {
+                    nats,
+                    tenant,
+                    source,
+                    key_id,
+                },
+        } => {
+            atp::admin::revoke_key(&jetstream(&nats).await?, &tenant, &source, &key_id).await?;
+            println!("revoked {key_id}");
+        }
+        Command::Token {
+            action:
+                TokenAction::Mint {
+                    tenant,
+                    role,
+                    subject,
+                    ttl_secs,
+                    issuer_key,
+                },
+        } => {
+            atp_core::TenantId::new(&tenant)?;
+            let key = atp::keys::read_private(&issuer_key)
+                .context("the dev issuer key is made by `atp dev` (ATP_DEV_ISSUER_KEY)")?;
+            println!(
+                "{}",
+                dev::mint_token(&key, &tenant, role, &subject, ttl_secs)?
+            );
+        }
+        Command::Replay {
+            nats,
+            db,
+            projection,
+            tenant,
+            from,
+            to,
+        } => {
+            anyhow::ensure!(
+                projection == "records",
+                "only the records projection can be replayed so far"
+            );
+            let js = jetstream(&nats).await?;
+            let pool = atp_store::connect(&db.database_url, 4).await?;
+            let opts = atp_runtime::replay::ReplayOptions {
+                tenant: tenant.map(atp_core::TenantId::new).transpose()?,
+                from_seq: from,
+                to_seq: to,
+            };
+            let report = atp_runtime::replay::replay_records(&js, &pool, &opts).await?;
+            println!("replayed {} records and swapped them in", report.rows);
+        }
+        Command::Publish {
+            nats,
+            tenant,
+            source,
+            source_uri,
+            key,
+            key_id,
+            count,
+            actor,
+            action,
+        } => {
+            let js = jetstream(&nats).await?;
+            let key = atp::keys::read_private(&key)?;
+            let p = atp_core::PartitionKey::new(
+                atp_core::TenantId::new(tenant)?,
+                atp_core::SourceId::new(source)?,
+            );
+            for _ in 0..count {
+                let id = ulid::Ulid::generate().to_string();
+                let mut ev = atp_core::producer::example_event(
+                    &id,
+                    &source_uri,
+                    chrono::Utc::now(),
+                    &actor,
+                    &action,
+                );
+                atp_core::producer::sign_structured(&mut ev, &key, &key_id)?;
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(
+                    atp_nats::headers::CONTENT_TYPE,
+                    "application/cloudevents+json",
+                );
+                h.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{p}:{id}").as_str(),
+                );
+                let ack = js
+                    .publish_with_headers(
+                        atp_nats::subjects::ingress(&p),
+                        h,
+                        serde_json::to_vec(&ev)?.into(),
+                    )
+                    .await?
+                    .await?;
+                println!("published {id} (ingress seq {})", ack.sequence);
+            }
+        }
+        Command::Bench { which } => atp::bench::run(which).await?,
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    let _ = Duration::ZERO;
+}

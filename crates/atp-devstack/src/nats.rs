@@ -1,0 +1,540 @@
+//! A real `nats-server` with JetStream on free loopback ports, for the dev stack and tests.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::DevstackError;
+use crate::process::{
+    POLL_INTERVAL, Watchdog, find_on_path, free_port, http_status, log_since, log_tail,
+    mentions_address_in_use, open_log, parse_version, repo_root, tcp_accepts, terminate,
+    terminate_sync, version_output,
+};
+
+/// Oldest nats-server ATP accepts; older ones silently ignore newer stream settings.
+pub const MIN_NATS_SERVER_VERSION: (u64, u64, u64) = (2, 14, 0);
+const MIN_NATS_SERVER_VERSION_STR: &str = "2.14.0";
+
+/// How long `start`/`restart` wait for the server to accept connections and report healthy.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `stop` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Start attempts when ports were chosen automatically (another process may grab a free port).
+const AUTO_PORT_ATTEMPTS: usize = 3;
+
+/// Options for [`NatsServer::start`].
+#[derive(Debug, Default, Clone)]
+pub struct NatsOptions {
+    /// Client port; `None` picks a free one.
+    pub port: Option<u16>,
+    /// JetStream store dir; `None` uses a fresh temp dir deleted on drop. A given dir is created
+    /// if missing and kept (across restarts and after drop).
+    pub store_dir: Option<PathBuf>,
+    /// Appended verbatim to the generated config file. Note: a `jetstream { ... }` block here
+    /// replaces the generated one entirely, so repeat `store_dir` in it.
+    pub extra_config: Option<String>,
+}
+
+/// A running `nats-server` child process with JetStream enabled, bound to `127.0.0.1`.
+///
+/// Dropping it kills the server and removes its temp dir (config, log, and the store dir unless
+/// one was given in [`NatsOptions::store_dir`]).
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    monitor_port: u16,
+    store_dir: PathBuf,
+    keep_store: bool,
+    extra_config: Option<String>,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    watchdog: Option<Watchdog>,
+    // Declared last: removed only after the child is gone.
+    temp: TempDir,
+}
+
+impl NatsServer {
+    /// Starts nats-server with JetStream on 127.0.0.1 and a free port (or `opts.port`), with its
+    /// store dir in a fresh temp dir (or `opts.store_dir`, kept across restarts). Returns once the
+    /// client port accepts TCP connections and `/healthz?js-enabled-only=true` on the monitoring
+    /// port (also a free loopback port) answers 200; gives up after 10 s.
+    pub async fn start(opts: NatsOptions) -> Result<NatsServer, DevstackError> {
+        let started = Instant::now();
+        let binary = nats_server_binary()?;
+        let temp = tempfile::Builder::new()
+            .prefix("atp-nats-")
+            .tempdir()
+            .map_err(|e| DevstackError::io("creating a temp dir for nats-server", e))?;
+        let (store_dir, keep_store) = match &opts.store_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    DevstackError::io(format!("creating JetStream store dir {}", dir.display()), e)
+                })?;
+                (dir.clone(), true)
+            }
+            None => (temp.path().join("jetstream"), false),
+        };
+        let mut server = NatsServer {
+            binary,
+            port: 0,
+            monitor_port: 0,
+            store_dir,
+            keep_store,
+            extra_config: opts.extra_config.clone(),
+            config_path: temp.path().join("nats-server.conf"),
+            log_path: temp.path().join("nats-server.log"),
+            child: None,
+            watchdog: None,
+            temp,
+        };
+        let attempts = if opts.port.is_none() {
+            AUTO_PORT_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            server.port = match opts.port {
+                Some(port) => port,
+                None => free_port()?,
+            };
+            server.monitor_port = free_port()?;
+            match server.launch().await {
+                Ok(()) => break,
+                Err(Launch::PortTaken(_)) if attempt < attempts => {
+                    tracing::debug!("nats-server port race on attempt {attempt}; retrying");
+                }
+                Err(Launch::PortTaken(e) | Launch::Failed(e)) => return Err(e),
+            }
+        }
+        tracing::debug!(
+            port = server.port,
+            elapsed_ms = started.elapsed().as_millis(),
+            "nats-server ready"
+        );
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The HTTP monitoring port (`/healthz`, `/jsz`, `/varz`, ...).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// `http://127.0.0.1:<monitor port>`.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The JetStream store dir.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The file that receives the server's stdout and stderr (appended across restarts).
+    pub fn log_path(&self) -> PathBuf {
+        self.log_path.clone()
+    }
+
+    /// The generated config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The nats-server binary in use.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and starts it again on the same ports
+    /// and store dir.
+    pub async fn restart(&mut self) -> Result<(), DevstackError> {
+        self.stop().await;
+        match self.launch().await {
+            Ok(()) => Ok(()),
+            Err(Launch::PortTaken(e) | Launch::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after 5 s. Idempotent.
+    pub async fn stop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+        }
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, None, "TERM", STOP_GRACE, "nats-server").await;
+        }
+    }
+
+    fn write_config(&self) -> Result<(), DevstackError> {
+        let mut config = format!(
+            "# Generated by atp-devstack; edits are overwritten on every start.\n\
+             server_name: \"atp-devstack-{port}\"\n\
+             listen: \"127.0.0.1:{port}\"\n\
+             http: \"127.0.0.1:{monitor}\"\n\
+             jetstream {{\n  store_dir: \"{store}\"\n}}\n",
+            port = self.port,
+            monitor = self.monitor_port,
+            store = config_string(&self.store_dir.to_string_lossy()),
+        );
+        if let Some(extra) = &self.extra_config {
+            config.push_str("\n# extra_config\n");
+            config.push_str(extra);
+            config.push('\n');
+        }
+        std::fs::write(&self.config_path, config)
+            .map_err(|e| DevstackError::io(format!("writing {}", self.config_path.display()), e))
+    }
+
+    /// Spawns the server with the current ports and waits until it is ready.
+    async fn launch(&mut self) -> Result<(), Launch> {
+        self.write_config().map_err(Launch::Failed)?;
+        let (stdout, stderr, log_offset) = open_log(&self.log_path).map_err(Launch::Failed)?;
+        let mut child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.temp.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| {
+                Launch::Failed(DevstackError::io(
+                    format!("spawning {}", self.binary.display()),
+                    e,
+                ))
+            })?;
+
+        let deadline = Instant::now() + START_DEADLINE;
+        let failure = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break format!("it exited with {status} during start-up"),
+                Err(e) => break format!("waiting for it failed: {e}"),
+                Ok(None) => {}
+            }
+            if tcp_accepts(self.port).await
+                && http_status(self.monitor_port, "/healthz?js-enabled-only=true").await
+                    == Some(200)
+            {
+                let pid = child.id();
+                self.child = Some(child);
+                if let Some(pid) = pid {
+                    self.watchdog = Watchdog::spawn(pid, "TERM", self.temp.path());
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                break format!(
+                    "127.0.0.1:{} did not accept connections with /healthz?js-enabled-only=true \
+                     on 127.0.0.1:{} answering 200 within {START_DEADLINE:?}",
+                    self.port, self.monitor_port
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        terminate(&mut child, None, "KILL", Duration::ZERO, "nats-server").await;
+        let error = DevstackError::StartFailed {
+            server: "nats-server",
+            reason: format!("{failure} (config {})", self.config_path.display()),
+            log: self.log_path.clone(),
+            tail: log_tail(&self.log_path, 20),
+        };
+        if mentions_address_in_use(&log_since(&self.log_path, log_offset)) {
+            Err(Launch::PortTaken(error))
+        } else {
+            Err(Launch::Failed(error))
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+        }
+        if let Some(mut child) = self.child.take() {
+            // A throwaway store needs no graceful shutdown; a kept one gets a clean stop.
+            let signal = if self.keep_store { "TERM" } else { "KILL" };
+            terminate_sync(&mut child, None, signal, STOP_GRACE);
+        }
+    }
+}
+
+/// Why a launch failed: the retryable free-port race, or anything else.
+enum Launch {
+    PortTaken(DevstackError),
+    Failed(DevstackError),
+}
+
+/// Quotes a value for the nats-server config format.
+fn config_string(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The install script, as an absolute path for error messages.
+fn install_hint() -> String {
+    repo_root()
+        .join("ops/bin/install-nats-server")
+        .display()
+        .to_string()
+}
+
+/// Finds the nats-server binary: `ATP_NATS_SERVER` if set, else `<repo>/.atp/bin/nats-server`
+/// (installed by `ops/bin/install-nats-server`), else `nats-server` on `PATH`. Checks that
+/// `--version` reports >= 2.14.0 (Debian ships 2.9.10, which silently ignores newer stream
+/// settings) and errors clearly otherwise.
+pub fn nats_server_binary() -> Result<PathBuf, DevstackError> {
+    if let Some(path) = std::env::var_os("ATP_NATS_SERVER").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(not_found(path));
+        }
+        check_nats_version(&path)?;
+        return Ok(path);
+    }
+    let local = repo_root().join(".atp/bin/nats-server");
+    if local.is_file() {
+        check_nats_version(&local)?;
+        return Ok(local);
+    }
+    match find_on_path("nats-server") {
+        Some(on_path) => {
+            check_nats_version(&on_path)?;
+            Ok(on_path)
+        }
+        None => Err(not_found(local)),
+    }
+}
+
+fn not_found(path: PathBuf) -> DevstackError {
+    DevstackError::NatsServerNotFound {
+        path,
+        install: install_hint(),
+        required: MIN_NATS_SERVER_VERSION_STR,
+    }
+}
+
+/// Errors unless `binary --version` reports at least [`MIN_NATS_SERVER_VERSION`].
+pub(crate) fn check_nats_version(binary: &Path) -> Result<(u64, u64, u64), DevstackError> {
+    let output = version_output(binary)?;
+    let version = parse_version(&output).ok_or_else(|| DevstackError::VersionUnknown {
+        path: binary.to_path_buf(),
+        detail: format!("unrecognised --version output {:?}", output.trim()),
+    })?;
+    if version < MIN_NATS_SERVER_VERSION {
+        return Err(DevstackError::NatsServerTooOld {
+            path: binary.to_path_buf(),
+            found: format!("{}.{}.{}", version.0, version.1, version.2),
+            required: MIN_NATS_SERVER_VERSION_STR,
+            install: install_hint(),
+        });
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Makes sure a good nats-server is available, installing the pinned one if needed.
+    fn ensure_nats_server() -> PathBuf {
+        static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+        INSTALLED
+            .get_or_init(|| match nats_server_binary() {
+                Ok(path) => path,
+                Err(e) => {
+                    assert!(
+                        std::env::var_os("ATP_NATS_SERVER").is_none(),
+                        "ATP_NATS_SERVER is set but unusable: {e}"
+                    );
+                    let script = repo_root().join("ops/bin/install-nats-server");
+                    let status = std::process::Command::new(&script).status().unwrap();
+                    assert!(status.success(), "{} failed: {status}", script.display());
+                    nats_server_binary().unwrap()
+                }
+            })
+            .clone()
+    }
+
+    /// Reads the INFO line a NATS server sends to every new client.
+    fn read_info(port: u16) -> String {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    }
+
+    #[tokio::test]
+    async fn starts_accepts_clients_and_restarts_on_the_same_port() {
+        ensure_nats_server();
+        let t0 = Instant::now();
+        let mut nats = NatsServer::start(NatsOptions::default()).await.unwrap();
+        eprintln!("nats-server start: {:?}", t0.elapsed());
+
+        let port = nats.port();
+        assert_eq!(nats.url(), format!("nats://127.0.0.1:{port}"));
+        let info = read_info(port);
+        assert!(info.starts_with("INFO {"), "unexpected greeting {info:?}");
+        assert!(info.contains("\"jetstream\":true"), "JetStream off: {info}");
+        assert!(
+            info.contains("\"version\":\"2.15"),
+            "unexpected version: {info}"
+        );
+        assert_eq!(
+            http_status(nats.monitor_port(), "/healthz?js-enabled-only=true").await,
+            Some(200)
+        );
+        let temp_dir = nats.log_path().parent().unwrap().to_path_buf();
+        let store = nats.store_dir().to_path_buf();
+        assert!(store.starts_with(&temp_dir));
+        let first_pid = nats.pid().unwrap();
+
+        let t1 = Instant::now();
+        nats.restart().await.unwrap();
+        eprintln!("nats-server restart: {:?}", t1.elapsed());
+        assert_eq!(nats.port(), port);
+        assert_eq!(nats.store_dir(), store);
+        assert_ne!(nats.pid().unwrap(), first_pid);
+        assert!(read_info(port).starts_with("INFO {"));
+
+        nats.stop().await;
+        nats.stop().await; // idempotent
+        assert_eq!(nats.pid(), None);
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still accepts connections after stop"
+        );
+        drop(nats);
+        assert!(!temp_dir.exists(), "{} survived drop", temp_dir.display());
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_server_and_honours_options() {
+        ensure_nats_server();
+        let keep = tempfile::tempdir().unwrap();
+        let store = keep.path().join("js");
+        let port = free_port().unwrap();
+        let nats = NatsServer::start(NatsOptions {
+            port: Some(port),
+            store_dir: Some(store.clone()),
+            extra_config: Some("max_payload: 65536".to_owned()),
+        })
+        .await
+        .unwrap();
+        assert_eq!(nats.port(), port);
+        assert_eq!(nats.store_dir(), store);
+        let info = read_info(port);
+        assert!(
+            info.contains("\"max_payload\":65536"),
+            "extra_config ignored: {info}"
+        );
+        let pid = nats.pid().unwrap();
+        let temp_dir = nats.log_path().parent().unwrap().to_path_buf();
+
+        drop(nats);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "nats-server pid {pid} still exists after drop"
+        );
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+        assert!(!temp_dir.exists());
+        assert!(
+            store.is_dir(),
+            "a caller-provided store dir must survive drop"
+        );
+        assert!(
+            store.join("jetstream").is_dir(),
+            "JetStream did not use the given store dir"
+        );
+    }
+
+    #[tokio::test]
+    async fn start_failure_reports_the_log() {
+        ensure_nats_server();
+        let err = NatsServer::start(NatsOptions {
+            extra_config: Some("this is { not valid".to_owned()),
+            ..NatsOptions::default()
+        })
+        .await
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, DevstackError::StartFailed { .. }),
+            "{message}"
+        );
+        assert!(message.contains("nats-server failed to start"), "{message}");
+        assert!(message.contains("last lines of"), "{message}");
+    }
+
+    #[test]
+    fn rejects_old_and_broken_binaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let old = fake("old", "echo 'nats-server: v2.9.10'");
+        let err = check_nats_version(&old).unwrap_err();
+        assert!(
+            matches!(err, DevstackError::NatsServerTooOld { .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("2.9.10") && message.contains(">= 2.14.0"),
+            "{message}"
+        );
+        assert!(message.contains("ops/bin/install-nats-server"), "{message}");
+
+        let new = fake("new", "echo 'nats-server: v2.14.0'");
+        assert_eq!(check_nats_version(&new).unwrap(), (2, 14, 0));
+
+        let garbage = fake("garbage", "echo hello");
+        assert!(matches!(
+            check_nats_version(&garbage).unwrap_err(),
+            DevstackError::VersionUnknown { .. }
+        ));
+        let failing = fake("failing", "exit 3");
+        assert!(matches!(
+            check_nats_version(&failing).unwrap_err(),
+            DevstackError::VersionUnknown { .. }
+        ));
+    }
+
+    #[test]
+    fn not_found_message_is_actionable() {
+        let message = not_found(PathBuf::from("/nowhere/nats-server")).to_string();
+        assert!(message.contains("/nowhere/nats-server"), "{message}");
+        assert!(message.contains("ops/bin/install-nats-server"), "{message}");
+        assert!(message.contains("ATP_NATS_SERVER"), "{message}");
+    }
+}

@@ -1,0 +1,363 @@
+//! `POST /audit/append` and `/audit/append:batch`.
+//!
+//! The gateway runs the same admission as the ingest worker to answer bad input at once
+//! (Problem+JSON with the reason code), then forwards the event to `atp.ingress.<tenant>.<source>`
+//! with its attestation. The ingest worker stays the authority: it checks everything again.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use atp_core::canonical::parse_strict;
+use atp_core::event::{Channel, Submission, admit};
+use atp_core::registry::SourceRegistration;
+use atp_core::{PartitionKey, Rejection, SourceId, attestation};
+use atp_nats::{headers, subjects};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+
+use crate::auth::{Principal, Role};
+use crate::problem::Problem;
+use crate::{Bus, Waiters};
+
+/// Most events in one `append:batch` (CONTRACT §5).
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Longest `Prefer: wait` honoured.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// The simplified form: the audit fields plus where and when.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Simplified {
+    source_id: String,
+    id: String,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default, rename = "type")]
+    ty: Option<String>,
+    actor: Value,
+    action: Value,
+    resource: Value,
+    #[serde(default)]
+    outcome: Option<Value>,
+    #[serde(default)]
+    attributes: Option<Value>,
+}
+
+/// An event ready to publish.
+struct Prepared {
+    partition: PartitionKey,
+    body: Vec<u8>,
+    event_id: String,
+}
+
+fn content_type_ok(h: &HttpHeaders, batch: bool) -> Result<(), Problem> {
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    let ok = if batch {
+        matches!(
+            base,
+            "application/json" | "application/cloudevents-batch+json"
+        )
+    } else {
+        matches!(base, "application/json" | "application/cloudevents+json")
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("content-type {ct:?} is not accepted here"),
+        ))
+    }
+}
+
+async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Problem> {
+    let tenant = p.tenant.as_str();
+    let Value::Object(obj) = event else {
+        return Err(
+            Problem::bad_request("MALFORMED", "an event must be a JSON object").tenant(tenant),
+        );
+    };
+    let unknown = |what: String| Problem::bad_request("UNKNOWN_SOURCE", what).tenant(tenant);
+    let (registration, body): (std::sync::Arc<SourceRegistration>, Vec<u8>) =
+        if obj.contains_key("specversion") {
+            let uri = obj
+                .get("source")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let reg = bus
+                .registry
+                .find_by_uri(&p.tenant, &uri)
+                .await
+                .map_err(|e| Problem::unavailable("the producer registry", e))?
+                .ok_or_else(|| {
+                    unknown(format!(
+                        "no source of tenant {tenant:?} is registered with source URI {uri:?}"
+                    ))
+                })?;
+            let body = serde_json::to_vec(&Value::Object(obj))
+                .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+            (reg, body)
+        } else {
+            let s: Simplified = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+                Problem::bad_request("SCHEMA_VALIDATION_FAILED", e.to_string()).tenant(tenant)
+            })?;
+            let source = SourceId::new(&s.source_id).map_err(|e| {
+                Problem::bad_request("SCHEMA_VALIDATION_FAILED", e.to_string()).tenant(tenant)
+            })?;
+            let key = PartitionKey::new(p.tenant.clone(), source);
+            let reg = bus
+                .registry
+                .lookup(&key)
+                .await
+                .map_err(|e| Problem::unavailable("the producer registry", e))?
+                .ok_or_else(|| {
+                    unknown(format!(
+                        "source {:?} is not registered for tenant {tenant:?}",
+                        s.source_id
+                    ))
+                })?;
+            let mut data = Map::new();
+            data.insert("actor".into(), s.actor);
+            data.insert("action".into(), s.action);
+            data.insert("resource".into(), s.resource);
+            if let Some(o) = s.outcome {
+                data.insert("outcome".into(), o);
+            }
+            if let Some(a) = s.attributes {
+                data.insert("attributes".into(), a);
+            }
+            let time = s
+                .time
+                .unwrap_or_else(|| atp_core::record::timestamp(chrono::Utc::now()));
+            let ce = json!({
+                "specversion": "1.0",
+                "id": s.id,
+                "source": reg.source_uri,
+                "type": s.ty.unwrap_or_else(|| "dev.atp.audit".to_owned()),
+                "time": time,
+                "datacontenttype": "application/json",
+                "data": data,
+            });
+            let body = serde_json::to_vec(&ce)
+                .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+            (reg, body)
+        };
+    let partition = PartitionKey::new(
+        registration.tenant_id.clone(),
+        registration.source_id.clone(),
+    );
+    let sub = Submission {
+        body: &body,
+        content_type: Some("application/cloudevents+json"),
+        ce_headers: vec![],
+        channel: Channel::Gateway {
+            subject: p.subject.clone(),
+        },
+    };
+    let admitted = admit(&partition, &sub, Some(&registration))
+        .map_err(|r: Rejection| Problem::from_rejection(&r).tenant(tenant))?;
+    Ok(Prepared {
+        partition,
+        event_id: admitted.id,
+        body,
+    })
+}
+
+fn idempotency_key(h: &HttpHeaders, p: &Prepared) -> String {
+    h.get("x-idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}:{}", p.partition, p.event_id))
+}
+
+/// Publishes to ingress; resolves to the ingress stream sequence once JetStream has it.
+async fn publish(
+    bus: &Bus,
+    principal: &Principal,
+    p: &Prepared,
+    idem: &str,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, Problem> {
+    let subject = subjects::ingress(&p.partition);
+    let sig = attestation::sign(&bus.attestation_key, &subject, &principal.subject, &p.body);
+    let mut h = HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+    h.insert(async_nats::header::NATS_MESSAGE_ID, idem);
+    h.insert(headers::GATEWAY_SUBJECT, principal.subject.as_str());
+    h.insert(
+        headers::GATEWAY_MAC,
+        base64::engine::general_purpose::STANDARD
+            .encode(sig)
+            .as_str(),
+    );
+    bus.js
+        .publish_with_headers(subject, h, Bytes::from(p.body.clone()))
+        .await
+        .map_err(|e| Problem::unavailable("the event bus", e))
+}
+
+fn prefer_wait(h: &HttpHeaders) -> Option<Duration> {
+    let v = h.get("prefer")?.to_str().ok()?;
+    let secs = v.split([',', ';']).find_map(|part| {
+        part.trim()
+            .strip_prefix("wait=")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    })?;
+    Some(Duration::from_secs(secs).min(MAX_WAIT))
+}
+
+fn created(r: &atp_store::query::StoredRecord) -> Response {
+    let digest = atp_core::Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    (
+        StatusCode::CREATED,
+        Json(json!({ "recordId": r.record_id, "chainIndex": r.chain_index, "digest": digest.to_string() })),
+    )
+        .into_response()
+}
+
+pub async fn append_one(
+    principal: Principal,
+    State(bus): State<Bus>,
+    State(db): State<PgPool>,
+    State(waiters): State<Waiters>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Producer, Role::Admin])?;
+    content_type_ok(&headers, false)?;
+    let tenant = principal.tenant.to_string();
+    let value = parse_strict(&body)
+        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?;
+    let prepared = prepare(&principal, &bus, value).await?;
+    let idem = idempotency_key(&headers, &prepared);
+    let wait = prefer_wait(&headers);
+    let source = prepared.partition.source.to_string();
+    if wait.is_some() {
+        // A repeat answers the record it repeats, without a second submission.
+        if let Some(r) =
+            atp_store::query::record_by_event(&db, &tenant, &source, &prepared.event_id)
+                .await
+                .map_err(|e| Problem::unavailable("the read model", e))?
+        {
+            return Ok(created(&r));
+        }
+    }
+    let ack = publish(&bus, &principal, &prepared, &idem)
+        .await?
+        .await
+        .map_err(|e| Problem::unavailable("the event bus", e))?;
+    if let Some(within) = wait {
+        let event_id = prepared.event_id.clone();
+        let outcome = waiters
+            .until(within, || {
+                let (db, tenant, source, event_id) =
+                    (db.clone(), tenant.clone(), source.clone(), event_id.clone());
+                async move {
+                    if let Some(r) =
+                        atp_store::query::record_by_event(&db, &tenant, &source, &event_id).await?
+                    {
+                        return Ok::<_, atp_store::StoreError>(Some(Ok(r)));
+                    }
+                    Ok(
+                        atp_store::query::rejection_by_ingress(&db, &tenant, ack.sequence)
+                            .await?
+                            .map(Err),
+                    )
+                }
+            })
+            .await
+            .map_err(|e| Problem::unavailable("the read model", e))?;
+        match outcome {
+            Some(Ok(r)) => return Ok(created(&r)),
+            Some(Err(rej)) => {
+                let reason = atp_core::Reason::ALL
+                    .into_iter()
+                    .find(|r| r.code() == rej.reason);
+                return Err(match reason {
+                    Some(reason) => Problem::from_rejection(&Rejection::new(reason, rej.detail)),
+                    None => Problem::bad_request(&rej.reason, rej.detail),
+                }
+                .tenant(&tenant));
+            }
+            None => {}
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "idempotencyKey": idem, "status": "accepted-for-processing", "ingressSeq": ack.sequence })),
+    )
+        .into_response())
+}
+
+pub async fn append_batch(
+    principal: Principal,
+    State(bus): State<Bus>,
+    headers: HttpHeaders,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Producer, Role::Admin])?;
+    content_type_ok(&headers, true)?;
+    let tenant = principal.tenant.to_string();
+    let Value::Array(items) = parse_strict(&body)
+        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?
+    else {
+        return Err(
+            Problem::bad_request("MALFORMED", "a batch is a JSON array of events").tenant(&tenant),
+        );
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_LARGE",
+            format!(
+                "{} events; a batch holds at most {MAX_BATCH_ITEMS}",
+                items.len()
+            ),
+        )
+        .tenant(&tenant));
+    }
+    let mut results: Vec<Value> = Vec::with_capacity(items.len());
+    let mut pending = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match prepare(&principal, &bus, item).await {
+            Err(p) => results.push(json!({"index": index, "status": p.status.as_u16(), "code": p.code, "detail": p.detail})),
+            Ok(prep) => {
+                let idem = format!("{}:{}", prep.partition, prep.event_id);
+                let fut = publish(&bus, &principal, &prep, &idem).await?;
+                results.push(json!({"index": index, "status": 202, "idempotencyKey": idem}));
+                pending.push((index, fut));
+            }
+        }
+    }
+    for (index, fut) in pending {
+        match fut.await {
+            Ok(ack) => results[index]["ingressSeq"] = json!(ack.sequence),
+            Err(e) => {
+                tracing::warn!(error = %e, "batch item not acknowledged by JetStream");
+                results[index] = json!({"index": index, "status": 503, "code": "UNAVAILABLE", "detail": "not stored; retry this item"});
+            }
+        }
+    }
+    let all_ok = results.iter().all(|r| r["status"] == 202);
+    let status = if all_ok {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok((status, Json(json!({ "results": results }))).into_response())
+}

@@ -1,0 +1,116 @@
+//! Problem+JSON (RFC 9457) answers, from one code table.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+tokio::task_local! {
+    /// The request id of the request being served, so problems can carry it as `traceId`.
+    static REQUEST_ID: String;
+}
+
+/// Runs the rest of the stack with the request id in scope.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut resp = REQUEST_ID.scope(id, next.run(req)).await;
+    // A body over the limit is refused by the limit layer with a plain 413; give it our shape.
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| v != PROBLEM_JSON)
+    {
+        resp = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_LARGE",
+            "the request body is over the limit",
+        )
+        .into_response();
+    }
+    resp
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: String,
+    pub detail: String,
+    pub tenant: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            detail: detail.into(),
+            tenant: None,
+        }
+    }
+    pub fn tenant(mut self, t: &str) -> Self {
+        self.tenant = Some(t.to_owned());
+        self
+    }
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", detail)
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", detail)
+    }
+    /// A dependency failed; the detail is logged, not shown.
+    pub fn unavailable(what: &str, error: impl std::fmt::Display) -> Self {
+        tracing::warn!(dependency = what, error = %error, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            format!("{what} is unavailable; retry later"),
+        )
+    }
+    /// Maps an ingest reason code to its HTTP status: size → 413, everything else → 400.
+    pub fn from_rejection(r: &atp_core::Rejection) -> Self {
+        let status = match r.reason {
+            atp_core::Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            atp_core::Reason::TenantMismatch => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, r.reason.code(), r.detail.clone())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let trace_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut body = json!({
+            "type": format!("https://atp.dev/problems/{}", self.code.to_lowercase().replace('_', "-")),
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+            "traceId": trace_id,
+        });
+        if let Some(t) = self.tenant {
+            body["tenantId"] = json!(t);
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        resp
+    }
+}
+
+pub async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}

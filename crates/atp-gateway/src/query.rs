@@ -1,0 +1,278 @@
+//! `GET /audit/records`, `/audit/records/{id}`, `/audit/rejections`, `/producers/keys`.
+
+use atp_core::Digest;
+use atp_nats::{registry, streams};
+use atp_store::projection::{self, Watermark};
+use atp_store::query::{self, RecordFilter, RejectionFilter, StoredRecord};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::Bus;
+use crate::auth::{Principal, Role};
+use crate::problem::Problem;
+
+const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RecordsParams {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    source_id: Option<String>,
+    actor_id: Option<String>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    q: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn store_problem(e: atp_store::StoreError) -> Problem {
+    match e {
+        atp_store::StoreError::BadCursor => {
+            Problem::bad_request("INVALID_CURSOR", "the cursor is not one this API issued")
+        }
+        other => Problem::unavailable("the read model", other),
+    }
+}
+
+/// A record as the API shows it. The record itself is embedded byte for byte as stored, after
+/// checking those bytes still hash to the stored digest: altered data is never served.
+fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
+    let stored = Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    if Digest::of(&r.record) != stored {
+        tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");
+        return Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTEGRITY_ERROR",
+            format!(
+                "record {} does not match its digest; it is withheld",
+                r.record_id
+            ),
+        )
+        .tenant(&r.tenant_id));
+    }
+    let text = String::from_utf8(r.record.clone()).map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTEGRITY_ERROR",
+            "record is not UTF-8",
+        )
+    })?;
+    let raw = RawValue::from_string(text).map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTEGRITY_ERROR",
+            "record is not JSON",
+        )
+    })?;
+    Ok(json!({
+        "recordId": r.record_id,
+        "tenantId": r.tenant_id,
+        "sourceId": r.source_id,
+        "chainIndex": r.chain_index,
+        "digest": stored.to_string(),
+        "chainHash": Digest(r.chain_hash.as_slice().try_into().unwrap_or([0u8; 32])).to_string(),
+        "occurredAt": atp_core::record::timestamp(r.occurred_at),
+        "committedAt": atp_core::record::timestamp(r.committed_at),
+        "record": raw,
+    }))
+}
+
+/// `X-Watermark` and `X-Lag` from the records watermark and the ledger's last message.
+async fn freshness(bus: &Bus, db: &PgPool) -> Vec<(&'static str, String)> {
+    let wm: Option<Watermark> = projection::watermark(db, projection::RECORDS)
+        .await
+        .ok()
+        .flatten();
+    let mut out = Vec::new();
+    if let Some(at) = wm.and_then(|w| w.last_committed_at) {
+        out.push(("x-watermark", atp_core::record::timestamp(at)));
+    }
+    let ledger = match bus.js.get_stream(streams::LEDGER).await {
+        Ok(mut s) => s
+            .info()
+            .await
+            .ok()
+            .map(|i| (i.state.last_sequence, i.state.last_timestamp)),
+        Err(_) => None,
+    };
+    if let Some((last_seq, last_ts)) = ledger {
+        let projected = wm.map_or(0, |w| w.stream_seq);
+        let lag = if projected >= last_seq {
+            0.0
+        } else {
+            let last = crate_time(last_ts);
+            let seen = wm
+                .and_then(|w| w.last_committed_at)
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            ((last - seen).num_milliseconds().max(0) as f64) / 1000.0
+        };
+        out.push(("x-lag", format!("{lag:.3}")));
+    }
+    out
+}
+
+fn crate_time(t: time::OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+}
+
+fn with_headers(mut resp: Response, headers: Vec<(&'static str, String)>) -> Response {
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+pub async fn list_records(
+    principal: Principal,
+    State(bus): State<Bus>,
+    State(db): State<PgPool>,
+    params: Result<Query<RecordsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let Query(p) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    if p.limit
+        .is_some_and(|l| !(1..=query::MAX_LIMIT).contains(&l))
+    {
+        return Err(Problem::bad_request(
+            "INVALID_QUERY",
+            format!("limit must be 1..={}", query::MAX_LIMIT),
+        )
+        .tenant(&tenant));
+    }
+    let filter = RecordFilter {
+        from: p.from,
+        to: p.to,
+        source_id: p.source_id,
+        actor_id: p.actor_id,
+        action: p.action,
+        resource_type: p.resource_type,
+        resource_id: p.resource_id,
+        q: p.q,
+        limit: p.limit,
+        cursor: p.cursor,
+    };
+    let headers = freshness(&bus, &db).await;
+    let page = query::records(&db, &tenant, &filter)
+        .await
+        .map_err(store_problem)?;
+    let items = page
+        .items
+        .iter()
+        .map(record_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    let resp = Json(json!({ "items": items, "nextCursor": page.next_cursor })).into_response();
+    Ok(with_headers(resp, headers))
+}
+
+pub async fn get_record(
+    principal: Principal,
+    State(db): State<PgPool>,
+    Path(record_id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let r = query::record(&db, &tenant, &record_id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no record {record_id:?}"),
+            )
+            .tenant(&tenant)
+        })?;
+    Ok(Json(record_json(&r)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RejectionsParams {
+    source_id: Option<String>,
+    reason: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub async fn list_rejections(
+    principal: Principal,
+    State(db): State<PgPool>,
+    params: Result<Query<RejectionsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Producer, Role::Auditor, Role::Admin])?;
+    let tenant = principal.tenant.to_string();
+    let Query(p) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let filter = RejectionFilter {
+        source_id: p.source_id,
+        reason: p.reason,
+        from: p.from,
+        to: p.to,
+        limit: p.limit,
+        cursor: p.cursor,
+    };
+    let page = query::rejections(&db, &tenant, &filter)
+        .await
+        .map_err(store_problem)?;
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|r| {
+            let envelope: Value = serde_json::from_slice(&r.envelope).unwrap_or(Value::Null);
+            json!({
+                "sourceId": r.source_id,
+                "reason": r.reason,
+                "detail": r.detail,
+                "eventId": r.event_id,
+                "ingressSeq": r.ingress_seq,
+                "receivedAt": atp_core::record::timestamp(r.received_at),
+                "rejectedAt": atp_core::record::timestamp(r.rejected_at),
+                "eventEncoding": envelope.get("eventEncoding"),
+                "event": envelope.get("event"),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "nextCursor": page.next_cursor })).into_response())
+}
+
+pub async fn producer_keys(
+    principal: Principal,
+    State(bus): State<Bus>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Producer, Role::Auditor, Role::Admin])?;
+    let regs = registry::list_tenant(&bus.producers, &principal.tenant)
+        .await
+        .map_err(|e| Problem::unavailable("the producer registry", e))?;
+    let mut keys = Vec::new();
+    for r in regs {
+        for k in &r.keys {
+            keys.push(json!({
+                "sourceId": r.source_id,
+                "sourceUri": r.source_uri,
+                "keyId": k.key_id,
+                "algorithm": "Ed25519",
+                "publicKey": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k.public_key),
+                "createdAt": atp_core::record::timestamp(k.created_at),
+                "revokedAt": k.revoked_at.map(atp_core::record::timestamp),
+                "revoked": k.revoked_at.is_some(),
+            }));
+        }
+    }
+    Ok(Json(json!({ "tenantId": principal.tenant, "keys": keys })).into_response())
+}

@@ -1,0 +1,75 @@
+//! Administration used by the CLI, the dev stack and tests: preparing servers, registering
+//! producers and their keys.
+
+use anyhow::Context as _;
+use async_nats::jetstream::Context;
+use atp_core::registry::{ProducerKey, SourceRegistration};
+use atp_core::{PartitionKey, SourceId, TenantId};
+use atp_nats::{registry, streams};
+use chrono::Utc;
+
+/// Applies streams and buckets (idempotent) and runs migrations.
+pub async fn prepare(js: &Context, database_url: &str, replicas: usize) -> anyhow::Result<()> {
+    for (name, applied) in streams::apply(js, replicas).await? {
+        tracing::info!(stream = %name, ?applied, "stream applied");
+    }
+    let pool = atp_store::connect(database_url, 2).await?;
+    atp_store::migrate(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Registers a source (or updates its URI) and adds a key to it.
+pub async fn add_producer(
+    js: &Context,
+    tenant: &str,
+    source: &str,
+    source_uri: &str,
+    key: Option<(&str, [u8; 32])>,
+) -> anyhow::Result<SourceRegistration> {
+    let p = PartitionKey::new(TenantId::new(tenant)?, SourceId::new(source)?);
+    let kv = js
+        .get_key_value(streams::PRODUCERS_BUCKET)
+        .await
+        .context("the producer registry bucket (run `atp streams apply`)")?;
+    let mut reg = registry::get(&kv, &p)
+        .await?
+        .unwrap_or_else(|| SourceRegistration::new(p.tenant.clone(), p.source.clone(), source_uri));
+    reg.source_uri = source_uri.to_owned();
+    if let Some((key_id, public_key)) = key {
+        if reg.key(key_id).is_some() {
+            anyhow::bail!(
+                "key id {key_id:?} is already registered for {p}; key ids are never reused"
+            );
+        }
+        reg.keys.push(ProducerKey {
+            key_id: key_id.to_owned(),
+            public_key,
+            created_at: Utc::now(),
+            revoked_at: None,
+        });
+    }
+    registry::put(&kv, &reg).await?;
+    Ok(reg)
+}
+
+pub async fn revoke_key(
+    js: &Context,
+    tenant: &str,
+    source: &str,
+    key_id: &str,
+) -> anyhow::Result<()> {
+    let p = PartitionKey::new(TenantId::new(tenant)?, SourceId::new(source)?);
+    let kv = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
+    let mut reg = registry::get(&kv, &p)
+        .await?
+        .with_context(|| format!("{p} is not registered"))?;
+    let k = reg
+        .keys
+        .iter_mut()
+        .find(|k| k.key_id == key_id)
+        .with_context(|| format!("{p} has no key {key_id:?}"))?;
+    k.revoked_at.get_or_insert_with(Utc::now);
+    registry::put(&kv, &reg).await?;
+    Ok(())
+}

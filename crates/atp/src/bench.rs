@@ -1,0 +1,557 @@
+//! Benchmarks (`atp bench …`): ATP against the raw baselines, on servers this command starts.
+//!
+//! `atp bench ingest` runs ATP's ingest and projector as a child `atp serve` process (so its
+//! CPU and memory are its own), drives pre-signed events at the NATS ingress from concurrent
+//! producers, and measures in the same run, on the same servers: plain JetStream publish and
+//! plain PostgreSQL bulk insert of rows shaped like ATP's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use atp_core::{PartitionKey, SourceId, TenantId};
+use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_nats::{headers, streams, subjects};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Which {
+    /// Signed events at the NATS ingress → ledger → PostgreSQL, against raw JetStream publish
+    /// and raw PostgreSQL insert on the same servers.
+    Ingest(IngestBench),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IngestBench {
+    /// Events for the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 8)]
+    pub producers: usize,
+    /// Partitions (tenant:source pairs) the events spread over.
+    #[arg(long, default_value_t = 64)]
+    pub partitions: usize,
+    /// Publish rate of the latency run (events/s).
+    #[arg(long, default_value_t = 5_000)]
+    pub latency_rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 20)]
+    pub latency_secs: u64,
+    /// Events in each raw baseline.
+    #[arg(long, default_value_t = 200_000)]
+    pub baseline_events: u64,
+}
+
+pub async fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Ingest(b) => ingest(b).await,
+    }
+}
+
+/// CPU seconds used so far by a process (user + system), from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the ")"; ticks are 1/100 s
+    // on Linux x86-64 (USER_HZ).
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// Peak resident set (VmHWM) of a process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A process and its children (PostgreSQL's backends), for CPU accounting.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut out = vec![root];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(root) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+struct Meter {
+    label: &'static str,
+    pids: Box<dyn Fn() -> Vec<u32> + Send>,
+    start_cpu: f64,
+}
+
+impl Meter {
+    fn new(label: &'static str, pids: impl Fn() -> Vec<u32> + Send + 'static) -> Self {
+        let start_cpu = pids().iter().map(|p| cpu_secs(*p)).sum();
+        Self {
+            label,
+            pids: Box::new(pids),
+            start_cpu,
+        }
+    }
+    /// (cores used on average over `wall`, peak RSS MiB of the main process)
+    fn read(&self, wall: Duration) -> (f64, f64) {
+        let pids = (self.pids)();
+        let cpu: f64 = pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - self.start_cpu;
+        (
+            cpu / wall.as_secs_f64().max(1e-9),
+            pids.first().map_or(0.0, |p| peak_rss_mib(*p)),
+        )
+    }
+}
+
+fn partitions(n: usize) -> Vec<(PartitionKey, String)> {
+    (0..n)
+        .filter_map(|i| {
+            let t = TenantId::new(format!("t{}", i % 8)).ok()?;
+            let s = SourceId::new(format!("s{}", i / 8)).ok()?;
+            let uri = format!("https://bench.example/{t}/{s}");
+            Some((PartitionKey::new(t, s), uri))
+        })
+        .collect()
+}
+
+/// Pre-signed events (signing is the producer's cost, measured separately).
+fn sign_events(
+    parts: &[(PartitionKey, String)],
+    n: u64,
+    key: &ed25519_dalek::SigningKey,
+    prefix: &str,
+) -> Vec<(usize, String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let pi = (i as usize) % parts.len();
+            let id = format!("{prefix}-{i}");
+            let mut ev = atp_core::producer::example_event(
+                &id,
+                &parts[pi].1,
+                chrono::Utc::now(),
+                "bench-user",
+                "UPDATE",
+            );
+            let _ = atp_core::producer::sign_structured(&mut ev, key, "bench-1");
+            (pi, id, serde_json::to_vec(&ev).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Publishes `events` (each aimed at `subjects[index]`) from `producers` concurrent tasks, each
+/// keeping up to `in_flight` acks outstanding.
+async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    subjects: Vec<String>,
+    events: Vec<(usize, String, Vec<u8>)>,
+    producers: usize,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let chunks: Vec<Vec<(usize, String, Vec<u8>)>> = {
+        let mut c: Vec<Vec<_>> = (0..producers).map(|_| Vec::new()).collect();
+        for (i, e) in events.into_iter().enumerate() {
+            c[i % producers].push(e);
+        }
+        c
+    };
+    let subjects = Arc::new(subjects);
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let (js, subjects) = (js.clone(), subjects.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acks = futures::stream::FuturesUnordered::new();
+            for (pi, id, body) in chunk {
+                let mut h = HeaderMap::new();
+                h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+                h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                let ack = js
+                    .publish_with_headers(subjects[pi].clone(), h, body.into())
+                    .await?
+                    .into_future();
+                acks.push(ack);
+                while acks.len() >= in_flight {
+                    if let Some(r) = acks.next().await {
+                        r?;
+                    }
+                }
+            }
+            while let Some(r) = acks.next().await {
+                r?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
+    eprintln!("bench: starting nats-server and PostgreSQL (fsync on)…");
+    let nats = NatsServer::start(NatsOptions::default()).await?;
+    let pg = Postgres::start(PostgresOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await?;
+    let db = pg.create_database("atp").await?;
+    let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
+    let js = async_nats::jetstream::new(client);
+    crate::admin::prepare(&js, &db, 1).await?;
+    let key = crate::keys::generate();
+    let parts = partitions(b.partitions);
+    for (p, uri) in &parts {
+        crate::admin::add_producer(
+            &js,
+            p.tenant.as_str(),
+            p.source.as_str(),
+            uri,
+            Some(("bench-1", key.verifying_key().to_bytes())),
+        )
+        .await?;
+    }
+    let pool = atp_store::connect(&db, 4).await?;
+
+    // --- producer-side signing cost ---
+    let t = Instant::now();
+    let events = sign_events(&parts, b.events, &key, "tp");
+    let sign_rate = b.events as f64 / t.elapsed().as_secs_f64();
+    let event_bytes = events.iter().map(|e| e.2.len()).sum::<usize>() / events.len().max(1);
+
+    // --- baseline 1: plain JetStream publish of the same bytes ---
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let raw: Vec<(usize, String, Vec<u8>)> = events
+        .iter()
+        .take(b.baseline_events as usize)
+        .map(|(pi, id, body)| (*pi, format!("raw-{id}"), body.clone()))
+        .collect();
+    let raw_subjects: Vec<String> = parts
+        .iter()
+        .map(|(p, _)| format!("bench.raw.{}.{}", p.tenant, p.source))
+        .collect();
+    let n_raw = raw.len() as f64;
+    let t = Instant::now();
+    publish_all(&js, raw_subjects, raw, b.producers, 256).await?;
+    let raw_js_rate = n_raw / t.elapsed().as_secs_f64();
+
+    // --- baseline 2: plain PostgreSQL bulk insert of rows shaped like ATP's ---
+    let raw_pg_rate = pg_baseline(&pool, b.baseline_events).await?;
+
+    // --- ATP: throughput ---
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["serve", "--roles", "ingest,projector"])
+        .env("ATP_NATS_URL", nats.url())
+        .env("ATP_DATABASE_URL", &db)
+        .env("ATP_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting atp serve")?;
+    let atp_pid = child.id().context("atp serve pid")?;
+    let nats_pid = nats.pid().context("nats pid")?;
+    let pg_pid = pg.pid().context("postgres pid")?;
+    let m_atp = Meter::new("atp serve (ingest+projector)", move || vec![atp_pid]);
+    let m_nats = Meter::new("nats-server", move || vec![nats_pid]);
+    let m_pg = Meter::new("postgres (all backends)", move || process_tree(pg_pid));
+
+    let ledger = js.get_stream(streams::LEDGER).await?;
+    let t0 = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        let ingress: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
+        let producers = b.producers;
+        tokio::spawn(async move { publish_all(&js, ingress, events, producers, 256).await })
+    };
+    let total = b.events;
+    let mut ledger_done = None;
+    let mut queryable_done = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while queryable_done.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ATP did not finish within 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if ledger_done.is_none() {
+            let mut l = ledger.clone();
+            if l.info().await?.state.messages >= total {
+                ledger_done = Some(t0.elapsed());
+            }
+        }
+        if let Some(w) =
+            atp_store::projection::watermark(&pool, atp_store::projection::RECORDS).await?
+        {
+            let mut l = ledger.clone();
+            let info = l.info().await?;
+            if info.state.messages >= total && w.stream_seq >= info.state.last_sequence {
+                queryable_done = Some(t0.elapsed());
+            }
+        }
+    }
+    publisher.await??;
+    let e2e = queryable_done.unwrap_or_default();
+    let to_ledger = ledger_done.unwrap_or(e2e);
+    let (atp_cpu, atp_rss) = m_atp.read(e2e);
+    let (nats_cpu, nats_rss) = m_nats.read(e2e);
+    let (pg_cpu, pg_rss) = m_pg.read(e2e);
+
+    // --- ATP: latency at a fixed rate ---
+    let lat = latency_run(&js, &pool, &parts, &key, b.latency_rate, b.latency_secs).await?;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    let date = chrono::Utc::now().format("%Y-%m-%d");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("## atp bench ingest — {date}\n");
+    println!(
+        "Machine: {cpus} cores. Command: `atp bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {}`. \
+         Events: ~{event_bytes} B signed CloudEvents (Ed25519/DSSE). Servers: nats-server (file storage), PostgreSQL 15 with fsync on.\n",
+        b.events, b.producers, b.partitions, b.latency_rate, b.latency_secs
+    );
+    println!("| measure | result |\n|---|---|");
+    println!(
+        "| raw JetStream publish, same bytes, {} producers | {:.0} msg/s |",
+        b.producers, raw_js_rate
+    );
+    println!(
+        "| raw PostgreSQL bulk insert (UNNEST, batches of 1000, records table shape) | {:.0} rows/s |",
+        raw_pg_rate
+    );
+    println!(
+        "| producer-side signing (one core) | {:.0} events/s |",
+        sign_rate
+    );
+    println!(
+        "| ATP ingress → ledger, sustained | {:.0} events/s |",
+        total as f64 / to_ledger.as_secs_f64()
+    );
+    println!(
+        "| ATP ingress → queryable in PostgreSQL, sustained (end to end) | {:.0} events/s |",
+        total as f64 / e2e.as_secs_f64()
+    );
+    println!(
+        "| ingress → ledger latency at {}/s, p50 / p99 | {:.1} ms / {:.1} ms |",
+        b.latency_rate, lat.ledger_p50, lat.ledger_p99
+    );
+    println!(
+        "| ingress → queryable latency at {}/s, p50 / p99 | {:.1} ms / {:.1} ms |",
+        b.latency_rate, lat.query_p50, lat.query_p99
+    );
+    println!(
+        "| achieved rate in the latency run | {:.0} events/s |",
+        lat.achieved
+    );
+    println!(
+        "\nDuring the throughput run ({:.1} s):\n",
+        e2e.as_secs_f64()
+    );
+    println!("| process | CPU (cores, average) | peak RSS |\n|---|---|---|");
+    for (label, cpu, rss) in [
+        (m_atp.label, atp_cpu, atp_rss),
+        (m_nats.label, nats_cpu, nats_rss),
+        (m_pg.label, pg_cpu, pg_rss),
+    ] {
+        println!("| {label} | {cpu:.2} | {rss:.0} MiB |");
+    }
+    Ok(())
+}
+
+async fn pg_baseline(pool: &sqlx::PgPool, n: u64) -> anyhow::Result<f64> {
+    sqlx::query("CREATE TABLE bench_raw (LIKE records INCLUDING ALL)")
+        .execute(pool)
+        .await?;
+    let record = vec![b'x'; 700];
+    let t = Instant::now();
+    let mut done = 0u64;
+    while done < n {
+        let k = (n - done).min(1000);
+        let ids: Vec<String> = (done..done + k).map(|i| format!("{i:026}")).collect();
+        let now = chrono::Utc::now();
+        let times: Vec<chrono::DateTime<chrono::Utc>> = vec![now; k as usize];
+        let texts = |s: &str| vec![s.to_owned(); k as usize];
+        let ints: Vec<i64> = (done as i64..(done + k) as i64).collect();
+        let bytes32: Vec<Vec<u8>> = vec![vec![7u8; 32]; k as usize];
+        let recs: Vec<Vec<u8>> = vec![record.clone(); k as usize];
+        sqlx::query(
+            "INSERT INTO bench_raw (tenant_id, record_id, source_id, chain_index, event_id, event_type, occurred_at, \
+             received_at, committed_at, actor_id, actor_type, action, resource_type, resource_id, outcome, \
+             classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record) \
+             SELECT t, r, s, ci, e, et, o, rc, c, a, at, ac, rt, ri, NULL, cl, 1, '', d, ch, ci, ci, rec FROM UNNEST(\
+             $1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[], \
+             $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bytea[], \
+             $17::bytea[], $18::bytea[]) AS u(t, r, s, ci, e, et, o, rc, c, a, at, ac, rt, ri, cl, d, ch, rec)",
+        )
+        .bind(texts("t0"))
+        .bind(&ids)
+        .bind(texts("s0"))
+        .bind(&ints)
+        .bind(&ids)
+        .bind(texts("com.example.audit"))
+        .bind(&times)
+        .bind(&times)
+        .bind(&times)
+        .bind(texts("bench-user"))
+        .bind(texts("user"))
+        .bind(texts("UPDATE"))
+        .bind(texts("Order"))
+        .bind(texts("4711"))
+        .bind(texts("internal"))
+        .bind(&bytes32)
+        .bind(&bytes32)
+        .bind(&recs)
+        .execute(pool)
+        .await?;
+        done += k;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+struct Latency {
+    ledger_p50: f64,
+    ledger_p99: f64,
+    query_p50: f64,
+    query_p99: f64,
+    achieved: f64,
+}
+
+async fn latency_run(
+    js: &async_nats::jetstream::Context,
+    pool: &sqlx::PgPool,
+    parts: &[(PartitionKey, String)],
+    key: &ed25519_dalek::SigningKey,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Latency> {
+    let n = rate * secs;
+    let events = sign_events(parts, n, key, "lat");
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Observe records as JetStream stores them on the ledger (an ordered consumer: what any
+    // downstream reader would see), and projection commits via the projector's NOTIFY.
+    let ledger = js.get_stream(streams::LEDGER).await?;
+    let start_seq = {
+        let mut l = ledger.clone();
+        l.info().await?.state.last_sequence + 1
+    };
+    let consumer = ledger
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start_seq,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut stored = consumer.messages().await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener
+        .listen(atp_store::projection::NOTIFY_CHANNEL)
+        .await?;
+
+    let observer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut ledger_h = Histogram::<u64>::new(3)?;
+            let mut query_h = Histogram::<u64>::new(3)?;
+            let mut by_seq: Vec<(u64, Instant)> = Vec::new();
+            let mut seen = 0u64;
+            while seen < n {
+                tokio::select! {
+                    m = stored.next() => {
+                        let Some(m) = m else { break };
+                        let m = m.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+                        let id = m.headers.as_ref().and_then(|h| h.get(headers::EVENT_ID)).map(|v| v.as_str().to_owned()).unwrap_or_default();
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        if let Some(t) = sent.lock().await.get(&id).copied() {
+                            ledger_h.record(t.elapsed().as_micros() as u64)?;
+                            by_seq.push((seq, t));
+                        }
+                    }
+                    note = listener.recv() => {
+                        let note = note?;
+                        if let Some(seq) = note.payload().strip_prefix("records:").and_then(|s| s.parse::<u64>().ok()) {
+                            let now = Instant::now();
+                            by_seq.retain(|(s, t)| {
+                                if *s <= seq {
+                                    let _ = query_h.record(now.duration_since(*t).as_micros() as u64);
+                                    seen += 1;
+                                    false
+                                } else {
+                                    true
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((ledger_h, query_h))
+        })
+    };
+
+    let subjects: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let t0 = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for (i, (pi, id, body)) in events.into_iter().enumerate() {
+        let due = t0 + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        sent.lock().await.insert(id, Instant::now());
+        let ack = js
+            .publish_with_headers(subjects[pi].clone(), h, body.into())
+            .await?
+            .into_future();
+        acks.push(ack);
+        while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
+            r?;
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    let achieved = n as f64 / t0.elapsed().as_secs_f64();
+    let (lh, qh) = tokio::time::timeout(Duration::from_secs(300), observer)
+        .await
+        .context("latency observer timed out")???;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency {
+        ledger_p50: ms(&lh, 0.5),
+        ledger_p99: ms(&lh, 0.99),
+        query_p50: ms(&qh, 0.5),
+        query_p99: ms(&qh, 0.99),
+        achieved,
+    })
+}

@@ -1,0 +1,210 @@
+//! `atp dev`: the whole stack on one machine, in the foreground, for trying ATP out.
+//!
+//! Starts nats-server and PostgreSQL on free loopback ports (throwaway data), applies streams
+//! and migrations, generates the dev credentials (never committed: they live in `.atp/dev/`),
+//! registers a dev tenant, source and producer key, runs every role, and writes
+//! `.atp/dev.env` (CONTRACT §7). Ctrl-C stops everything and removes the data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_gateway::auth::{Claims, Role, mint};
+use atp_runtime::Secret;
+use atp_runtime::ingest::IngestConfig;
+use ed25519_dalek::SigningKey;
+
+use crate::serve::{Roles, ServeConfig};
+
+pub const DEV_TENANT: &str = "dev";
+pub const DEV_SOURCE: &str = "demo";
+pub const DEV_SOURCE_URI: &str = "https://demo.example/app";
+pub const DEV_PRODUCER_KEY_ID: &str = "dev-producer-1";
+pub const ISSUER: &str = "atp-dev";
+pub const AUDIENCE: &str = "atp";
+pub const ISSUER_KID: &str = "atp-dev-1";
+
+/// Dev token lifetime: a working day, so a tour started in the morning still works.
+const TOKEN_TTL_SECS: u64 = 12 * 3600;
+
+pub fn mint_token(
+    issuer_key: &SigningKey,
+    tenant: &str,
+    role: Role,
+    subject: &str,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let claims = Claims {
+        iss: ISSUER.to_owned(),
+        aud: AUDIENCE.to_owned(),
+        sub: subject.to_owned(),
+        exp: now + ttl_secs,
+        nbf: Some(now),
+        iat: Some(now),
+        tenant_id: tenant.to_owned(),
+        roles: vec![role],
+    };
+    mint(issuer_key, ISSUER_KID, &claims).map_err(anyhow::Error::msg)
+}
+
+pub struct DevPaths {
+    pub dir: PathBuf,
+}
+
+impl DevPaths {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join(".atp").join("dev"),
+        }
+    }
+    pub fn issuer_key(&self) -> PathBuf {
+        self.dir.join("issuer.pem")
+    }
+    pub fn producer_key(&self) -> PathBuf {
+        self.dir.join("producer.pem")
+    }
+    pub fn env_file(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .map(|p| p.join("dev.env"))
+            .unwrap_or_else(|| self.dir.join("dev.env"))
+    }
+}
+
+pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let paths = DevPaths::new(root);
+    std::fs::create_dir_all(&paths.dir)?;
+    let issuer = crate::keys::load_or_create(&paths.issuer_key())?;
+    let producer = crate::keys::load_or_create(&paths.producer_key())?;
+
+    eprintln!("starting nats-server and PostgreSQL…");
+    let mut nats = NatsServer::start(NatsOptions::default())
+        .await
+        .context("starting nats-server")?;
+    let mut pg = Postgres::start(PostgresOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await
+    .context("starting PostgreSQL")?;
+    let database_url = pg.create_database("atp").await?;
+
+    let client = atp_nats::connect(&nats.url(), "atp-dev", None).await?;
+    let js = async_nats::jetstream::new(client);
+    crate::admin::prepare(&js, &database_url, 1).await?;
+    crate::admin::add_producer(&js, DEV_TENANT, DEV_SOURCE, DEV_SOURCE_URI, None).await?;
+    let kv = js
+        .get_key_value(atp_nats::streams::PRODUCERS_BUCKET)
+        .await?;
+    let p = atp_core::PartitionKey::parse(&format!("{DEV_TENANT}:{DEV_SOURCE}"))?;
+    let has_key = atp_nats::registry::get(&kv, &p)
+        .await?
+        .is_some_and(|r| r.key(DEV_PRODUCER_KEY_ID).is_some());
+    if !has_key {
+        crate::admin::add_producer(
+            &js,
+            DEV_TENANT,
+            DEV_SOURCE,
+            DEV_SOURCE_URI,
+            Some((DEV_PRODUCER_KEY_ID, producer.verifying_key().to_bytes())),
+        )
+        .await?;
+    }
+
+    let mut running = crate::serve::start(ServeConfig {
+        nats_url: nats.url(),
+        nats_credentials: None,
+        database_url: Secret::new(database_url.clone()),
+        listen,
+        roles: Roles::ALL,
+        ingest: IngestConfig::default(),
+        issuer: ISSUER.to_owned(),
+        audience: AUDIENCE.to_owned(),
+        token_keys: vec![(ISSUER_KID.to_owned(), issuer.verifying_key().to_bytes())],
+        attestation_key: None,
+    })
+    .await?;
+    let addr = running.gateway_addr.context("the gateway did not start")?;
+
+    let token = |role, sub: &str| mint_token(&issuer, DEV_TENANT, role, sub, TOKEN_TTL_SECS);
+    let env = [
+        ("ATP_URL", format!("http://{addr}")),
+        ("NATS_URL", nats.url()),
+        ("DATABASE_URL", database_url),
+        ("ATP_DEV_TENANT", DEV_TENANT.to_owned()),
+        ("ATP_DEV_SOURCE", DEV_SOURCE.to_owned()),
+        ("ATP_DEV_SOURCE_URI", DEV_SOURCE_URI.to_owned()),
+        (
+            "ATP_DEV_TOKEN_PRODUCER",
+            token(Role::Producer, "dev-producer")?,
+        ),
+        (
+            "ATP_DEV_TOKEN_AUDITOR",
+            token(Role::Auditor, "dev-auditor")?,
+        ),
+        ("ATP_DEV_TOKEN_ADMIN", token(Role::Admin, "dev-admin")?),
+        // Direct NATS producers connect without credentials until zero-trust ingress (issue 4).
+        ("ATP_DEV_NATS_CREDS", String::new()),
+        ("ATP_DEV_PRODUCER_KEY_ID", DEV_PRODUCER_KEY_ID.to_owned()),
+        (
+            "ATP_DEV_PRODUCER_KEY",
+            paths.producer_key().display().to_string(),
+        ),
+        (
+            "ATP_DEV_ISSUER_KEY",
+            paths.issuer_key().display().to_string(),
+        ),
+        // Checkpoints arrive with the integrity issue.
+        ("ATP_NOTE_VERIFIER_KEY", String::new()),
+    ];
+    let text: String = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
+        .collect();
+    write_private_file(&paths.env_file(), &text)?;
+    eprintln!(
+        "\nATP is up at http://{addr}  (NATS {}, PostgreSQL on port {})",
+        nats.url(),
+        pg.port()
+    );
+    eprintln!(
+        "credentials: {}  — `source` it in another shell; Ctrl-C stops everything.\n",
+        paths.env_file().display()
+    );
+
+    tokio::select! {
+        r = running.wait() => { r?; }
+        _ = tokio::signal::ctrl_c() => { eprintln!("stopping…"); }
+    }
+    running.stop().await;
+    let _ = std::fs::remove_file(paths.env_file());
+    nats.stop().await;
+    pg.stop().await;
+    Ok(())
+}
+
+fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@=+".contains(&b))
+    {
+        v.to_owned()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
+    }
+}
+
+fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! `atp serve`: any subset of roles in one process, all of them by default.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use atp_gateway::{AuthConfig, Bus, GatewayState, Waiters};
+use atp_nats::registry::RegistryCache;
+use atp_nats::streams;
+use atp_runtime::ingest::{BatchStats, Ingest, IngestConfig};
+use atp_runtime::{RoleError, Secret};
+use ed25519_dalek::SigningKey;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub gateway: bool,
+    pub ingest: bool,
+    pub projector: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        gateway: true,
+        ingest: true,
+        projector: true,
+    };
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let mut r = Roles {
+            gateway: false,
+            ingest: false,
+            projector: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => r = Roles::ALL,
+                "gateway" => r.gateway = true,
+                "ingest" => r.ingest = true,
+                "projector" => r.projector = true,
+                other => {
+                    bail!("unknown role {other:?}: choose from gateway, ingest, projector (or all)")
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Everything `serve` needs, validated before anything starts.
+pub struct ServeConfig {
+    pub nats_url: String,
+    pub nats_credentials: Option<String>,
+    pub database_url: Secret,
+    pub listen: SocketAddr,
+    pub roles: Roles,
+    pub ingest: IngestConfig,
+    pub issuer: String,
+    pub audience: String,
+    /// Trusted token keys: (kid, raw Ed25519 public key).
+    pub token_keys: Vec<(String, [u8; 32])>,
+    /// The gateway's attestation key. When the gateway and ingest run in one process and none
+    /// is given, a fresh one is made for the process's life.
+    pub attestation_key: Option<SigningKey>,
+}
+
+/// A running `serve`: its roles' tasks and the handle to stop them.
+pub struct Running {
+    pub gateway_addr: Option<SocketAddr>,
+    pub ingest_totals: Option<Arc<std::sync::Mutex<BatchStats>>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<(&'static str, Result<(), RoleError>)>,
+}
+
+impl Running {
+    /// Waits for the first role to stop (it should not unless asked) and reports it.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        match self.tasks.join_next().await {
+            None => Ok(()),
+            Some(Ok((name, Ok(())))) => {
+                tracing::info!(role = name, "role stopped");
+                Ok(())
+            }
+            Some(Ok((name, Err(e)))) => bail!("role {name} failed: {e}"),
+            Some(Err(e)) => bail!("a role panicked: {e}"),
+        }
+    }
+
+    /// Asks every role to stop at its next batch boundary and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while let Some(r) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = r {
+                tracing::warn!(role = name, error = %e, "role stopped with an error");
+            }
+        }
+    }
+}
+
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
+    let client =
+        atp_nats::connect(&cfg.nats_url, "atp-serve", cfg.nats_credentials.as_deref()).await?;
+    let js = async_nats::jetstream::new(client);
+    streams::check(&js).await?;
+    let needs_db = cfg.roles.gateway || cfg.roles.projector;
+    let pool = if needs_db {
+        let pool = atp_store::connect(cfg.database_url.expose(), 16)
+            .await
+            .context("connecting to PostgreSQL")?;
+        atp_store::check_schema(&pool).await?;
+        Some(pool)
+    } else {
+        None
+    };
+
+    let attestation = match (cfg.attestation_key, cfg.roles.gateway && cfg.roles.ingest) {
+        (Some(k), _) => Some(k),
+        (None, true) => Some(crate::keys::generate()),
+        (None, false) if cfg.roles.gateway => bail!(
+            "the gateway needs an attestation key (ATP_GATEWAY_KEY) when ingest runs elsewhere"
+        ),
+        (None, false) => None,
+    };
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut running = Running {
+        gateway_addr: None,
+        ingest_totals: None,
+        shutdown: shutdown_tx,
+        tasks: JoinSet::new(),
+    };
+
+    if cfg.roles.ingest {
+        let mut ingest_cfg = cfg.ingest.clone();
+        if ingest_cfg.gateway_key.is_none() {
+            ingest_cfg.gateway_key = attestation.as_ref().map(|k| k.verifying_key());
+        }
+        let mut ingest = Ingest::new(js.clone(), ingest_cfg).await?;
+        running.ingest_totals = Some(ingest.totals.clone());
+        let (js, sd) = (js.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "ingest",
+                atp_runtime::reader::run_role(&js, &mut ingest, sd).await,
+            )
+        });
+    }
+    if cfg.roles.projector {
+        let (js, sd) = (js.clone(), shutdown.clone());
+        let pool = pool.clone().context("the projector needs PostgreSQL")?;
+        tasks.spawn(async move { ("projector", atp_runtime::projector::run(js, pool, sd).await) });
+    }
+    if cfg.roles.gateway {
+        let pool = pool.clone().context("the gateway needs PostgreSQL")?;
+        let key = attestation.context("no attestation key")?;
+        let mut auth = AuthConfig::new(&cfg.issuer, &cfg.audience);
+        for (kid, k) in &cfg.token_keys {
+            auth = auth.with_ed25519_key(kid, k);
+        }
+        let producers = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
+        let registry = RegistryCache::start(producers.clone()).await?;
+        let state = GatewayState {
+            auth: Arc::new(auth),
+            bus: Bus {
+                js: js.clone(),
+                registry,
+                producers,
+                attestation_key: Arc::new(key),
+            },
+            waiters: Waiters::start(&pool).await?,
+            db: pool,
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        running.gateway_addr = Some(listener.local_addr()?);
+        let mut sd = shutdown.clone();
+        let app = atp_gateway::router(state);
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = sd.wait_for(|stop| *stop).await;
+                })
+                .await;
+            (
+                "gateway",
+                served.map_err(|e| RoleError::Fatal(e.to_string())),
+            )
+        });
+    }
+    running.tasks = tasks;
+    Ok(running)
+}

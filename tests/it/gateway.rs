@@ -1,0 +1,473 @@
+//! The HTTP API: append (single, batch, `Prefer: wait`), queries with cursors and freshness
+//! headers, and Problem+JSON for bad input and bad credentials.
+
+use atp::serve::Roles;
+use atp_gateway::Role;
+use atp_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(running: &atp::serve::Running) -> Self {
+        Self {
+            base: format!("http://{}", running.gateway_addr.unwrap()),
+            http: reqwest::Client::new(),
+        }
+    }
+    fn post(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+    }
+    fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+    }
+}
+
+fn simplified(id: &str, actor: &str) -> Value {
+    json!({
+        "sourceId": SOURCE, "id": id, "actor": {"id": actor, "type": "user"}, "action": "READ",
+        "resource": {"type": "Invoice", "id": "inv-7"}, "attributes": {"channel": "Web Portal"}
+    })
+}
+
+async fn problem(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert!(resp.headers().contains_key("x-request-id"));
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn append_with_wait_answers_the_record_and_a_repeat_answers_the_same_one() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let producer = stack.token(TENANT, Role::Producer);
+    let auditor = stack.token(TENANT, Role::Auditor);
+
+    let resp = api
+        .post("/api/v1/audit/append", &producer)
+        .header("prefer", "wait=20")
+        .json(&simplified("h-1", "carol"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["chainIndex"], 0);
+    let record_id = created["recordId"].as_str().unwrap().to_owned();
+
+    let again: Value = api
+        .post("/api/v1/audit/append", &producer)
+        .header("prefer", "wait=20")
+        .json(&simplified("h-1", "carol"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, created, "a repeat answers the same record");
+
+    // A signed CloudEvent through the gateway keeps its producer signature.
+    let signed = stack.sign(stack.event("h-2"));
+    let resp = api
+        .post("/api/v1/audit/append", &producer)
+        .header("content-type", "application/cloudevents+json")
+        .json(&signed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "accepted-for-processing");
+    assert_eq!(body["idempotencyKey"], format!("{TENANT}:{SOURCE}:h-2"));
+
+    let p = partition(TENANT, SOURCE);
+    eventually("both records", || async {
+        (stack.projected_records(TENANT).await == 2).then_some(())
+    })
+    .await;
+    let ledger = stack.ledger(&p).await;
+    assert_eq!(
+        ledger[0].producer.auth,
+        format!("token:{TENANT}-producer"),
+        "unsigned HTTP events are attributed to the token"
+    );
+    assert_eq!(ledger[1].producer.key_id.as_deref(), Some(KEY_ID));
+    assert_eq!(stack.verify_chain(&p).await, 2);
+
+    let one: Value = api
+        .get(&format!("/api/v1/audit/records/{record_id}"), &auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["record"]["event"]["data"]["actor"]["id"], "carol");
+    assert_eq!(
+        one["digest"].as_str().unwrap(),
+        atp_core::Digest::of(&atp_core::canonical::to_canonical(&one["record"]).unwrap())
+            .to_string()
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn queries_filter_page_newest_first_and_report_freshness() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let producer = stack.token(TENANT, Role::Producer);
+    let auditor = stack.token(TENANT, Role::Auditor);
+    let batch: Vec<Value> = (0..25)
+        .map(|i| {
+            let mut e = simplified(
+                &format!("q-{i:02}"),
+                if i % 5 == 0 { "dave" } else { "erin" },
+            );
+            e["time"] = json!(format!("2026-11-23T10:00:{i:02}Z"));
+            e
+        })
+        .chain([json!({"sourceId": SOURCE, "id": "bad"})])
+        .collect();
+    let resp = api
+        .post("/api/v1/audit/append:batch", &producer)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MULTI_STATUS);
+    let results: Value = resp.json().await.unwrap();
+    assert_eq!(
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == 202)
+            .count(),
+        25
+    );
+    assert_eq!(results["results"][25]["code"], "SCHEMA_VALIDATION_FAILED");
+    eventually("all projected", || async {
+        (stack.projected_records(TENANT).await == 25).then_some(())
+    })
+    .await;
+
+    let resp = api
+        .get("/api/v1/audit/records?actorId=dave", &auditor)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("x-watermark"));
+    assert_eq!(resp.headers()["x-lag"], "0.000");
+    let page: Value = resp.json().await.unwrap();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["record"]["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["q-20", "q-15", "q-10", "q-05", "q-00"],
+        "newest first"
+    );
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/audit/records?limit=10&cursor={c}"),
+            None => "/api/v1/audit/records?limit=10".to_owned(),
+        };
+        let page: Value = api
+            .get(&path, &auditor)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["record"]["event"]["id"].as_str().unwrap().to_owned()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..25).rev().map(|i| format!("q-{i:02}")).collect();
+    assert_eq!(seen, expected, "pages cover everything once, in order");
+    expected.clear();
+
+    let page: Value = api
+        .get(
+            "/api/v1/audit/records?q=web%20portal&from=2026-11-23T10:00:20Z",
+            &auditor,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+
+    let other = stack.token("globex", Role::Auditor);
+    let page: Value = api
+        .get("/api/v1/audit/records", &other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        0,
+        "another tenant sees nothing"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_json_with_a_code() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let producer = stack.token(TENANT, Role::Producer);
+    let auditor = stack.token(TENANT, Role::Auditor);
+
+    let (s, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .body("{\"id\":")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "MALFORMED")
+    );
+    assert_eq!(p["status"], 400);
+    assert!(p["traceId"].as_str().is_some_and(|t| !t.is_empty()));
+
+    let dup = format!("{{\"sourceId\":\"{SOURCE}\",\"id\":\"x\",\"id\":\"y\"}}");
+    let (_, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .body(dup)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p["code"], "MALFORMED");
+
+    let mut e = simplified("n-1", "x");
+    e["attributes"]["n"] = json!(9007199254740993u64);
+    let (_, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&e)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p["code"], "MALFORMED");
+
+    let mut e = simplified("m-1", "x");
+    e.as_object_mut().unwrap().remove("action");
+    let (s, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&e)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "SCHEMA_VALIDATION_FAILED")
+    );
+    assert_eq!(p["tenantId"], TENANT);
+
+    let mut e = simplified("b-1", "x");
+    e["attributes"]["blob"] = json!("x".repeat(70 * 1024));
+    let (s, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&e)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE")
+    );
+
+    let mut signed = stack.event("t-1");
+    signed.insert("tenantid".into(), json!("globex"));
+    let signed = stack.sign(signed);
+    let (s, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&signed)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::FORBIDDEN, "TENANT_MISMATCH")
+    );
+
+    let mut tampered = stack.sign(stack.event("s-1"));
+    tampered["data"]["action"] = json!("DELETE");
+    let (_, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&tampered)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p["code"], "SIGNATURE_INVALID");
+
+    let mut e = simplified("u-1", "x");
+    e["sourceId"] = json!("nowhere");
+    let (_, p) = problem(
+        api.post("/api/v1/audit/append", &producer)
+            .json(&e)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p["code"], "UNKNOWN_SOURCE");
+
+    let plain = api
+        .http
+        .post(format!("{}/api/v1/audit/append", api.base))
+        .bearer_auth(&producer)
+        .header("content-type", "text/plain");
+    let (s, p) = problem(plain.body("{}").send().await.unwrap()).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+    );
+
+    let (s, p) = problem(
+        api.get("/api/v1/audit/records", "not-a-token")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED")
+    );
+    let (s, _) = problem(
+        api.http
+            .get(format!("{}/api/v1/audit/records", api.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, p) = problem(
+        api.get("/api/v1/audit/records", &producer)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    let (s, p) = problem(
+        api.post("/api/v1/audit/append", &auditor)
+            .json(&simplified("r-1", "x"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::FORBIDDEN, "FORBIDDEN")
+    );
+    let (s, p) = problem(
+        api.get("/api/v1/audit/records?cursor=garbage!", &auditor)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "INVALID_CURSOR")
+    );
+    let (s, p) = problem(
+        api.get("/api/v1/audit/records?colour=red", &auditor)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "INVALID_QUERY")
+    );
+    let (s, _) = problem(
+        api.get("/api/v1/audit/records/01JD0000000000000000000000", &auditor)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    assert_eq!(
+        stack.projected_records(TENANT).await,
+        0,
+        "nothing bad was recorded"
+    );
+    let keys: Value = api
+        .get("/api/v1/producers/keys", &auditor)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["keys"][0]["keyId"], KEY_ID);
+    let ready = api
+        .http
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    running.stop().await;
+}

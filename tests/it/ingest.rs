@@ -1,0 +1,434 @@
+//! Producers on NATS: records, rejections with their reason codes, duplicates, sequences, and
+//! two ingest workers racing on the same partitions.
+
+use std::collections::HashMap;
+
+use atp::serve::Roles;
+use atp_core::Reason;
+use atp_core::chain::genesis;
+use atp_nats::{headers, subjects};
+use atp_tests::*;
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_signed_event_becomes_a_chained_record_and_is_queryable() {
+    let stack = Stack::start().await;
+    let running = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: true,
+            projector: true,
+        })
+        .await;
+    let p = partition(TENANT, SOURCE);
+    let first = stack.sign(stack.event("e-1"));
+    let second = stack.sign(stack.event("e-2"));
+    stack.publish(&p, &first).await;
+    stack.publish(&p, &second).await;
+
+    eventually("two records on the ledger", || async {
+        (stack.ledger_len(&p).await == 2).then_some(())
+    })
+    .await;
+    let records = stack.ledger(&p).await;
+    assert_eq!(records[0].chain_index, 0);
+    assert_eq!(records[0].prev_hash, genesis(&p));
+    assert_eq!(
+        records[0].event,
+        Value::Object(first.clone()),
+        "the event is kept as received"
+    );
+    assert_eq!(records[0].producer.key_id.as_deref(), Some(KEY_ID));
+    assert_eq!(records[0].producer.auth, "dsse-ed25519");
+    assert_eq!(records[0].policy.classification, "internal");
+    assert_eq!(records[0].record_id.len(), 26, "a ULID");
+    assert_eq!(stack.verify_chain(&p).await, 2);
+
+    eventually("both records projected", || async {
+        (stack.projected_records(TENANT).await == 2).then_some(())
+    })
+    .await;
+    let (digest, chain_hash, actor): (Vec<u8>, Vec<u8>, String) = sqlx::query_as(
+        "SELECT digest, chain_hash, actor_id FROM records WHERE tenant_id = $1 AND chain_index = 1",
+    )
+    .bind(TENANT)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    let ledger = stack
+        .read_subject(atp_nats::streams::LEDGER, &subjects::ledger(&p))
+        .await;
+    let opened = atp_core::record::open(&ledger[1].2, true).unwrap();
+    assert_eq!(digest, opened.link.digest.0.to_vec());
+    assert_eq!(chain_hash, opened.link.chain_hash.0.to_vec());
+    assert_eq!(actor, "alice");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn binary_mode_events_are_stored_structured_with_their_body() {
+    let stack = Stack::start().await;
+    let running = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: true,
+            projector: false,
+        })
+        .await;
+    let p = partition(TENANT, SOURCE);
+    let body = br#"{"actor":{"id":"bob","type":"user"},"action":"LOGIN","resource":{"type":"Session","id":"s-9"}}"#;
+    let time = chrono::Utc::now();
+    let material = atp_core::dsse::verification_material(&atp_core::dsse::SignedFields {
+        id: Some("bin-1"),
+        source: Some(SOURCE_URI),
+        specversion: Some("1.0"),
+        ty: Some("com.acme.login"),
+        datacontenttype: Some("application/json"),
+        time: Some(time),
+        data: body,
+        ..Default::default()
+    });
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("content-type", "application/json");
+    h.insert("ce-specversion", "1.0");
+    h.insert("ce-id", "bin-1");
+    h.insert("ce-source", SOURCE_URI);
+    h.insert("ce-type", "com.acme.login");
+    h.insert("ce-time", atp_core::dsse::normalise_time(&time).as_str());
+    h.insert(
+        "ce-dssematerial",
+        atp_core::dsse::sign(&material, &stack.producer, KEY_ID).as_str(),
+    );
+    stack
+        .js
+        .publish_with_headers(subjects::ingress(&p), h, body.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    eventually("the binary-mode record", || async {
+        (stack.ledger_len(&p).await == 1).then_some(())
+    })
+    .await;
+    let r = &stack.ledger(&p).await[0];
+    let stored = r.event["data_base64"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .unwrap(),
+        body.to_vec()
+    );
+    assert_eq!(r.event["id"], json!("bin-1"));
+    running.stop().await;
+}
+
+/// Every kind of bad input on NATS ends as exactly one rejection with its code, and nothing
+/// else is recorded.
+#[tokio::test]
+async fn bad_submissions_on_nats_are_rejected_with_their_reason() {
+    let stack = Stack::start().await;
+    let running = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: true,
+            projector: true,
+        })
+        .await;
+    let p = partition(TENANT, SOURCE);
+    let good = stack.sign(stack.event("ok-1"));
+    let good_text = serde_json::to_string(&good).unwrap();
+
+    let mut tampered = good.clone();
+    tampered["data"]["action"] = json!("DELETE");
+    let mut unknown_key = stack.event("uk-1");
+    atp_core::producer::sign_structured(&mut unknown_key, &stack.producer, "nobody").unwrap();
+    let mut other_tenant = stack.event("tm-1");
+    other_tenant.insert("tenantid".into(), json!("globex"));
+    let other_tenant = stack.sign(other_tenant);
+    let mut missing = stack.event("ms-1");
+    missing.remove("type");
+    let missing = stack.sign(missing);
+    let mut big = stack.event("big-1");
+    big["data"]["attributes"]["blob"] = json!("x".repeat(70 * 1024));
+    let big = stack.sign(big);
+
+    let cases: Vec<(&str, Vec<u8>, Reason)> = vec![
+        (
+            "malformed JSON",
+            b"{\"specversion\": \"1.0\",".to_vec(),
+            Reason::Malformed,
+        ),
+        (
+            "missing type",
+            serde_json::to_vec(&missing).unwrap(),
+            Reason::SchemaValidationFailed,
+        ),
+        (
+            "unsigned",
+            serde_json::to_vec(&stack.event("us-1")).unwrap(),
+            Reason::SignatureMissing,
+        ),
+        (
+            "tampered",
+            serde_json::to_vec(&tampered).unwrap(),
+            Reason::SignatureInvalid,
+        ),
+        (
+            "unknown key",
+            serde_json::to_vec(&unknown_key).unwrap(),
+            Reason::UnknownKey,
+        ),
+        (
+            "tenant mismatch",
+            serde_json::to_vec(&other_tenant).unwrap(),
+            Reason::TenantMismatch,
+        ),
+        (
+            "oversize",
+            serde_json::to_vec(&big).unwrap(),
+            Reason::TooLarge,
+        ),
+        (
+            "non-I-JSON number",
+            good_text
+                .replacen("\"amount\":12.5", "\"amount\":9007199254740993", 1)
+                .replacen("ok-1", "num-1", 1)
+                .into_bytes(),
+            Reason::Malformed,
+        ),
+        (
+            "duplicate keys",
+            good_text
+                .replacen("\"id\":\"ok-1\"", "\"id\":\"ok-1\",\"id\":\"dup-1\"", 1)
+                .into_bytes(),
+            Reason::Malformed,
+        ),
+    ];
+    let mut expected = HashMap::new();
+    for (i, (name, body, reason)) in cases.iter().enumerate() {
+        let seq = stack
+            .publish_raw(&p, body.clone(), Some(&format!("case-{i}")))
+            .await;
+        expected.insert(seq, (*name, *reason));
+    }
+    // Among them one good event: the ledger gets exactly that one.
+    stack.publish(&p, &good).await;
+    let rejections = eventually("every bad submission rejected", || async {
+        let r = stack.rejections(&p).await;
+        (r.len() >= expected.len()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        rejections.len(),
+        expected.len(),
+        "exactly one rejection each"
+    );
+    for r in &rejections {
+        let (name, reason) = expected
+            .get(&r.ingress_seq)
+            .expect("a rejection answers a submission");
+        assert_eq!(r.reason, *reason, "{name}: {}", r.detail);
+        assert_eq!(r.tenant_id, TENANT);
+    }
+    let malformed = rejections
+        .iter()
+        .find(|r| expected[&r.ingress_seq].0 == "malformed JSON")
+        .unwrap();
+    assert_eq!(
+        malformed.event_encoding, "base64",
+        "what was not JSON is kept byte for byte"
+    );
+    eventually("the good event recorded", || async {
+        (stack.ledger_len(&p).await == 1).then_some(())
+    })
+    .await;
+    eventually("rejections projected", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejections")
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+        (n == expected.len() as i64).then_some(())
+    })
+    .await;
+
+    atp::admin::revoke_key(&stack.js, TENANT, SOURCE, KEY_ID)
+        .await
+        .unwrap();
+    let after = stack.sign(stack.event("after-revoke"));
+    let seq = stack.publish(&p, &after).await;
+    let r = eventually("the revoked key refused", || async {
+        stack
+            .rejections(&p)
+            .await
+            .into_iter()
+            .find(|r| r.ingress_seq == seq)
+    })
+    .await;
+    assert_eq!(r.reason, Reason::KeyRevoked);
+
+    let q = partition(TENANT, "unregistered");
+    let seq = stack.publish(&q, &stack.sign(stack.event("u-1"))).await;
+    let r = eventually("unknown source refused", || async {
+        stack.rejections(&q).await.into_iter().next()
+    })
+    .await;
+    assert_eq!((r.reason, r.ingress_seq), (Reason::UnknownSource, seq));
+    assert_eq!(stack.ledger_len(&p).await, 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
+    let stack = Stack::start().await;
+    let running = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: true,
+            projector: false,
+        })
+        .await;
+    let p = partition(TENANT, SOURCE);
+    let with_seq = |id: &str, seq: u64| {
+        let mut e = stack.event(id);
+        e.insert("sequence".into(), json!(seq.to_string()));
+        stack.sign(e)
+    };
+    let five = with_seq("s-5", 5);
+    stack.publish(&p, &five).await;
+    stack.publish(&p, &with_seq("s-9", 9)).await;
+    // The same event again, past JetStream's own dedupe (another Nats-Msg-Id): a duplicate.
+    stack
+        .publish_raw(&p, serde_json::to_vec(&five).unwrap(), Some("retry-1"))
+        .await;
+    // A new event below the high-water mark: a regression.
+    let regress = stack.publish(&p, &with_seq("s-7", 7)).await;
+    stack.publish(&p, &with_seq("s-10", 10)).await;
+
+    eventually("three records", || async {
+        (stack.ledger_len(&p).await == 3).then_some(())
+    })
+    .await;
+    let r = eventually("the regression refused", || async {
+        stack.rejections(&p).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        (r.reason, r.ingress_seq),
+        (Reason::SequenceRegression, regress)
+    );
+    assert_eq!(
+        stack.rejected_len(&p).await,
+        1,
+        "a duplicate is not a rejection"
+    );
+    let ids: Vec<String> = stack
+        .ledger(&p)
+        .await
+        .iter()
+        .map(|r| r.event["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["s-5", "s-9", "s-10"]);
+    let last = stack
+        .read_subject(atp_nats::streams::LEDGER, &subjects::ledger(&p))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        last.1.unwrap().get(headers::SEQ_HWM).unwrap().as_str(),
+        "10"
+    );
+    running.stop().await;
+
+    // After a restart the worker knows the partition again from the ledger alone.
+    let running = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: true,
+            projector: false,
+        })
+        .await;
+    stack
+        .publish_raw(&p, serde_json::to_vec(&five).unwrap(), Some("retry-2"))
+        .await;
+    let marker = stack.sign(stack.event("marker"));
+    stack.publish(&p, &marker).await;
+    eventually("the marker recorded", || async {
+        (stack.ledger_len(&p).await == 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.verify_chain(&p).await,
+        4,
+        "the old duplicate did not become a record"
+    );
+    running.stop().await;
+}
+
+/// Two ingest workers read the same partitions and race to append: the expected-sequence check
+/// makes the loser re-read instead of forking, and nothing is recorded twice or lost.
+#[tokio::test]
+async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
+    let stack = Stack::start().await;
+    for s in ["s0", "s1", "s2", "s3"] {
+        atp::admin::add_producer(
+            &stack.js,
+            TENANT,
+            s,
+            &format!("{SOURCE_URI}/{s}"),
+            Some((KEY_ID, stack.producer.verifying_key().to_bytes())),
+        )
+        .await
+        .unwrap();
+    }
+    let mut cfg = stack.serve_config(Roles {
+        gateway: false,
+        ingest: true,
+        projector: false,
+    });
+    // Small batches make the two workers interleave often.
+    cfg.ingest.batch_max = 7;
+    let a = atp::serve::start(cfg).await.unwrap();
+    let mut cfg = stack.serve_config(Roles {
+        gateway: false,
+        ingest: true,
+        projector: false,
+    });
+    cfg.ingest.batch_max = 11;
+    let b = atp::serve::start(cfg).await.unwrap();
+
+    const PER_PARTITION: u64 = 250;
+    for i in 0..PER_PARTITION {
+        for s in ["s0", "s1", "s2", "s3"] {
+            let p = partition(TENANT, s);
+            let mut e = atp_core::producer::example_event(
+                &format!("{s}-{i}"),
+                &format!("{SOURCE_URI}/{s}"),
+                chrono::Utc::now(),
+                "alice",
+                "UPDATE",
+            );
+            atp_core::producer::sign_structured(&mut e, &stack.producer, KEY_ID).unwrap();
+            stack.publish(&p, &e).await;
+        }
+    }
+    for s in ["s0", "s1", "s2", "s3"] {
+        let p = partition(TENANT, s);
+        eventually("every event recorded", || async {
+            (stack.ledger_len(&p).await >= PER_PARTITION).then_some(())
+        })
+        .await;
+    }
+    a.stop().await;
+    b.stop().await;
+    for s in ["s0", "s1", "s2", "s3"] {
+        let p = partition(TENANT, s);
+        assert_eq!(
+            stack.verify_chain(&p).await,
+            PER_PARTITION,
+            "{p}: one chain, every event once"
+        );
+        assert_eq!(stack.rejected_len(&p).await, 0);
+    }
+}
