@@ -3,7 +3,9 @@
 // Test code: a panic with a message is how a failed step is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod batch;
 mod crash;
 mod gateway;
 mod ingest;
 mod replay;
+mod streams;

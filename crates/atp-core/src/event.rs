@@ -465,10 +465,13 @@ fn signed_extensions(event: &Map<String, Value>) -> Result<Vec<(String, String)>
 }
 
 fn check_with_sdk(event: &Map<String, Value>) -> Result<(), Rejection> {
-    let mut attrs = event.clone();
-    // The SDK models data itself; the attribute set is what it is asked about here.
-    attrs.remove("data");
-    attrs.remove("data_base64");
+    // The SDK models data itself; the attribute set is what it is asked about here, so data is
+    // left out rather than copied.
+    let attrs: Map<String, Value> = event
+        .iter()
+        .filter(|(k, _)| k.as_str() != "data" && k.as_str() != "data_base64")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     serde_json::from_value::<cloudevents::Event>(Value::Object(attrs))
         .map(|_| ())
         .map_err(|e| {

@@ -12,5 +12,5 @@ pub mod streams;
 pub mod subjects;
 
 pub use async_nats;
-pub use batch::{AppendError, Outgoing, publish_atomic};
+pub use batch::{Append, AppendError, Outgoing, append_atomic};
 pub use connect::{ConnectError, MIN_SERVER_VERSION, connect};

@@ -84,26 +84,46 @@ pub async fn read_stream<H: BatchHandler>(
         .messages()
         .await
         .map_err(|e| RoleError::Retry(format!("cannot read {}: {e}", spec.stream)))?;
-    let mut batches = messages.ready_chunks(spec.batch_max.max(1));
+    // Pulling runs on its own task into a bounded buffer, so the next batch accumulates while
+    // this one is handled: under load batches fill up to `batch_max`, and an idle stream costs
+    // nothing. Four batches of buffer keep the pipe full without unbounded memory.
+    let batch_max = spec.batch_max.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Message, String>>(batch_max * 4);
+    let pump = tokio::spawn(async move {
+        let mut messages = messages;
+        while let Some(m) = messages.next().await {
+            let failed = m.is_err();
+            if tx.send(m.map_err(|e| e.to_string())).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let _stop_pump = AbortOnDrop(pump);
     loop {
-        let next = tokio::select! {
-            b = batches.next() => b,
+        let first = tokio::select! {
+            m = rx.recv() => m,
             _ = shutdown.changed() => None,
         };
         if *shutdown.borrow() {
             return Ok(());
         }
-        let Some(batch) = next else {
+        let Some(first) = first else {
             return Err(RoleError::Retry(format!(
                 "consumer on {} ended",
                 spec.stream
             )));
         };
-        let mut msgs = Vec::with_capacity(batch.len());
-        for m in batch {
-            // The ordered consumer recreates itself across gaps and server restarts; an error
-            // here means it could not, and the caller restarts the reader from its position.
-            msgs.push(m.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?);
+        let mut msgs = Vec::with_capacity(batch_max);
+        // The ordered consumer recreates itself across gaps and server restarts; an error here
+        // means it could not, and the caller restarts the reader from its position.
+        msgs.push(first.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?);
+        while msgs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(
+                    m.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?,
+                ),
+                Err(_) => break,
+            }
         }
         let (last, pending) = msgs
             .last()
@@ -131,6 +151,15 @@ pub async fn read_stream<H: BatchHandler>(
         if spec.stop_at_end && pending == 0 {
             return Ok(());
         }
+    }
+}
+
+/// Aborts the pulling task when the reader returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

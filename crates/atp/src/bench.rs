@@ -274,7 +274,10 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         .args(["serve", "--roles", "ingest,projector"])
         .env("ATP_NATS_URL", nats.url())
         .env("ATP_DATABASE_URL", &db)
-        .env("ATP_LOG", "warn")
+        .env(
+            "ATP_LOG",
+            std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .kill_on_drop(true)
         .spawn()
         .context("starting atp serve")?;

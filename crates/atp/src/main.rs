@@ -128,6 +128,9 @@ enum Command {
         actor: String,
         #[arg(long, default_value = "UPDATE")]
         action: String,
+        /// Publish without a signature (ATP refuses it: SIGNATURE_MISSING).
+        #[arg(long)]
+        unsigned: bool,
     },
     /// Benchmarks against servers this command starts itself.
     Bench {
@@ -390,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
             count,
             actor,
             action,
+            unsigned,
         } => {
             let js = jetstream(&nats).await?;
             let key = atp::keys::read_private(&key)?;
@@ -406,7 +410,9 @@ async fn main() -> anyhow::Result<()> {
                     &actor,
                     &action,
                 );
-                atp_core::producer::sign_structured(&mut ev, &key, &key_id)?;
+                if !unsigned {
+                    atp_core::producer::sign_structured(&mut ev, &key, &key_id)?;
+                }
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(
                     atp_nats::headers::CONTENT_TYPE,
