@@ -8,7 +8,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::VerifyingKey;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -376,15 +375,12 @@ pub fn admit(
             let expected = dsse::verification_material(&fields);
             let envelope = Envelope::decode(material)
                 .map_err(|e| reject(Reason::SignatureInvalid, e.to_string()))?;
-            let keys: Vec<(String, Option<VerifyingKey>, bool)> = reg
-                .keys
-                .iter()
-                .map(|k| (k.key_id.clone(), k.verifying_key(), k.revoked_at.is_some()))
-                .collect();
             // A signature by a revoked key is refused as such, before trying the live keys.
-            if let Some((kid, _, _)) = envelope.signatures.iter().find_map(|(kid, _)| {
+            if let Some(kid) = envelope.signatures.iter().find_map(|(kid, _)| {
                 let kid = kid.as_deref()?;
-                keys.iter().find(|(k, _, revoked)| k == kid && *revoked)
+                reg.key(kid)
+                    .filter(|k| k.revoked_at.is_some())
+                    .map(|k| k.key_id.clone())
             }) {
                 return Err(reject(
                     Reason::KeyRevoked,
@@ -393,9 +389,9 @@ pub fn admit(
             }
             let key_id = envelope
                 .verify(&expected, |kid| {
-                    keys.iter()
-                        .find(|(k, _, revoked)| k == kid && !revoked)
-                        .and_then(|(_, vk, _)| vk.as_ref())
+                    reg.key(kid)
+                        .filter(|k| k.revoked_at.is_none())
+                        .and_then(|k| k.verifying_key())
                 })
                 .map_err(|e| match e {
                     DsseError::UnknownKey(_) => reject(Reason::UnknownKey, e.to_string()),

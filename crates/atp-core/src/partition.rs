@@ -129,7 +129,7 @@ impl PartitionState {
     /// record were committed; if the append then fails the caller reloads state from the ledger.
     pub fn append(
         &mut self,
-        ev: &Admitted,
+        ev: Admitted,
         ingress_seq: u64,
         stamps: Stamps,
     ) -> Result<SealedRecord, RecordError> {
@@ -143,8 +143,8 @@ impl PartitionState {
             received_at: timestamp(stamps.received_at),
             committed_at: timestamp(stamps.committed_at),
             policy: stamps.policy,
-            producer: ev.producer.clone(),
-            event: serde_json::Value::Object(ev.event.clone()),
+            producer: ev.producer,
+            event: serde_json::Value::Object(ev.event),
         };
         let sealed = record.seal()?;
         self.next_index += 1;
@@ -154,7 +154,7 @@ impl PartitionState {
         }
         self.ledger_cursor = self.ledger_cursor.max(ingress_seq);
         self.remember(
-            ev.id.clone(),
+            ev.id,
             RecordRef {
                 chain_index: sealed.link.index,
                 record_id: sealed.record_id.clone(),

@@ -55,8 +55,9 @@ pub enum RecordError {
 impl Record {
     /// Canonicalises once and hashes those bytes.
     pub fn seal(&self) -> Result<SealedRecord, RecordError> {
-        let value = serde_json::to_value(self).map_err(|e| RecordError::Shape(e.to_string()))?;
-        let bytes = canonical::to_canonical(&value)?;
+        // Straight from the struct: JCS sorts members itself, so no intermediate Value copy.
+        let bytes = serde_json_canonicalizer::to_vec(self)
+            .map_err(|e| RecordError::Canonical(CanonicalError::Canonicalize(e.to_string())))?;
         let digest = Digest::of(&bytes);
         let link = ChainLink {
             index: self.chain_index,
@@ -83,12 +84,16 @@ pub struct OpenedRecord {
 /// `check_canonical` re-canonicalises to prove the bytes are in canonical form (verifiers do;
 /// the hot path, reading its own ledger, need not).
 pub fn open(bytes: &[u8], check_canonical: bool) -> Result<OpenedRecord, RecordError> {
-    let value = canonical::parse_strict(bytes)?;
-    if check_canonical && canonical::to_canonical(&value)? != bytes {
-        return Err(RecordError::NotCanonical);
-    }
-    let record: Record =
-        serde_json::from_value(value).map_err(|e| RecordError::Shape(e.to_string()))?;
+    let record: Record = if check_canonical {
+        let value = canonical::parse_strict(bytes)?;
+        if canonical::to_canonical(&value)? != bytes {
+            return Err(RecordError::NotCanonical);
+        }
+        serde_json::from_value(value).map_err(|e| RecordError::Shape(e.to_string()))?
+    } else {
+        // ATP's own ledger bytes, checked when written: one pass, no intermediate Value.
+        serde_json::from_slice(bytes).map_err(|e| RecordError::Shape(e.to_string()))?
+    };
     let digest = Digest::of(bytes);
     let link = ChainLink {
         index: record.chain_index,

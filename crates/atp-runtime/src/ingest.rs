@@ -41,6 +41,10 @@ use futures::StreamExt;
 use crate::reader::{BatchHandler, ReadSpec, Role};
 use crate::{RoleError, to_chrono};
 
+/// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
+/// cheap, and it keeps a KV write off every batch.
+const HINT_EVERY: Duration = Duration::from_millis(250);
+
 /// A worker's share of the partitions: those whose key hashes to `index` modulo `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -140,6 +144,7 @@ pub struct Ingest {
     progress: Store,
     cfg: IngestConfig,
     parts: HashMap<String, Part>,
+    hint_written: std::time::Instant,
     /// Totals since start, for tests and the benchmark.
     pub totals: Arc<std::sync::Mutex<BatchStats>>,
 }
@@ -178,6 +183,7 @@ impl Ingest {
             progress,
             cfg,
             parts: HashMap::new(),
+            hint_written: std::time::Instant::now(),
             totals: Arc::default(),
         })
     }
@@ -501,14 +507,16 @@ impl BatchHandler for Ingest {
         self.commit(plans, order).await?;
         let committed = started.elapsed();
 
-        // Only a hint: if this write is lost, the next start re-reads and skips.
-        if last_seq > 0
-            && let Err(e) = self
-                .progress
-                .put(self.progress_key(), last_seq.to_string().into())
-                .await
-        {
-            tracing::warn!(error = %e, "could not store the ingest resume hint");
+        // Only a hint: if this write is lost or lands late, the next start re-reads more and
+        // skips it. Written in the background, at most every HINT_EVERY.
+        if last_seq > 0 && self.hint_written.elapsed() >= HINT_EVERY {
+            self.hint_written = std::time::Instant::now();
+            let (kv, key) = (self.progress.clone(), self.progress_key());
+            tokio::spawn(async move {
+                if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
+                    tracing::warn!(error = %e, "could not store the ingest resume hint");
+                }
+            });
         }
         if let Ok(mut t) = self.totals.lock() {
             t.accepted += stats.accepted;
@@ -601,13 +609,14 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                     committed_at: input.committed_at,
                     policy: input.policy.clone(),
                 };
+                let event_id = ev.id.clone();
                 let sealed = chain
-                    .append(&ev, loc.seq, stamps)
+                    .append(ev, loc.seq, stamps)
                     .map_err(|e| RoleError::Fatal(format!("cannot seal a record: {e}")))?;
                 let mut h = HeaderMap::new();
                 h.insert(headers::CONTENT_TYPE, "application/json");
                 h.insert(headers::INGRESS_SEQ, loc.seq.to_string().as_str());
-                h.insert(headers::EVENT_ID, ev.id.as_str());
+                h.insert(headers::EVENT_ID, event_id.as_str());
                 if let Some(hwm) = chain.seq_hwm {
                     h.insert(headers::SEQ_HWM, hwm.to_string().as_str());
                 }

@@ -42,12 +42,13 @@ pub async fn add_producer(
                 "key id {key_id:?} is already registered for {p}; key ids are never reused"
             );
         }
-        reg.keys.push(ProducerKey {
-            key_id: key_id.to_owned(),
-            public_key,
-            created_at: Utc::now(),
-            revoked_at: None,
-        });
+        let key = ProducerKey::new(key_id, public_key, Utc::now());
+        match key.verifying_key() {
+            // A small-order key would "verify" forged signatures: refuse it at the door.
+            Some(vk) if !vk.is_weak() => {}
+            _ => anyhow::bail!("the public key for {key_id:?} is not a usable Ed25519 key"),
+        }
+        reg.keys.push(key);
     }
     registry::put(&kv, &reg).await?;
     Ok(reg)

@@ -13,6 +13,11 @@ use atp_runtime::Secret;
 use atp_runtime::ingest::{IngestConfig, Shard};
 use clap::{Parser, Subcommand};
 
+/// Ingest allocates and frees many small buffers per event (parsing, canonical bytes, headers);
+/// glibc malloc showed as ~20% of ingest CPU in profiles, mimalloc roughly halves that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "atp", version, about = "ATP, the Audit Trail Platform")]
 struct Cli {

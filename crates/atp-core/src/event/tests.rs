@@ -31,12 +31,11 @@ fn registration() -> SourceRegistration {
         SourceId::new("crm").unwrap(),
         URI,
     );
-    r.keys.push(ProducerKey {
-        key_id: "k1".to_owned(),
-        public_key: key().verifying_key().to_bytes(),
-        created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        revoked_at: None,
-    });
+    r.keys.push(ProducerKey::new(
+        "k1",
+        key().verifying_key().to_bytes(),
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
     r
 }
 
@@ -313,10 +312,10 @@ fn with_seq(id: &str, seq: u64) -> Admitted {
 #[test]
 fn sequence_regression_unless_exact_duplicate() {
     let mut p = PartitionState::genesis(partition());
-    let first = p.append(&with_seq("e5", 5), 1, stamps(1)).unwrap();
+    let first = p.append(with_seq("e5", 5), 1, stamps(1)).unwrap();
     assert_eq!(first.link.index, 0);
     assert_eq!(first.link.prev_hash, crate::chain::genesis(&partition()));
-    let second = p.append(&with_seq("e9", 9), 2, stamps(2)).unwrap();
+    let second = p.append(with_seq("e9", 9), 2, stamps(2)).unwrap();
     assert_eq!(second.link.prev_hash, first.link.chain_hash);
     assert!(matches!(p.decide(&with_seq("e5", 5)), Decision::Duplicate(r) if r.chain_index == 0));
     assert!(
