@@ -132,7 +132,10 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let env = [
         ("ATP_URL", format!("http://{addr}")),
         ("NATS_URL", nats.url()),
-        ("DATABASE_URL", database_url),
+        ("DATABASE_URL", database_url.clone()),
+        // The same two under the names `atp`'s own flags read, so CLI commands just work.
+        ("ATP_NATS_URL", nats.url()),
+        ("ATP_DATABASE_URL", database_url),
         ("ATP_DEV_TENANT", DEV_TENANT.to_owned()),
         ("ATP_DEV_SOURCE", DEV_SOURCE.to_owned()),
         ("ATP_DEV_SOURCE_URI", DEV_SOURCE_URI.to_owned()),
