@@ -52,6 +52,10 @@ async fn sigkill_mid_batch_and_producer_retries_lose_and_double_nothing() {
     worker.start_kill().unwrap(); // SIGKILL
     worker.wait().await.unwrap();
     let at_kill = stack.ledger_len(&p).await;
+    assert!(
+        at_kill < N,
+        "the worker was killed mid-stream ({at_kill} of {N} recorded)"
+    );
 
     // Producers retry everything (new Nats-Msg-Ids, so JetStream's dedupe does not help).
     for (i, e) in events.iter().enumerate().step_by(3) {

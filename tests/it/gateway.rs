@@ -246,133 +246,202 @@ async fn queries_filter_page_newest_first_and_report_freshness() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn bad_requests_get_problem_json_with_a_code() {
+/// Sends one bad append and returns the Problem+JSON answer; checks nothing was recorded.
+async fn append_problem(
+    body: impl FnOnce(&Stack) -> (Option<&'static str>, Vec<u8>),
+) -> (StatusCode, Value) {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
     let producer = stack.token(TENANT, Role::Producer);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let (content_type, bytes) = body(&stack);
+    let req = api
+        .http
+        .post(format!("{}/api/v1/audit/append", api.base))
+        .bearer_auth(&producer)
+        .header("content-type", content_type.unwrap_or("application/json"))
+        .body(bytes);
+    let answer = problem(req.send().await.unwrap()).await;
+    assert!(
+        answer.1["traceId"].as_str().is_some_and(|t| !t.is_empty()),
+        "{}",
+        answer.1
+    );
+    assert_eq!(answer.1["status"], answer.0.as_u16());
+    // A good event after it is recorded alone: the bad one left nothing behind.
+    let ok = api
+        .post("/api/v1/audit/append", &producer)
+        .header("prefer", "wait=20")
+        .json(&simplified("fine", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(
+        stack.projected_records(TENANT).await,
+        1,
+        "nothing bad was recorded"
+    );
+    running.stop().await;
+    answer
+}
 
-    let (s, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .body("{\"id\":")
-            .send()
-            .await
-            .unwrap(),
-    )
+fn json_bytes(v: &Value) -> (Option<&'static str>, Vec<u8>) {
+    (None, serde_json::to_vec(v).unwrap())
+}
+
+#[tokio::test]
+async fn http_malformed_json_is_400_malformed() {
+    let (s, p) = append_problem(|_| (None, b"{\"id\":".to_vec())).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "MALFORMED")
+    );
+}
+
+#[tokio::test]
+async fn http_duplicate_keys_are_400_malformed() {
+    let (s, p) = append_problem(|_| {
+        (
+            None,
+            format!("{{\"sourceId\":\"{SOURCE}\",\"id\":\"x\",\"id\":\"y\"}}").into_bytes(),
+        )
+    })
     .await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
         (StatusCode::BAD_REQUEST, "MALFORMED")
     );
-    assert_eq!(p["status"], 400);
-    assert!(p["traceId"].as_str().is_some_and(|t| !t.is_empty()));
+}
 
-    let dup = format!("{{\"sourceId\":\"{SOURCE}\",\"id\":\"x\",\"id\":\"y\"}}");
-    let (_, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .body(dup)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_non_i_json_number_is_400_malformed() {
+    let (s, p) = append_problem(|_| {
+        let mut e = simplified("n-1", "x");
+        e["attributes"]["n"] = json!(9007199254740993u64);
+        json_bytes(&e)
+    })
     .await;
-    assert_eq!(p["code"], "MALFORMED");
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "MALFORMED")
+    );
+}
 
-    let mut e = simplified("n-1", "x");
-    e["attributes"]["n"] = json!(9007199254740993u64);
-    let (_, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&e)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(p["code"], "MALFORMED");
-
-    let mut e = simplified("m-1", "x");
-    e.as_object_mut().unwrap().remove("action");
-    let (s, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&e)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_missing_field_is_400_schema_validation_failed() {
+    let (s, p) = append_problem(|_| {
+        let mut e = simplified("m-1", "x");
+        e.as_object_mut().unwrap().remove("action");
+        json_bytes(&e)
+    })
     .await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
         (StatusCode::BAD_REQUEST, "SCHEMA_VALIDATION_FAILED")
     );
     assert_eq!(p["tenantId"], TENANT);
+    assert!(
+        p["detail"].as_str().unwrap().contains("action"),
+        "names the offender: {p}"
+    );
+}
 
-    let mut e = simplified("b-1", "x");
-    e["attributes"]["blob"] = json!("x".repeat(70 * 1024));
-    let (s, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&e)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_oversize_event_is_413_too_large() {
+    let (s, p) = append_problem(|_| {
+        let mut e = simplified("b-1", "x");
+        e["attributes"]["blob"] = json!("x".repeat(70 * 1024));
+        json_bytes(&e)
+    })
     .await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
         (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE")
     );
+}
 
-    let mut signed = stack.event("t-1");
-    signed.insert("tenantid".into(), json!("globex"));
-    let signed = stack.sign(signed);
-    let (s, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&signed)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_body_over_the_request_limit_is_413_too_large() {
+    let (s, p) = append_problem(|_| (None, vec![b' '; atp_gateway::MAX_BODY + 1])).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE")
+    );
+}
+
+#[tokio::test]
+async fn http_tenant_mismatch_is_403() {
+    let (s, p) = append_problem(|stack| {
+        let mut e = stack.event("t-1");
+        e.insert("tenantid".into(), json!("globex"));
+        json_bytes(&Value::Object(stack.sign(e)))
+    })
     .await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
         (StatusCode::FORBIDDEN, "TENANT_MISMATCH")
     );
+}
 
-    let mut tampered = stack.sign(stack.event("s-1"));
-    tampered["data"]["action"] = json!("DELETE");
-    let (_, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&tampered)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_bad_signature_is_400_signature_invalid() {
+    let (s, p) = append_problem(|stack| {
+        let mut e = stack.sign(stack.event("s-1"));
+        e["data"]["action"] = json!("DELETE");
+        json_bytes(&Value::Object(e))
+    })
     .await;
-    assert_eq!(p["code"], "SIGNATURE_INVALID");
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "SIGNATURE_INVALID")
+    );
+}
 
-    let mut e = simplified("u-1", "x");
-    e["sourceId"] = json!("nowhere");
-    let (_, p) = problem(
-        api.post("/api/v1/audit/append", &producer)
-            .json(&e)
-            .send()
-            .await
-            .unwrap(),
-    )
+#[tokio::test]
+async fn http_unknown_key_is_400_unknown_key() {
+    let (s, p) = append_problem(|stack| {
+        let mut e = stack.event("k-1");
+        atp_core::producer::sign_structured(&mut e, &stack.producer, "nobody").unwrap();
+        json_bytes(&Value::Object(e))
+    })
     .await;
-    assert_eq!(p["code"], "UNKNOWN_SOURCE");
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "UNKNOWN_KEY")
+    );
+}
 
-    let plain = api
-        .http
-        .post(format!("{}/api/v1/audit/append", api.base))
-        .bearer_auth(&producer)
-        .header("content-type", "text/plain");
-    let (s, p) = problem(plain.body("{}").send().await.unwrap()).await;
+#[tokio::test]
+async fn http_unknown_source_is_400_unknown_source() {
+    let (s, p) = append_problem(|_| {
+        let mut e = simplified("u-1", "x");
+        e["sourceId"] = json!("nowhere");
+        json_bytes(&e)
+    })
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "UNKNOWN_SOURCE")
+    );
+}
+
+#[tokio::test]
+async fn http_wrong_content_type_is_415() {
+    let (s, p) = append_problem(|_| (Some("text/plain"), b"{}".to_vec())).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
     );
+}
+
+#[tokio::test]
+async fn credentials_roles_and_query_errors_get_problem_json() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let producer = stack.token(TENANT, Role::Producer);
+    let auditor = stack.token(TENANT, Role::Auditor);
 
     let (s, p) = problem(
         api.get("/api/v1/audit/records", "not-a-token")
@@ -448,11 +517,6 @@ async fn bad_requests_get_problem_json_with_a_code() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
-    assert_eq!(
-        stack.projected_records(TENANT).await,
-        0,
-        "nothing bad was recorded"
-    );
     let keys: Value = api
         .get("/api/v1/producers/keys", &auditor)
         .send()

@@ -86,12 +86,14 @@ pub fn router(state: GatewayState) -> Router {
         .route("/readyz", get(health::readyz))
         .fallback(problem::not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn(problem::request_context))
+        // Innermost first. The body limit and the timeout answer on their own, so the layer that
+        // gives every answer the Problem+JSON shape (and the request id as traceId) wraps them.
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(problem::request_context))
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))

@@ -19,20 +19,37 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let mut resp = REQUEST_ID.scope(id, next.run(req)).await;
-    // A body over the limit is refused by the limit layer with a plain 413; give it our shape.
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|v| v != PROBLEM_JSON)
-    {
-        resp = Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TOO_LARGE",
-            "the request body is over the limit",
-        )
-        .into_response();
+    REQUEST_ID
+        .scope(id, async move { shape(next.run(req).await) })
+        .await
+}
+
+/// Gives plain-text answers from the body limit and the timeout layers the Problem+JSON shape.
+fn shape(mut resp: Response) -> Response {
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == PROBLEM_JSON);
+    if !is_problem {
+        match resp.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                resp = Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "TOO_LARGE",
+                    "the request body is over the limit",
+                )
+                .into_response();
+            }
+            StatusCode::GATEWAY_TIMEOUT => {
+                resp = Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "TIMEOUT",
+                    "the request took too long; retry",
+                )
+                .into_response();
+            }
+            _ => {}
+        }
     }
     resp
 }

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::RoleError;
-use crate::projector::record_rows;
+use crate::projector::{Records, rows};
 use crate::reader::{BatchHandler, ReadSpec, read_stream};
 
 #[derive(Debug, Clone, Default)]
@@ -34,7 +34,7 @@ struct Rebuild {
 
 impl BatchHandler for Rebuild {
     async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
-        let (rows, _) = record_rows(batch)?;
+        let (rows, _) = rows::<Records>(batch)?;
         let mut conn = self
             .pool
             .acquire()

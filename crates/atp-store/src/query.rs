@@ -73,6 +73,21 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Queries ask for `limit + 1` rows: the extra one only says there is a next page, which
+    /// then starts after the last row shown.
+    fn of(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> Cursor) -> Self {
+        let more = items.len() as i64 > limit;
+        items.truncate(usize::try_from(limit).unwrap_or(0));
+        let next_cursor = if more {
+            items.last().map(|r| cursor(r).encode())
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+}
+
 pub async fn records(
     pool: &PgPool,
     tenant: &str,
@@ -120,20 +135,11 @@ pub async fn records(
     }
     qb.push(" ORDER BY occurred_at DESC, record_id DESC LIMIT ")
         .push_bind(limit + 1);
-    let mut items: Vec<StoredRecord> = qb.build_query_as().fetch_all(pool).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| {
-            Cursor {
-                micros: r.occurred_at.timestamp_micros(),
-                id: r.record_id.clone(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    let items: Vec<StoredRecord> = qb.build_query_as().fetch_all(pool).await?;
+    Ok(Page::of(items, limit, |r| Cursor {
+        micros: r.occurred_at.timestamp_micros(),
+        id: r.record_id.clone(),
+    }))
 }
 
 pub async fn record(
@@ -227,20 +233,11 @@ pub async fn rejections(
     }
     qb.push(" ORDER BY rejected_at DESC, rejected_seq DESC LIMIT ")
         .push_bind(limit + 1);
-    let mut items: Vec<StoredRejection> = qb.build_query_as().fetch_all(pool).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| {
-            Cursor {
-                micros: r.rejected_at.timestamp_micros(),
-                id: r.rejected_seq.to_string(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    let items: Vec<StoredRejection> = qb.build_query_as().fetch_all(pool).await?;
+    Ok(Page::of(items, limit, |r| Cursor {
+        micros: r.rejected_at.timestamp_micros(),
+        id: r.rejected_seq.to_string(),
+    }))
 }
 
 pub async fn rejection_by_ingress(
