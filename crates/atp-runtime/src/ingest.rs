@@ -144,6 +144,8 @@ pub struct Ingest {
     progress: Store,
     cfg: IngestConfig,
     parts: HashMap<String, Part>,
+    /// The previous batch's commit, still in flight while this batch is planned.
+    inflight: Option<Inflight>,
     hint_written: std::time::Instant,
     /// Totals since start, for tests and the benchmark.
     pub totals: Arc<std::sync::Mutex<BatchStats>>,
@@ -183,6 +185,7 @@ impl Ingest {
             progress,
             cfg,
             parts: HashMap::new(),
+            inflight: None,
             hint_written: std::time::Instant::now(),
             totals: Arc::default(),
         })
@@ -378,7 +381,11 @@ impl Role for Ingest {
     const NAME: &'static str = "ingest";
 
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {
-        // Every (re)start forgets partitions: their state is re-read from the ledger.
+        // Every (re)start forgets partitions: their state is re-read from the ledger, after any
+        // commit still in flight has landed or failed (so the tails read are final).
+        if let Some(inflight) = self.inflight.take() {
+            let _ = inflight.task.await;
+        }
         self.parts.clear();
         let resume = match self.progress.get(self.progress_key()).await {
             Ok(Some(v)) => String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0),
@@ -428,6 +435,10 @@ struct PlanOutput {
 }
 
 impl BatchHandler for Ingest {
+    async fn flush(&mut self) -> Result<(), RoleError> {
+        self.settle().await
+    }
+
     async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
         let started = std::time::Instant::now();
         // 1. I/O first: where each message belongs, its partition's tails, its source's registration.
@@ -503,33 +514,14 @@ impl BatchHandler for Ingest {
         } = planned?;
         let planned_at = started.elapsed();
 
-        // 3. Effects: both atomic batches.
-        self.commit(plans, order).await?;
-        let committed = started.elapsed();
-
-        // Only a hint: if this write is lost or lands late, the next start re-reads more and
-        // skips it. Written in the background, at most every HINT_EVERY.
-        if last_seq > 0 && self.hint_written.elapsed() >= HINT_EVERY {
-            self.hint_written = std::time::Instant::now();
-            let (kv, key) = (self.progress.clone(), self.progress_key());
-            tokio::spawn(async move {
-                if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
-                    tracing::warn!(error = %e, "could not store the ingest resume hint");
-                }
-            });
-        }
-        if let Ok(mut t) = self.totals.lock() {
-            t.accepted += stats.accepted;
-            t.rejected += stats.rejected;
-            t.duplicates += stats.duplicates;
-            t.skipped += stats.skipped;
-        }
+        // 3. Effects. The previous batch's commit ran while this one was planned; its outcome
+        // decides the tails this batch's appends expect, so it is settled first.
+        self.settle().await?;
+        self.inflight = Some(self.begin_commit(plans, order, last_seq, stats));
         tracing::debug!(
-            ?stats,
             size = batch.len(),
             plan_us = planned_at.as_micros() as u64,
-            commit_us = (committed - planned_at).as_micros() as u64,
-            "ingest batch committed"
+            "ingest batch planned"
         );
         Ok(())
     }
@@ -698,14 +690,27 @@ fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     })
 }
 
+/// Per partition of a committed batch, in order: its rejected and its ledger subject's new tail.
+type NewTails = (Vec<u64>, Vec<u64>);
+
+/// A batch's commit, running while the next batch is planned.
+struct Inflight {
+    keys: Vec<String>,
+    last_seq: u64,
+    stats: BatchStats,
+    task: tokio::task::JoinHandle<Result<NewTails, AppendError>>,
+}
+
 impl Ingest {
-    /// Commits the batch: every partition's rejections in one atomic batch, then every
+    /// Starts committing a batch: every partition's rejections in one atomic batch, then every
     /// partition's records in another.
-    async fn commit(
+    fn begin_commit(
         &mut self,
         mut plans: HashMap<String, Plan>,
         order: Vec<String>,
-    ) -> Result<(), RoleError> {
+        last_seq: u64,
+        stats: BatchStats,
+    ) -> Inflight {
         let mut keys = Vec::with_capacity(order.len());
         let mut rejections = Vec::with_capacity(order.len());
         let mut records = Vec::with_capacity(order.len());
@@ -725,15 +730,39 @@ impl Ingest {
             });
             keys.push(pkey);
         }
-        let js = &self.js;
-        let outcome = async {
-            let rejected_tails = append_atomic(js, rejections).await?;
+        let js = self.js.clone();
+        let task = tokio::spawn(async move {
+            let rejected_tails = append_atomic(&js, rejections).await?;
             // If we crash here, the rejections are durable and the records are not: re-reading
             // skips the former (rejected cursors) and appends the latter (ledger cursors).
-            let ledger_tails = append_atomic(js, records).await?;
-            Ok::<_, AppendError>((rejected_tails, ledger_tails))
+            let ledger_tails = append_atomic(&js, records).await?;
+            Ok((rejected_tails, ledger_tails))
+        });
+        Inflight {
+            keys,
+            last_seq,
+            stats,
+            task,
         }
-        .await;
+    }
+
+    /// Waits for the in-flight commit. On success the partitions' tails move on and the resume
+    /// hint may advance; on failure the reader has already moved past that batch, so the role
+    /// restarts from the position its durable output gives.
+    async fn settle(&mut self) -> Result<(), RoleError> {
+        let Some(Inflight {
+            keys,
+            last_seq,
+            stats,
+            task,
+        }) = self.inflight.take()
+        else {
+            return Ok(());
+        };
+        let outcome = match task.await {
+            Ok(r) => r.map_err(|e| (matches!(e, AppendError::WrongLastSequence), e.to_string())),
+            Err(e) => Err((false, format!("commit task failed: {e}"))),
+        };
         match outcome {
             Ok((rejected_tails, ledger_tails)) => {
                 for ((pkey, rejected), ledger) in keys.iter().zip(rejected_tails).zip(ledger_tails)
@@ -743,22 +772,41 @@ impl Ingest {
                         part.ledger_tail = ledger;
                     }
                 }
+                self.store_hint(last_seq);
+                if let Ok(mut t) = self.totals.lock() {
+                    t.accepted += stats.accepted;
+                    t.rejected += stats.rejected;
+                    t.duplicates += stats.duplicates;
+                    t.skipped += stats.skipped;
+                }
                 Ok(())
             }
-            Err(e) => {
-                // Our view of these partitions ran ahead of what is durable: forget them and
-                // re-read their tails when the batch is handled again.
-                for pkey in &keys {
-                    self.parts.remove(pkey);
-                }
-                if matches!(e, AppendError::WrongLastSequence) {
+            Err((conflict, e)) => {
+                // Our view of these partitions (and of any batch planned on top) ran ahead of
+                // what is durable: forget everything and re-read.
+                self.parts.clear();
+                if conflict {
                     tracing::info!(
                         partitions = keys.len(),
                         "another writer appended first; re-reading the partitions"
                     );
                 }
-                Err(RoleError::Retry(e.to_string()))
+                Err(RoleError::Restart(e))
             }
+        }
+    }
+
+    /// Only a hint: if this write is lost or lands late, the next start re-reads more and skips
+    /// it. Written in the background, at most every `HINT_EVERY`.
+    fn store_hint(&mut self, last_seq: u64) {
+        if last_seq > 0 && self.hint_written.elapsed() >= HINT_EVERY {
+            self.hint_written = std::time::Instant::now();
+            let (kv, key) = (self.progress.clone(), self.progress_key());
+            tokio::spawn(async move {
+                if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
+                    tracing::warn!(error = %e, "could not store the ingest resume hint");
+                }
+            });
         }
     }
 }

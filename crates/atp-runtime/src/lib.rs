@@ -20,6 +20,10 @@ pub enum RoleError {
     /// Transient (NATS or PostgreSQL hiccup, an append conflict): retry the same batch.
     #[error("retry: {0}")]
     Retry(String),
+    /// Work the reader has already moved past turned out not to be durable (a pipelined commit
+    /// failed): restart the role from the position derived from its durable output.
+    #[error("restart: {0}")]
+    Restart(String),
     /// The role cannot go on (misconfiguration, lost stream): stop and report.
     #[error("fatal: {0}")]
     Fatal(String),

@@ -42,6 +42,13 @@ pub struct ReadSpec {
 /// and after a crash the batch after the role's durable position comes again.
 pub trait BatchHandler {
     fn handle(&mut self, batch: &[Message]) -> impl Future<Output = Result<(), RoleError>> + Send;
+
+    /// Called when no message is waiting, before the reader blocks: a handler that pipelines
+    /// (returns from `handle` before its effect is durable) settles its work here, so nothing
+    /// waits for a next message to become durable.
+    fn flush(&mut self) -> impl Future<Output = Result<(), RoleError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Reads `spec.stream` in order and feeds batches to `handler` until shutdown (or `stop_after`).
@@ -100,6 +107,9 @@ pub async fn read_stream<H: BatchHandler>(
     });
     let _stop_pump = AbortOnDrop(pump);
     loop {
+        if rx.is_empty() {
+            handler.flush().await?;
+        }
         let first = tokio::select! {
             m = rx.recv() => m,
             _ = shutdown.changed() => None,
@@ -133,7 +143,7 @@ pub async fn read_stream<H: BatchHandler>(
         loop {
             match handler.handle(&msgs).await {
                 Ok(()) => break,
-                Err(RoleError::Fatal(e)) => return Err(RoleError::Fatal(e)),
+                Err(e @ (RoleError::Fatal(_) | RoleError::Restart(_))) => return Err(e),
                 Err(RoleError::Retry(e)) => {
                     tracing::warn!(stream = %spec.stream, error = %e, delay_ms = delay.as_millis() as u64, "batch failed; retrying");
                     if !pause(&mut shutdown, delay).await {
@@ -200,6 +210,13 @@ pub async fn run_role<R: Role>(
             Err(RoleError::Fatal(e)) => {
                 tracing::error!(role = R::NAME, error = %e, "role stopped");
                 return Err(RoleError::Fatal(e));
+            }
+            Err(RoleError::Restart(e)) => {
+                // Lost a race or a commit: nothing is wrong with the dependencies, so no backoff.
+                tracing::info!(role = R::NAME, reason = %e, "role restarting from its durable position");
+                if !pause(&mut shutdown, RETRY_FIRST).await {
+                    return Ok(());
+                }
             }
             Err(RoleError::Retry(e)) => {
                 tracing::warn!(role = R::NAME, error = %e, delay_ms = delay.as_millis() as u64, "role restarting");
