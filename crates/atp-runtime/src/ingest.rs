@@ -45,6 +45,12 @@ use crate::{RoleError, to_chrono};
 /// cheap, and it keeps a KV write off every batch.
 const HINT_EVERY: Duration = Duration::from_millis(250);
 
+/// Batches smaller than this are committed before the next is read; larger ones (the reader
+/// only builds them under load) are committed while the next is planned. Measured on 2 cores:
+/// pipelining adds ~25% throughput under load but ~50% to p99 latency at 2,000 events/s, where
+/// batches hold tens of events.
+const PIPELINE_MIN: usize = 256;
+
 /// A worker's share of the partitions: those whose key hashes to `index` modulo `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -518,6 +524,10 @@ impl BatchHandler for Ingest {
         // decides the tails this batch's appends expect, so it is settled first.
         self.settle().await?;
         self.inflight = Some(self.begin_commit(plans, order, last_seq, stats));
+        if batch.len() < PIPELINE_MIN {
+            // Light load: overlapping buys no throughput, and committing at once is quickest.
+            self.settle().await?;
+        }
         tracing::debug!(
             size = batch.len(),
             plan_us = planned_at.as_micros() as u64,
