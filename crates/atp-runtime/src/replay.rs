@@ -30,11 +30,14 @@ pub struct ReplayReport {
 struct Rebuild {
     pool: PgPool,
     rows: u64,
+    /// Last ledger sequence to rebuild: a batch may run past it.
+    to_seq: u64,
 }
 
 impl BatchHandler for Rebuild {
     async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
-        let (rows, _) = rows::<Records>(batch)?;
+        let (mut rows, _) = rows::<Records>(batch)?;
+        rows.retain(|r| u64::try_from(r.ledger_seq).is_ok_and(|s| s <= self.to_seq));
         let mut conn = self
             .pool
             .acquire()
@@ -65,6 +68,7 @@ pub async fn replay_records(
     let mut rebuild = Rebuild {
         pool: pool.clone(),
         rows: 0,
+        to_seq: opts.to_seq.unwrap_or(u64::MAX),
     };
     read_stream(
         js,
