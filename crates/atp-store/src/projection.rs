@@ -164,6 +164,13 @@ impl RejectionRow {
     }
 }
 
+/// One column of a batch as an array, for `UNNEST($n::type[])`.
+macro_rules! col {
+    ($rows:ident, $f:ident) => {
+        $rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+    };
+}
+
 /// Inserts records in one round trip (`INSERT … SELECT FROM UNNEST`); rows already present
 /// (redelivery, replay over a live table) are skipped.
 pub async fn insert_records(
@@ -173,11 +180,6 @@ pub async fn insert_records(
 ) -> Result<u64, StoreError> {
     if rows.is_empty() {
         return Ok(0);
-    }
-    macro_rules! col {
-        ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-        };
     }
     let sql = format!(
         "INSERT INTO {} (tenant_id, record_id, source_id, chain_index, event_id, event_type, occurred_at, \
@@ -190,29 +192,29 @@ pub async fn insert_records(
         target.records()
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(col!(tenant_id))
-        .bind(col!(record_id))
-        .bind(col!(source_id))
-        .bind(col!(chain_index))
-        .bind(col!(event_id))
-        .bind(col!(event_type))
-        .bind(col!(occurred_at))
-        .bind(col!(received_at))
-        .bind(col!(committed_at))
-        .bind(col!(actor_id))
-        .bind(col!(actor_type))
-        .bind(col!(action))
-        .bind(col!(resource_type))
-        .bind(col!(resource_id))
-        .bind(col!(outcome))
-        .bind(col!(classification))
-        .bind(col!(policy_version))
-        .bind(col!(attributes_text))
-        .bind(col!(digest))
-        .bind(col!(chain_hash))
-        .bind(col!(ledger_seq))
-        .bind(col!(ingress_seq))
-        .bind(col!(record))
+        .bind(col!(rows, tenant_id))
+        .bind(col!(rows, record_id))
+        .bind(col!(rows, source_id))
+        .bind(col!(rows, chain_index))
+        .bind(col!(rows, event_id))
+        .bind(col!(rows, event_type))
+        .bind(col!(rows, occurred_at))
+        .bind(col!(rows, received_at))
+        .bind(col!(rows, committed_at))
+        .bind(col!(rows, actor_id))
+        .bind(col!(rows, actor_type))
+        .bind(col!(rows, action))
+        .bind(col!(rows, resource_type))
+        .bind(col!(rows, resource_id))
+        .bind(col!(rows, outcome))
+        .bind(col!(rows, classification))
+        .bind(col!(rows, policy_version))
+        .bind(col!(rows, attributes_text))
+        .bind(col!(rows, digest))
+        .bind(col!(rows, chain_hash))
+        .bind(col!(rows, ledger_seq))
+        .bind(col!(rows, ingress_seq))
+        .bind(col!(rows, record))
         .execute(conn)
         .await?;
     Ok(done.rows_affected())
@@ -225,27 +227,22 @@ pub async fn insert_rejections(
     if rows.is_empty() {
         return Ok(0);
     }
-    macro_rules! col {
-        ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-        };
-    }
     let done = sqlx::query(
         "INSERT INTO rejections (rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, \
          received_at, rejected_at, envelope) \
          SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
          $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[]) ON CONFLICT DO NOTHING",
     )
-    .bind(col!(rejected_seq))
-    .bind(col!(tenant_id))
-    .bind(col!(source_id))
-    .bind(col!(ingress_seq))
-    .bind(col!(reason))
-    .bind(col!(detail))
-    .bind(col!(event_id))
-    .bind(col!(received_at))
-    .bind(col!(rejected_at))
-    .bind(col!(envelope))
+    .bind(col!(rows, rejected_seq))
+    .bind(col!(rows, tenant_id))
+    .bind(col!(rows, source_id))
+    .bind(col!(rows, ingress_seq))
+    .bind(col!(rows, reason))
+    .bind(col!(rows, detail))
+    .bind(col!(rows, event_id))
+    .bind(col!(rows, received_at))
+    .bind(col!(rows, rejected_at))
+    .bind(col!(rows, envelope))
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
