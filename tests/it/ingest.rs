@@ -488,3 +488,59 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         assert_eq!(stack.rejected_len(&p).await, 0);
     }
 }
+
+/// A repeat older than the in-memory window (here: a restarted worker with no warm-up at all)
+/// is still recognised, from the read model, and answered by its record.
+#[tokio::test]
+async fn a_repeat_older_than_the_dedupe_window_still_answers_its_record() {
+    let stack = Stack::start().await;
+    let p = partition(TENANT, SOURCE);
+    let serve = || {
+        let mut cfg = stack.serve_config(Roles {
+            gateway: false,
+            ingest: true,
+            projector: true,
+        });
+        cfg.ingest.dedupe_window = std::time::Duration::ZERO;
+        atp::serve::start(cfg)
+    };
+    let running = serve().await.unwrap();
+    let original = stack.sign(stack.event("once-only"));
+    stack.publish(&p, &original).await;
+    eventually("the original projected", || async {
+        (stack.projected_records(TENANT).await == 1).then_some(())
+    })
+    .await;
+    running.stop().await;
+
+    let running = serve().await.unwrap();
+    stack
+        .publish_raw(
+            &p,
+            serde_json::to_vec(&original).unwrap(),
+            Some("a-day-later"),
+        )
+        .await;
+    stack.publish(&p, &stack.sign(stack.event("marker"))).await;
+    eventually("the marker recorded", || async {
+        (stack.ledger_len(&p).await >= 2).then_some(())
+    })
+    .await;
+    running.stop().await;
+    let ids: Vec<String> = stack
+        .ledger(&p)
+        .await
+        .iter()
+        .map(|r| r.event["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["once-only", "marker"],
+        "the repeat did not become a second record"
+    );
+    assert_eq!(
+        stack.rejected_len(&p).await,
+        0,
+        "a duplicate is not a rejection"
+    );
+}

@@ -94,6 +94,10 @@ pub struct IngestConfig {
     /// The gateway's attestation key; without it gateway-forwarded submissions are refused.
     pub gateway_key: Option<VerifyingKey>,
     pub policy: PolicyStamp,
+    /// The read model, asked once per batch whether an event id already has a record, so that
+    /// a repeat older than the dedupe window still answers its record. Without it, duplicates
+    /// are recognised within the window only (and, with `sequence`, refused for ever).
+    pub dedupe_db: Option<sqlx::PgPool>,
 }
 
 impl Default for IngestConfig {
@@ -104,6 +108,7 @@ impl Default for IngestConfig {
             dedupe_window: Duration::from_secs(600),
             gateway_key: None,
             policy: PolicyStamp::default(),
+            dedupe_db: None,
         }
     }
 }
@@ -199,6 +204,53 @@ impl Ingest {
 
     fn progress_key(&self) -> String {
         format!("progress.{}", self.cfg.shard.label())
+    }
+
+    /// Looks up, in the read model, the event ids of this batch that the partitions' recent-id
+    /// windows do not hold, and remembers those that already have a record.
+    async fn remember_known(
+        &mut self,
+        db: &sqlx::PgPool,
+        batch: &[Message],
+        located: &[Option<Located>],
+    ) -> Result<(), RoleError> {
+        let mut keys = Vec::new();
+        for (msg, loc) in batch.iter().zip(located) {
+            let Some(loc) = loc else { continue };
+            let Some(part) = self.parts.get(&loc.pkey) else {
+                continue;
+            };
+            let Some(chain) = &part.chain else { continue };
+            if loc.seq <= chain.ledger_cursor {
+                continue;
+            }
+            let Some(id) = event_id_of(&submission(msg, Channel::Nats)) else {
+                continue;
+            };
+            if chain.recent(&id).is_none() {
+                keys.push((loc.tenant.clone(), loc.source.clone(), id));
+            }
+        }
+        let known = atp_store::query::known_events(db, &keys)
+            .await
+            .map_err(|e| RoleError::Retry(format!("duplicate look-up in the read model: {e}")))?;
+        for k in known {
+            let pkey = format!("{}.{}", k.tenant_id, k.source_id);
+            let Some(chain) = self.parts.get_mut(&pkey).and_then(|p| p.chain.as_mut()) else {
+                continue;
+            };
+            let digest = atp_core::Digest(k.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+            let chain_index = u64::try_from(k.chain_index).unwrap_or(0);
+            chain.remember(
+                k.event_id,
+                RecordRef {
+                    chain_index,
+                    record_id: k.record_id,
+                    digest,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Reads a partition's state from the ledger's and the rejected stream's tails.
@@ -492,6 +544,12 @@ impl BatchHandler for Ingest {
                 pkey,
                 key,
             }));
+        }
+
+        // Ids older than the window: the read model knows them (it is derived from the ledger and
+        // lags it by seconds, while the window covers minutes).
+        if let Some(db) = self.cfg.dedupe_db.clone() {
+            self.remember_known(&db, batch, &located).await?;
         }
 
         // 2. CPU: admission (signature checks) in parallel, then decisions and sealing in order,

@@ -174,6 +174,43 @@ pub async fn record_by_event(
         .await?)
 }
 
+/// A record already holding an idempotency key (`tenant:source:id`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KnownEvent {
+    pub tenant_id: String,
+    pub source_id: String,
+    pub event_id: String,
+    pub record_id: String,
+    pub chain_index: i64,
+    pub digest: Vec<u8>,
+}
+
+/// Which of these idempotency keys already have a record: one round trip for a whole batch,
+/// each key an index probe on `records_by_event`.
+pub async fn known_events(
+    pool: &PgPool,
+    keys: &[(String, String, String)],
+) -> Result<Vec<KnownEvent>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (t, rest): (Vec<String>, Vec<(String, String)>) = keys
+        .iter()
+        .map(|(t, s, e)| (t.clone(), (s.clone(), e.clone())))
+        .unzip();
+    let (s, e): (Vec<String>, Vec<String>) = rest.into_iter().unzip();
+    Ok(sqlx::query_as(
+        "SELECT r.tenant_id, r.source_id, r.event_id, r.record_id, r.chain_index, r.digest \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, s, e) \
+         JOIN records r ON r.tenant_id = k.t AND r.source_id = k.s AND r.event_id = k.e",
+    )
+    .bind(t)
+    .bind(s)
+    .bind(e)
+    .fetch_all(pool)
+    .await?)
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredRejection {
     pub rejected_seq: i64,

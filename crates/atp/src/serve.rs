@@ -103,7 +103,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         atp_nats::connect(&cfg.nats_url, "atp-serve", cfg.nats_credentials.as_deref()).await?;
     let js = async_nats::jetstream::new(client);
     streams::check(&js).await?;
-    let needs_db = cfg.roles.gateway || cfg.roles.projector;
+    // Ingest uses the read model too: for duplicates older than its in-memory window.
+    let needs_db = cfg.roles.gateway || cfg.roles.projector || cfg.roles.ingest;
     let pool = if needs_db {
         let pool = atp_store::connect(cfg.database_url.expose(), 16)
             .await
@@ -134,6 +135,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
 
     if cfg.roles.ingest {
         let mut ingest_cfg = cfg.ingest.clone();
+        if ingest_cfg.dedupe_db.is_none() {
+            ingest_cfg.dedupe_db = pool.clone();
+        }
         if ingest_cfg.gateway_key.is_none() {
             ingest_cfg.gateway_key = attestation.as_ref().map(|k| k.verifying_key());
         }
