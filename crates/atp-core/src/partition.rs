@@ -111,6 +111,12 @@ impl PartitionState {
         self.recent.get(event_id)
     }
 
+    /// True when every record of the partition is in the recent-id window (a young partition,
+    /// or one whose whole history was read back): then no older duplicate can exist elsewhere.
+    pub fn knows_every_id(&self) -> bool {
+        self.recent.len() as u64 == self.next_index
+    }
+
     /// Duplicate, regression or append. An exact duplicate (same id) is never a regression.
     pub fn decide(&self, ev: &Admitted) -> Decision {
         if let Some(r) = self.recent.get(&ev.id) {

@@ -221,7 +221,7 @@ impl Ingest {
                 continue;
             };
             let Some(chain) = &part.chain else { continue };
-            if loc.seq <= chain.ledger_cursor {
+            if loc.seq <= chain.ledger_cursor || chain.knows_every_id() {
                 continue;
             }
             let Some(id) = event_id_of(&submission(msg, Channel::Nats)) else {

@@ -323,6 +323,15 @@ fn sequence_regression_unless_exact_duplicate() {
     );
     assert_eq!(p.decide(&with_seq("e10", 10)), Decision::Append);
     assert_eq!((p.seq_hwm, p.ledger_cursor, p.next_index), (Some(9), 2, 2));
+    assert!(
+        p.knows_every_id(),
+        "a partition built here knows its whole history"
+    );
+    let resumed = PartitionState::resume(partition(), 1, second.link.chain_hash, Some(9), 2);
+    assert!(
+        !resumed.knows_every_id(),
+        "one resumed from the ledger's tail does not"
+    );
 }
 
 #[test]
