@@ -127,8 +127,8 @@ impl RecordRow {
     }
 }
 
-/// One `rejections` row, derived from one ATP_REJECTED message.
-#[derive(Debug, Clone, PartialEq)]
+/// One `rejections` row, derived from one ATP_REJECTED message (and read back as is).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RejectionRow {
     pub rejected_seq: i64,
     pub tenant_id: String,

@@ -211,19 +211,8 @@ pub async fn known_events(
     .await?)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StoredRejection {
-    pub rejected_seq: i64,
-    pub tenant_id: String,
-    pub source_id: String,
-    pub ingress_seq: i64,
-    pub reason: String,
-    pub detail: String,
-    pub event_id: Option<String>,
-    pub received_at: DateTime<Utc>,
-    pub rejected_at: DateTime<Utc>,
-    pub envelope: Vec<u8>,
-}
+/// A rejection as stored: the same row the projector writes.
+pub type StoredRejection = crate::projection::RejectionRow;
 
 #[derive(Debug, Clone, Default)]
 pub struct RejectionFilter {
