@@ -124,15 +124,21 @@ pub(crate) fn mentions_address_in_use(log: &str) -> bool {
     log.to_ascii_lowercase().contains("address already in use")
 }
 
-/// Sends `signal` (a name such as "TERM") to `pid` with the `kill` command (no libc needed).
-pub(crate) async fn send_signal(pid: u32, signal: &str) -> bool {
-    tokio::process::Command::new("kill")
-        .arg("-s")
+/// `kill -s <signal> <pid>`, quiet (no libc needed).
+fn kill_command(pid: u32, signal: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.arg("-s")
         .arg(signal)
         .arg(pid.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Sends `signal` (a name such as "TERM") to `pid`.
+pub(crate) async fn send_signal(pid: u32, signal: &str) -> bool {
+    tokio::process::Command::from(kill_command(pid, signal))
         .status()
         .await
         .is_ok_and(|s| s.success())
@@ -140,13 +146,7 @@ pub(crate) async fn send_signal(pid: u32, signal: &str) -> bool {
 
 /// Blocking variant of [`send_signal`] for `Drop`.
 pub(crate) fn send_signal_sync(pid: u32, signal: &str) -> bool {
-    std::process::Command::new("kill")
-        .arg("-s")
-        .arg(signal)
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    kill_command(pid, signal)
         .status()
         .is_ok_and(|s| s.success())
 }

@@ -478,7 +478,7 @@ struct Located {
 /// What the CPU-bound planning step needs besides the batch, all owned so it can run on a
 /// blocking thread.
 struct PlanInput {
-    msgs: Vec<Message>,
+    msgs: Arc<[Message]>,
     located: Vec<Option<Located>>,
     registrations: HashMap<String, Option<Arc<SourceRegistration>>>,
     gateway_key: Option<VerifyingKey>,
@@ -497,13 +497,13 @@ impl BatchHandler for Ingest {
         self.settle().await
     }
 
-    async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
+    async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         let started = std::time::Instant::now();
         // 1. I/O first: where each message belongs, its partition's tails, its source's registration.
         let mut located = Vec::with_capacity(batch.len());
         let mut registrations: HashMap<String, Option<Arc<SourceRegistration>>> = HashMap::new();
         let mut last_seq = 0;
-        for msg in batch {
+        for msg in batch.iter() {
             let info = msg
                 .info()
                 .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
@@ -555,7 +555,7 @@ impl BatchHandler for Ingest {
         // 2. CPU: admission (signature checks) in parallel, then decisions and sealing in order,
         // on a blocking thread so the async workers (gateway, projector) are never held up.
         let input = PlanInput {
-            msgs: batch.to_vec(),
+            msgs: Arc::clone(batch),
             located,
             registrations,
             gateway_key: self.cfg.gateway_key,

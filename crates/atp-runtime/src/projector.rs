@@ -5,6 +5,7 @@
 //! present (keyed by ids inside the messages), so re-reading a batch is harmless.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use async_nats::jetstream::{Context, Message};
 use atp_nats::{headers, streams, subjects};
@@ -148,7 +149,7 @@ impl<P: Projection> Role for Projector<P> {
 }
 
 impl<P: Projection> BatchHandler for Projector<P> {
-    async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
+    async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         let (rows, last) = rows::<P>(batch)?;
         let newest = rows.iter().map(P::time).max();
         let mut tx = self

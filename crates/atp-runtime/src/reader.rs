@@ -8,6 +8,7 @@
 //! capped exponential backoff until it succeeds or shutdown is asked for.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -41,7 +42,11 @@ pub struct ReadSpec {
 /// A role's batch handler. It must be idempotent: after a failure the same batch comes again,
 /// and after a crash the batch after the role's durable position comes again.
 pub trait BatchHandler {
-    fn handle(&mut self, batch: &[Message]) -> impl Future<Output = Result<(), RoleError>> + Send;
+    /// The batch is shared (`Arc`) so a handler can hand it to other threads without copying.
+    fn handle(
+        &mut self,
+        batch: &Arc<[Message]>,
+    ) -> impl Future<Output = Result<(), RoleError>> + Send;
 
     /// Called when no message is waiting, before the reader blocks: a handler that pipelines
     /// (returns from `handle` before its effect is durable) settles its work here, so nothing
@@ -135,13 +140,14 @@ pub async fn read_stream<H: BatchHandler>(
                 Err(_) => break,
             }
         }
-        let (last, pending) = msgs
+        let batch: Arc<[Message]> = msgs.into();
+        let (last, pending) = batch
             .last()
             .and_then(|m| m.info().ok().map(|i| (Some(i.stream_sequence), i.pending)))
             .unwrap_or((None, 1));
         let mut delay = RETRY_FIRST;
         loop {
-            match handler.handle(&msgs).await {
+            match handler.handle(&batch).await {
                 Ok(()) => break,
                 Err(e @ (RoleError::Fatal(_) | RoleError::Restart(_))) => return Err(e),
                 Err(RoleError::Retry(e)) => {

@@ -8,6 +8,7 @@ use atp_core::TenantId;
 use atp_nats::{streams, subjects};
 use atp_store::projection::{self, Swap, Target};
 use sqlx::PgPool;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::RoleError;
@@ -35,7 +36,7 @@ struct Rebuild {
 }
 
 impl BatchHandler for Rebuild {
-    async fn handle(&mut self, batch: &[Message]) -> Result<(), RoleError> {
+    async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         let (mut rows, _) = rows::<Records>(batch)?;
         rows.retain(|r| u64::try_from(r.ledger_seq).is_ok_and(|s| s <= self.to_seq));
         let mut conn = self

@@ -160,16 +160,23 @@ enum StreamsAction {
     },
 }
 
+/// Which source of which tenant.
+#[derive(clap::Args, Clone)]
+struct SourceArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    source: String,
+}
+
 #[derive(Subcommand)]
 enum ProducerAction {
     /// Register a source (and optionally a key for it).
     Add {
         #[command(flatten)]
         nats: NatsArgs,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        source: String,
+        #[command(flatten)]
+        at: SourceArgs,
         #[arg(long)]
         source_uri: String,
         #[arg(long, requires = "public_key")]
@@ -182,10 +189,8 @@ enum ProducerAction {
     Revoke {
         #[command(flatten)]
         nats: NatsArgs,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        source: String,
+        #[command(flatten)]
+        at: SourceArgs,
         #[arg(long)]
         key_id: String,
     },
@@ -321,8 +326,7 @@ async fn main() -> anyhow::Result<()> {
             action:
                 ProducerAction::Add {
                     nats,
-                    tenant,
-                    source,
+                    at: SourceArgs { tenant, source },
                     source_uri,
                     key_id,
                     public_key,
@@ -340,8 +344,7 @@ async fn main() -> anyhow::Result<()> {
             action:
                 ProducerAction::Revoke {
                     nats,
-                    tenant,
-                    source,
+                    at: SourceArgs { tenant, source },
                     key_id,
                 },
         } => {
