@@ -1,5 +1,6 @@
 //! ATP's pure domain core: names, canonical bytes, digests, hash chains, signed CloudEvents,
-//! policy stamping, records and reason codes.
+//! policy stamping, records, reason codes, and the integrity layer: Merkle logs stored as
+//! tiles, proofs, signed notes and checkpoints.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no async runtime, no
 //! sqlx and no async-nats. Everything here is a function of its arguments, so it is tested
@@ -8,15 +9,20 @@
 pub mod attestation;
 pub mod canonical;
 pub mod chain;
+pub mod checkpoint;
 pub mod dsse;
 pub mod event;
+pub mod keys;
+pub mod merkle;
 pub mod names;
+pub mod note;
 pub mod partition;
 pub mod policy;
 pub mod producer;
 pub mod reason;
 pub mod record;
 pub mod registry;
+pub mod tiles;
 
 pub use chain::{ChainLink, Digest};
 pub use names::{PartitionKey, SourceId, TenantId};

@@ -1,0 +1,112 @@
+//! Checkpoint signing keys as ATP publishes them (CONTRACT §4): the public half, its note
+//! verifier key and its validity window. Rotation adds a key and closes the previous one's
+//! window; no key is ever removed, so every old checkpoint stays verifiable.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use crate::note::{NoteError, Verifier};
+use crate::record::timestamp;
+
+/// One signing key, public half only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedKey {
+    /// The note key ID in 8 lowercase hex digits: the same value a checkpoint's signature line
+    /// starts with, so a signature names its key.
+    pub kid: String,
+    /// The note key name: the log operator's name, shared by every key of the deployment.
+    pub name: String,
+    /// The Ed25519 public key, standard base64.
+    pub public_key: String,
+    /// `<name>+<kid>+<base64(0x01 || public key)>`, what `note.Open` takes.
+    pub verifier_key: String,
+    pub not_before: String,
+    /// Set when the key was rotated out: no checkpoint after this instant uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+impl PublishedKey {
+    pub fn new(
+        name: &str,
+        public: &VerifyingKey,
+        not_before: DateTime<Utc>,
+    ) -> Result<Self, NoteError> {
+        let verifier = Verifier::new(name, *public)?;
+        Ok(Self {
+            kid: format!("{:08x}", verifier.key_id()),
+            name: name.to_owned(),
+            public_key: B64.encode(public.as_bytes()),
+            verifier_key: verifier.encode(),
+            not_before: timestamp(not_before),
+            not_after: None,
+        })
+    }
+
+    /// The verifier, checked against the other fields (a tampered entry is refused).
+    pub fn verifier(&self) -> Result<Verifier, NoteError> {
+        let v = Verifier::parse(&self.verifier_key)?;
+        let consistent = v.name() == self.name
+            && format!("{:08x}", v.key_id()) == self.kid
+            && B64.encode(v.public_key().as_bytes()) == self.public_key;
+        if consistent {
+            Ok(v)
+        } else {
+            Err(NoteError::BadVerifierKey)
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.not_after.is_none()
+    }
+
+    /// The JWKS entry (RFC 8037 OKP/Ed25519) with ATP's note and validity members.
+    pub fn jwk(&self) -> serde_json::Value {
+        let x = B64
+            .decode(&self.public_key)
+            .map(|k| B64URL.encode(k))
+            .unwrap_or_default();
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "kid": self.kid,
+            "x": x,
+            "use": "sig",
+            "alg": "EdDSA",
+            "noteVerifierKey": self.verifier_key,
+            "notBefore": self.not_before,
+            "notAfter": self.not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+
+    #[test]
+    fn published_key_carries_a_matching_verifier_and_jwk() {
+        let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let pk = PublishedKey::new("atp.example", &key, at).unwrap();
+        let v = pk.verifier().unwrap();
+        assert_eq!(format!("{:08x}", v.key_id()), pk.kid);
+        let jwk = pk.jwk();
+        assert_eq!(jwk["kty"], "OKP");
+        assert_eq!(jwk["crv"], "Ed25519");
+        assert_eq!(
+            B64URL.decode(jwk["x"].as_str().unwrap()).unwrap(),
+            key.as_bytes()
+        );
+        assert_eq!(jwk["notAfter"], serde_json::Value::Null);
+        let mut forged = pk.clone();
+        forged.public_key = B64.encode([4u8; 32]);
+        assert!(forged.verifier().is_err());
+    }
+}
