@@ -46,7 +46,12 @@ pub struct Stack {
     pub pool: PgPool,
     pub issuer: SigningKey,
     pub producer: SigningKey,
+    /// The checkpoint key store of this stack's integrity role.
+    pub keys_dir: tempfile::TempDir,
 }
+
+/// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
+pub const LOG_NAME: &str = "atp.test";
 
 pub fn partition(tenant: &str, source: &str) -> PartitionKey {
     PartitionKey::new(
@@ -91,6 +96,7 @@ impl Stack {
             pool,
             issuer: SigningKey::from_bytes(&[12u8; 32]),
             producer,
+            keys_dir: tempfile::tempdir().expect("key store dir"),
         }
     }
 
@@ -109,6 +115,16 @@ impl Stack {
                 self.issuer.verifying_key().to_bytes(),
             )],
             attestation_key: None,
+            integrity: atp::serve::IntegritySettings {
+                keys_dir: self.keys_dir.path().to_owned(),
+                log_name: LOG_NAME.to_owned(),
+                // Faster than the 1 s default so tests wait less; the count trigger is tested
+                // on its own.
+                policy: atp_runtime::integrity::CheckpointPolicy {
+                    every_records: 1000,
+                    every: Duration::from_millis(200),
+                },
+            },
         }
     }
 

@@ -17,6 +17,7 @@ async fn a_signed_event_becomes_a_chained_record_and_is_queryable() {
             gateway: false,
             ingest: true,
             projector: true,
+            integrity: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -72,6 +73,7 @@ async fn binary_mode_events_are_stored_structured_with_their_body() {
             gateway: false,
             ingest: true,
             projector: false,
+            integrity: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -135,6 +137,7 @@ async fn rejected_on_nats(
             gateway: false,
             ingest: true,
             projector: false,
+            integrity: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -297,6 +300,7 @@ async fn revoked_keys_and_unknown_sources_are_rejected_and_projected() {
             gateway: false,
             ingest: true,
             projector: true,
+            integrity: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -343,6 +347,7 @@ async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
             gateway: false,
             ingest: true,
             projector: false,
+            integrity: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -403,6 +408,7 @@ async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
             gateway: false,
             ingest: true,
             projector: false,
+            integrity: false,
         })
         .await;
     stack
@@ -442,6 +448,7 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         gateway: false,
         ingest: true,
         projector: false,
+        integrity: false,
     });
     // Small batches make the two workers interleave often.
     cfg.ingest.batch_max = 7;
@@ -450,6 +457,7 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         gateway: false,
         ingest: true,
         projector: false,
+        integrity: false,
     });
     cfg.ingest.batch_max = 11;
     let b = atp::serve::start(cfg).await.unwrap();
@@ -500,6 +508,7 @@ async fn a_repeat_older_than_the_dedupe_window_still_answers_its_record() {
             gateway: false,
             ingest: true,
             projector: true,
+            integrity: false,
         });
         cfg.ingest.dedupe_window = std::time::Duration::ZERO;
         atp::serve::start(cfg)

@@ -33,6 +33,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
             gateway: false,
             ingest: true,
             projector: true,
+            integrity: false,
         })
         .await;
     let (p, q) = (partition(TENANT, SOURCE), partition("globex", "erp"));
@@ -152,6 +153,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
             gateway: false,
             ingest: true,
             projector: true,
+            integrity: false,
         })
         .await;
     stack.publish(&p, &stack.sign(stack.event("after"))).await;

@@ -38,6 +38,14 @@ pub fn origin(prefix: &str, partition: &PartitionKey) -> String {
     format!("{prefix}/{}/{}", partition.tenant, partition.source)
 }
 
+/// ASCII digits without a sign or a leading zero (C2SP: the size as its canonical decimal).
+fn parse_decimal(s: &str) -> Option<u64> {
+    let canonical = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
 /// An unsigned checkpoint body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -57,25 +65,28 @@ impl Checkpoint {
         )
     }
 
-    /// Parses a body (extension lines after the root are allowed and ignored).
+    /// Parses a body. Extension lines after the root are allowed (and ignored) but, as C2SP
+    /// says, must not be empty.
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
-        let mut lines = text.split('\n');
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(CheckpointError::Malformed("body must end with a newline"))?;
+        let mut lines = body.split('\n');
         let origin = lines
             .next()
             .filter(|o| !o.is_empty())
             .ok_or(CheckpointError::Malformed("no origin"))?;
         let size = lines
             .next()
-            .filter(|s| !s.is_empty() && (s == &"0" || !s.starts_with('0')))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(CheckpointError::Malformed("tree size is not a decimal"))?;
+            .and_then(parse_decimal)
+            .ok_or(CheckpointError::Malformed("tree size is not a plain decimal"))?;
         let root = lines
             .next()
             .and_then(|r| B64.decode(r).ok())
             .and_then(|r| <[u8; 32]>::try_from(r).ok())
             .ok_or(CheckpointError::Malformed("root is not a base64 SHA-256"))?;
-        if !text.ends_with('\n') {
-            return Err(CheckpointError::Malformed("body must end with a newline"));
+        if lines.any(str::is_empty) {
+            return Err(CheckpointError::Malformed("empty extension line"));
         }
         Ok(Self {
             origin: origin.to_owned(),
@@ -135,8 +146,7 @@ impl TlogProof {
         }
         let index = line
             .strip_prefix("index ")
-            .filter(|s| s == &"0" || !s.starts_with('0'))
-            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(parse_decimal)
             .ok_or(bad("missing index line"))?;
         let mut hashes = Vec::new();
         loop {

@@ -23,6 +23,7 @@ pub mod reason;
 pub mod record;
 pub mod registry;
 pub mod tiles;
+pub mod walk;
 
 pub use chain::{ChainLink, Digest};
 pub use names::{PartitionKey, SourceId, TenantId};

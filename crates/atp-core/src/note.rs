@@ -142,7 +142,7 @@ impl NoteSigner {
             return Err(NoteError::BadText);
         }
         let sig = self.key.sign(text.as_bytes());
-        Ok(signature_line(
+        Ok(format_signature_line(
             &self.verifier.name,
             self.verifier.key_id,
             &sig.to_bytes(),
@@ -156,7 +156,8 @@ impl NoteSigner {
     }
 }
 
-fn signature_line(name: &str, key_id: u32, sig: &[u8]) -> String {
+/// A signature line from its parts, for signers whose key is elsewhere (a key store, a KMS).
+pub fn format_signature_line(name: &str, key_id: u32, sig: &[u8]) -> String {
     let mut raw = Vec::with_capacity(4 + sig.len());
     raw.extend_from_slice(&key_id.to_be_bytes());
     raw.extend_from_slice(sig);

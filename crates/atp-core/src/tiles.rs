@@ -96,6 +96,22 @@ pub enum TileError {
     Missing { level: u8, index: u64, size: u64 },
 }
 
+/// The right-edge (not yet full) tiles of a tree of `size` leaves, one per tile level that has
+/// any: what [`TileLog::resume`] reads.
+pub fn edge_tiles(size: u64) -> Vec<TileId> {
+    (0u8..)
+        .map_while(|level| {
+            let stored = stored_at_level(level, size);
+            (stored > 0).then_some((level, stored))
+        })
+        .filter(|(_, stored)| stored % TILE_WIDTH > 0)
+        .map(|(level, stored)| TileId {
+            level,
+            index: stored / TILE_WIDTH,
+        })
+        .collect()
+}
+
 /// A tile to store: its coordinates and its bytes (32 × width).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TileWrite {
@@ -343,6 +359,19 @@ mod tests {
             index: size / 256,
         });
         assert!(TileLog::resume(size, |id| db.get(&id).cloned()).is_err());
+        assert_eq!(
+            edge_tiles(size),
+            vec![
+                TileId {
+                    level: 0,
+                    index: size / 256
+                },
+                TileId { level: 1, index: 1 },
+                TileId { level: 2, index: 0 }
+            ]
+        );
+        assert!(edge_tiles(0).is_empty());
+        assert_eq!(edge_tiles(256), vec![TileId { level: 1, index: 0 }]);
     }
 
     #[test]

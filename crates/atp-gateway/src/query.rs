@@ -18,7 +18,7 @@ use crate::Bus;
 use crate::auth::{Principal, Role};
 use crate::problem::Problem;
 
-const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
+pub(crate) const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -35,7 +35,7 @@ pub struct RecordsParams {
     cursor: Option<String>,
 }
 
-fn store_problem(e: atp_store::StoreError) -> Problem {
+pub(crate) fn store_problem(e: atp_store::StoreError) -> Problem {
     match e {
         atp_store::StoreError::BadCursor => {
             Problem::bad_request("INVALID_CURSOR", "the cursor is not one this API issued")
@@ -46,7 +46,7 @@ fn store_problem(e: atp_store::StoreError) -> Problem {
 
 /// A record as the API shows it. The record itself is embedded byte for byte as stored, after
 /// checking those bytes still hash to the stored digest: altered data is never served.
-fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
+pub(crate) fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
     let stored = Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
     if Digest::of(&r.record) != stored {
         tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");

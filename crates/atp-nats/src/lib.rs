@@ -7,7 +7,9 @@
 pub mod batch;
 pub mod connect;
 pub mod headers;
+pub mod integrity;
 pub mod registry;
+pub mod signing_keys;
 pub mod streams;
 pub mod subjects;
 

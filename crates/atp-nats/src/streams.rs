@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, Context, stream};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub const STREAM_FILES: [(&str, &str); 5] = [
+pub const STREAM_FILES: [(&str, &str); 6] = [
     (
         "ATP_INGRESS",
         include_str!("../../../streams/ATP_INGRESS.json"),
@@ -30,6 +30,10 @@ pub const STREAM_FILES: [(&str, &str); 5] = [
         "ATP_EXPORTS",
         include_str!("../../../streams/ATP_EXPORTS.json"),
     ),
+    (
+        "ATP_ALERTS",
+        include_str!("../../../streams/ATP_ALERTS.json"),
+    ),
 ];
 const KV_FILE: &str = include_str!("../../../streams/kv.json");
 
@@ -38,6 +42,9 @@ pub const LEDGER: &str = "ATP_LEDGER";
 pub const REJECTED: &str = "ATP_REJECTED";
 pub const PRODUCERS_BUCKET: &str = "ATP_PRODUCERS";
 pub const INGEST_BUCKET: &str = "ATP_INGEST";
+pub const CHECKPOINTS: &str = "ATP_CHECKPOINTS";
+pub const ALERTS: &str = "ATP_ALERTS";
+pub const SIGNING_KEYS_BUCKET: &str = "ATP_SIGNING_KEYS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {

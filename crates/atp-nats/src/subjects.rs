@@ -8,15 +8,17 @@ pub const REJECTED: &str = "atp.rejected.{tenant}.{source}";
 pub const CHECKPOINT: &str = "atp.checkpoint.{tenant}.{source}";
 pub const EXPORT_REQUESTED: &str = "atp.export.requested.{tenant}";
 pub const EXPORT_COMPLETED: &str = "atp.export.completed.{tenant}";
+pub const ALERT_INTEGRITY: &str = "atp.alert.integrity.{tenant}.{source}";
 
 /// Every template, keyed as in `subjects.yaml`.
-pub const ALL: [(&str, &str); 6] = [
+pub const ALL: [(&str, &str); 7] = [
     ("ingress", INGRESS),
     ("ledger", LEDGER),
     ("rejected", REJECTED),
     ("checkpoint", CHECKPOINT),
     ("export_requested", EXPORT_REQUESTED),
     ("export_completed", EXPORT_COMPLETED),
+    ("alert_integrity", ALERT_INTEGRITY),
 ];
 
 fn render(template: &str, tenant: &str, source: &str) -> String {
@@ -36,6 +38,9 @@ pub fn rejected(p: &PartitionKey) -> String {
 }
 pub fn checkpoint(p: &PartitionKey) -> String {
     render(CHECKPOINT, p.tenant.as_str(), p.source.as_str())
+}
+pub fn alert_integrity(p: &PartitionKey) -> String {
+    render(ALERT_INTEGRITY, p.tenant.as_str(), p.source.as_str())
 }
 pub fn export_requested(t: &TenantId) -> String {
     render(EXPORT_REQUESTED, t.as_str(), "")
@@ -139,6 +144,10 @@ mod tests {
             (
                 include_str!("../../../streams/ATP_EXPORTS.json"),
                 vec![EXPORT_REQUESTED, EXPORT_COMPLETED],
+            ),
+            (
+                include_str!("../../../streams/ATP_ALERTS.json"),
+                vec![ALERT_INTEGRITY],
             ),
         ] {
             let v: serde_json::Value = serde_json::from_str(file).unwrap();

@@ -6,10 +6,12 @@
 //! projector's row building to rebuild read models.
 
 pub mod ingest;
+pub mod integrity;
 pub mod projector;
 pub mod reader;
 pub mod replay;
 pub mod secret;
+pub mod signer;
 
 pub use reader::Shutdown;
 pub use secret::Secret;

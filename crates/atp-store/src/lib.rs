@@ -4,6 +4,7 @@
 //! Architecture invariant: PostgreSQL holds read models only. Every row here is derived from a
 //! ledger or rejected-stream message and can be rebuilt by `atp replay`.
 
+pub mod integrity;
 pub mod projection;
 pub mod query;
 
@@ -27,6 +28,9 @@ pub enum StoreError {
     BadRecord { seq: u64, reason: String },
     #[error("invalid cursor")]
     BadCursor,
+    /// Stored integrity data that contradicts itself (a missing tile, a malformed hash).
+    #[error("integrity data is inconsistent: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -156,6 +156,27 @@ pub async fn record(
         .await?)
 }
 
+/// A partition's records with chain index in `[from, to)`, in chain order.
+pub async fn records_by_chain(
+    pool: &PgPool,
+    tenant: &str,
+    source: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND source_id = $2 \
+         AND chain_index >= $3 AND chain_index < $4 ORDER BY chain_index"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(source)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?)
+}
+
 pub async fn record_by_event(
     pool: &PgPool,
     tenant: &str,

@@ -24,6 +24,8 @@ pub const DEV_PRODUCER_KEY_ID: &str = "dev-producer-1";
 pub const ISSUER: &str = "atp-dev";
 pub const AUDIENCE: &str = "atp";
 pub const ISSUER_KID: &str = "atp-dev-1";
+/// The log name (note key name, checkpoint origin prefix) unless configured otherwise.
+pub const LOG_NAME: &str = "atp.localhost";
 
 /// Dev token lifetime: a working day, so a tour started in the morning still works.
 const TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -65,6 +67,9 @@ impl DevPaths {
     pub fn producer_key(&self) -> PathBuf {
         self.dir.join("producer.pem")
     }
+    pub fn checkpoint_keys(&self) -> PathBuf {
+        self.dir.join("checkpoint-keys")
+    }
     pub fn env_file(&self) -> PathBuf {
         self.dir
             .parent()
@@ -78,6 +83,16 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.dir)?;
     let issuer = crate::keys::load_or_create(&paths.issuer_key())?;
     let producer = crate::keys::load_or_create(&paths.producer_key())?;
+    let checkpoint_keys = atp_runtime::signer::FileKeyStore::open_or_init(
+        &paths.checkpoint_keys(),
+        LOG_NAME,
+        chrono::Utc::now(),
+    )?;
+    let note_verifier_key =
+        atp_runtime::signer::CheckpointSigner::keyring(&checkpoint_keys)
+            .await?
+            .active
+            .verifier_key;
 
     eprintln!("starting nats-server and PostgreSQL…");
     let mut nats = NatsServer::start(NatsOptions::default())
@@ -124,6 +139,11 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         audience: AUDIENCE.to_owned(),
         token_keys: vec![(ISSUER_KID.to_owned(), issuer.verifying_key().to_bytes())],
         attestation_key: None,
+        integrity: crate::serve::IntegritySettings {
+            keys_dir: paths.checkpoint_keys(),
+            log_name: LOG_NAME.to_owned(),
+            policy: Default::default(),
+        },
     })
     .await?;
     let addr = running.gateway_addr.context("the gateway did not start")?;
@@ -159,8 +179,11 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             "ATP_DEV_ISSUER_KEY",
             paths.issuer_key().display().to_string(),
         ),
-        // Checkpoints arrive with the integrity issue.
-        ("ATP_NOTE_VERIFIER_KEY", String::new()),
+        ("ATP_NOTE_VERIFIER_KEY", note_verifier_key),
+        (
+            "ATP_CHECKPOINT_KEYS_DIR",
+            paths.checkpoint_keys().display().to_string(),
+        ),
     ];
     let text: String = env
         .iter()

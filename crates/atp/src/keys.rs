@@ -1,44 +1,20 @@
 //! Ed25519 key files: PKCS#8 PEM private keys written 0600, public keys as raw base64.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
 
-pub fn generate() -> SigningKey {
-    let mut seed = [0u8; 32];
-    rand::fill(&mut seed);
-    SigningKey::from_bytes(&seed)
-}
+pub use atp_runtime::signer::generate;
 
 /// Writes a private key as PKCS#8 PEM, readable by its owner only.
 pub fn write_private(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .context("encoding the key")?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(pem.as_bytes())?;
-    Ok(())
+    Ok(atp_runtime::signer::write_private(path, key)?)
 }
 
 pub fn read_private(path: &Path) -> anyhow::Result<SigningKey> {
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    SigningKey::from_pkcs8_pem(&pem)
-        .with_context(|| format!("{} is not an Ed25519 PKCS#8 PEM key", path.display()))
+    Ok(atp_runtime::signer::read_private(path)?)
 }
 
 /// Loads the key at `path`, creating it first if it does not exist.

@@ -7,3 +7,4 @@ pub mod bench;
 pub mod dev;
 pub mod keys;
 pub mod serve;
+pub mod verify;

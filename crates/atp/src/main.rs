@@ -70,6 +70,8 @@ enum Command {
         /// The gateway's attestation public key (base64), for ingest workers in other processes.
         #[arg(long, env = "ATP_GATEWAY_PUBLIC_KEY")]
         gateway_public_key: Option<String>,
+        #[command(flatten)]
+        integrity: IntegrityArgs,
     },
     /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
     Dev {
@@ -137,10 +139,101 @@ enum Command {
         #[arg(long)]
         unsigned: bool,
     },
+    /// Checkpoint signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Verify integrity: a partition's whole chain from the ledger, or one record offline.
+    Verify {
+        #[command(subcommand)]
+        what: VerifyWhat,
+    },
     /// Benchmarks against servers this command starts itself.
     Bench {
         #[command(subcommand)]
         which: atp::bench::Which,
+    },
+}
+
+/// Where checkpoint signing keys live and what they are called.
+#[derive(clap::Args, Clone)]
+struct KeyStoreArgs {
+    /// The file key store (private keys, mode 0600; created on first start).
+    #[arg(
+        long,
+        env = "ATP_CHECKPOINT_KEYS_DIR",
+        default_value = ".atp/keys/checkpoint"
+    )]
+    keys_dir: PathBuf,
+    /// The log's name: note key name and origin prefix (`<name>/<tenant>/<source>`).
+    #[arg(long, env = "ATP_LOG_NAME", default_value = dev::LOG_NAME)]
+    log_name: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct IntegrityArgs {
+    #[command(flatten)]
+    store: KeyStoreArgs,
+    /// Issue a partition's checkpoint once this many records wait for one...
+    #[arg(long, env = "ATP_CHECKPOINT_EVERY_RECORDS", default_value_t = 1000)]
+    checkpoint_every_records: u64,
+    /// ...or once the oldest waiting record is this old (milliseconds).
+    #[arg(long, env = "ATP_CHECKPOINT_EVERY_MS", default_value_t = 1000)]
+    checkpoint_every_ms: u64,
+}
+
+impl IntegrityArgs {
+    fn settings(self) -> atp::serve::IntegritySettings {
+        atp::serve::IntegritySettings {
+            keys_dir: self.store.keys_dir,
+            log_name: self.store.log_name,
+            policy: atp_runtime::integrity::CheckpointPolicy {
+                every_records: self.checkpoint_every_records.max(1),
+                every: Duration::from_millis(self.checkpoint_every_ms.max(1)),
+            },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a new active signing key; old keys stay published so old checkpoints verify.
+    Rotate {
+        #[command(flatten)]
+        store: KeyStoreArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Print the key store's keys (public halves) as JSON.
+    List {
+        #[command(flatten)]
+        store: KeyStoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum VerifyWhat {
+    /// Re-walk a partition from the ledger: every link, every leaf, every checkpoint signature.
+    Chain {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        at: SourceArgs,
+        /// Note verifier keys to trust (default: every key published in ATP_SIGNING_KEYS).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
+    /// Check a record, its inclusion proof and its checkpoint with no server.
+    Record {
+        /// The record: its canonical bytes, or a proof answer that embeds it.
+        record: PathBuf,
+        /// The proof answer of GET /api/v1/audit/records/{id}/proof (JSON) or its tlog-proof text.
+        #[arg(long)]
+        proof: PathBuf,
+        /// The note verifier key of the log (`<name>+<id>+<key>`); repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
     },
 }
 
@@ -255,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
             token_keys,
             gateway_key,
             gateway_public_key,
+            integrity,
         } => {
             let mut keys = Vec::new();
             for entry in token_keys.iter().filter(|e| !e.is_empty()) {
@@ -288,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 audience: token_audience,
                 token_keys: keys,
                 attestation_key,
+                integrity: integrity.settings(),
             })
             .await?;
             if let Some(addr) = running.gateway_addr {
@@ -439,6 +534,69 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                     .await?;
                 println!("published {id} (ingress seq {})", ack.sequence);
+            }
+        }
+        Command::Keys {
+            action: KeysAction::Rotate { store, nats },
+        } => {
+            let ks = atp_runtime::signer::FileKeyStore::open_or_init(
+                &store.keys_dir,
+                &store.log_name,
+                chrono::Utc::now(),
+            )?;
+            let key = ks.rotate(&store.log_name, chrono::Utc::now())?;
+            let ring = atp_runtime::signer::CheckpointSigner::keyring(&ks).await?;
+            // Running integrity workers pick the new key up from the key store themselves;
+            // publishing here makes it visible to verifiers at once.
+            match jetstream(&nats).await {
+                Ok(js) => {
+                    let kv = atp_nats::signing_keys::bucket(&js).await?;
+                    atp_nats::signing_keys::publish(&kv, &ring.all).await?;
+                }
+                Err(e) => eprintln!("not published to NATS ({e}); the integrity worker will"),
+            }
+            println!("{}", serde_json::to_string_pretty(&key)?);
+        }
+        Command::Keys {
+            action: KeysAction::List { store },
+        } => {
+            let ks = atp_runtime::signer::FileKeyStore::open_or_init(
+                &store.keys_dir,
+                &store.log_name,
+                chrono::Utc::now(),
+            )?;
+            let ring = atp_runtime::signer::CheckpointSigner::keyring(&ks).await?;
+            println!("{}", serde_json::to_string_pretty(&ring.all)?);
+        }
+        Command::Verify {
+            what: VerifyWhat::Chain {
+                nats,
+                at: SourceArgs { tenant, source },
+                keys,
+            },
+        } => {
+            let js = jetstream(&nats).await?;
+            let p = atp_core::PartitionKey::new(
+                atp_core::TenantId::new(tenant)?,
+                atp_core::SourceId::new(source)?,
+            );
+            let report = atp::verify::chain(&js, &p, &keys).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                std::process::exit(1);
+            }
+        }
+        Command::Verify {
+            what: VerifyWhat::Record {
+                record,
+                proof,
+                keys,
+            },
+        } => {
+            let report = atp::verify::record_offline(&record, &proof, &keys)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                std::process::exit(1);
             }
         }
         Command::Bench { which } => atp::bench::run(which).await?,

@@ -1,6 +1,7 @@
 //! `atp serve`: any subset of roles in one process, all of them by default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -8,6 +9,8 @@ use atp_gateway::{AuthConfig, Bus, GatewayState, Waiters};
 use atp_nats::registry::RegistryCache;
 use atp_nats::streams;
 use atp_runtime::ingest::{BatchStats, Ingest, IngestConfig};
+use atp_runtime::integrity::{CheckpointPolicy, IntegrityStats};
+use atp_runtime::signer::FileKeyStore;
 use atp_runtime::{RoleError, Secret};
 use ed25519_dalek::SigningKey;
 use tokio::sync::watch;
@@ -18,6 +21,7 @@ pub struct Roles {
     pub gateway: bool,
     pub ingest: bool,
     pub projector: bool,
+    pub integrity: bool,
 }
 
 impl Roles {
@@ -25,6 +29,7 @@ impl Roles {
         gateway: true,
         ingest: true,
         projector: true,
+        integrity: true,
     };
 
     pub fn parse(s: &str) -> anyhow::Result<Self> {
@@ -32,6 +37,7 @@ impl Roles {
             gateway: false,
             ingest: false,
             projector: false,
+            integrity: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -39,8 +45,11 @@ impl Roles {
                 "gateway" => r.gateway = true,
                 "ingest" => r.ingest = true,
                 "projector" => r.projector = true,
+                "integrity" => r.integrity = true,
                 other => {
-                    bail!("unknown role {other:?}: choose from gateway, ingest, projector (or all)")
+                    bail!(
+                        "unknown role {other:?}: choose from gateway, ingest, projector, integrity (or all)"
+                    )
                 }
             }
         }
@@ -63,12 +72,25 @@ pub struct ServeConfig {
     /// The gateway's attestation key. When the gateway and ingest run in one process and none
     /// is given, a fresh one is made for the process's life.
     pub attestation_key: Option<SigningKey>,
+    pub integrity: IntegritySettings,
+}
+
+/// The integrity role's settings.
+#[derive(Debug, Clone)]
+pub struct IntegritySettings {
+    /// The file key store of checkpoint signing keys (created on first start).
+    pub keys_dir: PathBuf,
+    /// The note key name of a first key, also the log origin prefix: checkpoints of partition
+    /// `T:S` have origin `<name>/T/S`.
+    pub log_name: String,
+    pub policy: CheckpointPolicy,
 }
 
 /// A running `serve`: its roles' tasks and the handle to stop them.
 pub struct Running {
     pub gateway_addr: Option<SocketAddr>,
     pub ingest_totals: Option<Arc<std::sync::Mutex<BatchStats>>>,
+    pub integrity_stats: Option<Arc<IntegrityStats>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<(&'static str, Result<(), RoleError>)>,
 }
@@ -104,7 +126,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let js = async_nats::jetstream::new(client);
     streams::check(&js).await?;
     // Ingest uses the read model too: for duplicates older than its in-memory window.
-    let needs_db = cfg.roles.gateway || cfg.roles.projector || cfg.roles.ingest;
+    let needs_db =
+        cfg.roles.gateway || cfg.roles.projector || cfg.roles.ingest || cfg.roles.integrity;
     let pool = if needs_db {
         let pool = atp_store::connect(cfg.database_url.expose(), 16)
             .await
@@ -129,6 +152,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut running = Running {
         gateway_addr: None,
         ingest_totals: None,
+        integrity_stats: None,
         shutdown: shutdown_tx,
         tasks: JoinSet::new(),
     };
@@ -155,6 +179,23 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         let (js, sd) = (js.clone(), shutdown.clone());
         let pool = pool.clone().context("the projector needs PostgreSQL")?;
         tasks.spawn(async move { ("projector", atp_runtime::projector::run(js, pool, sd).await) });
+    }
+    if cfg.roles.integrity {
+        let pool = pool.clone().context("the integrity role needs PostgreSQL")?;
+        let settings = cfg.integrity.clone();
+        let signer = Arc::new(
+            FileKeyStore::open_or_init(&settings.keys_dir, &settings.log_name, chrono::Utc::now())
+                .context("opening the checkpoint key store")?,
+        );
+        let stats = Arc::new(IntegrityStats::default());
+        running.integrity_stats = Some(stats.clone());
+        let (js, sd) = (js.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "integrity",
+                atp_runtime::integrity::run(js, pool, signer, settings.policy, stats, sd).await,
+            )
+        });
     }
     if cfg.roles.gateway {
         let pool = pool.clone().context("the gateway needs PostgreSQL")?;

@@ -1,0 +1,473 @@
+//! The integrity role: ATP_LEDGER → each partition's Merkle log (tiles in PostgreSQL) →
+//! signed checkpoints on ATP_CHECKPOINTS.
+//!
+//! Two halves. The *log* ([`IntegrityLog`]) reads the ledger in order, re-checks every link of
+//! each partition's chain ([`ChainWalk`]), appends each record as the next leaf, and commits the
+//! grown tiles, the log state and its watermark in one transaction. A gap, reorder or broken
+//! link halts that partition's log where it is (no checkpoint will ever cover a record it could
+//! not verify) and raises an alert: a structured ERROR log, the `atp.integrity.alerts` counter
+//! and an event on `atp.alert.integrity.<tenant>.<source>`.
+//!
+//! The *checkpointer* ([`Checkpointer`]) signs what the log has committed: a partition is due
+//! once `every_records` records wait or the oldest waiting record is `every` old. Checkpoints
+//! are published first (ATP_CHECKPOINTS is their system of record), then stored for lookup.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{Context, Message};
+use atp_core::checkpoint::{Checkpoint, origin};
+use atp_core::names::PartitionKey;
+use atp_core::note::format_signature_line;
+use atp_core::record::timestamp;
+use atp_core::tiles::{self, TileLog};
+use atp_core::walk::{ChainWalk, Finding};
+use atp_core::Digest;
+use atp_nats::integrity::{self as nats_integrity, Alert};
+use atp_nats::{signing_keys, streams, subjects};
+use atp_store::integrity::{self as store, Halt, LogState, LogUpdate, StoredCheckpoint};
+use atp_store::projection;
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::RoleError;
+use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown};
+use crate::signer::CheckpointSigner;
+
+/// Ledger messages per batch: a transaction of tiles for up to this many leaves.
+pub const BATCH_MAX: usize = 1000;
+
+/// When checkpoints are issued (CONTRACT §4: at most 1000 records or 1 s apart by default).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_records: u64,
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            every_records: 1000,
+            every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters for tests, benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct IntegrityStats {
+    pub leaves: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub alerts: AtomicU64,
+}
+
+fn db(e: impl std::fmt::Display) -> RoleError {
+    RoleError::Retry(e.to_string())
+}
+
+/// What the log has committed and the checkpointer has yet to sign, per partition.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    size: u64,
+    root: Digest,
+    signed: u64,
+    /// When the oldest unsigned record was committed to the log.
+    since: Instant,
+}
+
+/// The hand-over between the two halves.
+#[derive(Debug, Clone, Default)]
+pub struct Board {
+    waiting: Arc<Mutex<HashMap<PartitionKey, Waiting>>>,
+    wake: Arc<Notify>,
+}
+
+impl Board {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionKey, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self, p: &PartitionKey, size: u64, root: Digest, signed: u64, policy: &CheckpointPolicy) {
+        let mut w = self.lock();
+        let entry = w.entry(p.clone()).or_insert(Waiting {
+            size,
+            root,
+            signed,
+            since: Instant::now(),
+        });
+        if entry.size == entry.signed {
+            entry.since = Instant::now();
+        }
+        if size > entry.size {
+            entry.size = size;
+            entry.root = root;
+        }
+        if entry.size - entry.signed >= policy.every_records {
+            self.wake.notify_one();
+        }
+    }
+
+    fn due(&self, policy: &CheckpointPolicy) -> Vec<(PartitionKey, u64, Digest)> {
+        self.lock()
+            .iter()
+            .filter(|(_, w)| {
+                w.size > w.signed
+                    && (w.size - w.signed >= policy.every_records || w.since.elapsed() >= policy.every)
+            })
+            .map(|(p, w)| (p.clone(), w.size, w.root))
+            .collect()
+    }
+
+    fn signed(&self, p: &PartitionKey, size: u64) {
+        if let Some(w) = self.lock().get_mut(p) {
+            w.signed = w.signed.max(size);
+            w.since = Instant::now();
+        }
+    }
+}
+
+/// One partition as the log half tracks it.
+struct Part {
+    walk: ChainWalk,
+    ledger_seq: u64,
+    signed: u64,
+    halted: Option<Halt>,
+    dirty: bool,
+}
+
+/// The log half: a [`Role`] over ATP_LEDGER.
+pub struct IntegrityLog {
+    js: Context,
+    pool: PgPool,
+    board: Board,
+    policy: CheckpointPolicy,
+    stats: Arc<IntegrityStats>,
+    parts: HashMap<PartitionKey, Part>,
+    alerts: opentelemetry::metrics::Counter<u64>,
+}
+
+impl IntegrityLog {
+    pub fn new(
+        js: Context,
+        pool: PgPool,
+        board: Board,
+        policy: CheckpointPolicy,
+        stats: Arc<IntegrityStats>,
+    ) -> Self {
+        let alerts = opentelemetry::global::meter("atp")
+            .u64_counter("atp.integrity.alerts")
+            .with_description("Gaps, reorders and broken links found on the ledger")
+            .build();
+        Self {
+            js,
+            pool,
+            board,
+            policy,
+            stats,
+            parts: HashMap::new(),
+            alerts,
+        }
+    }
+
+    /// Loads a partition's log from its stored state and right-edge tiles.
+    async fn load(&self, p: &PartitionKey) -> Result<Part, RoleError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let Some(state) = store::log_state_of(&mut conn, p).await.map_err(db)? else {
+            return Ok(Part {
+                walk: ChainWalk::new(p.clone()),
+                ledger_seq: 0,
+                signed: 0,
+                halted: None,
+                dirty: false,
+            });
+        };
+        let mut edge = store::read_tiles(&mut conn, p, &tiles::edge_tiles(state.tree_size))
+            .await
+            .map_err(db)?;
+        let log = TileLog::resume(state.tree_size, |id| edge.remove(&id))
+            .map_err(|e| RoleError::Fatal(format!("stored Merkle log of {p} is incomplete: {e}")))?;
+        if log.root() != state.root {
+            return Err(RoleError::Fatal(format!(
+                "stored tiles of {p} do not give the stored root at size {}: rebuild the integrity read model",
+                state.tree_size
+            )));
+        }
+        Ok(Part {
+            walk: ChainWalk::resume(p.clone(), state.chain_hash, log),
+            ledger_seq: state.ledger_seq,
+            signed: state.checkpoint_size,
+            halted: state.halted,
+            dirty: false,
+        })
+    }
+
+    async fn raise(&self, p: &PartitionKey, seq: u64, finding: &Finding) -> Result<(), RoleError> {
+        tracing::error!(
+            alert = "integrity",
+            kind = finding.code(),
+            tenant.id = %p.tenant,
+            source.id = %p.source,
+            chain_index = finding.index(),
+            ledger_seq = seq,
+            detail = %finding,
+            "integrity alert: the partition's log is halted"
+        );
+        self.alerts.add(1, &[opentelemetry::KeyValue::new("kind", finding.code())]);
+        self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+        let alert = Alert {
+            kind: finding.code().to_owned(),
+            tenant_id: p.tenant.to_string(),
+            source_id: p.source.to_string(),
+            chain_index: finding.index(),
+            ledger_seq: seq,
+            detail: finding.to_string(),
+            detected_at: timestamp(Utc::now()),
+        };
+        nats_integrity::publish_alert(&self.js, p, &alert)
+            .await
+            .map_err(|e| RoleError::Restart(e.to_string()))
+    }
+
+    /// Walks one message into its partition's log (or halts the partition).
+    async fn take(&mut self, m: &Message) -> Result<(), RoleError> {
+        let seq = m
+            .info()
+            .map(|i| i.stream_sequence)
+            .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
+        let Some(p) = subjects::partition_of(subjects::LEDGER, &m.subject) else {
+            tracing::error!(subject = %m.subject, ledger_seq = seq, "ledger message on a subject that names no partition");
+            return Ok(());
+        };
+        if !self.parts.contains_key(&p) {
+            let part = self.load(&p).await?;
+            self.parts.insert(p.clone(), part);
+        }
+        let Some(part) = self.parts.get_mut(&p) else {
+            return Ok(());
+        };
+        if part.halted.is_some() || seq <= part.ledger_seq {
+            return Ok(());
+        }
+        match part.walk.push(&m.payload) {
+            Ok(_) => {
+                part.ledger_seq = seq;
+                part.dirty = true;
+                self.stats.leaves.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(finding) => {
+                part.halted = Some(Halt {
+                    at_index: finding.index(),
+                    reason: format!("{}: {finding} (ledger seq {seq})", finding.code()),
+                });
+                part.dirty = true;
+                self.raise(&p, seq, &finding).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Role for IntegrityLog {
+    const NAME: &'static str = "integrity";
+
+    async fn start(&mut self) -> Result<ReadSpec, RoleError> {
+        // In-memory logs are re-derived from what was committed.
+        self.parts.clear();
+        let wm = projection::watermark(&self.pool, store::WATERMARK)
+            .await
+            .map_err(db)?;
+        Ok(ReadSpec {
+            stream: streams::LEDGER.to_owned(),
+            filter_subjects: vec![subjects::all(subjects::LEDGER)],
+            start_seq: wm.map_or(0, |w| w.stream_seq) + 1,
+            batch_max: BATCH_MAX,
+            stop_after: None,
+            stop_at_end: false,
+        })
+    }
+}
+
+impl BatchHandler for IntegrityLog {
+    async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
+        let mut last = 0;
+        for m in batch.iter() {
+            self.take(m).await?;
+            last = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+        }
+        let mut updates = Vec::new();
+        for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {
+            part.dirty = false;
+            updates.push(LogUpdate {
+                partition: p.clone(),
+                state: LogState {
+                    tree_size: part.walk.size(),
+                    root: part.walk.root(),
+                    chain_hash: part.walk.chain_hash(),
+                    ledger_seq: part.ledger_seq,
+                    checkpoint_size: part.signed,
+                    halted: part.halted.clone(),
+                },
+                tiles: part.walk.log_mut().take_writes(),
+            });
+        }
+        // From here the in-memory logs are ahead of storage: a failure must restart the role
+        // from what was committed, not retry this batch on top of them.
+        let commit = async {
+            let mut tx = self.pool.begin().await?;
+            store::write_logs(&mut tx, &updates).await?;
+            projection::advance_watermark(&mut tx, store::WATERMARK, last, None).await?;
+            tx.commit().await?;
+            Ok::<_, atp_store::StoreError>(())
+        };
+        commit
+            .await
+            .map_err(|e| RoleError::Restart(format!("committing the Merkle log: {e}")))?;
+        for u in &updates {
+            if u.state.tree_size > 0 {
+                let signed = self.parts.get(&u.partition).map_or(0, |p| p.signed);
+                self.board
+                    .committed(&u.partition, u.state.tree_size, u.state.root, signed, &self.policy);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint half: signs and publishes what the log committed.
+pub struct Checkpointer<S> {
+    js: Context,
+    pool: PgPool,
+    signer: Arc<S>,
+    board: Board,
+    policy: CheckpointPolicy,
+    stats: Arc<IntegrityStats>,
+    published_kid: Option<String>,
+}
+
+impl<S: CheckpointSigner> Checkpointer<S> {
+    pub fn new(
+        js: Context,
+        pool: PgPool,
+        signer: Arc<S>,
+        board: Board,
+        policy: CheckpointPolicy,
+        stats: Arc<IntegrityStats>,
+    ) -> Self {
+        Self {
+            js,
+            pool,
+            signer,
+            board,
+            policy,
+            stats,
+            published_kid: None,
+        }
+    }
+
+    /// Runs until shutdown. Failures are logged and retried on the next tick: what is due
+    /// stays due until it is stored.
+    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<(), RoleError> {
+        // Logs committed before a restart but never signed are due at once.
+        let mut loaded = false;
+        let tick = (self.policy.every / 5).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        loop {
+            if !loaded {
+                match store::uncheckpointed(&self.pool).await {
+                    Ok(rows) => {
+                        for (p, s) in rows {
+                            self.board.committed(&p, s.tree_size, s.root, s.checkpoint_size, &self.policy);
+                        }
+                        loaded = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read unsigned logs; retrying"),
+                }
+            }
+            if let Err(e) = self.issue_due().await {
+                tracing::warn!(error = %e, "issuing checkpoints failed; retrying");
+            }
+            tokio::select! {
+                _ = self.board.wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn issue_due(&mut self) -> Result<(), RoleError> {
+        let ring = self.signer.keyring().await.map_err(db)?;
+        if self.published_kid.as_deref() != Some(ring.active.kid.as_str()) {
+            let kv = signing_keys::bucket(&self.js).await.map_err(db)?;
+            signing_keys::publish(&kv, &ring.all).await.map_err(db)?;
+            tracing::info!(kid = %ring.active.kid, verifier_key = %ring.active.verifier_key, "checkpoint signing key published");
+            self.published_kid = Some(ring.active.kid.clone());
+        }
+        let due = self.board.due(&self.policy);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let key = &ring.active;
+        let key_id = u32::from_str_radix(&key.kid, 16).map_err(|e| RoleError::Fatal(format!("key id {}: {e}", key.kid)))?;
+        let mut acks = Vec::with_capacity(due.len());
+        let mut rows = Vec::with_capacity(due.len());
+        for (p, size, root) in due {
+            let body = Checkpoint {
+                origin: origin(&key.name, &p),
+                size,
+                root,
+            }
+            .body();
+            let sig = self.signer.sign(&key.kid, body.as_bytes()).await.map_err(db)?;
+            let note = format!("{body}\n{}", format_signature_line(&key.name, key_id, &sig));
+            acks.push(
+                nats_integrity::publish_checkpoint(&self.js, &p, size, &key.kid, &note)
+                    .await
+                    .map_err(db)?,
+            );
+            rows.push(StoredCheckpoint {
+                tenant_id: p.tenant.to_string(),
+                source_id: p.source.to_string(),
+                tree_size: i64::try_from(size).unwrap_or(i64::MAX),
+                root: root.0.to_vec(),
+                key_id: key.kid.clone(),
+                note,
+                issued_at: Utc::now(),
+            });
+        }
+        for ack in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+            ack.map_err(db)?;
+        }
+        store::insert_checkpoints(&self.pool, &rows).await.map_err(db)?;
+        for r in &rows {
+            if let Ok(p) = PartitionKey::parse(&format!("{}:{}", r.tenant_id, r.source_id)) {
+                self.board.signed(&p, r.tree_size as u64);
+            }
+        }
+        self.stats.checkpoints.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs both halves until shutdown.
+pub async fn run<S: CheckpointSigner>(
+    js: Context,
+    pool: PgPool,
+    signer: Arc<S>,
+    policy: CheckpointPolicy,
+    stats: Arc<IntegrityStats>,
+    shutdown: Shutdown,
+) -> Result<(), RoleError> {
+    let board = Board::default();
+    let mut log = IntegrityLog::new(js.clone(), pool.clone(), board.clone(), policy, stats.clone());
+    let checkpointer = Checkpointer::new(js.clone(), pool, signer, board, policy, stats);
+    let (a, b) = tokio::join!(
+        crate::reader::run_role(&js, &mut log, shutdown.clone()),
+        checkpointer.run(shutdown),
+    );
+    a.and(b)
+}
