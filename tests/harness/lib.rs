@@ -281,12 +281,46 @@ impl Stack {
         self.rejections(p).await.len()
     }
 
+    /// The size of the newest stored checkpoint of a partition (0 if none).
+    pub async fn checkpoint_size(&self, p: &PartitionKey) -> u64 {
+        atp_store::integrity::checkpoint(&self.pool, p, None)
+            .await
+            .unwrap()
+            .map_or(0, |c| c.size())
+    }
+
     pub async fn projected_records(&self, tenant: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM records WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+}
+
+/// The gateway of a running stack, over HTTP.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(running: &Running) -> Self {
+        Self {
+            base: format!("http://{}", running.gateway_addr.unwrap()),
+            http: reqwest::Client::new(),
+        }
+    }
+    pub fn post(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+    }
+    pub fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
     }
 }
 

@@ -7,31 +7,6 @@ use atp_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(running: &atp::serve::Running) -> Self {
-        Self {
-            base: format!("http://{}", running.gateway_addr.unwrap()),
-            http: reqwest::Client::new(),
-        }
-    }
-    fn post(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-    }
-    fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-    }
-}
-
 fn simplified(id: &str, actor: &str) -> Value {
     json!({
         "sourceId": SOURCE, "id": id, "actor": {"id": actor, "type": "user"}, "action": "READ",

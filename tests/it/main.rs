@@ -7,5 +7,6 @@ mod batch;
 mod crash;
 mod gateway;
 mod ingest;
+mod integrity;
 mod replay;
 mod streams;

@@ -40,9 +40,8 @@ pub fn origin(prefix: &str, partition: &PartitionKey) -> String {
 
 /// ASCII digits without a sign or a leading zero (C2SP: the size as its canonical decimal).
 fn parse_decimal(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
@@ -79,7 +78,9 @@ impl Checkpoint {
         let size = lines
             .next()
             .and_then(parse_decimal)
-            .ok_or(CheckpointError::Malformed("tree size is not a plain decimal"))?;
+            .ok_or(CheckpointError::Malformed(
+                "tree size is not a plain decimal",
+            ))?;
         let root = lines
             .next()
             .and_then(|r| B64.decode(r).ok())

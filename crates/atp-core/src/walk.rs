@@ -93,16 +93,10 @@ impl ChainWalk {
         }
         match head.chain_index {
             i if i > expected => {
-                return Err(Finding::Gap {
-                    expected,
-                    found: i,
-                });
+                return Err(Finding::Gap { expected, found: i });
             }
             i if i < expected => {
-                return Err(Finding::Reorder {
-                    expected,
-                    found: i,
-                });
+                return Err(Finding::Reorder { expected, found: i });
             }
             _ => {}
         }

@@ -841,7 +841,6 @@ const ACCEPTED_BY_BOTH: &[(&str, &str, u64)] = &[
     ("o\n1\n{R}\n\u{2014} x\n", "o", 1),
 ];
 
-
 #[test]
 fn malformed_checkpoints_are_judged_alike() {
     let body = |b: &str| b.replace("{R}", R);
@@ -861,8 +860,5 @@ fn malformed_checkpoints_are_judged_alike() {
         assert_eq!((oracle.origin(), oracle.size()), (*origin, *size));
         assert_eq!(mine.root, ours(oracle.hash()));
     }
-    assert_eq!(
-        REFUSED_BY_BOTH.len() + ACCEPTED_BY_BOTH.len(),
-        30
-    );
+    assert_eq!(REFUSED_BY_BOTH.len() + ACCEPTED_BY_BOTH.len(), 30);
 }

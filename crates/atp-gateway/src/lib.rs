@@ -1,9 +1,10 @@
-//! ATP's HTTP gateway (CONTRACT §5): append, query, health. Stateless between requests: every
+//! ATP's HTTP gateway (CONTRACT §5): append, query, proofs and verification, health. Stateless between requests: every
 //! answer comes from the token, NATS or PostgreSQL.
 
 pub mod append;
 pub mod auth;
 pub mod health;
+pub mod integrity;
 pub mod problem;
 pub mod query;
 mod wait;
@@ -38,6 +39,8 @@ pub struct Bus {
     pub js: Context,
     pub registry: RegistryCache,
     pub producers: async_nats::jetstream::kv::Store,
+    /// Published checkpoint signing keys (public halves).
+    pub signing_keys: async_nats::jetstream::kv::Store,
     /// Signs the attestation on submissions forwarded to ingress.
     pub attestation_key: Arc<SigningKey>,
 }
@@ -78,7 +81,22 @@ pub fn router(state: GatewayState) -> Router {
         .route("/audit/records", get(query::list_records))
         .route("/audit/records/{record_id}", get(query::get_record))
         .route("/audit/rejections", get(query::list_rejections))
+        .route(
+            "/audit/records/{record_id}/proof",
+            get(integrity::record_proof),
+        )
         .route("/producers/keys", get(query::producer_keys))
+        .route(
+            "/integrity/checkpoints/{tenant_id}/{source_id}",
+            get(integrity::checkpoint),
+        )
+        .route(
+            "/integrity/consistency/{tenant_id}/{source_id}",
+            get(integrity::consistency),
+        )
+        .route("/integrity/verify/record", post(integrity::verify_record))
+        .route("/integrity/verify/range", post(integrity::verify_range))
+        .route("/integrity/keys", get(integrity::keys))
         .fallback(problem::not_found);
     Router::new()
         .nest("/api/v1", api)

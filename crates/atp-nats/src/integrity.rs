@@ -65,7 +65,11 @@ pub struct Alert {
 
 /// Publishes an alert and waits until it is stored. The message id makes a re-published alert
 /// (a retried batch) land once.
-pub async fn publish_alert(js: &Context, p: &PartitionKey, alert: &Alert) -> Result<(), PublishError> {
+pub async fn publish_alert(
+    js: &Context,
+    p: &PartitionKey,
+    alert: &Alert,
+) -> Result<(), PublishError> {
     let err = |reason: String| PublishError {
         what: format!("alert for {p}"),
         reason,
@@ -97,7 +101,10 @@ pub async fn for_each_message(
         what: format!("reading {subject}"),
         reason,
     };
-    let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let mut consumer = s
         .create_consumer(OrderedConfig {
             filter_subjects: vec![subject.clone()],

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{Context, Message};
+use atp_core::Digest;
 use atp_core::checkpoint::{Checkpoint, origin};
 use atp_core::names::PartitionKey;
 use atp_core::note::format_signature_line;
 use atp_core::record::timestamp;
 use atp_core::tiles::{self, TileLog};
 use atp_core::walk::{ChainWalk, Finding};
-use atp_core::Digest;
 use atp_nats::integrity::{self as nats_integrity, Alert};
 use atp_nats::{signing_keys, streams, subjects};
 use atp_store::integrity::{self as store, Halt, LogState, LogUpdate, StoredCheckpoint};
@@ -90,7 +90,14 @@ impl Board {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn committed(&self, p: &PartitionKey, size: u64, root: Digest, signed: u64, policy: &CheckpointPolicy) {
+    fn committed(
+        &self,
+        p: &PartitionKey,
+        size: u64,
+        root: Digest,
+        signed: u64,
+        policy: &CheckpointPolicy,
+    ) {
         let mut w = self.lock();
         let entry = w.entry(p.clone()).or_insert(Waiting {
             size,
@@ -115,7 +122,8 @@ impl Board {
             .iter()
             .filter(|(_, w)| {
                 w.size > w.signed
-                    && (w.size - w.signed >= policy.every_records || w.since.elapsed() >= policy.every)
+                    && (w.size - w.signed >= policy.every_records
+                        || w.since.elapsed() >= policy.every)
             })
             .map(|(p, w)| (p.clone(), w.size, w.root))
             .collect()
@@ -187,8 +195,9 @@ impl IntegrityLog {
         let mut edge = store::read_tiles(&mut conn, p, &tiles::edge_tiles(state.tree_size))
             .await
             .map_err(db)?;
-        let log = TileLog::resume(state.tree_size, |id| edge.remove(&id))
-            .map_err(|e| RoleError::Fatal(format!("stored Merkle log of {p} is incomplete: {e}")))?;
+        let log = TileLog::resume(state.tree_size, |id| edge.remove(&id)).map_err(|e| {
+            RoleError::Fatal(format!("stored Merkle log of {p} is incomplete: {e}"))
+        })?;
         if log.root() != state.root {
             return Err(RoleError::Fatal(format!(
                 "stored tiles of {p} do not give the stored root at size {}: rebuild the integrity read model",
@@ -215,7 +224,8 @@ impl IntegrityLog {
             detail = %finding,
             "integrity alert: the partition's log is halted"
         );
-        self.alerts.add(1, &[opentelemetry::KeyValue::new("kind", finding.code())]);
+        self.alerts
+            .add(1, &[opentelemetry::KeyValue::new("kind", finding.code())]);
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
         let alert = Alert {
             kind: finding.code().to_owned(),
@@ -328,8 +338,13 @@ impl BatchHandler for IntegrityLog {
         for u in &updates {
             if u.state.tree_size > 0 {
                 let signed = self.parts.get(&u.partition).map_or(0, |p| p.signed);
-                self.board
-                    .committed(&u.partition, u.state.tree_size, u.state.root, signed, &self.policy);
+                self.board.committed(
+                    &u.partition,
+                    u.state.tree_size,
+                    u.state.root,
+                    signed,
+                    &self.policy,
+                );
             }
         }
         Ok(())
@@ -372,13 +387,20 @@ impl<S: CheckpointSigner> Checkpointer<S> {
     pub async fn run(mut self, mut shutdown: Shutdown) -> Result<(), RoleError> {
         // Logs committed before a restart but never signed are due at once.
         let mut loaded = false;
-        let tick = (self.policy.every / 5).clamp(Duration::from_millis(10), Duration::from_millis(200));
+        let tick =
+            (self.policy.every / 5).clamp(Duration::from_millis(10), Duration::from_millis(200));
         loop {
             if !loaded {
                 match store::uncheckpointed(&self.pool).await {
                     Ok(rows) => {
                         for (p, s) in rows {
-                            self.board.committed(&p, s.tree_size, s.root, s.checkpoint_size, &self.policy);
+                            self.board.committed(
+                                &p,
+                                s.tree_size,
+                                s.root,
+                                s.checkpoint_size,
+                                &self.policy,
+                            );
                         }
                         loaded = true;
                     }
@@ -412,7 +434,8 @@ impl<S: CheckpointSigner> Checkpointer<S> {
             return Ok(());
         }
         let key = &ring.active;
-        let key_id = u32::from_str_radix(&key.kid, 16).map_err(|e| RoleError::Fatal(format!("key id {}: {e}", key.kid)))?;
+        let key_id = u32::from_str_radix(&key.kid, 16)
+            .map_err(|e| RoleError::Fatal(format!("key id {}: {e}", key.kid)))?;
         let mut acks = Vec::with_capacity(due.len());
         let mut rows = Vec::with_capacity(due.len());
         for (p, size, root) in due {
@@ -422,7 +445,11 @@ impl<S: CheckpointSigner> Checkpointer<S> {
                 root,
             }
             .body();
-            let sig = self.signer.sign(&key.kid, body.as_bytes()).await.map_err(db)?;
+            let sig = self
+                .signer
+                .sign(&key.kid, body.as_bytes())
+                .await
+                .map_err(db)?;
             let note = format!("{body}\n{}", format_signature_line(&key.name, key_id, &sig));
             acks.push(
                 nats_integrity::publish_checkpoint(&self.js, &p, size, &key.kid, &note)
@@ -439,16 +466,23 @@ impl<S: CheckpointSigner> Checkpointer<S> {
                 issued_at: Utc::now(),
             });
         }
-        for ack in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+        for ack in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
             ack.map_err(db)?;
         }
-        store::insert_checkpoints(&self.pool, &rows).await.map_err(db)?;
+        store::insert_checkpoints(&self.pool, &rows)
+            .await
+            .map_err(db)?;
         for r in &rows {
             if let Ok(p) = PartitionKey::parse(&format!("{}:{}", r.tenant_id, r.source_id)) {
                 self.board.signed(&p, r.tree_size as u64);
             }
         }
-        self.stats.checkpoints.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .checkpoints
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -463,7 +497,13 @@ pub async fn run<S: CheckpointSigner>(
     shutdown: Shutdown,
 ) -> Result<(), RoleError> {
     let board = Board::default();
-    let mut log = IntegrityLog::new(js.clone(), pool.clone(), board.clone(), policy, stats.clone());
+    let mut log = IntegrityLog::new(
+        js.clone(),
+        pool.clone(),
+        board.clone(),
+        policy,
+        stats.clone(),
+    );
     let checkpointer = Checkpointer::new(js.clone(), pool, signer, board, policy, stats);
     let (a, b) = tokio::join!(
         crate::reader::run_role(&js, &mut log, shutdown.clone()),

@@ -46,62 +46,65 @@ pub struct Halt {
     pub reason: String,
 }
 
-type LogRow = (
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-);
+/// A `merkle_logs` row.
+#[derive(sqlx::FromRow)]
+struct LogRow {
+    tenant_id: String,
+    source_id: String,
+    tree_size: i64,
+    root: Vec<u8>,
+    chain_hash: Vec<u8>,
+    ledger_seq: i64,
+    checkpoint_size: i64,
+    halted_at_index: Option<i64>,
+    halt_reason: Option<String>,
+}
 
-fn log_state(row: LogRow) -> Result<LogState, StoreError> {
-    let (size, root, chain, seq, cp, halted_at, reason) = row;
-    Ok(LogState {
-        tree_size: size as u64,
-        root: digest(&root)?,
-        chain_hash: digest(&chain)?,
-        ledger_seq: seq as u64,
-        checkpoint_size: cp as u64,
-        halted: halted_at.map(|i| Halt {
-            at_index: i as u64,
-            reason: reason.unwrap_or_default(),
-        }),
-    })
+const LOG_COLUMNS: &str = "tenant_id, source_id, tree_size, root, chain_hash, ledger_seq, \
+     checkpoint_size, halted_at_index, halt_reason FROM merkle_logs";
+
+impl LogRow {
+    fn state(self) -> Result<LogState, StoreError> {
+        Ok(LogState {
+            tree_size: self.tree_size as u64,
+            root: digest(&self.root)?,
+            chain_hash: digest(&self.chain_hash)?,
+            ledger_seq: self.ledger_seq as u64,
+            checkpoint_size: self.checkpoint_size as u64,
+            halted: self.halted_at_index.map(|i| Halt {
+                at_index: i as u64,
+                reason: self.halt_reason.clone().unwrap_or_default(),
+            }),
+        })
+    }
 }
 
 pub async fn log_state_of(
     conn: &mut PgConnection,
     p: &PartitionKey,
 ) -> Result<Option<LogState>, StoreError> {
-    let row: Option<LogRow> = sqlx::query_as(
-        "SELECT tree_size, root, chain_hash, ledger_seq, checkpoint_size, halted_at_index, halt_reason \
-         FROM merkle_logs WHERE tenant_id = $1 AND source_id = $2",
-    )
-    .bind(p.tenant.as_str())
-    .bind(p.source.as_str())
-    .fetch_optional(conn)
-    .await?;
-    row.map(log_state).transpose()
+    let sql = format!("SELECT {LOG_COLUMNS} WHERE tenant_id = $1 AND source_id = $2");
+    let row: Option<LogRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(p.tenant.as_str())
+        .bind(p.source.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.map(LogRow::state).transpose()
 }
 
 /// Partitions whose log has grown past their last checkpoint (and are not halted).
 pub async fn uncheckpointed(pool: &PgPool) -> Result<Vec<(PartitionKey, LogState)>, StoreError> {
-    let rows: Vec<(String, String, i64, Vec<u8>, Vec<u8>, i64, i64)> = sqlx::query_as(
-        "SELECT tenant_id, source_id, tree_size, root, chain_hash, ledger_seq, checkpoint_size \
-         FROM merkle_logs WHERE tree_size > checkpoint_size AND halted_at_index IS NULL",
-    )
-    .fetch_all(pool)
-    .await?;
+    let sql = format!(
+        "SELECT {LOG_COLUMNS} WHERE tree_size > checkpoint_size AND halted_at_index IS NULL"
+    );
+    let rows: Vec<LogRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?;
     rows.into_iter()
-        .map(|(t, s, size, root, chain, seq, cp)| {
-            let p = PartitionKey::parse(&format!("{t}:{s}"))
+        .map(|row| {
+            let p = PartitionKey::parse(&format!("{}:{}", row.tenant_id, row.source_id))
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok((
-                p,
-                log_state((size, root, chain, seq, cp, None, None))?,
-            ))
+            Ok((p, row.state()?))
         })
         .collect()
 }

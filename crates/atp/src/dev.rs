@@ -88,11 +88,10 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         LOG_NAME,
         chrono::Utc::now(),
     )?;
-    let note_verifier_key =
-        atp_runtime::signer::CheckpointSigner::keyring(&checkpoint_keys)
-            .await?
-            .active
-            .verifier_key;
+    let note_verifier_key = atp_runtime::signer::CheckpointSigner::keyring(&checkpoint_keys)
+        .await?
+        .active
+        .verifier_key;
 
     eprintln!("starting nats-server and PostgreSQL…");
     let mut nats = NatsServer::start(NatsOptions::default())

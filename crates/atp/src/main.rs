@@ -569,11 +569,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&ring.all)?);
         }
         Command::Verify {
-            what: VerifyWhat::Chain {
-                nats,
-                at: SourceArgs { tenant, source },
-                keys,
-            },
+            what:
+                VerifyWhat::Chain {
+                    nats,
+                    at: SourceArgs { tenant, source },
+                    keys,
+                },
         } => {
             let js = jetstream(&nats).await?;
             let p = atp_core::PartitionKey::new(
@@ -587,11 +588,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Verify {
-            what: VerifyWhat::Record {
-                record,
-                proof,
-                keys,
-            },
+            what:
+                VerifyWhat::Record {
+                    record,
+                    proof,
+                    keys,
+                },
         } => {
             let report = atp::verify::record_offline(&record, &proof, &keys)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

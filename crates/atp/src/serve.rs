@@ -181,7 +181,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         tasks.spawn(async move { ("projector", atp_runtime::projector::run(js, pool, sd).await) });
     }
     if cfg.roles.integrity {
-        let pool = pool.clone().context("the integrity role needs PostgreSQL")?;
+        let pool = pool
+            .clone()
+            .context("the integrity role needs PostgreSQL")?;
         let settings = cfg.integrity.clone();
         let signer = Arc::new(
             FileKeyStore::open_or_init(&settings.keys_dir, &settings.log_name, chrono::Utc::now())
@@ -212,6 +214,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 js: js.clone(),
                 registry,
                 producers,
+                signing_keys: atp_nats::signing_keys::bucket(&js).await?,
                 attestation_key: Arc::new(key),
             },
             waiters: Waiters::start(&pool).await?,

@@ -62,7 +62,10 @@ pub async fn chain(js: &Context, p: &PartitionKey, keys: &[String]) -> anyhow::R
                 cp.size, cp.origin
             )),
             Ok(cp) => {
-                if by_size.insert(cp.size, cp.root).is_some_and(|r| r != cp.root) {
+                if by_size
+                    .insert(cp.size, cp.root)
+                    .is_some_and(|r| r != cp.root)
+                {
                     problems.push(format!("two checkpoints of size {} disagree", cp.size));
                 }
             }
@@ -155,7 +158,8 @@ fn proof_of(text: &str) -> anyhow::Result<(TlogProof, Option<Digest>)> {
     if text.starts_with(atp_core::checkpoint::TLOG_PROOF_HEADER) {
         return Ok((TlogProof::parse(text)?, None));
     }
-    let v: serde_json::Value = serde_json::from_str(text).context("the proof file is neither a tlog-proof nor JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).context("the proof file is neither a tlog-proof nor JSON")?;
     let tlog = v["tlogProof"]
         .as_str()
         .context("the proof answer has no tlogProof")?;
@@ -164,10 +168,17 @@ fn proof_of(text: &str) -> anyhow::Result<(TlogProof, Option<Digest>)> {
 }
 
 /// Checks a record against its proof and checkpoint with the given verifier keys, offline.
-pub fn record_offline(record: &Path, proof: &Path, keys: &[String]) -> anyhow::Result<RecordReport> {
+pub fn record_offline(
+    record: &Path,
+    proof: &Path,
+    keys: &[String],
+) -> anyhow::Result<RecordReport> {
     let known = verifiers(keys)?;
-    let bytes = record_bytes(&std::fs::read(record).with_context(|| format!("reading {}", record.display()))?)?;
-    let proof_text = std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?;
+    let bytes = record_bytes(
+        &std::fs::read(record).with_context(|| format!("reading {}", record.display()))?,
+    )?;
+    let proof_text =
+        std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?;
     let (proof, claimed_digest) = proof_of(&proof_text)?;
     let (head, link) = record::head(&bytes).context("not a record")?;
     let mut report = RecordReport {
@@ -183,7 +194,10 @@ pub fn record_offline(record: &Path, proof: &Path, keys: &[String]) -> anyhow::R
         error: None,
     };
     if let Some(d) = claimed_digest.filter(|d| *d != link.digest) {
-        report.error = Some(format!("the record's digest is {}, the proof says {d}", link.digest));
+        report.error = Some(format!(
+            "the record's digest is {}, the proof says {d}",
+            link.digest
+        ));
         return Ok(report);
     }
     let p = PartitionKey::parse(&format!("{}:{}", head.tenant_id, head.source_id))?;

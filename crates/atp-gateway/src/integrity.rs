@@ -1,0 +1,665 @@
+//! Proofs and verification over HTTP (CONTRACT §4–§5): a record's inclusion proof, checkpoints,
+//! consistency proofs, server-side verification of a record or a range, and the published
+//! signing keys.
+//!
+//! Every proof is checked against its signed checkpoint before it is answered: a gateway never
+//! serves a proof that does not verify. Every answer carries what a client needs to re-check it
+//! offline (the signed checkpoint, the proof hashes, the published verifier keys).
+
+use atp_core::checkpoint::{Checkpoint, TlogProof};
+use atp_core::merkle::{self, ProofPlan};
+use atp_core::names::{PartitionKey, SourceId, TenantId};
+use atp_core::note::{self, Verifier};
+use atp_core::{Digest, canonical, chain, record};
+use atp_nats::signing_keys;
+use atp_store::integrity::{self as store, StoredCheckpoint};
+use atp_store::query::{self, StoredRecord};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::Bus;
+use crate::auth::{Principal, Role};
+use crate::problem::Problem;
+use crate::query::{READERS, record_json, store_problem};
+
+/// Most records one `verify/range` call re-checks.
+pub const MAX_RANGE: u64 = 100_000;
+
+const ANY_ROLE: [Role; 3] = [Role::Producer, Role::Auditor, Role::Admin];
+
+fn b64_all(hashes: &[Digest]) -> Vec<String> {
+    hashes.iter().map(|h| B64.encode(h.0)).collect()
+}
+
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json"))
+}
+
+fn text(body: String) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn not_found(tenant: &str, what: String) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", what).tenant(tenant)
+}
+
+fn integrity_error(tenant: &str, detail: String) -> Problem {
+    tracing::error!(tenant.id = tenant, detail = %detail, "integrity check failed while answering");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTEGRITY_ERROR", detail).tenant(tenant)
+}
+
+/// Not yet covered by a checkpoint: checkpoints follow within the configured interval.
+fn pending(tenant: &str, detail: String) -> Response {
+    let mut resp = Problem::new(StatusCode::CONFLICT, "PROOF_PENDING", detail)
+        .tenant(tenant)
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The path's partition, which must belong to the caller's tenant.
+fn own_partition(
+    principal: &Principal,
+    tenant: &str,
+    source: &str,
+) -> Result<PartitionKey, Problem> {
+    let me = principal.tenant.as_str();
+    if tenant != me {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "TENANT_MISMATCH",
+            "the path names another tenant than the token's",
+        )
+        .tenant(me));
+    }
+    let source = SourceId::new(source)
+        .map_err(|e| Problem::bad_request("INVALID_QUERY", e.to_string()).tenant(me))?;
+    Ok(PartitionKey::new(principal.tenant.clone(), source))
+}
+
+fn partition_of(r: &StoredRecord) -> Result<PartitionKey, Problem> {
+    let tenant = TenantId::new(&r.tenant_id);
+    let source = SourceId::new(&r.source_id);
+    match (tenant, source) {
+        (Ok(t), Ok(s)) => Ok(PartitionKey::new(t, s)),
+        _ => Err(integrity_error(
+            &r.tenant_id,
+            "stored record names an invalid partition".into(),
+        )),
+    }
+}
+
+/// Every published signing key's verifier.
+async fn known_keys(bus: &Bus) -> Result<Vec<Verifier>, Problem> {
+    let keys = signing_keys::list(&bus.signing_keys)
+        .await
+        .map_err(|e| Problem::unavailable("the signing-key registry", e))?;
+    Ok(keys.iter().filter_map(|k| k.verifier().ok()).collect())
+}
+
+async fn checkpoint_for(
+    db: &PgPool,
+    p: &PartitionKey,
+    size: Option<u64>,
+) -> Result<Option<StoredCheckpoint>, Problem> {
+    store::checkpoint(db, p, size).await.map_err(store_problem)
+}
+
+/// An inclusion proof for `r` against `cp`, checked before it is returned.
+async fn inclusion(
+    db: &PgPool,
+    p: &PartitionKey,
+    r: &StoredRecord,
+    cp: &StoredCheckpoint,
+) -> Result<TlogProof, Problem> {
+    let tenant = p.tenant.as_str();
+    let index = r.chain_index as u64;
+    let plan = ProofPlan::inclusion(index, cp.size())
+        .map_err(|e| integrity_error(tenant, e.to_string()))?;
+    let mut conn = db
+        .acquire()
+        .await
+        .map_err(|e| Problem::unavailable("the read model", e))?;
+    let hashes = store::prove(&mut conn, p, &plan)
+        .await
+        .map_err(|e| integrity_error(tenant, e.to_string()))?;
+    let root = cp
+        .root()
+        .map_err(|e| integrity_error(tenant, e.to_string()))?;
+    merkle::verify_inclusion(
+        index,
+        cp.size(),
+        &merkle::leaf_hash(&r.record),
+        &hashes,
+        &root,
+    )
+    .map_err(|e| {
+        integrity_error(
+            tenant,
+            format!(
+                "record {} does not prove against checkpoint {}: {e}",
+                r.record_id,
+                cp.size()
+            ),
+        )
+    })?;
+    Ok(TlogProof {
+        extra: None,
+        index,
+        hashes,
+        checkpoint: cp.note.clone(),
+    })
+}
+
+/// The JSON proof answer: the record, where it sits, the proof and the signed checkpoint.
+fn proof_json(
+    r: &StoredRecord,
+    proof: &TlogProof,
+    cp: &StoredCheckpoint,
+) -> Result<Value, Problem> {
+    let rec = record_json(r)?;
+    Ok(json!({
+        "recordId": r.record_id,
+        "tenantId": r.tenant_id,
+        "sourceId": r.source_id,
+        "record": rec["record"],
+        "digest": rec["digest"],
+        "leafIndex": proof.index,
+        "treeSize": cp.size(),
+        "inclusionProof": b64_all(&proof.hashes),
+        "checkpoint": cp.note,
+        "tlogProof": proof.to_text(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProofParams {
+    /// Prove against the checkpoint of this size instead of the newest.
+    tree_size: Option<u64>,
+}
+
+/// `GET /audit/records/{recordId}/proof`.
+pub async fn record_proof(
+    principal: Principal,
+    State(db): State<PgPool>,
+    Path(record_id): Path<String>,
+    params: Result<Query<ProofParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let Query(params) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let r = query::record(&db, &tenant, &record_id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| not_found(&tenant, format!("no record {record_id:?}")))?;
+    record_json(&r)?;
+    let p = partition_of(&r)?;
+    let Some(cp) = checkpoint_for(&db, &p, params.tree_size).await? else {
+        return Ok(match params.tree_size {
+            Some(n) => not_found(&tenant, format!("no checkpoint of size {n}")).into_response(),
+            None => pending(
+                &tenant,
+                format!("record {record_id} is not yet covered by a checkpoint"),
+            ),
+        });
+    };
+    if cp.size() <= r.chain_index as u64 {
+        return Ok(pending(
+            &tenant,
+            format!(
+                "record {record_id} (chain index {}) is not yet covered: the checkpoint has {} records",
+                r.chain_index,
+                cp.size()
+            ),
+        ));
+    }
+    let proof = inclusion(&db, &p, &r, &cp).await?;
+    if wants_text(&headers) {
+        return Ok(text(proof.to_text()));
+    }
+    Ok(Json(proof_json(&r, &proof, &cp)?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeParams {
+    size: Option<u64>,
+}
+
+/// `GET /integrity/checkpoints/{tenantId}/{sourceId}` (newest, or `?size=n`).
+pub async fn checkpoint(
+    principal: Principal,
+    State(db): State<PgPool>,
+    Path((tenant, source)): Path<(String, String)>,
+    params: Result<Query<SizeParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require(&ANY_ROLE)?;
+    let p = own_partition(&principal, &tenant, &source)?;
+    let Query(params) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let cp = checkpoint_for(&db, &p, params.size)
+        .await?
+        .ok_or_else(|| not_found(&tenant, format!("no checkpoint for {p}")))?;
+    if wants_text(&headers) {
+        return Ok(text(cp.note));
+    }
+    let body = note::split(&cp.note)
+        .map_err(|e| e.to_string())
+        .and_then(|(text, _)| Checkpoint::parse(text).map_err(|e| e.to_string()))
+        .map_err(|e| integrity_error(&tenant, format!("stored checkpoint is malformed: {e}")))?;
+    Ok(Json(json!({
+        "tenantId": cp.tenant_id,
+        "sourceId": cp.source_id,
+        "origin": body.origin,
+        "treeSize": cp.size(),
+        "rootHash": B64.encode(body.root.0),
+        "keyId": cp.key_id,
+        "issuedAt": record::timestamp(cp.issued_at),
+        "checkpoint": cp.note,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyParams {
+    from: u64,
+    to: Option<u64>,
+}
+
+/// `GET /integrity/consistency/{tenantId}/{sourceId}?from=m&to=n`: proof that the tree of `n`
+/// records (default: the newest checkpoint's) extends the tree of `m`.
+pub async fn consistency(
+    principal: Principal,
+    State(db): State<PgPool>,
+    Path((tenant, source)): Path<(String, String)>,
+    params: Result<Query<ConsistencyParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&ANY_ROLE)?;
+    let p = own_partition(&principal, &tenant, &source)?;
+    let Query(params) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let newest = checkpoint_for(&db, &p, None)
+        .await?
+        .ok_or_else(|| not_found(&tenant, format!("no checkpoint for {p}")))?;
+    let to = params.to.unwrap_or(newest.size());
+    if params.from == 0 || params.from > to || to > newest.size() {
+        return Err(Problem::bad_request(
+            "INVALID_QUERY",
+            format!(
+                "need 0 < from ≤ to ≤ {} (the newest checkpoint's size)",
+                newest.size()
+            ),
+        )
+        .tenant(&tenant));
+    }
+    let mut conn = db
+        .acquire()
+        .await
+        .map_err(|e| Problem::unavailable("the read model", e))?;
+    let fail = |e: String| integrity_error(&tenant, e);
+    let plan = ProofPlan::consistency(params.from, to).map_err(|e| fail(e.to_string()))?;
+    let proof = store::prove(&mut conn, &p, &plan)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut roots = Vec::with_capacity(2);
+    for size in [params.from, to] {
+        let r = store::prove(&mut conn, &p, &ProofPlan::root(size))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        roots.push(
+            r.first()
+                .copied()
+                .ok_or_else(|| fail("empty tree".into()))?,
+        );
+    }
+    merkle::verify_consistency(params.from, to, &roots[0], &roots[1], &proof)
+        .map_err(|e| fail(format!("stored tiles give no consistent proof: {e}")))?;
+    let from_cp = checkpoint_for(&db, &p, Some(params.from)).await?;
+    let to_cp = checkpoint_for(&db, &p, Some(to)).await?;
+    for cp in from_cp.iter().chain(to_cp.iter()) {
+        if cp.root().ok() != Some(roots[usize::from(cp.size() == to)]) {
+            return Err(fail(format!(
+                "checkpoint {} disagrees with the stored tiles",
+                cp.size()
+            )));
+        }
+    }
+    Ok(Json(json!({
+        "tenantId": tenant,
+        "sourceId": p.source.as_str(),
+        "fromSize": params.from,
+        "toSize": to,
+        "fromRoot": B64.encode(roots[0].0),
+        "toRoot": B64.encode(roots[1].0),
+        "consistencyProof": b64_all(&proof),
+        "fromCheckpoint": from_cp.map(|c| c.note),
+        "toCheckpoint": to_cp.map(|c| c.note),
+    }))
+    .into_response())
+}
+
+/// Keeps the first failure of a range walk.
+fn note_failure(slot: &mut Option<Value>, index: u64, check_name: &str, detail: String) {
+    if slot.is_none() {
+        *slot = Some(json!({ "chainIndex": index, "check": check_name, "detail": detail }));
+    }
+}
+
+/// One line of a verification answer.
+fn check(name: &str, ok: bool, detail: impl Into<String>) -> Value {
+    json!({ "check": name, "ok": ok, "detail": detail.into() })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyRecordBody {
+    record_id: Option<String>,
+    /// A record as the caller holds it (any JSON form; its canonical bytes are checked).
+    record: Option<Value>,
+}
+
+/// `POST /integrity/verify/record`: re-checks a stored record (and optionally the caller's
+/// copy) end to end: digest, chain link, inclusion in the newest checkpoint, its signature.
+pub async fn verify_record(
+    principal: Principal,
+    State(db): State<PgPool>,
+    State(bus): State<Bus>,
+    body: Result<Json<VerifyRecordBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+    let bad = |d: String| Problem::bad_request("INVALID_REQUEST", d).tenant(&tenant);
+    let given = body
+        .record
+        .as_ref()
+        .map(|v| canonical::to_canonical(v).map_err(|e| bad(e.to_string())))
+        .transpose()?;
+    let record_id = match (&body.record_id, &given) {
+        (Some(id), _) => id.clone(),
+        (None, Some(bytes)) => record::head(bytes)
+            .map_err(|e| bad(format!("record: {e}")))?
+            .0
+            .record_id
+            .into_owned(),
+        (None, None) => return Err(bad("send recordId or record".into())),
+    };
+    let r = query::record(&db, &tenant, &record_id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| not_found(&tenant, format!("no record {record_id:?}")))?;
+    let p = partition_of(&r)?;
+    let mut checks = Vec::new();
+    let stored_digest = Digest(r.digest.as_slice().try_into().unwrap_or([0; 32]));
+    let digest = Digest::of(&r.record);
+    checks.push(check(
+        "storedDigest",
+        digest == stored_digest,
+        format!("SHA-256 of the stored bytes is {digest}"),
+    ));
+    if let Some(bytes) = &given {
+        let theirs = Digest::of(bytes);
+        checks.push(check(
+            "callerCopy",
+            theirs == digest,
+            format!("the canonical bytes you sent hash to {theirs}"),
+        ));
+    }
+    let link = record::head(&r.record).map(|(_, l)| l);
+    let stored_chain = Digest(r.chain_hash.as_slice().try_into().unwrap_or([0; 32]));
+    checks.push(match &link {
+        Ok(l) => check(
+            "chainLink",
+            l.chain_hash == stored_chain
+                && l.chain_hash == chain::chain_hash(&l.prev_hash, &digest),
+            format!("chainHash = SHA-256(prevHash || digest) = {}", l.chain_hash),
+        ),
+        Err(e) => check("chainLink", false, e.to_string()),
+    });
+    let cp = checkpoint_for(&db, &p, None).await?;
+    let mut proof_answer = Value::Null;
+    match cp.filter(|c| c.size() > r.chain_index as u64) {
+        None => checks.push(check(
+            "inclusion",
+            false,
+            "not yet covered by a checkpoint; retry shortly",
+        )),
+        Some(cp) => {
+            match inclusion(&db, &p, &r, &cp).await {
+                Ok(proof) => {
+                    checks.push(check(
+                        "inclusion",
+                        true,
+                        format!("leaf {} of the tree of {} records", proof.index, cp.size()),
+                    ));
+                    proof_answer = proof_json(&r, &proof, &cp)?;
+                }
+                Err(e) => checks.push(check("inclusion", false, e.detail)),
+            }
+            let known = known_keys(&bus).await?;
+            checks.push(match Checkpoint::open(&cp.note, &known) {
+                Ok(c) => check(
+                    "checkpointSignature",
+                    true,
+                    format!("signed note for origin {}", c.origin),
+                ),
+                Err(e) => check("checkpointSignature", false, e.to_string()),
+            });
+        }
+    }
+    let verified = checks.iter().all(|c| c["ok"] == true);
+    Ok(Json(json!({
+        "verified": verified,
+        "recordId": r.record_id,
+        "tenantId": r.tenant_id,
+        "sourceId": r.source_id,
+        "chainIndex": r.chain_index,
+        "checks": checks,
+        "proof": proof_answer,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyRangeBody {
+    source_id: String,
+    /// First chain index (inclusive, default 0).
+    #[serde(default)]
+    from_index: u64,
+    /// End chain index (exclusive, default: the newest checkpoint's size).
+    to_index: Option<u64>,
+}
+
+/// `POST /integrity/verify/range`: re-walks records `[fromIndex, toIndex)` of a partition as
+/// stored: every digest, every chain link, every leaf against the stored tree, and the tree's
+/// root against the newest signed checkpoint.
+pub async fn verify_range(
+    principal: Principal,
+    State(db): State<PgPool>,
+    State(bus): State<Bus>,
+    body: Result<Json<VerifyRangeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+    let p = own_partition(&principal, &tenant, &body.source_id)?;
+    let Some(cp) = checkpoint_for(&db, &p, None).await? else {
+        return Ok(pending(&tenant, format!("no checkpoint for {p} yet")));
+    };
+    let to = body.to_index.unwrap_or(cp.size());
+    let from = body.from_index;
+    if from >= to || to - from > MAX_RANGE {
+        return Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("need fromIndex < toIndex and at most {MAX_RANGE} records per call"),
+        )
+        .tenant(&tenant));
+    }
+    if to > cp.size() {
+        return Ok(pending(
+            &tenant,
+            format!(
+                "the newest checkpoint covers {} records; toIndex is {to}",
+                cp.size()
+            ),
+        ));
+    }
+    let fail = |e: String| integrity_error(&tenant, e);
+    let rows = query::records_by_chain(&db, &tenant, p.source.as_str(), from.saturating_sub(1), to)
+        .await
+        .map_err(store_problem)?;
+    let mut conn = db
+        .acquire()
+        .await
+        .map_err(|e| Problem::unavailable("the read model", e))?;
+    let leaves = store::leaf_hashes(&mut conn, &p, from, to)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let root = store::prove(&mut conn, &p, &ProofPlan::root(cp.size()))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    drop(conn);
+
+    let mut first_failure: Option<Value> = None;
+    let mut prev = if from == 0 {
+        Some(chain::genesis(&p))
+    } else {
+        None
+    };
+    let mut expected = from;
+    let mut checked = 0u64;
+    for r in &rows {
+        let (head, link) = match record::head(&r.record) {
+            Ok(x) => x,
+            Err(e) => {
+                note_failure(
+                    &mut first_failure,
+                    r.chain_index as u64,
+                    "record",
+                    e.to_string(),
+                );
+                break;
+            }
+        };
+        if head.chain_index + 1 == from {
+            prev = Some(link.chain_hash);
+            continue;
+        }
+        if head.chain_index != expected {
+            note_failure(
+                &mut first_failure,
+                expected,
+                "sequence",
+                format!("the read model has chain index {} here", head.chain_index),
+            );
+            break;
+        }
+        if r.digest.as_slice() != link.digest.0 {
+            note_failure(
+                &mut first_failure,
+                expected,
+                "digest",
+                "the stored bytes do not hash to the stored digest".into(),
+            );
+        }
+        if prev.is_some_and(|p| p != link.prev_hash) {
+            note_failure(
+                &mut first_failure,
+                expected,
+                "chainLink",
+                "prevHash does not continue the chain".into(),
+            );
+        }
+        let i = (expected - from) as usize;
+        if leaves.get(i) != Some(&merkle::leaf_hash(&r.record)) {
+            note_failure(
+                &mut first_failure,
+                expected,
+                "leaf",
+                "the record is not the leaf the Merkle log holds".into(),
+            );
+        }
+        prev = Some(link.chain_hash);
+        expected += 1;
+        checked += 1;
+    }
+    if expected < to && first_failure.is_none() {
+        note_failure(
+            &mut first_failure,
+            expected,
+            "sequence",
+            "the read model lacks this record".into(),
+        );
+    }
+    let signed_root = cp.root().map_err(|e| fail(e.to_string()))?;
+    let known = known_keys(&bus).await?;
+    let signature = Checkpoint::open(&cp.note, &known);
+    let mut checks = vec![
+        check(
+            "records",
+            first_failure.is_none(),
+            format!("{checked} records: digests, chain links and leaves"),
+        ),
+        check(
+            "treeRoot",
+            root.first() == Some(&signed_root),
+            "the stored Merkle log's root equals the checkpoint's",
+        ),
+    ];
+    checks.push(match signature {
+        Ok(c) => check(
+            "checkpointSignature",
+            c.root == signed_root,
+            format!("signed note for origin {}", c.origin),
+        ),
+        Err(e) => check("checkpointSignature", false, e.to_string()),
+    });
+    let verified = checks.iter().all(|c| c["ok"] == true);
+    Ok(Json(json!({
+        "verified": verified,
+        "tenantId": tenant,
+        "sourceId": p.source.as_str(),
+        "fromIndex": from,
+        "toIndex": to,
+        "checked": checked,
+        "firstFailure": first_failure,
+        "checks": checks,
+        "treeSize": cp.size(),
+        "rootHash": B64.encode(signed_root.0),
+        "checkpoint": cp.note,
+    }))
+    .into_response())
+}
+
+/// `GET /integrity/keys`: every checkpoint signing key ever used, as a JWKS. Public: verifying
+/// needs no account.
+pub async fn keys(State(bus): State<Bus>) -> Result<Response, Problem> {
+    let keys = signing_keys::list(&bus.signing_keys)
+        .await
+        .map_err(|e| Problem::unavailable("the signing-key registry", e))?;
+    Ok(Json(json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })).into_response())
+}
