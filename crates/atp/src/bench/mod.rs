@@ -19,11 +19,16 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
+pub mod integrity;
+
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Which {
     /// Signed events at the NATS ingress → ledger → PostgreSQL, against raw JetStream publish
     /// and raw PostgreSQL insert on the same servers.
     Ingest(IngestBench),
+    /// Inclusion proofs at 10M leaves, checkpoint lag at the ingest rate, offline chain
+    /// verification, each beside its raw baseline.
+    Integrity(integrity::IntegrityBench),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +56,7 @@ pub struct IngestBench {
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Ingest(b) => ingest(b).await,
+        Which::Integrity(b) => integrity::run(b).await,
     }
 }
 
@@ -226,16 +232,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     crate::admin::prepare(&js, &db, 1).await?;
     let key = crate::keys::generate();
     let parts = partitions(b.partitions);
-    for (p, uri) in &parts {
-        crate::admin::add_producer(
-            &js,
-            p.tenant.as_str(),
-            p.source.as_str(),
-            uri,
-            Some(("bench-1", key.verifying_key().to_bytes())),
-        )
-        .await?;
-    }
+    register(&js, &parts, &key).await?;
     let pool = atp_store::connect(&db, 4).await?;
 
     // --- producer-side signing cost ---
@@ -442,6 +439,174 @@ async fn pg_baseline(pool: &sqlx::PgPool, n: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Publishes `events` at a fixed `rate`, recording each send time in `sent` (by id) and each
+/// publish → ack latency in `acks_h` when given. Returns the achieved rate.
+async fn publish_at_rate(
+    js: &async_nats::jetstream::Context,
+    subjects: &[String],
+    events: Vec<(usize, String, Vec<u8>)>,
+    rate: u64,
+    sent: Option<&Mutex<HashMap<String, Instant>>>,
+    mut acks_h: Option<&mut Histogram<u64>>,
+) -> anyhow::Result<f64> {
+    let n = events.len() as f64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let t0 = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    let mut record = |r: Result<(Instant, async_nats::jetstream::publish::PublishAck), async_nats::jetstream::context::PublishError>| -> anyhow::Result<()> {
+        let (at, _) = r?;
+        if let Some(h) = acks_h.as_deref_mut() {
+            h.record(at.elapsed().as_micros() as u64)?;
+        }
+        Ok(())
+    };
+    for (i, (pi, id, body)) in events.into_iter().enumerate() {
+        let due = t0 + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        if let Some(sent) = sent {
+            sent.lock().await.insert(id, Instant::now());
+        }
+        let at = Instant::now();
+        let ack = js
+            .publish_with_headers(subjects[pi].clone(), h, body.into())
+            .await?
+            .into_future();
+        acks.push(async move { ack.await.map(|a| (at, a)) });
+        while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
+            record(r)?;
+        }
+    }
+    while let Some(r) = acks.next().await {
+        record(r)?;
+    }
+    Ok(n / t0.elapsed().as_secs_f64())
+}
+
+/// Registers every bench partition with one producer key.
+async fn register(
+    js: &async_nats::jetstream::Context,
+    parts: &[(PartitionKey, String)],
+    key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<()> {
+    for (p, uri) in parts {
+        crate::admin::add_producer(
+            js,
+            p.tenant.as_str(),
+            p.source.as_str(),
+            uri,
+            Some(("bench-1", key.verifying_key().to_bytes())),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs ingest, projector and integrity as a child process at a fixed rate and measures, per
+/// record, ledger commit → the first signed checkpoint covering it; beside it, raw JetStream
+/// publish → ack at the same rate.
+async fn checkpoint_lag(
+    js: &async_nats::jetstream::Context,
+    nats: &NatsServer,
+    db: &str,
+    pool: &sqlx::PgPool,
+    rate: u64,
+    secs: u64,
+    partitions_n: usize,
+) -> anyhow::Result<integrity::Lag> {
+    let key = crate::keys::generate();
+    let parts = partitions(partitions_n);
+    register(js, &parts, &key).await?;
+
+    // Raw baseline: the same bytes at the same rate, straight to a plain stream.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW_RATE".into(),
+        subjects: vec!["bench.rate.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let raw_n = rate * secs.min(5);
+    let raw_subjects: Vec<String> = parts
+        .iter()
+        .map(|(p, _)| format!("bench.rate.{}.{}", p.tenant, p.source))
+        .collect();
+    let mut raw_ack = Histogram::<u64>::new(3)?;
+    publish_at_rate(
+        js,
+        &raw_subjects,
+        sign_events(&parts, raw_n, &key, "rawrate"),
+        rate,
+        None,
+        Some(&mut raw_ack),
+    )
+    .await?;
+
+    let keys_dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["serve", "--roles", "ingest,projector,integrity"])
+        .env("ATP_NATS_URL", nats.url())
+        .env("ATP_DATABASE_URL", db)
+        .env("ATP_CHECKPOINT_KEYS_DIR", keys_dir.path())
+        .env(
+            "ATP_LOG",
+            std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting atp serve")?;
+    let sub = js
+        .client()
+        .subscribe(subjects::all(subjects::CHECKPOINT))
+        .await?;
+    let (stop, until) = tokio::sync::oneshot::channel();
+    let collector = tokio::spawn(integrity::collect_checkpoints(sub, until));
+
+    let n = rate * secs;
+    let events = sign_events(&parts, n, &key, "lag");
+    let ingress: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
+    let achieved = publish_at_rate(js, &ingress, events, rate, None, None).await?;
+
+    let deadline = Instant::now() + integrity::DRAIN;
+    loop {
+        let (records, signed): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM records), (SELECT sum(checkpoint_size)::int8 FROM merkle_logs)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if records as u64 >= n && signed.unwrap_or(0) as u64 >= n {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "checkpoints did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Checkpoints reach subscribers before they are stored: the last one has arrived.
+    let _ = stop.send(());
+    let arrivals = collector.await?;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let rows: Vec<(String, String, i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT tenant_id, source_id, chain_index, committed_at FROM records")
+            .fetch_all(pool)
+            .await?;
+    let committed = rows
+        .into_iter()
+        .filter_map(|(t, s, i, at)| {
+            let p = PartitionKey::parse(&format!("{t}:{s}")).ok()?;
+            Some((p, i as u64, at))
+        })
+        .collect::<Vec<_>>();
+    let lag = integrity::lag_of(&arrivals, &committed)?;
+    Ok(integrity::Lag {
+        lag,
+        raw_ack,
+        achieved,
+        checkpoints: arrivals.values().map(|v| v.len() as u64).sum(),
+    })
+}
+
 struct Latency {
     ledger_p50: f64,
     ledger_p99: f64,
@@ -523,29 +688,7 @@ async fn latency_run(
     };
 
     let subjects: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let t0 = Instant::now();
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for (i, (pi, id, body)) in events.into_iter().enumerate() {
-        let due = t0 + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        sent.lock().await.insert(id, Instant::now());
-        let ack = js
-            .publish_with_headers(subjects[pi].clone(), h, body.into())
-            .await?
-            .into_future();
-        acks.push(ack);
-        while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
-            r?;
-        }
-    }
-    while let Some(r) = acks.next().await {
-        r?;
-    }
-    let achieved = n as f64 / t0.elapsed().as_secs_f64();
+    let achieved = publish_at_rate(js, &subjects, events, rate, Some(&sent), None).await?;
     let (lh, qh) = tokio::time::timeout(Duration::from_secs(300), observer)
         .await
         .context("latency observer timed out")???;
