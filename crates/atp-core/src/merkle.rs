@@ -341,10 +341,8 @@ mod tests {
         );
     }
 
-    /// The 8-leaf tree of the certificate-transparency test data (RFC 6962 reference
-    /// implementation, `merkle_tree_test`): roots of every prefix size.
-    #[test]
-    fn roots_of_the_reference_tree_match_the_published_values() {
+    /// The leaves of the 8-leaf tree of the certificate-transparency test data.
+    fn reference_leaves() -> Vec<Digest> {
         let inputs: [&[u8]; 8] = [
             b"",
             &[0x00],
@@ -358,6 +356,13 @@ mod tests {
                 0x6e, 0x6f,
             ],
         ];
+        inputs.iter().map(|b| leaf_hash(b)).collect()
+    }
+
+    /// The 8-leaf tree of the certificate-transparency test data (RFC 6962 reference
+    /// implementation, `merkle_tree_test`): roots of every prefix size.
+    #[test]
+    fn roots_of_the_reference_tree_match_the_published_values() {
         let expected = [
             "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
             "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
@@ -368,7 +373,7 @@ mod tests {
             "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
         ];
-        let all: Vec<Digest> = inputs.iter().map(|b| leaf_hash(b)).collect();
+        let all = reference_leaves();
         for (n, want) in expected.iter().enumerate() {
             let got = root_of(&all[..=n]);
             assert_eq!(got.hex(), *want, "root of the first {} leaves", n + 1);
@@ -376,6 +381,90 @@ mod tests {
                 .assemble(lookup(&all))
                 .unwrap();
             assert_eq!(from_plan, vec![got]);
+        }
+    }
+
+    /// Inclusion and consistency proofs of the same reference tree (certificate-transparency
+    /// test data, as used by RFC 6962 implementations), hash for hash.
+    #[test]
+    fn proofs_of_the_reference_tree_match_the_published_values() {
+        let all = reference_leaves();
+        let hexes = |v: Vec<Digest>| v.iter().map(Digest::hex).collect::<Vec<_>>();
+        let inclusion: [(u64, u64, &[&str]); 4] = [
+            (
+                0,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                5,
+                8,
+                &[
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                3,
+                &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+            ),
+            (
+                1,
+                5,
+                &[
+                    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+        ];
+        for (index, size, want) in inclusion {
+            let got = ProofPlan::inclusion(index, size)
+                .unwrap()
+                .assemble(lookup(&all[..size as usize]))
+                .unwrap();
+            assert_eq!(hexes(got), want, "inclusion of {index} in {size}");
+        }
+        let consistency: [(u64, u64, &[&str]); 3] = [
+            (
+                1,
+                8,
+                &[
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                &[
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                &[
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+        ];
+        for (old, new, want) in consistency {
+            let got = ProofPlan::consistency(old, new)
+                .unwrap()
+                .assemble(lookup(&all[..new as usize]))
+                .unwrap();
+            assert_eq!(hexes(got), want, "consistency {old} → {new}");
         }
     }
 

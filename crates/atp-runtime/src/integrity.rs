@@ -9,13 +9,15 @@
 //! and an event on `atp.alert.integrity.<tenant>.<source>`.
 //!
 //! The *checkpointer* ([`Checkpointer`]) signs what the log has committed: a partition is due
-//! once `every_records` records wait or the oldest waiting record is `every` old. Checkpoints
-//! are published first (ATP_CHECKPOINTS is their system of record), then stored for lookup.
+//! once `every_records` records wait or the oldest waiting record reached the ledger `every`
+//! ago (its age counts from the ledger commit, so the role's own lag is not added on top).
+//! Checkpoints are published first (ATP_CHECKPOINTS is their system of record), then stored for lookup.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{Context, Message};
 use atp_core::Digest;
@@ -29,7 +31,7 @@ use atp_nats::integrity::{self as nats_integrity, Alert};
 use atp_nats::{signing_keys, streams, subjects};
 use atp_store::integrity::{self as store, Halt, LogState, LogUpdate, StoredCheckpoint};
 use atp_store::projection;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -69,13 +71,24 @@ fn db(e: impl std::fmt::Display) -> RoleError {
 }
 
 /// What the log has committed and the checkpointer has yet to sign, per partition.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Waiting {
     size: u64,
     root: Digest,
     signed: u64,
-    /// When the oldest unsigned record was committed to the log.
-    since: Instant,
+    /// Per committed batch: the tree size after it and the ledger time of its first record.
+    /// The oldest entry past `signed` says how long the oldest unsigned record has waited,
+    /// counted from its commit to the ledger (so the integrity role's own lag is not added).
+    batches: VecDeque<(u64, DateTime<Utc>)>,
+}
+
+impl Waiting {
+    fn oldest_unsigned(&self) -> Option<DateTime<Utc>> {
+        self.batches
+            .iter()
+            .find(|(end, _)| *end > self.signed)
+            .map(|(_, at)| *at)
+    }
 }
 
 /// The hand-over between the two halves.
@@ -90,40 +103,44 @@ impl Board {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The log committed `p` up to `size` (root `root`); its first new record reached the
+    /// ledger at `first_at`.
     fn committed(
         &self,
         p: &PartitionKey,
         size: u64,
         root: Digest,
         signed: u64,
+        first_at: DateTime<Utc>,
         policy: &CheckpointPolicy,
     ) {
         let mut w = self.lock();
-        let entry = w.entry(p.clone()).or_insert(Waiting {
-            size,
+        let entry = w.entry(p.clone()).or_insert_with(|| Waiting {
+            size: signed,
             root,
             signed,
-            since: Instant::now(),
+            batches: VecDeque::new(),
         });
-        if entry.size == entry.signed {
-            entry.since = Instant::now();
-        }
+        entry.signed = entry.signed.max(signed);
         if size > entry.size {
+            entry.batches.push_back((size, first_at));
             entry.size = size;
             entry.root = root;
         }
-        if entry.size - entry.signed >= policy.every_records {
+        if entry.size.saturating_sub(entry.signed) >= policy.every_records {
             self.wake.notify_one();
         }
     }
 
     fn due(&self, policy: &CheckpointPolicy) -> Vec<(PartitionKey, u64, Digest)> {
+        let every = chrono::Duration::from_std(policy.every).unwrap_or(chrono::Duration::MAX);
+        let now = Utc::now();
         self.lock()
             .iter()
             .filter(|(_, w)| {
                 w.size > w.signed
                     && (w.size - w.signed >= policy.every_records
-                        || w.since.elapsed() >= policy.every)
+                        || w.oldest_unsigned().is_some_and(|at| now - at >= every))
             })
             .map(|(p, w)| (p.clone(), w.size, w.root))
             .collect()
@@ -132,7 +149,8 @@ impl Board {
     fn signed(&self, p: &PartitionKey, size: u64) {
         if let Some(w) = self.lock().get_mut(p) {
             w.signed = w.signed.max(size);
-            w.since = Instant::now();
+            let signed = w.signed;
+            w.batches.retain(|(end, _)| *end > signed);
         }
     }
 }
@@ -144,6 +162,8 @@ struct Part {
     signed: u64,
     halted: Option<Halt>,
     dirty: bool,
+    /// Ledger time of the first record appended since the last commit.
+    first_at: Option<DateTime<Utc>>,
 }
 
 /// The log half: a [`Role`] over ATP_LEDGER.
@@ -190,6 +210,7 @@ impl IntegrityLog {
                 signed: 0,
                 halted: None,
                 dirty: false,
+                first_at: None,
             });
         };
         let mut edge = store::read_tiles(&mut conn, p, &tiles::edge_tiles(state.tree_size))
@@ -210,6 +231,7 @@ impl IntegrityLog {
             signed: state.checkpoint_size,
             halted: state.halted,
             dirty: false,
+            first_at: None,
         })
     }
 
@@ -243,9 +265,9 @@ impl IntegrityLog {
 
     /// Walks one message into its partition's log (or halts the partition).
     async fn take(&mut self, m: &Message) -> Result<(), RoleError> {
-        let seq = m
+        let (seq, at) = m
             .info()
-            .map(|i| i.stream_sequence)
+            .map(|i| (i.stream_sequence, crate::to_chrono(i.published)))
             .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
         let Some(p) = subjects::partition_of(subjects::LEDGER, &m.subject) else {
             tracing::error!(subject = %m.subject, ledger_seq = seq, "ledger message on a subject that names no partition");
@@ -265,6 +287,7 @@ impl IntegrityLog {
             Ok(_) => {
                 part.ledger_seq = seq;
                 part.dirty = true;
+                part.first_at.get_or_insert(at);
                 self.stats.leaves.fetch_add(1, Ordering::Relaxed);
             }
             Err(finding) => {
@@ -336,13 +359,17 @@ impl BatchHandler for IntegrityLog {
             .await
             .map_err(|e| RoleError::Restart(format!("committing the Merkle log: {e}")))?;
         for u in &updates {
+            let Some(part) = self.parts.get_mut(&u.partition) else {
+                continue;
+            };
+            let first_at = part.first_at.take().unwrap_or_else(Utc::now);
             if u.state.tree_size > 0 {
-                let signed = self.parts.get(&u.partition).map_or(0, |p| p.signed);
                 self.board.committed(
                     &u.partition,
                     u.state.tree_size,
                     u.state.root,
-                    signed,
+                    part.signed,
+                    first_at,
                     &self.policy,
                 );
             }
@@ -387,18 +414,21 @@ impl<S: CheckpointSigner> Checkpointer<S> {
     pub async fn run(mut self, mut shutdown: Shutdown) -> Result<(), RoleError> {
         // Logs committed before a restart but never signed are due at once.
         let mut loaded = false;
+        // How late a due checkpoint may be: a twentieth of the interval, at most 50 ms.
         let tick =
-            (self.policy.every / 5).clamp(Duration::from_millis(10), Duration::from_millis(200));
+            (self.policy.every / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         loop {
             if !loaded {
                 match store::uncheckpointed(&self.pool).await {
                     Ok(rows) => {
                         for (p, s) in rows {
+                            // Waiting since before the restart: due at once.
                             self.board.committed(
                                 &p,
                                 s.tree_size,
                                 s.root,
                                 s.checkpoint_size,
+                                DateTime::<Utc>::UNIX_EPOCH,
                                 &self.policy,
                             );
                         }

@@ -214,7 +214,9 @@ async fn proof_latency(pool: &sqlx::PgPool, leaves: u64, n: u64) -> anyhow::Resu
         tx.commit().await?;
     }
     let build = t.elapsed();
-    sqlx::query("VACUUM ANALYZE merkle_tiles").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE merkle_tiles")
+        .execute(pool)
+        .await?;
     let root = log.root();
 
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;

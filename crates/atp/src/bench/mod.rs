@@ -453,7 +453,11 @@ async fn publish_at_rate(
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let t0 = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
-    let mut record = |r: Result<(Instant, async_nats::jetstream::publish::PublishAck), async_nats::jetstream::context::PublishError>| -> anyhow::Result<()> {
+    let mut record = |r: Result<
+        (Instant, async_nats::jetstream::publish::PublishAck),
+        async_nats::jetstream::context::PublishError,
+    >|
+     -> anyhow::Result<()> {
         let (at, _) = r?;
         if let Some(h) = acks_h.as_deref_mut() {
             h.record(at.elapsed().as_micros() as u64)?;
