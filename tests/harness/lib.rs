@@ -322,6 +322,27 @@ impl Api {
             .get(format!("{}{path}", self.base))
             .bearer_auth(token)
     }
+    /// GET answering JSON, whatever the status.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    /// POST of a JSON body answering JSON, whatever the status.
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Value {
+        self.post(path, token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }
 
 /// Polls `cond` until it returns `Some` or `PATIENCE` passes; panics naming `what` on timeout.

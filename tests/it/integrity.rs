@@ -28,6 +28,19 @@ async fn publish_signed(stack: &Stack, n: usize, prefix: &str) {
     }
 }
 
+/// Runs `atp verify chain` on the test partition: (exit success, its JSON report).
+fn verify_chain_cli(stack: &Stack) -> (bool, Value) {
+    let out = std::process::Command::new(atp_binary())
+        .args(["verify", "chain", "--tenant", TENANT, "--source", SOURCE])
+        .env("ATP_NATS_URL", stack.nats.url())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
+}
+
 /// Waits until a checkpoint covers at least `size` records; returns its size.
 async fn checkpoint_covering(stack: &Stack, size: u64) -> u64 {
     let p = partition(TENANT, SOURCE);
@@ -64,13 +77,8 @@ async fn published_verifiers(api: &Api) -> (Vec<Verifier>, Value) {
 
 async fn record_ids(api: &Api, token: &str) -> Vec<String> {
     let page: Value = api
-        .get("/api/v1/audit/records?limit=1000", token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/audit/records?limit=1000", token)
+        .await;
     page["items"]
         .as_array()
         .unwrap()
@@ -180,16 +188,11 @@ async fn proofs_checkpoints_and_verification_hold_end_to_end() {
 
     // Consistency from an early size to the checkpoint.
     let c: Value = api
-        .get(
+        .get_json(
             &format!("/api/v1/integrity/consistency/{TENANT}/{SOURCE}?from=7"),
             &auditor,
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let hashes: Vec<Digest> = c["consistencyProof"]
         .as_array()
         .unwrap()
@@ -207,35 +210,26 @@ async fn proofs_checkpoints_and_verification_hold_end_to_end() {
 
     // Server-side verification of one record and of the whole range.
     let v: Value = api
-        .post("/api/v1/integrity/verify/record", &auditor)
-        .json(&serde_json::json!({ "recordId": ids[5] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/v1/integrity/verify/record",
+            &auditor,
+            &serde_json::json!({ "recordId": ids[5] }),
+        )
+        .await;
     assert_eq!(v["verified"], true, "{v}");
     let range: Value = api
-        .post("/api/v1/integrity/verify/range", &auditor)
-        .json(&serde_json::json!({ "sourceId": SOURCE }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/v1/integrity/verify/range",
+            &auditor,
+            &serde_json::json!({ "sourceId": SOURCE }),
+        )
+        .await;
     assert_eq!(range["verified"], true, "{range}");
     assert_eq!(range["checked"], 300);
 
     // `atp verify chain` re-walks the ledger and every checkpoint.
-    let out = std::process::Command::new(atp_binary())
-        .args(["verify", "chain", "--tenant", TENANT, "--source", SOURCE])
-        .env("ATP_NATS_URL", stack.nats.url())
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(out.status.success(), "{report}");
+    let (ok, report) = verify_chain_cli(&stack);
+    assert!(ok, "{report}");
     assert_eq!(report["records"], 300);
     assert!(report["checkpointsVerified"].as_u64().unwrap() >= 1);
 
@@ -271,14 +265,12 @@ async fn proofs_checkpoints_and_verification_hold_end_to_end() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "INTEGRITY_ERROR");
     let range: Value = api
-        .post("/api/v1/integrity/verify/range", &auditor)
-        .json(&serde_json::json!({ "sourceId": SOURCE }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/v1/integrity/verify/range",
+            &auditor,
+            &serde_json::json!({ "sourceId": SOURCE }),
+        )
+        .await;
     assert_eq!(range["verified"], false);
     assert_eq!(range["firstFailure"]["chainIndex"], target);
     running.stop().await;
@@ -380,13 +372,8 @@ async fn a_broken_ledger_raises_an_alert_halts_the_log_and_fails_verify_chain() 
     .await;
     assert_eq!(stack.checkpoint_size(&p).await, 5);
 
-    let out = std::process::Command::new(atp_binary())
-        .args(["verify", "chain", "--tenant", TENANT, "--source", SOURCE])
-        .env("ATP_NATS_URL", stack.nats.url())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, report) = verify_chain_cli(&stack);
+    assert!(!ok);
     assert_eq!(report["records"], 5);
     assert!(
         report["problems"][0]
@@ -472,16 +459,11 @@ async fn rotation_signs_new_checkpoints_with_the_new_key_and_old_ones_still_veri
             .unwrap();
     assert!(ids.contains(&first));
     let proof: Value = api
-        .get(
+        .get_json(
             &format!("/api/v1/audit/records/{first}/proof?treeSize={old_size}"),
             &auditor,
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let tlog = TlogProof::parse(proof["tlogProof"].as_str().unwrap()).unwrap();
     let bytes = atp_core::canonical::to_canonical(&proof["record"]).unwrap();
     verify_record(&bytes, &p, 3, &tlog, &old_only, Some(LOG_NAME)).unwrap();
@@ -489,13 +471,8 @@ async fn rotation_signs_new_checkpoints_with_the_new_key_and_old_ones_still_veri
     assert_eq!(head.chain_index, 3);
 
     // The whole history, both keys, re-walks cleanly after the restart.
-    let out = std::process::Command::new(atp_binary())
-        .args(["verify", "chain", "--tenant", TENANT, "--source", SOURCE])
-        .env("ATP_NATS_URL", stack.nats.url())
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(out.status.success(), "{report}");
+    let (ok, report) = verify_chain_cli(&stack);
+    assert!(ok, "{report}");
     assert_eq!(report["records"], 40);
     running.stop().await;
 }

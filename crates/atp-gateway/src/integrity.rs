@@ -167,17 +167,13 @@ async fn inclusion(
     })
 }
 
-/// The JSON proof answer: the record, where it sits, the proof and the signed checkpoint.
-fn proof_json(
-    r: &StoredRecord,
-    proof: &TlogProof,
-    cp: &StoredCheckpoint,
-) -> Result<Value, Problem> {
-    let rec = record_json(r)?;
-    Ok(json!({
-        "recordId": r.record_id,
-        "tenantId": r.tenant_id,
-        "sourceId": r.source_id,
+/// The JSON proof answer: the record (as `record_json` served it, digest re-checked), where
+/// it sits, the proof and the signed checkpoint.
+fn proof_json(rec: &Value, proof: &TlogProof, cp: &StoredCheckpoint) -> Value {
+    json!({
+        "recordId": rec["recordId"],
+        "tenantId": rec["tenantId"],
+        "sourceId": rec["sourceId"],
         "record": rec["record"],
         "digest": rec["digest"],
         "leafIndex": proof.index,
@@ -185,7 +181,7 @@ fn proof_json(
         "inclusionProof": b64_all(&proof.hashes),
         "checkpoint": cp.note,
         "tlogProof": proof.to_text(),
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,7 +207,7 @@ pub async fn record_proof(
         .await
         .map_err(store_problem)?
         .ok_or_else(|| not_found(&tenant, format!("no record {record_id:?}")))?;
-    record_json(&r)?;
+    let rec = record_json(&r)?;
     let p = partition_of(&r)?;
     let Some(cp) = checkpoint_for(&db, &p, params.tree_size).await? else {
         return Ok(match params.tree_size {
@@ -236,7 +232,7 @@ pub async fn record_proof(
     if wants_text(&headers) {
         return Ok(text(proof.to_text()));
     }
-    Ok(Json(proof_json(&r, &proof, &cp)?).into_response())
+    Ok(Json(proof_json(&rec, &proof, &cp)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,21 +314,20 @@ pub async fn consistency(
         .await
         .map_err(|e| Problem::unavailable("the read model", e))?;
     let fail = |e: String| integrity_error(&tenant, e);
-    let plan = ProofPlan::consistency(params.from, to).map_err(|e| fail(e.to_string()))?;
-    let proof = store::prove(&mut conn, &p, &plan)
+    let plans = [
+        ProofPlan::consistency(params.from, to).map_err(|e| fail(e.to_string()))?,
+        ProofPlan::root(params.from),
+        ProofPlan::root(to),
+    ];
+    let proved = store::prove_all(&mut conn, &p, &plans)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let mut roots = Vec::with_capacity(2);
-    for size in [params.from, to] {
-        let r = store::prove(&mut conn, &p, &ProofPlan::root(size))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        roots.push(
-            r.first()
-                .copied()
-                .ok_or_else(|| fail("empty tree".into()))?,
-        );
-    }
+    let [proof, from_root, to_root] = <[Vec<Digest>; 3]>::try_from(proved)
+        .map_err(|_| fail("one answer per plan expected".into()))?;
+    let roots = [from_root, to_root]
+        .iter()
+        .map(|r| r.first().copied().ok_or_else(|| fail("empty tree".into())))
+        .collect::<Result<Vec<_>, _>>()?;
     merkle::verify_consistency(params.from, to, &roots[0], &roots[1], &proof)
         .map_err(|e| fail(format!("stored tiles give no consistent proof: {e}")))?;
     let from_cp = checkpoint_for(&db, &p, Some(params.from)).await?;
@@ -454,7 +449,7 @@ pub async fn verify_record(
                         true,
                         format!("leaf {} of the tree of {} records", proof.index, cp.size()),
                     ));
-                    proof_answer = proof_json(&r, &proof, &cp)?;
+                    proof_answer = proof_json(&record_json(&r)?, &proof, &cp);
                 }
                 Err(e) => checks.push(check("inclusion", false, e.detail)),
             }

@@ -263,25 +263,26 @@ impl IntegrityLog {
             .map_err(|e| RoleError::Restart(e.to_string()))
     }
 
-    /// Walks one message into its partition's log (or halts the partition).
-    async fn take(&mut self, m: &Message) -> Result<(), RoleError> {
+    /// Walks one message into its partition's log (or halts the partition); returns the
+    /// message's ledger sequence.
+    async fn take(&mut self, m: &Message) -> Result<u64, RoleError> {
         let (seq, at) = m
             .info()
             .map(|i| (i.stream_sequence, crate::to_chrono(i.published)))
             .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
         let Some(p) = subjects::partition_of(subjects::LEDGER, &m.subject) else {
             tracing::error!(subject = %m.subject, ledger_seq = seq, "ledger message on a subject that names no partition");
-            return Ok(());
+            return Ok(seq);
         };
         if !self.parts.contains_key(&p) {
             let part = self.load(&p).await?;
             self.parts.insert(p.clone(), part);
         }
         let Some(part) = self.parts.get_mut(&p) else {
-            return Ok(());
+            return Ok(seq);
         };
         if part.halted.is_some() || seq <= part.ledger_seq {
-            return Ok(());
+            return Ok(seq);
         }
         match part.walk.push(&m.payload) {
             Ok(_) => {
@@ -299,7 +300,7 @@ impl IntegrityLog {
                 self.raise(&p, seq, &finding).await?;
             }
         }
-        Ok(())
+        Ok(seq)
     }
 }
 
@@ -327,8 +328,7 @@ impl BatchHandler for IntegrityLog {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         let mut last = 0;
         for m in batch.iter() {
-            self.take(m).await?;
-            last = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+            last = self.take(m).await?;
         }
         let mut updates = Vec::new();
         for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {

@@ -353,10 +353,25 @@ pub async fn prove(
     p: &PartitionKey,
     plan: &ProofPlan,
 ) -> Result<Vec<Digest>, StoreError> {
-    let nodes = plan.nodes();
+    let mut all = prove_all(conn, p, std::slice::from_ref(plan)).await?;
+    Ok(all.pop().unwrap_or_default())
+}
+
+/// Computes several proof plans of one partition from one read of the tiles they need.
+pub async fn prove_all(
+    conn: &mut PgConnection,
+    p: &PartitionKey,
+    plans: &[ProofPlan],
+) -> Result<Vec<Vec<Digest>>, StoreError> {
+    let nodes: Vec<_> = plans.iter().flat_map(ProofPlan::nodes).collect();
     let tiles = read_tiles(conn, p, &tiles::tiles_for(&nodes)).await?;
-    plan.assemble(|n| tiles::node_from_tiles(n, |t| tiles.get(&t).map(Vec::as_slice)))
-        .map_err(|e| StoreError::Corrupt(format!("tiles of {p}: {e}")))
+    plans
+        .iter()
+        .map(|plan| {
+            plan.assemble(|n| tiles::node_from_tiles(n, |t| tiles.get(&t).map(Vec::as_slice)))
+                .map_err(|e| StoreError::Corrupt(format!("tiles of {p}: {e}")))
+        })
+        .collect()
 }
 
 /// The leaf hashes stored for leaves `[from, to)` (level-0 tiles), for range verification.
