@@ -365,10 +365,11 @@ pub async fn prove_all(
 ) -> Result<Vec<Vec<Digest>>, StoreError> {
     let nodes: Vec<_> = plans.iter().flat_map(ProofPlan::nodes).collect();
     let tiles = read_tiles(conn, p, &tiles::tiles_for(&nodes)).await?;
+    let mut nodes = tiles::NodeCache::new(|t| tiles.get(&t).map(Vec::as_slice));
     plans
         .iter()
         .map(|plan| {
-            plan.assemble(|n| tiles::node_from_tiles(n, |t| tiles.get(&t).map(Vec::as_slice)))
+            plan.assemble(|n| nodes.get(n))
                 .map_err(|e| StoreError::Corrupt(format!("tiles of {p}: {e}")))
         })
         .collect()

@@ -1,0 +1,407 @@
+//! A bundle built from real sealed records and signed checkpoints, then tampered with in every
+//! way CONTRACT §6 names. Each tampering must fail with its own code, naming the record.
+
+use std::io::{Cursor, Read};
+
+use atp_core::checkpoint::{Checkpoint, origin};
+use atp_core::event::ProducerStamp;
+use atp_core::merkle::{ProofPlan, leaf_hash, perfect_root, root_of};
+use atp_core::names::{PartitionKey, SourceId, TenantId};
+use atp_core::note::NoteSigner;
+use atp_core::policy::PolicyStamp;
+use atp_core::record::{self, Record, SCHEMA_VERSION};
+use atp_core::{Digest, chain};
+use ed25519_dalek::{Signer, SigningKey};
+
+use super::*;
+use crate::verify::{Report, Trust, verify};
+use crate::write::{BundleWriter, CheckpointFile, ManifestHeader};
+
+const LOG: &str = "atp.test";
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+/// `n` chained records of partition acme/`source`.
+fn records(source: &str, n: u64) -> Vec<Vec<u8>> {
+    let p = PartitionKey::new(
+        TenantId::new("acme").unwrap(),
+        SourceId::new(source).unwrap(),
+    );
+    let mut prev = chain::genesis(&p);
+    (0..n)
+        .map(|i| {
+            let sealed = Record {
+                schema_version: SCHEMA_VERSION.to_owned(),
+                record_id: format!("01JD{source:0>6}{i:016}").to_uppercase(),
+                tenant_id: "acme".to_owned(),
+                source_id: source.to_owned(),
+                chain_index: i,
+                prev_hash: prev,
+                received_at: "2026-11-23T10:00:00.000000Z".to_owned(),
+                committed_at: "2026-11-23T10:00:00.001000Z".to_owned(),
+                policy: PolicyStamp::default(),
+                producer: ProducerStamp {
+                    key_id: None,
+                    auth: "gateway".to_owned(),
+                },
+                event: serde_json::json!({"id": format!("e{i}"), "data": {"n": i}}),
+            }
+            .seal()
+            .unwrap();
+            prev = sealed.link.chain_hash;
+            sealed.bytes
+        })
+        .collect()
+}
+
+/// Signs a checkpoint of the first `size` records of `log`.
+fn checkpoint(source: &str, log: &[Vec<u8>], size: usize) -> (String, Digest) {
+    let leaves: Vec<Digest> = log[..size].iter().map(|r| leaf_hash(r)).collect();
+    let root = root_of(&leaves);
+    let p = PartitionKey::new(
+        TenantId::new("acme").unwrap(),
+        SourceId::new(source).unwrap(),
+    );
+    let body = Checkpoint {
+        origin: origin(LOG, &p),
+        size: size as u64,
+        root,
+    }
+    .body();
+    (
+        NoteSigner::new(LOG, key()).unwrap().sign(&body).unwrap(),
+        root,
+    )
+}
+
+/// A bundle of every other record of two partitions (so chain links are checked only where
+/// neighbours are both selected), proofs against checkpoints a little past the last one.
+fn bundle() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::new(Vec::new(), dir.path(), 1_790_000_000).unwrap();
+    let signer = NoteSigner::new(LOG, key()).unwrap();
+    for (source, n, size) in [("billing", 9, 12), ("crm", 30, 30)] {
+        let log = records(source, n + 3);
+        let leaves: Vec<Digest> = log.iter().map(|r| leaf_hash(r)).collect();
+        let (note, root) = checkpoint(source, &log, size);
+        for (i, bytes) in log.iter().enumerate().take(n as usize) {
+            if source == "crm" && i % 3 == 2 {
+                continue;
+            }
+            let (head, link) = record::head(bytes).unwrap();
+            let hashes = ProofPlan::inclusion(i as u64, size as u64)
+                .unwrap()
+                .assemble(|node| {
+                    let lo = node.first_leaf() as usize;
+                    Some(perfect_root(&leaves[lo..lo + node.leaves() as usize]))
+                })
+                .unwrap();
+            w.push(
+                bytes,
+                &ProofLine::new(&head, link.digest, size as u64, hashes, &note),
+            )
+            .unwrap();
+        }
+        w.add_checkpoint(CheckpointFile {
+            tenant_id: "acme".into(),
+            source_id: source.into(),
+            tree_size: size as u64,
+            root_hash: B64.encode(root.0),
+            verifier_key: signer.verifier().encode(),
+            note,
+        });
+    }
+    let sealed = w
+        .seal(ManifestHeader {
+            export_id: "01JDEXPORT0000000000000000".into(),
+            tenant_id: "acme".into(),
+            created_at: "2026-11-23T10:00:00.000000Z".into(),
+            selection: serde_json::json!({"action": "login"}),
+            key_id: format!("{:08x}", signer.verifier().key_id()),
+        })
+        .unwrap();
+    let sig = key().sign(&sealed.manifest_bytes).to_bytes();
+    sealed.finish(&sig, &key().verifying_key()).unwrap()
+}
+
+fn trusted() -> Trust {
+    Trust {
+        verifiers: vec![NoteSigner::new(LOG, key()).unwrap().verifier().clone()],
+        keys: vec![],
+    }
+}
+
+fn check(tar: &[u8], trust: &Trust) -> Report {
+    verify(|| Ok(Cursor::new(tar)), trust).unwrap()
+}
+
+/// The archive's files, in order.
+fn files(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut a = tar::Archive::new(tar);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn rebuild(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, bytes) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, bytes.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Rewrites one file's lines.
+fn edit_lines(tar: &[u8], path: &str, f: impl FnOnce(&mut Vec<Vec<u8>>)) -> Vec<u8> {
+    let mut all = files(tar);
+    let file = all.iter_mut().find(|(p, _)| p == path).unwrap();
+    let mut lines: Vec<Vec<u8>> = file.1.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    assert!(lines.pop().unwrap().is_empty());
+    f(&mut lines);
+    file.1 = lines
+        .iter()
+        .flat_map(|l| l.iter().chain(b"\n"))
+        .copied()
+        .collect();
+    rebuild(&all)
+}
+
+fn first(report: &Report) -> (&'static str, String) {
+    assert!(!report.ok, "verification passed a tampered bundle");
+    let f = report.first().unwrap();
+    (f.code, f.message.clone())
+}
+
+fn record_id(tar: &[u8], line: usize) -> String {
+    let part = &files(tar)[0].1;
+    let bytes = part.split(|b| *b == b'\n').nth(line).unwrap();
+    record::head(bytes).unwrap().0.record_id.to_string()
+}
+
+const PART: &str = "records/part-00000.jsonl";
+
+#[test]
+fn an_intact_bundle_verifies_anchored_and_self_attested() {
+    let tar = bundle();
+    let r = check(&tar, &trusted());
+    assert!(r.ok, "{:?}", r.failures);
+    assert!(r.anchored);
+    assert_eq!(r.records_verified, 9 + 20);
+    assert_eq!(r.checkpoints_verified, 2);
+    // Both parts, proofs.jsonl and the two checkpoints.
+    assert_eq!(r.files_verified, 4);
+    let bare = Trust {
+        verifiers: vec![],
+        keys: vec![key().verifying_key()],
+    };
+    assert!(check(&tar, &bare).ok, "a PEM key alone anchors too");
+    let own = check(&tar, &Trust::default());
+    assert!(own.ok && !own.anchored);
+    let names: Vec<String> = files(&tar).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        names,
+        [
+            PART,
+            PROOFS,
+            "checkpoints/acme/billing.checkpoint",
+            "checkpoints/acme/crm.checkpoint",
+            SHA256SUMS,
+            MANIFEST,
+            MANIFEST_SIG,
+            SIGNING_KEY
+        ]
+    );
+}
+
+#[test]
+fn the_archive_is_reproducible_and_its_lines_canonical() {
+    assert_eq!(bundle(), bundle());
+    let all = files(&bundle());
+    for (path, bytes) in &all {
+        if path.ends_with(".jsonl") {
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let v = atp_core::canonical::parse_strict(line).unwrap();
+                assert_eq!(
+                    atp_core::canonical::to_canonical(&v).unwrap(),
+                    line,
+                    "{path}"
+                );
+            }
+        }
+    }
+    let manifest = &all.iter().find(|(p, _)| p == MANIFEST).unwrap().1;
+    let m: Manifest = serde_json::from_slice(manifest).unwrap();
+    assert_eq!(&m.to_canonical().unwrap(), manifest);
+    assert_eq!(m.record_count, 29);
+    let sums = &all.iter().find(|(p, _)| p == SHA256SUMS).unwrap().1;
+    assert_eq!(sha256_hex(sums), m.sha256sums);
+}
+
+#[test]
+fn an_altered_record_is_named() {
+    let tar = bundle();
+    let victim = record_id(&tar, 4);
+    let bad = edit_lines(&tar, PART, |l| {
+        let text = String::from_utf8(l[4].clone()).unwrap();
+        l[4] = text.replace(r#""n":4"#, r#""n":5"#).into_bytes();
+    });
+    let r = check(&bad, &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "RECORD_DIGEST");
+    assert!(msg.contains(&victim) && msg.contains("line 5"), "{msg}");
+    assert!(r.failures.iter().any(|f| f.code == "FILE_HASH"));
+}
+
+#[test]
+fn a_removed_record_is_named() {
+    let tar = bundle();
+    let after = record_id(&tar, 3);
+    let r = check(&edit_lines(&tar, PART, |l| drop(l.remove(2))), &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "RECORD_NOT_PROVEN");
+    assert!(msg.contains(&after), "{msg}");
+    let last = record_id(&tar, 28);
+    let r = check(&edit_lines(&tar, PART, |l| drop(l.pop())), &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "PROOF_WITHOUT_RECORD");
+    assert!(msg.contains(&last), "{msg}");
+}
+
+#[test]
+fn an_added_record_is_named() {
+    let tar = bundle();
+    let copied = record_id(&tar, 1);
+    let r = check(
+        &edit_lines(&tar, PART, |l| {
+            let c = l[1].clone();
+            l.insert(3, c);
+        }),
+        &trusted(),
+    );
+    let (code, msg) = first(&r);
+    assert_eq!(code, "RECORD_ORDER");
+    assert!(msg.contains(&copied), "{msg}");
+    // A forged record at the end has no proof line at all.
+    let forged = records("zeta", 1).remove(0);
+    let r = check(&edit_lines(&tar, PART, |l| l.push(forged)), &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "RECORD_WITHOUT_PROOF");
+    assert!(msg.contains("zeta"), "{msg}");
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let tar = bundle();
+    let moved = record_id(&tar, 6);
+    let r = check(&edit_lines(&tar, PART, |l| l.swap(5, 6)), &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "RECORD_NOT_PROVEN");
+    assert!(msg.contains(&moved) && msg.contains("line 6"), "{msg}");
+}
+
+#[test]
+fn an_altered_proof_fails_its_record() {
+    let tar = bundle();
+    let victim = record_id(&tar, 2);
+    let flip = |l: &mut Vec<Vec<u8>>| {
+        let mut p: ProofLine = serde_json::from_slice(&l[2]).unwrap();
+        let mut h = B64.decode(&p.inclusion_proof[0]).unwrap();
+        h[0] ^= 1;
+        let old = p.inclusion_proof[0].clone();
+        p.inclusion_proof[0] = B64.encode(&h);
+        p.tlog_proof = p.tlog_proof.replace(&old, &p.inclusion_proof[0]);
+        l[2] = serde_json::to_vec(&p).unwrap();
+    };
+    let r = check(&edit_lines(&tar, PROOFS, flip), &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "INCLUSION_PROOF");
+    assert!(msg.contains(&victim), "{msg}");
+    // Changing one copy of the path but not the other is caught before any hashing.
+    let half = |l: &mut Vec<Vec<u8>>| {
+        let mut p: ProofLine = serde_json::from_slice(&l[2]).unwrap();
+        p.inclusion_proof.reverse();
+        l[2] = serde_json::to_vec(&p).unwrap();
+    };
+    assert_eq!(
+        first(&check(&edit_lines(&tar, PROOFS, half), &trusted())).0,
+        "PROOF_MISMATCH"
+    );
+}
+
+#[test]
+fn a_swapped_checkpoint_is_refused() {
+    let tar = bundle();
+    // Another genuine, validly signed checkpoint of the same log, at another size.
+    let (other, _) = checkpoint("billing", &records("billing", 12), 11);
+    let mut all = files(&tar);
+    all.iter_mut()
+        .find(|(p, _)| p == "checkpoints/acme/billing.checkpoint")
+        .unwrap()
+        .1 = other.into_bytes();
+    let r = check(&rebuild(&all), &trusted());
+    let codes: Vec<_> = r.failures.iter().map(|f| f.code).collect();
+    assert!(codes.contains(&"CHECKPOINT"), "{codes:?}");
+    assert!(codes.contains(&"FILE_HASH"), "{codes:?}");
+    let (code, msg) = first(&r);
+    assert_eq!(code, "CHECKPOINT_MISSING");
+    assert!(msg.contains("billing chain index 0"), "{msg}");
+}
+
+#[test]
+fn a_manifest_resigned_with_a_foreign_key_is_refused() {
+    let tar = bundle();
+    let mallory = SigningKey::from_bytes(&[9; 32]);
+    let mut all = files(&tar);
+    let manifest_bytes = {
+        let m = &mut all.iter_mut().find(|(p, _)| p == MANIFEST).unwrap().1;
+        let mut manifest: Manifest = serde_json::from_slice(m).unwrap();
+        manifest.selection = serde_json::json!({"action": "anything"});
+        *m = manifest.to_canonical().unwrap();
+        m.clone()
+    };
+    all.iter_mut().find(|(p, _)| p == MANIFEST_SIG).unwrap().1 =
+        mallory.sign(&manifest_bytes).to_bytes().to_vec();
+    all.iter_mut().find(|(p, _)| p == SIGNING_KEY).unwrap().1 = {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        mallory
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap()
+            .into_bytes()
+    };
+    let forged = rebuild(&all);
+    let (code, _) = first(&check(&forged, &trusted()));
+    assert_eq!(code, "MANIFEST_KEY_UNTRUSTED");
+    // Leaving the original signature in place fails the signature itself.
+    let mut all = files(&tar);
+    all.iter_mut().find(|(p, _)| p == MANIFEST).unwrap().1 = manifest_bytes;
+    assert_eq!(
+        first(&check(&rebuild(&all), &trusted())).0,
+        "MANIFEST_SIGNATURE"
+    );
+}
+
+#[test]
+fn strays_and_garbage_are_refused() {
+    let tar = bundle();
+    let mut all = files(&tar);
+    all.push(("notes.txt".into(), b"hi".to_vec()));
+    let r = check(&rebuild(&all), &trusted());
+    assert_eq!(first(&r).0, "UNEXPECTED_FILE");
+    assert_eq!(first(&check(b"not a tar at all", &trusted())).0, "ARCHIVE");
+    let mut all = files(&tar);
+    all.retain(|(p, _)| p != PROOFS);
+    assert!(!check(&rebuild(&all), &trusted()).ok);
+}
