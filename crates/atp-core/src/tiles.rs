@@ -288,7 +288,7 @@ impl<'a, F: FnMut(TileId) -> Option<&'a [u8]>> NodeCache<'a, F> {
 
     /// `node`'s hash; `None` when a tile it needs is missing or too narrow.
     pub fn get(&mut self, node: Node) -> Option<Digest> {
-        if node.level % TILE_HEIGHT == 0 {
+        if node.level.is_multiple_of(TILE_HEIGHT) {
             let (tile, first, _) = locate(node);
             return hash_at((self.tile)(tile)?, first);
         }
