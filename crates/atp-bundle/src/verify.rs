@@ -576,7 +576,7 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
                 }
                 if let Err(f) = walk.check(record, proof, path, line_no, seen) {
                     walk.stopped = true;
-                    self.failed(f);
+                    self.failed(*f);
                 }
             }
             if let Some(f) = lines.fault(path) {
@@ -742,11 +742,12 @@ impl RecordWalk<'_> {
         path: &str,
         line: u64,
         proof_line: u64,
-    ) -> Result<(), Failure> {
-        let (head, link) = record::head(bytes).map_err(|e| Failure {
-            code: "RECORD_MALFORMED",
-            message: format!("{path} line {line} is not a record: {e}"),
-            record: None,
+    ) -> Result<(), Box<Failure>> {
+        let (head, link) = record::head(bytes).map_err(|e| {
+            Box::new(fail(
+                "RECORD_MALFORMED",
+                format!("{path} line {line} is not a record: {e}"),
+            ))
         })?;
         let at = RecordAt {
             record_id: head.record_id.to_string(),
@@ -756,13 +757,15 @@ impl RecordWalk<'_> {
             line,
             proof_line,
         };
-        let bad = |code, message: String| Failure {
-            code,
-            message: format!(
-                "record {} ({}/{} chain index {}, {path} line {line}): {message}",
-                at.record_id, head.tenant_id, at.source_id, at.chain_index
-            ),
-            record: Some(at.clone()),
+        let bad = |code, message: String| {
+            Box::new(Failure {
+                code,
+                message: format!(
+                    "record {} ({}/{} chain index {}, {path} line {line}): {message}",
+                    at.record_id, head.tenant_id, at.source_id, at.chain_index
+                ),
+                record: Some(at.clone()),
+            })
         };
         if head.tenant_id != self.tenant {
             return Err(bad(
