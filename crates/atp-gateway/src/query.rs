@@ -3,7 +3,7 @@
 use atp_core::Digest;
 use atp_nats::{registry, streams};
 use atp_store::projection::{self, Watermark};
-use atp_store::query::{self, RecordFilter, RejectionFilter, StoredRecord};
+use atp_store::query::{self, RecordFilter, RejectionFilter, Selection, StoredRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -154,14 +154,16 @@ pub async fn list_records(
         .tenant(&tenant));
     }
     let filter = RecordFilter {
-        from: p.from,
-        to: p.to,
-        source_id: p.source_id,
-        actor_id: p.actor_id,
-        action: p.action,
-        resource_type: p.resource_type,
-        resource_id: p.resource_id,
-        q: p.q,
+        selection: Selection {
+            from: p.from,
+            to: p.to,
+            source_id: p.source_id,
+            actor_id: p.actor_id,
+            action: p.action,
+            resource_type: p.resource_type,
+            resource_id: p.resource_id,
+            q: p.q,
+        },
         limit: p.limit,
         cursor: p.cursor,
     };

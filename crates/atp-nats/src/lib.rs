@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod connect;
+pub mod exports;
 pub mod headers;
 pub mod integrity;
 pub mod registry;

@@ -45,6 +45,9 @@ pub const INGEST_BUCKET: &str = "ATP_INGEST";
 pub const CHECKPOINTS: &str = "ATP_CHECKPOINTS";
 pub const ALERTS: &str = "ATP_ALERTS";
 pub const SIGNING_KEYS_BUCKET: &str = "ATP_SIGNING_KEYS";
+pub const EXPORT_WEBHOOKS_BUCKET: &str = "ATP_EXPORT_WEBHOOKS";
+pub const EXPORT_BUNDLES: &str = "ATP_EXPORT_BUNDLES";
+pub const EXPORTS: &str = "ATP_EXPORTS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {
@@ -70,6 +73,15 @@ pub enum Applied {
 #[derive(Debug, Clone, Deserialize)]
 struct KvFile {
     buckets: Vec<KvDef>,
+    #[serde(default)]
+    object_stores: Vec<ObjectStoreDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ObjectStoreDef {
+    bucket: String,
+    description: String,
+    max_age_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +211,32 @@ pub async fn apply(js: &Context, replicas: usize) -> Result<Vec<(String, Applied
             },
         ));
     }
+    for o in kv.object_stores {
+        let exists = js.get_object_store(&o.bucket).await.is_ok();
+        if !exists {
+            js.create_object_store(jetstream::object_store::Config {
+                bucket: o.bucket.clone(),
+                description: Some(o.description.clone()),
+                max_age: std::time::Duration::from_secs(o.max_age_days * 86_400),
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StreamsError::Request {
+                name: o.bucket.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        out.push((
+            format!("Object store {}", o.bucket),
+            if exists {
+                Applied::Unchanged
+            } else {
+                Applied::Created
+            },
+        ));
+    }
     Ok(out)
 }
 
@@ -240,6 +278,11 @@ pub async fn check(js: &Context) -> Result<(), StreamsError> {
         js.get_key_value(&b.bucket)
             .await
             .map_err(|_| StreamsError::Missing(format!("KV {}", b.bucket)))?;
+    }
+    for o in kv.object_stores {
+        js.get_object_store(&o.bucket)
+            .await
+            .map_err(|_| StreamsError::Missing(format!("object store {}", o.bucket)))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! Architecture invariant: PostgreSQL holds read models only. Every row here is derived from a
 //! ledger or rejected-stream message and can be rebuilt by `atp replay`.
 
+pub mod exports;
 pub mod integrity;
 pub mod projection;
 pub mod query;

@@ -12,17 +12,64 @@ use crate::StoreError;
 pub const MAX_LIMIT: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 100;
 
-/// Filters of `GET /audit/records` (CONTRACT §5).
+/// What `GET /audit/records` and `POST /exports` select by (CONTRACT §5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+}
+
+impl Selection {
+    /// Appends ` AND …` for every filter set.
+    pub(crate) fn push_where(&self, qb: &mut QueryBuilder<Postgres>) {
+        if let Some(v) = self.from {
+            qb.push(" AND occurred_at >= ").push_bind(v);
+        }
+        if let Some(v) = self.to {
+            qb.push(" AND occurred_at < ").push_bind(v);
+        }
+        for (col, v) in [
+            ("source_id", &self.source_id),
+            ("actor_id", &self.actor_id),
+            ("action", &self.action),
+            ("resource_type", &self.resource_type),
+            ("resource_id", &self.resource_id),
+        ] {
+            if let Some(v) = v {
+                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        if let Some(q) = &self.q {
+            let escaped = q
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            qb.push(" AND attributes_text LIKE ")
+                .push_bind(format!("%{escaped}%"));
+        }
+    }
+}
+
+/// A page of `GET /audit/records`.
 #[derive(Debug, Clone, Default)]
 pub struct RecordFilter {
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub source_id: Option<String>,
-    pub actor_id: Option<String>,
-    pub action: Option<String>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub q: Option<String>,
+    pub selection: Selection,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -65,7 +112,7 @@ pub struct StoredRecord {
     pub record: Vec<u8>,
 }
 
-const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
+pub(crate) const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
 
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -98,32 +145,7 @@ pub async fn records(
         "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = "
     ));
     qb.push_bind(tenant.to_owned());
-    if let Some(v) = f.from {
-        qb.push(" AND occurred_at >= ").push_bind(v);
-    }
-    if let Some(v) = f.to {
-        qb.push(" AND occurred_at < ").push_bind(v);
-    }
-    for (col, v) in [
-        ("source_id", &f.source_id),
-        ("actor_id", &f.actor_id),
-        ("action", &f.action),
-        ("resource_type", &f.resource_type),
-        ("resource_id", &f.resource_id),
-    ] {
-        if let Some(v) = v {
-            qb.push(format!(" AND {col} = ")).push_bind(v.clone());
-        }
-    }
-    if let Some(q) = &f.q {
-        let escaped = q
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        qb.push(" AND attributes_text LIKE ")
-            .push_bind(format!("%{escaped}%"));
-    }
+    f.selection.push_where(&mut qb);
     if let Some(c) = &f.cursor {
         let c = Cursor::decode(c)?;
         let at = DateTime::<Utc>::from_timestamp_micros(c.micros).ok_or(StoreError::BadCursor)?;

@@ -1,0 +1,420 @@
+//! Packaging one export: fix the snapshot, stream the selection in record order with a proof for
+//! every record, and write the bundle.
+//!
+//! Two stages run side by side: this task reads pages of records and the tiles their proofs need
+//! from PostgreSQL; a blocking thread checks each record and proof, builds the proof lines and
+//! writes the archive. A bounded channel between them keeps memory flat however large the export.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use atp_bundle::write::{BundleWriter, CheckpointFile, ManifestHeader, WriteError};
+use atp_bundle::{Hashing, ProofLine};
+use atp_core::merkle::{self, ProofPlan};
+use atp_core::{Digest, PartitionKey, SourceId, TenantId, record};
+use atp_store::exports::{self, ExportRow, SnapshotPart};
+use atp_store::query::Selection;
+use atp_store::{StoreError, integrity as store};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::Utc;
+use ed25519_dalek::VerifyingKey;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::signer::CheckpointSigner;
+
+/// Records per page read from PostgreSQL: one query for the rows, one for their tiles.
+const PAGE: i64 = 2000;
+
+/// Why packaging stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// Worth another attempt: the database, the disk or the key store hiccupped.
+    #[error("{0}")]
+    Transient(String),
+    /// Another attempt would fail the same way: the export fails with this code.
+    #[error("{code}: {detail}")]
+    Permanent { code: &'static str, detail: String },
+}
+
+fn permanent(code: &'static str, detail: impl Into<String>) -> PackageError {
+    PackageError::Permanent {
+        code,
+        detail: detail.into(),
+    }
+}
+
+impl From<StoreError> for PackageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(d) => permanent("INTEGRITY_ERROR", d),
+            other => Self::Transient(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for PackageError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Transient(format!("spool: {e}"))
+    }
+}
+
+impl From<WriteError> for PackageError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Io(e) => e.into(),
+            other => permanent("EXPORT_FAILED", other.to_string()),
+        }
+    }
+}
+
+/// A packaged bundle, on local disk until stored.
+#[derive(Debug, Clone)]
+pub struct Packaged {
+    pub tar_path: PathBuf,
+    pub bytes: u64,
+    pub bundle_sha256: String,
+    pub manifest_sha256: String,
+    pub record_count: u64,
+}
+
+/// What the packager needs besides the job.
+pub struct Packager<S> {
+    pub pool: PgPool,
+    pub signer: Arc<S>,
+    pub spool: PathBuf,
+    /// How long to wait for checkpoints and the read model to cover what was logged when the
+    /// export started.
+    pub coverage_wait: Duration,
+    pub max_records_per_second: Option<u32>,
+}
+
+/// What flows from the reading stage to the writing thread.
+enum Item {
+    /// The partition whose records follow, and the checkpoint their proofs are against.
+    Partition(Arc<PartitionProof>),
+    Record {
+        bytes: Vec<u8>,
+        digest: Vec<u8>,
+        hashes: Vec<Digest>,
+    },
+    /// The partition's checkpoint file, once at least one of its records was written.
+    Checkpoint(CheckpointFile),
+}
+
+struct PartitionProof {
+    partition: PartitionKey,
+    size: u64,
+    root: Digest,
+    note: String,
+}
+
+impl<S: CheckpointSigner> Packager<S> {
+    pub async fn package(
+        &self,
+        row: &ExportRow,
+        done: &AtomicU64,
+    ) -> Result<Packaged, PackageError> {
+        let tenant = TenantId::new(&row.tenant_id)
+            .map_err(|e| permanent("INVALID_SELECTION", e.to_string()))?;
+        let selection: Selection = serde_json::from_value(row.selection.clone())
+            .map_err(|e| permanent("INVALID_SELECTION", e.to_string()))?;
+        let (parts, created_at) = match (&row.snapshot, row.created_at) {
+            (Some(s), Some(at)) => (
+                serde_json::from_value(s.clone())
+                    .map_err(|e| permanent("EXPORT_FAILED", format!("stored snapshot: {e}")))?,
+                at,
+            ),
+            _ => {
+                let parts = self.snapshot(&tenant, &selection).await?;
+                let mut total = 0;
+                for part in &parts {
+                    let p = partition(&tenant, &part.source_id)?;
+                    total +=
+                        exports::count_selected(&self.pool, &p, &selection, part.tree_size).await?;
+                }
+                exports::fix_snapshot(&self.pool, &row.export_id, &parts, Utc::now(), total).await?
+            }
+        };
+        let keyring = self
+            .signer
+            .keyring()
+            .await
+            .map_err(|e| PackageError::Transient(format!("key store: {e}")))?;
+        let active = keyring.active.clone();
+        let public = B64
+            .decode(&active.public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| permanent("EXPORT_FAILED", "the active signing key is malformed"))?;
+
+        let spool = self.spool.join(&row.export_id);
+        let tar_path = self.spool.join(format!("{}.tar", row.export_id));
+        if spool.exists() {
+            std::fs::remove_dir_all(&spool)?;
+        }
+        std::fs::create_dir_all(&spool)?;
+        let header = ManifestHeader {
+            export_id: row.export_id.clone(),
+            tenant_id: row.tenant_id.clone(),
+            created_at: record::timestamp(created_at),
+            selection: row.selection.clone(),
+            key_id: active.kid.clone(),
+        };
+        let (tx, rx) = mpsc::channel::<Vec<Item>>(4);
+        let writer = {
+            let (tar_path, spool) = (tar_path.clone(), spool.clone());
+            let mtime = u64::try_from(created_at.timestamp()).unwrap_or(0);
+            tokio::task::spawn_blocking(move || write_bundle(rx, &tar_path, &spool, mtime, header))
+        };
+        let read = self
+            .read_selection(&tenant, &selection, &parts, &keyring, tx, done)
+            .await;
+        let written = writer
+            .await
+            .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))?;
+        // A reading error explains a writer that stopped early; report it first.
+        read?;
+        let sealed = written?;
+        let manifest_sha256 = atp_bundle::sha256_hex(&sealed.manifest_bytes);
+        let record_count = sealed.manifest.record_count;
+        let signature = self
+            .signer
+            .sign(&active.kid, &sealed.manifest_bytes)
+            .await
+            .map_err(|e| PackageError::Transient(format!("signing the manifest: {e}")))?;
+        let (bytes, bundle_sha256) = tokio::task::spawn_blocking(move || {
+            let out = sealed.finish(&signature, &public)?;
+            let (file, sha, bytes) = out.finish();
+            let file = file
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
+            file.sync_all()?;
+            Ok::<_, PackageError>((bytes, sha))
+        })
+        .await
+        .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))??;
+        std::fs::remove_dir_all(&spool)?;
+        Ok(Packaged {
+            tar_path,
+            bytes,
+            bundle_sha256,
+            manifest_sha256,
+            record_count,
+        })
+    }
+
+    /// The partitions to export and the tree size of each: the newest checkpoint once it covers
+    /// everything logged when the export started and the read model holds all of it, or after
+    /// `coverage_wait` the newest checkpoint the read model fully holds.
+    async fn snapshot(
+        &self,
+        tenant: &TenantId,
+        selection: &Selection,
+    ) -> Result<Vec<SnapshotPart>, PackageError> {
+        let logs = exports::partitions(&self.pool, tenant.as_str(), selection.source_id.as_deref())
+            .await?;
+        let deadline = Instant::now() + self.coverage_wait;
+        let mut out = Vec::with_capacity(logs.len());
+        for log in logs {
+            let p = partition(tenant, &log.source_id)?;
+            let target = log.tree_size as u64;
+            let size = loop {
+                let latest = store::checkpoint(&self.pool, &p, None)
+                    .await?
+                    .map_or(0, |c| c.size());
+                let projected = exports::projected_below(&self.pool, &p, latest).await?;
+                if latest >= target && projected == latest {
+                    break latest;
+                }
+                if Instant::now() >= deadline {
+                    let covered = store::checkpoint(&self.pool, &p, None)
+                        .await?
+                        .map_or(0, |c| c.size());
+                    let projected = exports::projected_below(&self.pool, &p, covered).await?;
+                    break exports::checkpoint_at_most(&self.pool, &p, projected)
+                        .await?
+                        .map_or(0, |c| c.size());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if size > 0 {
+                out.push(SnapshotPart {
+                    source_id: log.source_id,
+                    tree_size: size,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_selection(
+        &self,
+        tenant: &TenantId,
+        selection: &Selection,
+        parts: &[SnapshotPart],
+        keyring: &crate::signer::Keyring,
+        tx: mpsc::Sender<Vec<Item>>,
+        done: &AtomicU64,
+    ) -> Result<(), PackageError> {
+        let started = Instant::now();
+        let closed = || PackageError::Transient("the bundle writer stopped".to_owned());
+        for part in parts {
+            let p = partition(tenant, &part.source_id)?;
+            let cp = store::checkpoint(&self.pool, &p, Some(part.tree_size))
+                .await?
+                .ok_or_else(|| {
+                    permanent(
+                        "CHECKPOINT_MISSING",
+                        format!("no checkpoint of {p} at size {}", part.tree_size),
+                    )
+                })?;
+            let verifier_key = keyring
+                .all
+                .iter()
+                .find(|k| k.kid == cp.key_id)
+                .map(|k| k.verifier_key.clone())
+                .ok_or_else(|| {
+                    permanent(
+                        "EXPORT_FAILED",
+                        format!("checkpoint key {} is not in the key store", cp.key_id),
+                    )
+                })?;
+            let proof = Arc::new(PartitionProof {
+                partition: p.clone(),
+                size: cp.size(),
+                root: cp.root()?,
+                note: cp.note.clone(),
+            });
+            tx.send(vec![Item::Partition(proof.clone())])
+                .await
+                .map_err(|_| closed())?;
+            let mut next = 0u64;
+            let mut any = false;
+            loop {
+                let rows = exports::selected(&self.pool, &p, selection, next, part.tree_size, PAGE)
+                    .await?;
+                let Some(last) = rows.last() else { break };
+                next = last.chain_index as u64 + 1;
+                any = true;
+                let plans = rows
+                    .iter()
+                    .map(|r| ProofPlan::inclusion(r.chain_index as u64, part.tree_size))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+                let hashes = store::prove_all(&mut conn, &p, &plans).await?;
+                drop(conn);
+                let n = rows.len() as u64;
+                let batch = rows
+                    .into_iter()
+                    .zip(hashes)
+                    .map(|(r, hashes)| Item::Record {
+                        bytes: r.record,
+                        digest: r.digest,
+                        hashes,
+                    })
+                    .collect();
+                tx.send(batch).await.map_err(|_| closed())?;
+                let total = done.fetch_add(n, Ordering::Relaxed) + n;
+                if let Some(rate) = self.max_records_per_second {
+                    let due = Duration::from_secs_f64(total as f64 / f64::from(rate.max(1)));
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(ahead).await;
+                    }
+                }
+            }
+            if any {
+                tx.send(vec![Item::Checkpoint(CheckpointFile {
+                    tenant_id: p.tenant.to_string(),
+                    source_id: p.source.to_string(),
+                    tree_size: proof.size,
+                    root_hash: B64.encode(proof.root.0),
+                    verifier_key,
+                    note: proof.note.clone(),
+                })])
+                .await
+                .map_err(|_| closed())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn partition(tenant: &TenantId, source: &str) -> Result<PartitionKey, PackageError> {
+    let source = SourceId::new(source).map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
+    Ok(PartitionKey::new(tenant.clone(), source))
+}
+
+type Sealed = atp_bundle::write::Sealed<Hashing<BufWriter<File>>>;
+
+/// The writing thread: checks every record against its stored digest and its proof against the
+/// signed root before it goes in, so a bundle that would not verify is never handed out.
+fn write_bundle(
+    mut rx: mpsc::Receiver<Vec<Item>>,
+    tar_path: &Path,
+    spool: &Path,
+    mtime: u64,
+    header: ManifestHeader,
+) -> Result<Sealed, PackageError> {
+    let out = Hashing::new(BufWriter::with_capacity(1 << 20, File::create(tar_path)?));
+    let mut w = BundleWriter::new(out, spool, mtime)?;
+    let mut current: Option<Arc<PartitionProof>> = None;
+    while let Some(batch) = rx.blocking_recv() {
+        for item in batch {
+            match item {
+                Item::Partition(p) => current = Some(p),
+                Item::Checkpoint(c) => w.add_checkpoint(c),
+                Item::Record {
+                    bytes,
+                    digest,
+                    hashes,
+                } => {
+                    let cp = current.as_ref().ok_or_else(|| {
+                        permanent("EXPORT_FAILED", "a record before its partition")
+                    })?;
+                    let (head, link) = record::head(&bytes)
+                        .map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
+                    let named = || {
+                        format!(
+                            "record {} ({} #{})",
+                            head.record_id, cp.partition, head.chain_index
+                        )
+                    };
+                    let in_place = link.digest.0.as_slice() == digest.as_slice()
+                        && head.tenant_id == cp.partition.tenant.as_str()
+                        && head.source_id == cp.partition.source.as_str();
+                    if !in_place {
+                        return Err(permanent(
+                            "INTEGRITY_ERROR",
+                            format!("{} does not match its stored digest or partition", named()),
+                        ));
+                    }
+                    merkle::verify_inclusion(
+                        head.chain_index,
+                        cp.size,
+                        &merkle::leaf_hash(&bytes),
+                        &hashes,
+                        &cp.root,
+                    )
+                    .map_err(|e| {
+                        permanent(
+                            "INTEGRITY_ERROR",
+                            format!("{}: its proof does not reach the signed root: {e}", named()),
+                        )
+                    })?;
+                    let line = ProofLine::new(&head, link.digest, cp.size, hashes, &cp.note);
+                    w.push(&bytes, &line)?;
+                }
+            }
+        }
+    }
+    let sealed = w.seal(header)?;
+    Ok(sealed)
+}
