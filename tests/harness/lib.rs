@@ -48,6 +48,8 @@ pub struct Stack {
     pub producer: SigningKey,
     /// The checkpoint key store of this stack's integrity role.
     pub keys_dir: tempfile::TempDir,
+    /// Where the exporter assembles bundles.
+    pub spool: tempfile::TempDir,
 }
 
 /// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
@@ -97,6 +99,7 @@ impl Stack {
             issuer: SigningKey::from_bytes(&[12u8; 32]),
             producer,
             keys_dir: tempfile::tempdir().expect("key store dir"),
+            spool: tempfile::tempdir().expect("export spool dir"),
         }
     }
 
@@ -125,6 +128,23 @@ impl Stack {
                     every: Duration::from_millis(200),
                 },
             },
+            exports: atp_runtime::export::ExportSettings {
+                spool_dir: self.spool.path().to_owned(),
+                cold_store: None,
+                concurrency: 1,
+                ack_wait: Duration::from_secs(10),
+                coverage_wait: Duration::from_secs(10),
+                max_attempts: 5,
+                max_records_per_second: None,
+                // Loopback receivers, and retries quick enough for a test to watch.
+                webhook: atp_runtime::export::WebhookPolicy {
+                    base: Duration::from_millis(50),
+                    poll: Duration::from_millis(50),
+                    allow_private: true,
+                    ..Default::default()
+                },
+            },
+            export_limits: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ async fn a_signed_event_becomes_a_chained_record_and_is_queryable() {
             ingest: true,
             projector: true,
             integrity: false,
+            exporter: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -74,6 +75,7 @@ async fn binary_mode_events_are_stored_structured_with_their_body() {
             ingest: true,
             projector: false,
             integrity: false,
+            exporter: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -138,6 +140,7 @@ async fn rejected_on_nats(
             ingest: true,
             projector: false,
             integrity: false,
+            exporter: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -301,6 +304,7 @@ async fn revoked_keys_and_unknown_sources_are_rejected_and_projected() {
             ingest: true,
             projector: true,
             integrity: false,
+            exporter: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -348,6 +352,7 @@ async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
             ingest: true,
             projector: false,
             integrity: false,
+            exporter: false,
         })
         .await;
     let p = partition(TENANT, SOURCE);
@@ -409,6 +414,7 @@ async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
             ingest: true,
             projector: false,
             integrity: false,
+            exporter: false,
         })
         .await;
     stack
@@ -449,6 +455,7 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         ingest: true,
         projector: false,
         integrity: false,
+        exporter: false,
     });
     // Small batches make the two workers interleave often.
     cfg.ingest.batch_max = 7;
@@ -458,6 +465,7 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         ingest: true,
         projector: false,
         integrity: false,
+        exporter: false,
     });
     cfg.ingest.batch_max = 11;
     let b = atp::serve::start(cfg).await.unwrap();
@@ -509,6 +517,7 @@ async fn a_repeat_older_than_the_dedupe_window_still_answers_its_record() {
             ingest: true,
             projector: true,
             integrity: false,
+            exporter: false,
         });
         cfg.ingest.dedupe_window = std::time::Duration::ZERO;
         atp::serve::start(cfg)

@@ -5,6 +5,7 @@
 
 mod batch;
 mod crash;
+mod export;
 mod gateway;
 mod ingest;
 mod integrity;

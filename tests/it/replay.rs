@@ -34,6 +34,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
             ingest: true,
             projector: true,
             integrity: false,
+            exporter: false,
         })
         .await;
     let (p, q) = (partition(TENANT, SOURCE), partition("globex", "erp"));
@@ -154,6 +155,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
             ingest: true,
             projector: true,
             integrity: false,
+            exporter: false,
         })
         .await;
     stack.publish(&p, &stack.sign(stack.event("after"))).await;

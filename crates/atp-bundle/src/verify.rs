@@ -243,7 +243,12 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
                     return Ok(false);
                 }
             };
-            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            // A bundle unpacked and packed again with `tar` gains `./` and directory entries.
+            let path = raw.strip_prefix("./").unwrap_or(&raw).to_owned();
+            if entry.header().entry_type() == tar::EntryType::Directory && layout_dir(&path) {
+                continue;
+            }
             if entry.header().entry_type() != tar::EntryType::Regular {
                 self.failed(fail(
                     "UNEXPECTED_FILE",
@@ -633,6 +638,15 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
         self.report.records_verified = walk.verified;
         Ok(())
     }
+}
+
+/// The directories of the layout: `records`, `checkpoints`, `checkpoints/<tenant>`.
+fn layout_dir(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    matches!(path, "" | "." | "records" | "checkpoints")
+        || path
+            .strip_prefix("checkpoints/")
+            .is_some_and(|t| TenantId::new(t).is_ok())
 }
 
 fn allowed_path(path: &str) -> bool {

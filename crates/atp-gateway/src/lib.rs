@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod auth;
+pub mod exports;
 pub mod health;
 pub mod integrity;
 pub mod problem;
@@ -24,6 +25,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use auth::{AuthConfig, Claims, Principal, Role};
+pub use exports::{ExportLimits, ExportsApi};
 pub use problem::Problem;
 pub use wait::Waiters;
 
@@ -51,6 +53,7 @@ pub struct GatewayState {
     pub bus: Bus,
     pub db: PgPool,
     pub waiters: Waiters,
+    pub exports: exports::ExportsApi,
 }
 
 impl FromRef<GatewayState> for Arc<AuthConfig> {
@@ -97,6 +100,16 @@ pub fn router(state: GatewayState) -> Router {
         .route("/integrity/verify/record", post(integrity::verify_record))
         .route("/integrity/verify/range", post(integrity::verify_range))
         .route("/integrity/keys", get(integrity::keys))
+        .route("/integrity/verify/export", post(exports::verify))
+        .route("/exports", post(exports::create))
+        .route(
+            "/exports/webhook",
+            get(exports::get_webhook)
+                .put(exports::set_webhook)
+                .delete(exports::delete_webhook),
+        )
+        .route("/exports/{export_id}", get(exports::status))
+        .route("/exports/{export_id}/download", get(exports::download))
         .fallback(problem::not_found);
     Router::new()
         .nest("/api/v1", api)

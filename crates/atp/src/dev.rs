@@ -143,6 +143,15 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             log_name: LOG_NAME.to_owned(),
             policy: Default::default(),
         },
+        exports: atp_runtime::export::ExportSettings {
+            spool_dir: paths.dir.join("exports"),
+            webhook: atp_runtime::export::WebhookPolicy {
+                allow_private: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        export_limits: Default::default(),
     })
     .await?;
     let addr = running.gateway_addr.context("the gateway did not start")?;

@@ -72,6 +72,8 @@ enum Command {
         gateway_public_key: Option<String>,
         #[command(flatten)]
         integrity: IntegrityArgs,
+        #[command(flatten)]
+        exports: Box<ExportArgs>,
     },
     /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
     Dev {
@@ -145,9 +147,19 @@ enum Command {
         action: KeysAction,
     },
     /// Verify integrity: a partition's whole chain from the ledger, or one record offline.
+    /// Verify offline: `atp verify <bundle.tar> [--key …]`, or a partition's chain, or a record.
+    #[command(args_conflicts_with_subcommands = true)]
     Verify {
         #[command(subcommand)]
-        what: VerifyWhat,
+        what: Option<VerifyWhat>,
+        /// An export bundle: manifest signature, file hashes, every record and proof, every
+        /// checkpoint signature.
+        bundle: Option<PathBuf>,
+        /// Keys to trust: a note verifier key, a PEM public key file, or a JWKS file (as
+        /// GET /api/v1/integrity/keys answers); repeat for several. Without one, the bundle is
+        /// checked against the keys it carries (intact, but not anchored).
+        #[arg(long = "key")]
+        keys: Vec<String>,
     },
     /// Benchmarks against servers this command starts itself.
     Bench {
@@ -193,6 +205,72 @@ impl IntegrityArgs {
                 every: Duration::from_millis(self.checkpoint_every_ms.max(1)),
             },
         }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct ExportArgs {
+    /// Where the exporter assembles bundles before storing them.
+    #[arg(long, env = "ATP_EXPORT_SPOOL", default_value = ".atp/exports")]
+    export_spool: PathBuf,
+    /// Where bundles are kept: `nats` (JetStream Object Store), `s3://bucket/prefix` (settings
+    /// from the AWS_* environment) or `file:///dir`.
+    #[arg(long, env = "ATP_COLD_STORE", default_value = "nats")]
+    cold_store: String,
+    /// Exports one exporter packages at once.
+    #[arg(long, env = "ATP_EXPORT_CONCURRENCY", default_value_t = 1)]
+    export_concurrency: usize,
+    /// Records per second one export may package; 0 for no limit.
+    #[arg(long, env = "ATP_EXPORT_MAX_RATE", default_value_t = 0)]
+    export_max_rate: u32,
+    /// Seconds an exporter may go silent before its export is given to another.
+    #[arg(long, env = "ATP_EXPORT_ACK_WAIT_SECS", default_value_t = 30)]
+    export_ack_wait_secs: u64,
+    /// Exports a tenant may have queued or running at once.
+    #[arg(long, env = "ATP_EXPORT_TENANT_LIMIT", default_value_t = 2)]
+    export_tenant_limit: i64,
+    /// Per-tenant overrides of that limit: `tenant=n`, comma-separated.
+    #[arg(long, env = "ATP_EXPORT_TENANT_LIMITS", value_delimiter = ',')]
+    export_tenant_limits: Vec<String>,
+    /// Let webhooks target http:// and private or loopback addresses (development only).
+    #[arg(long, env = "ATP_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+}
+
+impl ExportArgs {
+    fn settings(
+        self,
+    ) -> anyhow::Result<(
+        atp_runtime::export::ExportSettings,
+        atp_gateway::ExportLimits,
+    )> {
+        let mut per_tenant = std::collections::HashMap::new();
+        for entry in self.export_tenant_limits.iter().filter(|e| !e.is_empty()) {
+            let (t, n) = entry
+                .split_once('=')
+                .context("ATP_EXPORT_TENANT_LIMITS entries are tenant=n")?;
+            per_tenant.insert(
+                t.to_owned(),
+                n.parse().context("a tenant limit is a number")?,
+            );
+        }
+        let settings = atp_runtime::export::ExportSettings {
+            spool_dir: self.export_spool,
+            cold_store: Some(self.cold_store),
+            concurrency: self.export_concurrency.max(1),
+            ack_wait: Duration::from_secs(self.export_ack_wait_secs.max(3)),
+            max_records_per_second: (self.export_max_rate > 0).then_some(self.export_max_rate),
+            webhook: atp_runtime::export::WebhookPolicy {
+                allow_private: self.webhook_allow_private,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let limits = atp_gateway::ExportLimits {
+            concurrent: self.export_tenant_limit,
+            per_tenant,
+        };
+        Ok((settings, limits))
     }
 }
 
@@ -349,7 +427,9 @@ async fn main() -> anyhow::Result<()> {
             gateway_key,
             gateway_public_key,
             integrity,
+            exports,
         } => {
+            let (exports, export_limits) = (*exports).settings()?;
             let mut keys = Vec::new();
             for entry in token_keys.iter().filter(|e| !e.is_empty()) {
                 let (kid, b64) = entry
@@ -383,6 +463,8 @@ async fn main() -> anyhow::Result<()> {
                 token_keys: keys,
                 attestation_key,
                 integrity: integrity.settings(),
+                exports,
+                export_limits,
             })
             .await?;
             if let Some(addr) = running.gateway_addr {
@@ -569,12 +651,43 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&ring.all)?);
         }
         Command::Verify {
+            what: None,
+            bundle: Some(bundle),
+            keys,
+        } => {
+            let report = atp::verify::bundle(&bundle, &keys)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            match report.first() {
+                None if report.anchored => eprintln!(
+                    "OK: {} records and {} checkpoints verified; signed by a trusted key",
+                    report.records_verified, report.checkpoints_verified
+                ),
+                None => eprintln!(
+                    "OK (not anchored): {} records and {} checkpoints are intact and consistent, \
+                     but no --key was given; compare signing-key.pem with GET /api/v1/integrity/keys",
+                    report.records_verified, report.checkpoints_verified
+                ),
+                Some(f) => {
+                    eprintln!("FAILED [{}]: {}", f.code, f.message);
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Verify {
+            what: None,
+            bundle: None,
+            ..
+        } => {
+            anyhow::bail!("give a bundle (atp verify <bundle.tar>) or a subcommand (chain, record)")
+        }
+        Command::Verify {
             what:
-                VerifyWhat::Chain {
+                Some(VerifyWhat::Chain {
                     nats,
                     at: SourceArgs { tenant, source },
                     keys,
-                },
+                }),
+            ..
         } => {
             let js = jetstream(&nats).await?;
             let p = atp_core::PartitionKey::new(
@@ -589,11 +702,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Verify {
             what:
-                VerifyWhat::Record {
+                Some(VerifyWhat::Record {
                     record,
                     proof,
                     keys,
-                },
+                }),
+            ..
         } => {
             let report = atp::verify::record_offline(&record, &proof, &keys)?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use atp_gateway::{AuthConfig, Bus, GatewayState, Waiters};
+use atp_gateway::{AuthConfig, Bus, ExportLimits, ExportsApi, GatewayState, Waiters};
 use atp_nats::registry::RegistryCache;
 use atp_nats::streams;
+use atp_runtime::export::ExportSettings;
 use atp_runtime::ingest::{BatchStats, Ingest, IngestConfig};
 use atp_runtime::integrity::{CheckpointPolicy, IntegrityStats};
 use atp_runtime::signer::FileKeyStore;
@@ -22,6 +23,7 @@ pub struct Roles {
     pub ingest: bool,
     pub projector: bool,
     pub integrity: bool,
+    pub exporter: bool,
 }
 
 impl Roles {
@@ -30,6 +32,7 @@ impl Roles {
         ingest: true,
         projector: true,
         integrity: true,
+        exporter: true,
     };
 
     pub fn parse(s: &str) -> anyhow::Result<Self> {
@@ -38,6 +41,7 @@ impl Roles {
             ingest: false,
             projector: false,
             integrity: false,
+            exporter: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -46,9 +50,10 @@ impl Roles {
                 "ingest" => r.ingest = true,
                 "projector" => r.projector = true,
                 "integrity" => r.integrity = true,
+                "exporter" => r.exporter = true,
                 other => {
                     bail!(
-                        "unknown role {other:?}: choose from gateway, ingest, projector, integrity (or all)"
+                        "unknown role {other:?}: choose from gateway, ingest, projector, integrity, exporter (or all)"
                     )
                 }
             }
@@ -73,6 +78,9 @@ pub struct ServeConfig {
     /// is given, a fresh one is made for the process's life.
     pub attestation_key: Option<SigningKey>,
     pub integrity: IntegritySettings,
+    pub exports: ExportSettings,
+    /// The gateway's per-tenant caps on concurrent exports.
+    pub export_limits: ExportLimits,
 }
 
 /// The integrity role's settings.
@@ -180,15 +188,22 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         let pool = pool.clone().context("the projector needs PostgreSQL")?;
         tasks.spawn(async move { ("projector", atp_runtime::projector::run(js, pool, sd).await) });
     }
+    // One key store for the roles that sign: checkpoints and export manifests.
+    let signer = if cfg.roles.integrity || cfg.roles.exporter {
+        let s = &cfg.integrity;
+        Some(Arc::new(
+            FileKeyStore::open_or_init(&s.keys_dir, &s.log_name, chrono::Utc::now())
+                .context("opening the checkpoint key store")?,
+        ))
+    } else {
+        None
+    };
     if cfg.roles.integrity {
         let pool = pool
             .clone()
             .context("the integrity role needs PostgreSQL")?;
         let settings = cfg.integrity.clone();
-        let signer = Arc::new(
-            FileKeyStore::open_or_init(&settings.keys_dir, &settings.log_name, chrono::Utc::now())
-                .context("opening the checkpoint key store")?,
-        );
+        let signer = signer.clone().context("no key store")?;
         let stats = Arc::new(IntegrityStats::default());
         running.integrity_stats = Some(stats.clone());
         let (js, sd) = (js.clone(), shutdown.clone());
@@ -196,6 +211,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             (
                 "integrity",
                 atp_runtime::integrity::run(js, pool, signer, settings.policy, stats, sd).await,
+            )
+        });
+    }
+    if cfg.roles.exporter {
+        let signer = signer.clone().context("no key store")?;
+        let (js, sd, url) = (js.clone(), shutdown.clone(), cfg.database_url.clone());
+        let settings = cfg.exports.clone();
+        tasks.spawn(async move {
+            (
+                "exporter",
+                atp_runtime::export::spawn(js, url, signer, settings, sd).await,
             )
         });
     }
@@ -219,6 +245,16 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             },
             waiters: Waiters::start(&pool).await?,
             db: pool,
+            exports: ExportsApi {
+                cold: atp_runtime::export::cold::ColdStore::open(
+                    &js,
+                    cfg.exports.cold_store.as_deref(),
+                )
+                .await?,
+                webhooks: atp_nats::exports::webhooks(&js).await?,
+                limits: Arc::new(cfg.export_limits.clone()),
+                webhook_policy: cfg.exports.webhook.clone(),
+            },
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -216,3 +216,62 @@ pub fn record_offline(
     }
     Ok(report)
 }
+
+/// `atp verify <bundle.tar>`: the whole bundle, offline, against the keys given.
+pub fn bundle(path: &Path, keys: &[String]) -> anyhow::Result<atp_bundle::verify::Report> {
+    let trust = trust_from(keys)?;
+    std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(atp_bundle::verify::verify(
+        || std::fs::File::open(path),
+        &trust,
+    )?)
+}
+
+/// Reads `--key` values: a note verifier key, or a file holding one, a PEM public key, or a
+/// JWKS (each key's `noteVerifierKey`, else its `x`).
+pub fn trust_from(keys: &[String]) -> anyhow::Result<atp_bundle::verify::Trust> {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let mut trust = atp_bundle::verify::Trust::default();
+    for k in keys {
+        let text = match std::fs::read_to_string(k) {
+            Ok(t) => t,
+            Err(_) => k.clone(),
+        };
+        let text = text.trim();
+        if text.contains("BEGIN PUBLIC KEY") {
+            trust.keys.push(
+                ed25519_dalek::VerifyingKey::from_public_key_pem(text)
+                    .with_context(|| format!("{k}: not an Ed25519 public key PEM"))?,
+            );
+        } else if text.starts_with('{') {
+            let jwks: serde_json::Value =
+                serde_json::from_str(text).with_context(|| format!("{k}: not JSON"))?;
+            let entries = jwks["keys"]
+                .as_array()
+                .with_context(|| format!("{k}: a JWKS has a \"keys\" array"))?;
+            for e in entries {
+                if let Some(v) = e["noteVerifierKey"].as_str() {
+                    trust.verifiers.push(
+                        Verifier::parse(v).with_context(|| format!("{k}: bad noteVerifierKey"))?,
+                    );
+                } else if let Some(x) = e["x"].as_str() {
+                    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(x)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .with_context(|| format!("{k}: a JWK's x is not an Ed25519 key"))?;
+                    trust.keys.push(
+                        ed25519_dalek::VerifyingKey::from_bytes(&raw)
+                            .with_context(|| format!("{k}: bad key"))?,
+                    );
+                }
+            }
+        } else {
+            trust
+                .verifiers
+                .push(Verifier::parse(text).with_context(|| format!("bad verifier key {k:?}"))?);
+        }
+    }
+    Ok(trust)
+}

@@ -36,7 +36,7 @@ fn store_err(e: impl std::fmt::Display) -> ColdError {
 
 #[derive(Clone)]
 pub enum ColdStore {
-    Nats(NatsObjects),
+    Nats(Box<NatsObjects>),
     Object {
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
@@ -54,9 +54,9 @@ impl ColdStore {
     /// `None` or `nats`: the JetStream bucket; otherwise an `object_store` URL.
     pub async fn open(js: &Context, url: Option<&str>) -> Result<Self, ColdError> {
         match url {
-            None | Some("nats") => Ok(Self::Nats(
+            None | Some("nats") => Ok(Self::Nats(Box::new(
                 atp_nats::exports::bundles(js).await.map_err(store_err)?,
-            )),
+            ))),
             Some(u) => {
                 let parsed = url::Url::parse(u).map_err(|_| ColdError::BadUrl(u.to_owned()))?;
                 if !matches!(parsed.scheme(), "s3" | "file") {

@@ -1,0 +1,551 @@
+//! `POST /exports`, `GET /exports/{id}`, `GET /exports/{id}/download` (with `Range`), the
+//! tenant's completion webhook, and `POST /integrity/verify/export`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use atp_bundle::verify::{self as bundle_verify, Trust};
+use atp_nats::exports::{self as bus_exports, Webhook};
+use atp_nats::signing_keys;
+use atp_runtime::export::cold::ColdStore;
+use atp_runtime::export::{WebhookPolicy, object_key, webhook};
+use atp_store::exports::{self, ExportRequest, ExportRow};
+use atp_store::query::Selection;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Principal, Role};
+use crate::problem::Problem;
+use crate::query::{READERS, store_problem};
+use crate::{Bus, GatewayState};
+
+/// The gateway's side of exports.
+#[derive(Clone)]
+pub struct ExportsApi {
+    pub cold: ColdStore,
+    pub webhooks: async_nats::jetstream::kv::Store,
+    pub limits: Arc<ExportLimits>,
+    pub webhook_policy: WebhookPolicy,
+}
+
+/// Per-tenant caps on exports queued or running at once.
+#[derive(Debug, Clone)]
+pub struct ExportLimits {
+    pub concurrent: i64,
+    pub per_tenant: HashMap<String, i64>,
+}
+
+impl Default for ExportLimits {
+    fn default() -> Self {
+        Self {
+            concurrent: 2,
+            per_tenant: HashMap::new(),
+        }
+    }
+}
+
+impl ExportLimits {
+    pub fn cap(&self, tenant: &str) -> i64 {
+        self.per_tenant
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.concurrent)
+    }
+}
+
+impl axum::extract::FromRef<GatewayState> for ExportsApi {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.exports.clone()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExportBody {
+    #[serde(default)]
+    selection: Selection,
+    #[serde(default)]
+    format: Option<String>,
+    /// Optional; if given it must be the caller's own tenant.
+    #[serde(default)]
+    tenant_id: Option<String>,
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+pub async fn create(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    body: JsonBody<ExportBody>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+    if body.tenant_id.as_ref().is_some_and(|t| *t != tenant) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "CROSS_TENANT",
+            "an export can only select the caller's own tenant",
+        )
+        .tenant(&tenant));
+    }
+    let format = body.format.unwrap_or_else(|| "tar".to_owned());
+    if format != "tar" {
+        return Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("format {format:?} is not offered; use \"tar\""),
+        )
+        .tenant(&tenant));
+    }
+    let req = ExportRequest {
+        export_id: ulid::Ulid::generate().to_string(),
+        tenant_id: tenant.clone(),
+        requested_by: principal.subject.clone(),
+        requested_at: Utc::now(),
+        selection: body.selection,
+        format,
+    };
+    let cap = state.exports.limits.cap(&tenant);
+    let lock = exports::lock_tenant(&state.db, &tenant)
+        .await
+        .map_err(|e| Problem::unavailable("the export registry", e))?;
+    if lock.active >= cap {
+        let mut resp = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "EXPORT_LIMIT",
+            format!(
+                "{} exports are already queued or running; the limit is {cap}",
+                lock.active
+            ),
+        )
+        .tenant(&tenant)
+        .into_response();
+        let h = resp.headers_mut();
+        for (k, v) in [
+            ("retry-after", "30".to_owned()),
+            ("x-ratelimit-limit", cap.to_string()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", "30".to_owned()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        }
+        return Ok(resp);
+    }
+    let payload =
+        serde_json::to_vec(&req).map_err(|e| Problem::unavailable("the export request", e))?;
+    bus_exports::publish_requested(&state.bus.js, &principal.tenant, &req.export_id, payload)
+        .await
+        .map_err(|e| Problem::unavailable("the export queue", e))?;
+    lock.admit(&req)
+        .await
+        .map_err(|e| Problem::unavailable("the export registry", e))?;
+    let location = format!("/api/v1/exports/{}", req.export_id);
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "exportId": req.export_id,
+            "status": "queued",
+            "statusUrl": location,
+            "downloadUrl": format!("{location}/download"),
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn load(state: &GatewayState, principal: &Principal, id: &str) -> Result<ExportRow, Problem> {
+    let tenant = principal.tenant.as_str();
+    exports::get(&state.db, tenant, id)
+        .await
+        .map_err(store_problem)?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no export {id:?}"),
+            )
+            .tenant(tenant)
+        })
+}
+
+fn status_json(row: &ExportRow) -> Value {
+    let mut v = json!({
+        "exportId": row.export_id,
+        "tenantId": row.tenant_id,
+        "status": row.status,
+        "format": row.format,
+        "selection": row.selection,
+        "requestedBy": row.requested_by,
+        "requestedAt": atp_core::record::timestamp(row.requested_at),
+        "attempts": row.attempts,
+    });
+    if let Some(at) = row.started_at {
+        v["startedAt"] = json!(atp_core::record::timestamp(at));
+    }
+    if row.status == "running" || row.status == "queued" {
+        v["progress"] = json!({
+            "recordsDone": row.records_done,
+            "recordsTotal": row.records_total,
+        });
+    }
+    if let Some(at) = row.finished_at {
+        v["finishedAt"] = json!(atp_core::record::timestamp(at));
+    }
+    if row.status == "completed" {
+        v["recordCount"] = json!(row.record_count);
+        v["bytes"] = json!(row.bytes);
+        v["manifestSha256"] = json!(row.manifest_sha256);
+        v["bundleSha256"] = json!(row.bundle_sha256);
+        v["downloadUrl"] = json!(format!("/api/v1/exports/{}/download", row.export_id));
+    }
+    if row.status == "failed" {
+        v["failure"] = json!({ "code": row.failure_code, "detail": row.failure_detail });
+    }
+    if let Some(s) = &row.webhook_status {
+        v["webhook"] = json!({
+            "status": s,
+            "attempts": row.webhook_attempts,
+            "lastError": row.webhook_error,
+            "lastAttemptAt": row.webhook_at.map(atp_core::record::timestamp),
+            "nextAttemptAt": row.webhook_next_at.filter(|_| s == "pending").map(atp_core::record::timestamp),
+        });
+    }
+    v
+}
+
+pub async fn status(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let row = load(&state, &principal, &id).await?;
+    Ok(Json(status_json(&row)).into_response())
+}
+
+/// Parses a single `bytes=` range against a body of `size` bytes. `Ok(None)`: no (usable)
+/// Range header, serve the whole; `Err`: unsatisfiable (416).
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, ()> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Several ranges would need multipart/byteranges; the whole body is a valid answer.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.is_empty(), b.is_empty()) {
+        (false, _) => {
+            let start: u64 = a.parse().map_err(|_| ())?;
+            let end = if b.is_empty() {
+                size
+            } else {
+                b.parse::<u64>()
+                    .map_err(|_| ())?
+                    .saturating_add(1)
+                    .min(size)
+            };
+            start..end
+        }
+        (true, false) => {
+            let n: u64 = b.parse().map_err(|_| ())?;
+            size.saturating_sub(n)..size
+        }
+        (true, true) => return Err(()),
+    };
+    if range.start >= size || range.start >= range.end {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+pub async fn download(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let row = load(&state, &principal, &id).await?;
+    if row.status != "completed" {
+        let mut resp = Problem::new(
+            StatusCode::CONFLICT,
+            "EXPORT_NOT_READY",
+            format!("export {id} is {}", row.status),
+        )
+        .tenant(&tenant)
+        .into_response();
+        if row.status != "failed" {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        return Ok(resp);
+    }
+    let key = row
+        .object_key
+        .clone()
+        .unwrap_or_else(|| object_key(&tenant, &id));
+    let size = state
+        .exports
+        .cold
+        .size(&key)
+        .await
+        .map_err(|e| Problem::unavailable("the cold store", e))?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::GONE,
+                "EXPORT_EXPIRED",
+                format!("the bundle of export {id} is no longer stored"),
+            )
+            .tenant(&tenant)
+        })?;
+    let (status, range) = match parse_range(&headers, size) {
+        Ok(Some(r)) => (StatusCode::PARTIAL_CONTENT, r),
+        Ok(None) => (StatusCode::OK, 0..size),
+        Err(()) => {
+            let mut resp = Problem::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_NOT_SATISFIABLE",
+                format!("the bundle is {size} bytes"),
+            )
+            .tenant(&tenant)
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let stream = state
+        .exports
+        .cold
+        .read(&key, range.clone())
+        .await
+        .map_err(|e| Problem::unavailable("the cold store", e))?;
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let mut set = |k: header::HeaderName, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set(header::CONTENT_TYPE, atp_bundle::MEDIA_TYPE.to_owned());
+    set(
+        header::CONTENT_LENGTH,
+        (range.end - range.start).to_string(),
+    );
+    set(header::ACCEPT_RANGES, "bytes".to_owned());
+    set(
+        header::CONTENT_DISPOSITION,
+        format!("attachment; filename=\"atp-export-{id}.tar\""),
+    );
+    if let Some(sha) = &row.bundle_sha256 {
+        set(header::ETAG, format!("\"{sha}\""));
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", range.start, range.end - 1),
+        );
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    url: String,
+}
+
+/// `PUT /exports/webhook`: sets the tenant's completion webhook and answers a fresh secret, the
+/// only time it is shown.
+pub async fn set_webhook(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    body: JsonBody<WebhookBody>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    let tenant = principal.tenant.to_string();
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+    webhook::check_url(&body.url, &state.exports.webhook_policy)
+        .map_err(|e| Problem::bad_request("INVALID_WEBHOOK", e).tenant(&tenant))?;
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    let hook = Webhook {
+        url: body.url,
+        secret: B64.encode(secret),
+    };
+    bus_exports::set_webhook(&state.exports.webhooks, &principal.tenant, Some(&hook))
+        .await
+        .map_err(|e| Problem::unavailable("the webhook registry", e))?;
+    tracing::info!(tenant = %tenant, by = %principal.subject, "export webhook set");
+    Ok(Json(json!({
+        "url": hook.url,
+        "secret": hook.secret,
+        "signature": "ATP-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(base64-decoded secret, \"<t>.\" + body)>",
+    }))
+    .into_response())
+}
+
+pub async fn get_webhook(
+    principal: Principal,
+    State(state): State<GatewayState>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    let hook = bus_exports::webhook_of(&state.exports.webhooks, &principal.tenant)
+        .await
+        .map_err(|e| Problem::unavailable("the webhook registry", e))?;
+    Ok(Json(json!({ "configured": hook.is_some(), "url": hook.map(|h| h.url) })).into_response())
+}
+
+pub async fn delete_webhook(
+    principal: Principal,
+    State(state): State<GatewayState>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    bus_exports::set_webhook(&state.exports.webhooks, &principal.tenant, None)
+        .await
+        .map_err(|e| Problem::unavailable("the webhook registry", e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyExportBody {
+    export_id: String,
+}
+
+/// `POST /integrity/verify/export`: `{ "exportId" }` verifies a stored bundle; a body of
+/// `application/x-tar` (up to the request limit) verifies an uploaded one. Both against the
+/// deployment's published signing keys.
+pub async fn verify(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let bad = |d: String| Problem::bad_request("INVALID_REQUEST", d).tenant(&tenant);
+    let is_tar = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(atp_bundle::MEDIA_TYPE));
+    let dir = tempfile_dir().map_err(|e| Problem::unavailable("scratch space", e))?;
+    let path = dir.join("bundle.tar");
+    if is_tar {
+        tokio::fs::write(&path, &body)
+            .await
+            .map_err(|e| Problem::unavailable("scratch space", e))?;
+    } else {
+        let req: VerifyExportBody = serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("expected {{\"exportId\"}} or a tar: {e}")))?;
+        let row = load(&state, &principal, &req.export_id).await?;
+        if row.status != "completed" {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "EXPORT_NOT_READY",
+                format!("export {} is {}", req.export_id, row.status),
+            )
+            .tenant(&tenant));
+        }
+        let key = row
+            .object_key
+            .unwrap_or_else(|| object_key(&tenant, &req.export_id));
+        state
+            .exports
+            .cold
+            .download(&key, &path)
+            .await
+            .map_err(|e| Problem::unavailable("the cold store", e))?;
+    }
+    let trust = published_trust(&state.bus).await?;
+    let checked = path.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        bundle_verify::verify(|| std::fs::File::open(&checked), &trust)
+    })
+    .await
+    .map_err(|e| Problem::unavailable("verification", e))?
+    .map_err(|e| Problem::unavailable("verification", e));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    if report.tenant_id.as_deref().is_some_and(|t| t != tenant) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "CROSS_TENANT",
+            "the bundle belongs to another tenant",
+        )
+        .tenant(&tenant));
+    }
+    let first = report.first().cloned();
+    Ok(Json(json!({
+        "verified": report.ok,
+        "firstFailure": first,
+        "report": report,
+    }))
+    .into_response())
+}
+
+/// Every checkpoint key the deployment ever published.
+async fn published_trust(bus: &Bus) -> Result<Trust, Problem> {
+    let keys = signing_keys::list(&bus.signing_keys)
+        .await
+        .map_err(|e| Problem::unavailable("the signing-key registry", e))?;
+    let verifiers = keys.iter().filter_map(|k| k.verifier().ok()).collect();
+    Ok(Trust {
+        verifiers,
+        keys: vec![],
+    })
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("atp-verify-{}", ulid::Ulid::generate()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<Range<u64>>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(range("bytes=0-99", 1000), Ok(Some(0..100)));
+        assert_eq!(range("bytes=500-", 1000), Ok(Some(500..1000)));
+        assert_eq!(range("bytes=-100", 1000), Ok(Some(900..1000)));
+        assert_eq!(range("bytes=900-5000", 1000), Ok(Some(900..1000)));
+        assert_eq!(range("bytes=1000-", 1000), Err(()));
+        assert_eq!(range("bytes=5-4", 1000), Err(()));
+        assert_eq!(range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(range("items=0-1", 1000), Ok(None));
+        assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
+    }
+}
