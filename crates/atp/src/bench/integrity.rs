@@ -113,7 +113,18 @@ pub async fn run(b: IntegrityBench) -> anyhow::Result<()> {
 /// Synthetic ~1 KiB records of one chain (the size of the spine's bench events).
 fn records(n: u64) -> (PartitionKey, Vec<Vec<u8>>) {
     let p = super::partitions(1).remove(0).0;
-    let mut prev = chain::genesis(&p);
+    let (out, _) = seal_chain(&p, 0, n, chain::genesis(&p));
+    (p, out)
+}
+
+/// Records `start..start + n` of `p`'s chain, the first linking to `prev`; also the chain hash
+/// of the last, to continue from.
+pub(super) fn seal_chain(
+    p: &PartitionKey,
+    start: u64,
+    n: u64,
+    mut prev: Digest,
+) -> (Vec<Vec<u8>>, Digest) {
     let event = serde_json::json!({
         "specversion": "1.0", "id": "", "source": "https://bench.example/app", "type": "com.example.bench",
         "time": "2026-11-23T10:00:00Z", "datacontenttype": "application/json",
@@ -122,7 +133,7 @@ fn records(n: u64) -> (PartitionKey, Vec<Vec<u8>>) {
                  "attributes": {"channel": "web", "note": "x".repeat(400)}},
         "dssematerial": "A".repeat(300), "keyid": "bench-1"
     });
-    let out = (0..n)
+    let out = (start..start + n)
         .map(|i| {
             let mut ev = event.clone();
             ev["id"] = serde_json::json!(format!("ev-{i}"));
@@ -148,7 +159,7 @@ fn records(n: u64) -> (PartitionKey, Vec<Vec<u8>>) {
             bytes
         })
         .collect();
-    (p, out)
+    (out, prev)
 }
 
 /// Records/s of a full chain walk, and of bare SHA-256 over the same bytes.

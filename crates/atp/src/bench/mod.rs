@@ -19,6 +19,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
+pub mod export;
 pub mod integrity;
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -29,6 +30,9 @@ pub enum Which {
     /// Inclusion proofs at 10M leaves, checkpoint lag at the ingest rate, offline chain
     /// verification, each beside its raw baseline.
     Integrity(integrity::IntegrityBench),
+    /// Packaging a 1M-record export, download time to first byte, offline verification, each
+    /// beside its raw baseline.
+    Export(export::ExportBench),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,6 +61,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Ingest(b) => ingest(b).await,
         Which::Integrity(b) => integrity::run(b).await,
+        Which::Export(b) => export::run(b).await,
     }
 }
 
