@@ -93,7 +93,20 @@ impl<W: Write> BundleWriter<W> {
     /// Adds record `bytes` (its canonical bytes) and the line proving it. Records must come in
     /// record order: by source, then chain index.
     pub fn push(&mut self, bytes: &[u8], proof: &ProofLine) -> Result<(), WriteError> {
-        let key = (proof.source_id.as_str(), proof.chain_index);
+        let line = serde_json::to_vec(proof).map_err(io::Error::from)?;
+        self.push_serialized(bytes, &line, &proof.source_id, proof.chain_index)
+    }
+
+    /// [`Self::push`] with the proof line already serialized (by [`serde_json::to_vec`] of a
+    /// [`ProofLine`]), so callers can prepare lines on several threads.
+    pub fn push_serialized(
+        &mut self,
+        bytes: &[u8],
+        proof_line: &[u8],
+        source_id: &str,
+        chain_index: u64,
+    ) -> Result<(), WriteError> {
+        let key = (source_id, chain_index);
         if let Some(last) = &self.last
             && (last.0.as_str(), last.1) >= key
         {
@@ -115,11 +128,11 @@ impl<W: Write> BundleWriter<W> {
             .proofs
             .as_mut()
             .ok_or_else(|| WriteError::Manifest("the bundle is already sealed".into()))?;
-        serde_json::to_writer(&mut *proofs, proof).map_err(io::Error::from)?;
+        proofs.write_all(proof_line)?;
         proofs.write_all(b"\n")?;
         match &mut self.last {
-            Some((source, index)) if source == &proof.source_id => *index = proof.chain_index,
-            _ => self.last = Some((proof.source_id.clone(), proof.chain_index)),
+            Some((source, index)) if source == source_id => *index = chain_index,
+            _ => self.last = Some((source_id.to_owned(), chain_index)),
         }
         Ok(())
     }

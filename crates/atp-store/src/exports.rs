@@ -404,6 +404,34 @@ pub async fn selected(
     Ok(qb.build_query_as().fetch_all(pool).await?)
 }
 
+/// What packaging needs of a record: where it sits, its stored digest and its bytes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PackagedRecord {
+    pub chain_index: i64,
+    pub digest: Vec<u8>,
+    pub record: Vec<u8>,
+}
+
+/// [`selected`], reading only the columns a bundle needs.
+pub async fn selected_bytes(
+    pool: &PgPool,
+    p: &PartitionKey,
+    sel: &Selection,
+    from_index: u64,
+    below: u64,
+    limit: i64,
+) -> Result<Vec<PackagedRecord>, StoreError> {
+    let mut qb = selected_query(
+        "SELECT chain_index, digest, record",
+        p,
+        sel,
+        from_index,
+        below,
+    );
+    qb.push(" ORDER BY chain_index LIMIT ").push_bind(limit);
+    Ok(qb.build_query_as().fetch_all(pool).await?)
+}
+
 /// How many records of a partition below `below` the selection holds.
 pub async fn count_selected(
     pool: &PgPool,

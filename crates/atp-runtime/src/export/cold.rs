@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use async_nats::jetstream::Context;
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore as NatsObjects};
+use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, WriteMultipart};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, BufReader};
 
 /// JetStream's default 128 KiB chunks make a 1 GiB bundle 8192 messages; 512 KiB stays well
@@ -93,8 +95,9 @@ impl ColdStore {
             .fold(prefix.clone(), |p, part| p.clone().join(part))
     }
 
-    /// Stores the file at `path` under `key`, streaming it; returns its size.
-    pub async fn put_file(&self, key: &str, path: &Path) -> Result<u64, ColdError> {
+    /// Stores the file at `path` under `key`, streaming it; returns its size and SHA-256 (hex),
+    /// computed on the way (JetStream's Object Store hashes every object it stores anyway).
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<(u64, String), ColdError> {
         let file = tokio::fs::File::open(path).await?;
         match self {
             Self::Nats(objects) => {
@@ -105,7 +108,14 @@ impl ColdStore {
                 };
                 let mut reader = BufReader::with_capacity(NATS_CHUNK, file);
                 let info = objects.put(meta, &mut reader).await.map_err(store_err)?;
-                Ok(info.size as u64)
+                let sha = info
+                    .digest
+                    .as_deref()
+                    .and_then(|d| d.strip_prefix("SHA-256="))
+                    .and_then(|d| base64::engine::general_purpose::URL_SAFE.decode(d).ok())
+                    .map(hex::encode)
+                    .ok_or_else(|| ColdError::Store(format!("{key}: the store gave no SHA-256")))?;
+                Ok((info.size as u64, sha))
             }
             Self::Object { store, prefix, .. } => {
                 let upload = store
@@ -116,6 +126,7 @@ impl ColdStore {
                 let mut reader = BufReader::with_capacity(1 << 20, file);
                 let mut buf = vec![0u8; 1 << 20];
                 let mut total = 0u64;
+                let mut hash = Sha256::new();
                 loop {
                     let n = reader.read(&mut buf).await?;
                     if n == 0 {
@@ -123,10 +134,11 @@ impl ColdStore {
                     }
                     writer.wait_for_capacity(4).await.map_err(store_err)?;
                     writer.write(&buf[..n]);
+                    hash.update(&buf[..n]);
                     total += n as u64;
                 }
                 writer.finish().await.map_err(store_err)?;
-                Ok(total)
+                Ok((total, hex::encode(hash.finalize())))
             }
         }
     }

@@ -279,15 +279,19 @@ impl<S: CheckpointSigner> Worker<S> {
         let outcome = match packaged {
             Ok(p) => {
                 let key = object_key(&row.tenant_id, id);
-                self.cold
+                let (bytes, bundle_sha256) = self
+                    .cold
                     .put_file(&key, &p.tar_path)
                     .await
                     .map_err(|e| e.to_string())?;
+                if bytes != p.bytes {
+                    return Err(format!("stored {bytes} of the bundle's {} bytes", p.bytes));
+                }
                 let _ = std::fs::remove_file(&p.tar_path);
                 Outcome::Completed(Completed {
                     object_key: key,
-                    bytes: p.bytes,
-                    bundle_sha256: p.bundle_sha256,
+                    bytes,
+                    bundle_sha256,
                     manifest_sha256: p.manifest_sha256,
                     record_count: p.record_count,
                 })

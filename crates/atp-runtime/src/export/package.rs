@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use atp_bundle::ProofLine;
 use atp_bundle::write::{BundleWriter, CheckpointFile, ManifestHeader, WriteError};
-use atp_bundle::{Hashing, ProofLine};
 use atp_core::merkle::{self, ProofPlan};
 use atp_core::{Digest, PartitionKey, SourceId, TenantId, record};
 use atp_store::exports::{self, ExportRow, SnapshotPart};
@@ -78,7 +78,6 @@ impl From<WriteError> for PackageError {
 pub struct Packaged {
     pub tar_path: PathBuf,
     pub bytes: u64,
-    pub bundle_sha256: String,
     pub manifest_sha256: String,
     pub record_count: u64,
 }
@@ -189,14 +188,13 @@ impl<S: CheckpointSigner> Packager<S> {
             .sign(&active.kid, &sealed.manifest_bytes)
             .await
             .map_err(|e| PackageError::Transient(format!("signing the manifest: {e}")))?;
-        let (bytes, bundle_sha256) = tokio::task::spawn_blocking(move || {
+        let bytes = tokio::task::spawn_blocking(move || {
             let out = sealed.finish(&signature, &public)?;
-            let (file, sha, bytes) = out.finish();
-            let file = file
+            let file = out
                 .into_inner()
                 .map_err(std::io::IntoInnerError::into_error)?;
             file.sync_all()?;
-            Ok::<_, PackageError>((bytes, sha))
+            Ok::<_, PackageError>(file.metadata()?.len())
         })
         .await
         .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))??;
@@ -204,7 +202,6 @@ impl<S: CheckpointSigner> Packager<S> {
         Ok(Packaged {
             tar_path,
             bytes,
-            bundle_sha256,
             manifest_sha256,
             record_count,
         })
@@ -295,24 +292,28 @@ impl<S: CheckpointSigner> Packager<S> {
             tx.send(vec![Item::Partition(proof.clone())])
                 .await
                 .map_err(|_| closed())?;
-            let mut next = 0u64;
+            let fetch = |from: u64| {
+                exports::selected_bytes(&self.pool, &p, selection, from, part.tree_size, PAGE)
+            };
             let mut any = false;
-            loop {
-                let rows = exports::selected(&self.pool, &p, selection, next, part.tree_size, PAGE)
-                    .await?;
-                let Some(last) = rows.last() else { break };
-                next = last.chain_index as u64 + 1;
+            let mut rows = fetch(0).await?;
+            while let Some(last) = rows.last() {
                 any = true;
+                let next = last.chain_index as u64 + 1;
                 let plans = rows
                     .iter()
                     .map(|r| ProofPlan::inclusion(r.chain_index as u64, part.tree_size))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
-                let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-                let hashes = store::prove_all(&mut conn, &p, &plans).await?;
-                drop(conn);
+                // The next page is read while this one's proofs are assembled.
+                let prove = async {
+                    let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+                    store::prove_all(&mut conn, &p, &plans).await
+                };
+                let (hashes, upcoming) = tokio::join!(prove, fetch(next));
+                let hashes = hashes?;
                 let n = rows.len() as u64;
-                let batch = rows
+                let batch = std::mem::take(&mut rows)
                     .into_iter()
                     .zip(hashes)
                     .map(|(r, hashes)| Item::Record {
@@ -322,6 +323,7 @@ impl<S: CheckpointSigner> Packager<S> {
                     })
                     .collect();
                 tx.send(batch).await.map_err(|_| closed())?;
+                rows = upcoming?;
                 let total = done.fetch_add(n, Ordering::Relaxed) + n;
                 if let Some(rate) = self.max_records_per_second {
                     let due = Duration::from_secs_f64(total as f64 / f64::from(rate.max(1)));
@@ -352,10 +354,9 @@ fn partition(tenant: &TenantId, source: &str) -> Result<PartitionKey, PackageErr
     Ok(PartitionKey::new(tenant.clone(), source))
 }
 
-type Sealed = atp_bundle::write::Sealed<Hashing<BufWriter<File>>>;
+type Sealed = atp_bundle::write::Sealed<BufWriter<File>>;
 
-/// The writing thread: checks every record against its stored digest and its proof against the
-/// signed root before it goes in, so a bundle that would not verify is never handed out.
+/// The writing thread: every record is checked ([`prepare`]) before it goes in.
 fn write_bundle(
     mut rx: mpsc::Receiver<Vec<Item>>,
     tar_path: &Path,
@@ -363,7 +364,7 @@ fn write_bundle(
     mtime: u64,
     header: ManifestHeader,
 ) -> Result<Sealed, PackageError> {
-    let out = Hashing::new(BufWriter::with_capacity(1 << 20, File::create(tar_path)?));
+    let out = BufWriter::with_capacity(1 << 20, File::create(tar_path)?);
     let mut w = BundleWriter::new(out, spool, mtime)?;
     let mut current: Option<Arc<PartitionProof>> = None;
     while let Some(batch) = rx.blocking_recv() {
@@ -379,42 +380,64 @@ fn write_bundle(
                     let cp = current.as_ref().ok_or_else(|| {
                         permanent("EXPORT_FAILED", "a record before its partition")
                     })?;
-                    let (head, link) = record::head(&bytes)
-                        .map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
-                    let named = || {
-                        format!(
-                            "record {} ({} #{})",
-                            head.record_id, cp.partition, head.chain_index
-                        )
-                    };
-                    let in_place = link.digest.0.as_slice() == digest.as_slice()
-                        && head.tenant_id == cp.partition.tenant.as_str()
-                        && head.source_id == cp.partition.source.as_str();
-                    if !in_place {
-                        return Err(permanent(
-                            "INTEGRITY_ERROR",
-                            format!("{} does not match its stored digest or partition", named()),
-                        ));
-                    }
-                    merkle::verify_inclusion(
-                        head.chain_index,
-                        cp.size,
-                        &merkle::leaf_hash(&bytes),
-                        &hashes,
-                        &cp.root,
-                    )
-                    .map_err(|e| {
-                        permanent(
-                            "INTEGRITY_ERROR",
-                            format!("{}: its proof does not reach the signed root: {e}", named()),
-                        )
-                    })?;
-                    let line = ProofLine::new(&head, link.digest, cp.size, hashes, &cp.note);
-                    w.push(&bytes, &line)?;
+                    let (line, index) = prepare(&bytes, &digest, hashes, cp)?;
+                    w.push_serialized(&bytes, &line, cp.partition.source.as_str(), index)?;
                 }
             }
         }
     }
     let sealed = w.seal(header)?;
     Ok(sealed)
+}
+
+/// Checks one record against its stored digest, its partition and its proof against the signed
+/// root, so a bundle that would not verify is never handed out; returns its proof line and its
+/// chain index.
+fn prepare(
+    bytes: &[u8],
+    digest: &[u8],
+    hashes: Vec<Digest>,
+    cp: &PartitionProof,
+) -> Result<(Vec<u8>, u64), PackageError> {
+    let (head, link) =
+        record::head(bytes).map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
+    let named = || {
+        format!(
+            "record {} ({} #{})",
+            head.record_id, cp.partition, head.chain_index
+        )
+    };
+    let in_place = link.digest.0.as_slice() == digest
+        && head.tenant_id == cp.partition.tenant.as_str()
+        && head.source_id == cp.partition.source.as_str();
+    if !in_place {
+        return Err(permanent(
+            "INTEGRITY_ERROR",
+            format!("{} does not match its stored digest or partition", named()),
+        ));
+    }
+    merkle::verify_inclusion(
+        head.chain_index,
+        cp.size,
+        &merkle::leaf_hash(bytes),
+        &hashes,
+        &cp.root,
+    )
+    .map_err(|e| {
+        permanent(
+            "INTEGRITY_ERROR",
+            format!("{}: its proof does not reach the signed root: {e}", named()),
+        )
+    })?;
+    let index = head.chain_index;
+    let line = serde_json::to_vec(&ProofLine::new(
+        &head,
+        link.digest,
+        cp.size,
+        hashes,
+        &cp.note,
+    ))
+    .map_err(|e| permanent("EXPORT_FAILED", e.to_string()))?;
+    drop(head);
+    Ok((line, index))
 }

@@ -66,8 +66,8 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     let mut next = 0u64;
     let mut read = 0u64;
     loop {
-        let rows =
-            exports::selected(&pool, &p, &Selection::default(), next, b.records, 2000).await?;
+        let rows = exports::selected_bytes(&pool, &p, &Selection::default(), next, b.records, 2000)
+            .await?;
         let Some(last) = rows.last() else { break };
         next = last.chain_index as u64 + 1;
         read += rows.len() as u64;
@@ -127,7 +127,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     let cold = ColdStore::open(&js, None).await?;
     let key = atp_runtime::export::object_key(p.tenant.as_str(), &req.export_id);
     let t = Instant::now();
-    cold.put_file(&key, &packaged.tar_path).await?;
+    let (_, bundle_sha256) = cold.put_file(&key, &packaged.tar_path).await?;
     let store_secs = t.elapsed().as_secs_f64();
     exports::finish(
         &pool,
@@ -135,7 +135,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
         &Outcome::Completed(exports::Completed {
             object_key: key.clone(),
             bytes: packaged.bytes,
-            bundle_sha256: packaged.bundle_sha256.clone(),
+            bundle_sha256,
             manifest_sha256: packaged.manifest_sha256.clone(),
             record_count: packaged.record_count,
         }),
