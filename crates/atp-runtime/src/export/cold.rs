@@ -59,28 +59,30 @@ impl ColdStore {
             None | Some("nats") => Ok(Self::Nats(Box::new(
                 atp_nats::exports::bundles(js).await.map_err(store_err)?,
             ))),
-            Some(u) => {
-                let parsed = url::Url::parse(u).map_err(|_| ColdError::BadUrl(u.to_owned()))?;
-                if !matches!(parsed.scheme(), "s3" | "file") {
-                    return Err(ColdError::BadUrl(u.to_owned()));
-                }
-                if parsed.scheme() == "file" {
-                    std::fs::create_dir_all(parsed.path())?;
-                }
-                // S3 settings come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT…),
-                // never from the URL, so no secret sits in a command line.
-                let env = std::env::vars()
-                    .filter(|(k, _)| k.starts_with("AWS_"))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v));
-                let (store, prefix) =
-                    object_store::parse_url_opts(&parsed, env).map_err(store_err)?;
-                Ok(Self::Object {
-                    store: Arc::from(store),
-                    prefix,
-                    url: u.to_owned(),
-                })
-            }
+            Some(u) => Self::from_url(u),
         }
+    }
+
+    /// An `object_store` URL: `s3://bucket/prefix` or `file:///dir`.
+    pub fn from_url(u: &str) -> Result<Self, ColdError> {
+        let parsed = url::Url::parse(u).map_err(|_| ColdError::BadUrl(u.to_owned()))?;
+        if !matches!(parsed.scheme(), "s3" | "file") {
+            return Err(ColdError::BadUrl(u.to_owned()));
+        }
+        if parsed.scheme() == "file" {
+            std::fs::create_dir_all(parsed.path())?;
+        }
+        // S3 settings come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT…), never from
+        // the URL, so no secret sits in a command line.
+        let env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let (store, prefix) = object_store::parse_url_opts(&parsed, env).map_err(store_err)?;
+        Ok(Self::Object {
+            store: Arc::from(store),
+            prefix,
+            url: u.to_owned(),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -237,5 +239,45 @@ impl ColdStore {
         }
         tokio::io::AsyncWriteExt::flush(&mut out).await?;
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_store_keeps_bundles_and_reads_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("cold").display());
+        let store = ColdStore::from_url(&url).unwrap();
+        assert_eq!(store.describe(), url);
+        let src = dir.path().join("bundle.tar");
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &body).unwrap();
+        let (size, sha) = store.put_file("acme/01EXPORT.tar", &src).await.unwrap();
+        assert_eq!(size, body.len() as u64);
+        assert_eq!(sha, hex::encode(Sha256::digest(&body)));
+        assert_eq!(store.size("acme/01EXPORT.tar").await.unwrap(), Some(size));
+        assert_eq!(store.size("acme/none.tar").await.unwrap(), None);
+        let mut got = Vec::new();
+        let mut chunks = store
+            .read("acme/01EXPORT.tar", 1_000_000..2_500_001)
+            .await
+            .unwrap();
+        while let Some(c) = chunks.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, body[1_000_000..2_500_001]);
+        let copy = dir.path().join("copy.tar");
+        assert_eq!(
+            store.download("acme/01EXPORT.tar", &copy).await.unwrap(),
+            size
+        );
+        assert_eq!(std::fs::read(&copy).unwrap(), body);
+        assert!(matches!(
+            ColdStore::from_url("ftp://example.com/x"),
+            Err(ColdError::BadUrl(_))
+        ));
     }
 }
