@@ -114,7 +114,22 @@ struct PartitionProof {
 }
 
 impl<S: CheckpointSigner> Packager<S> {
+    /// Packages `row`'s export into `<spool>/<exportId>.tar`, counting records in `done`. On
+    /// failure nothing is left in the spool.
     pub async fn package(
+        &self,
+        row: &ExportRow,
+        done: &AtomicU64,
+    ) -> Result<Packaged, PackageError> {
+        let result = self.package_into_spool(row, done).await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(self.spool.join(&row.export_id));
+            let _ = std::fs::remove_file(self.spool.join(format!("{}.tar", row.export_id)));
+        }
+        result
+    }
+
+    async fn package_into_spool(
         &self,
         row: &ExportRow,
         done: &AtomicU64,
