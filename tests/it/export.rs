@@ -377,6 +377,19 @@ async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT, "not ready yet");
+    let mine = api.get_json("/api/v1/exports", &auditor).await;
+    let ids: Vec<&str> = mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["exportId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [id.as_str()],
+        "the list holds the tenant's exports only"
+    );
+    assert_eq!(mine["items"][0]["status"], "queued");
 
     // A webhook that fails twice, then accepts.
     let (url, seen) = receiver(2).await;

@@ -228,6 +228,28 @@ fn status_json(row: &ExportRow) -> Value {
     v
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<i64>,
+}
+
+/// `GET /exports`: the tenant's 20 (up to 100) most recent exports, newest first.
+pub async fn list(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    params: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&READERS)?;
+    let tenant = principal.tenant.to_string();
+    let axum::extract::Query(p) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let rows = exports::list(&state.db, &tenant, p.limit.unwrap_or(20))
+        .await
+        .map_err(store_problem)?;
+    Ok(Json(json!({ "items": rows.iter().map(status_json).collect::<Vec<_>>() })).into_response())
+}
+
 pub async fn status(
     principal: Principal,
     State(state): State<GatewayState>,

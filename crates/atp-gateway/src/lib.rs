@@ -101,7 +101,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/integrity/verify/range", post(integrity::verify_range))
         .route("/integrity/keys", get(integrity::keys))
         .route("/integrity/verify/export", post(exports::verify))
-        .route("/exports", post(exports::create))
+        .route("/exports", post(exports::create).get(exports::list))
         .route(
             "/exports/webhook",
             get(exports::get_webhook)

@@ -140,6 +140,18 @@ pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<ExportR
         .await?)
 }
 
+/// The tenant's most recent exports, newest first.
+pub async fn list(pool: &PgPool, tenant: &str, limit: i64) -> Result<Vec<ExportRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 ORDER BY requested_at DESC, export_id DESC LIMIT $2"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(limit.clamp(1, 100))
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Marks an attempt at packaging; a finished export is returned unchanged.
 pub async fn start(pool: &PgPool, id: &str) -> Result<Option<ExportRow>, StoreError> {
     let sql = format!(
