@@ -246,10 +246,6 @@ impl<S: CheckpointSigner> Packager<S> {
                     break latest;
                 }
                 if Instant::now() >= deadline {
-                    let covered = store::checkpoint(&self.pool, &p, None)
-                        .await?
-                        .map_or(0, |c| c.size());
-                    let projected = exports::projected_below(&self.pool, &p, covered).await?;
                     break exports::checkpoint_at_most(&self.pool, &p, projected)
                         .await?
                         .map_or(0, |c| c.size());
