@@ -123,7 +123,11 @@ fn bundle() -> Vec<u8> {
         })
         .unwrap();
     let sig = key().sign(&sealed.manifest_bytes).to_bytes();
-    sealed.finish(&sig, &key().verifying_key()).unwrap()
+    sealed
+        .finish(&sig, &key().verifying_key())
+        .unwrap()
+        .into_bytes()
+        .unwrap()
 }
 
 fn trusted() -> Trust {

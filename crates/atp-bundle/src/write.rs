@@ -1,9 +1,14 @@
 //! Writes a bundle in one pass with bounded memory: the current records part is held in memory
 //! (at most [`PART_MAX_BYTES`]) and goes into the archive when full; `proofs.jsonl` is spooled
-//! to a file beside the archive and copied in at the end, since a tar header needs the size.
+//! to a file, since a tar header needs the size before the data.
+//!
+//! The archive comes out in three pieces ([`Finished`]): the records parts (written to the
+//! caller's writer as they fill), `proofs.jsonl` (the spool file, behind its header), and the
+//! rest (checkpoints, `SHA256SUMS`, the manifest, its signature and key, the end of the
+//! archive). Read in order they are the tar; nothing is copied to assemble it.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
@@ -48,7 +53,8 @@ pub struct CheckpointFile {
 }
 
 pub struct BundleWriter<W: Write> {
-    tar: tar::Builder<W>,
+    /// The records parts; the rest of the archive follows them.
+    head: W,
     mtime: u64,
     part: Vec<u8>,
     part_records: u64,
@@ -72,7 +78,7 @@ impl<W: Write> BundleWriter<W> {
             File::create(&proofs_path)?,
         ));
         Ok(Self {
-            tar: tar::Builder::new(out),
+            head: out,
             mtime,
             part: Vec::new(),
             part_records: 0,
@@ -142,45 +148,29 @@ impl<W: Write> BundleWriter<W> {
         self.checkpoints.push(checkpoint);
     }
 
-    fn header(&self, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_mtime(self.mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    }
-
-    fn append(&mut self, path: &str, bytes: &[u8]) -> Result<FileEntry, WriteError> {
-        let mut h = self.header(bytes.len() as u64);
-        self.tar.append_data(&mut h, path, bytes)?;
-        Ok(FileEntry {
-            path: path.to_owned(),
-            sha256: sha256_hex(bytes),
-            bytes: bytes.len() as u64,
-        })
-    }
-
     fn flush_part(&mut self) -> Result<(), WriteError> {
-        let part = std::mem::take(&mut self.part);
-        let entry = self.append(&part_path(self.parts), &part)?;
+        let entry = write_entry(
+            &mut self.head,
+            &part_path(self.parts),
+            &self.part,
+            self.mtime,
+        )?;
         self.files.push(entry);
         self.parts += 1;
         self.part_records = 0;
         // Keep the allocation for the next part.
-        self.part = part;
         self.part.clear();
         Ok(())
     }
 
-    /// Writes everything but the signature: the last part, `proofs.jsonl`, the checkpoints,
-    /// `SHA256SUMS` and `manifest.json`. The manifest bytes are then signed by the caller.
+    /// Ends the records and proofs and writes everything after them but the signature:
+    /// `proofs.jsonl`'s header, the checkpoints, `SHA256SUMS` and `manifest.json`. The manifest
+    /// bytes are then signed by the caller.
     pub fn seal(mut self, header: ManifestHeader) -> Result<Sealed<W>, WriteError> {
         if !self.part.is_empty() {
             self.flush_part()?;
         }
+        self.head.flush()?;
         let (proofs, sha256, bytes) = self
             .proofs
             .take()
@@ -189,21 +179,20 @@ impl<W: Write> BundleWriter<W> {
         proofs
             .into_inner()
             .map_err(io::IntoInnerError::into_error)?;
-        let mut h = self.header(bytes);
-        self.tar
-            .append_data(&mut h, PROOFS, File::open(&self.proofs_path)?)?;
         self.files.push(FileEntry {
             path: PROOFS.to_owned(),
             sha256,
             bytes,
         });
+        let proofs_header = entry_header(PROOFS, bytes, self.mtime)?.to_vec();
+        let mut tail = PADDING[..padding(bytes)].to_vec();
 
         let mut checkpoints = std::mem::take(&mut self.checkpoints);
         checkpoints.sort_by(|a, b| a.source_id.cmp(&b.source_id));
         let mut entries = Vec::with_capacity(checkpoints.len());
         for c in checkpoints {
             let path = checkpoint_path(&c.tenant_id, &c.source_id);
-            let file = self.append(&path, c.note.as_bytes())?;
+            let file = write_entry(&mut tail, &path, c.note.as_bytes(), self.mtime)?;
             self.files.push(file);
             entries.push(CheckpointEntry {
                 tenant_id: c.tenant_id,
@@ -220,7 +209,7 @@ impl<W: Write> BundleWriter<W> {
             .iter()
             .map(|f| format!("{}  {}\n", f.sha256, f.path))
             .collect();
-        let sums_entry = self.append(SHA256SUMS, sums.as_bytes())?;
+        let sums_entry = write_entry(&mut tail, SHA256SUMS, sums.as_bytes(), self.mtime)?;
         let manifest = Manifest {
             export_id: header.export_id,
             tenant_id: header.tenant_id,
@@ -235,9 +224,16 @@ impl<W: Write> BundleWriter<W> {
         let manifest_bytes = manifest
             .to_canonical()
             .map_err(|e| WriteError::Manifest(e.to_string()))?;
-        self.append(MANIFEST, &manifest_bytes)?;
+        write_entry(&mut tail, MANIFEST, &manifest_bytes, self.mtime)?;
         Ok(Sealed {
-            writer: self,
+            finished: Finished {
+                head: self.head,
+                proofs: self.proofs_path,
+                proofs_header,
+                proofs_len: bytes,
+                tail,
+            },
+            mtime: self.mtime,
             manifest,
             manifest_bytes,
         })
@@ -246,22 +242,106 @@ impl<W: Write> BundleWriter<W> {
 
 /// A bundle waiting for its manifest signature.
 pub struct Sealed<W: Write> {
-    writer: BundleWriter<W>,
+    finished: Finished<W>,
+    mtime: u64,
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
 }
 
 impl<W: Write> Sealed<W> {
-    /// Adds `manifest.sig` (the raw signature over the manifest bytes) and `signing-key.pem`,
-    /// ends the archive and hands back its writer.
-    pub fn finish(mut self, signature: &[u8; 64], key: &VerifyingKey) -> Result<W, WriteError> {
+    /// Adds `manifest.sig` (the raw signature over the manifest bytes) and `signing-key.pem`
+    /// and ends the archive.
+    pub fn finish(
+        mut self,
+        signature: &[u8; 64],
+        key: &VerifyingKey,
+    ) -> Result<Finished<W>, WriteError> {
         let pem = key
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| WriteError::Manifest(e.to_string()))?;
-        self.writer.append(MANIFEST_SIG, signature)?;
-        self.writer.append(SIGNING_KEY, pem.as_bytes())?;
-        let out = self.writer.tar.into_inner()?;
-        std::fs::remove_file(&self.writer.proofs_path)?;
-        Ok(out)
+        let tail = &mut self.finished.tail;
+        write_entry(tail, MANIFEST_SIG, signature, self.mtime)?;
+        write_entry(tail, SIGNING_KEY, pem.as_bytes(), self.mtime)?;
+        // The end of an archive: two zero blocks.
+        tail.extend_from_slice(&[0u8; 2 * BLOCK]);
+        Ok(self.finished)
     }
+}
+
+/// A finished bundle: `head`, then `proofs_header`, the file `proofs`, then `tail`.
+pub struct Finished<W> {
+    /// The writer the records parts went to.
+    pub head: W,
+    /// The spooled `proofs.jsonl`; the caller removes it once the bundle is stored.
+    pub proofs: PathBuf,
+    pub proofs_header: Vec<u8>,
+    pub proofs_len: u64,
+    /// Padding after the proofs, then every later entry and the end of the archive.
+    pub tail: Vec<u8>,
+}
+
+impl<W> Finished<W> {
+    /// The bytes after the head, in order.
+    pub fn rest(&self) -> io::Result<impl Read + use<W>> {
+        Ok(io::Cursor::new(self.proofs_header.clone())
+            .chain(File::open(&self.proofs)?)
+            .chain(io::Cursor::new(self.tail.clone())))
+    }
+
+    /// The size of everything after the head.
+    pub fn rest_len(&self) -> u64 {
+        self.proofs_header.len() as u64 + self.proofs_len + self.tail.len() as u64
+    }
+}
+
+impl Finished<Vec<u8>> {
+    /// The whole archive in memory (small bundles and tests).
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.head.len() + self.rest_len() as usize);
+        self.rest()?.read_to_end(&mut out)?;
+        let mut all = self.head;
+        all.append(&mut out);
+        std::fs::remove_file(&self.proofs)?;
+        Ok(all)
+    }
+}
+
+const BLOCK: usize = 512;
+const PADDING: [u8; BLOCK] = [0; BLOCK];
+
+/// Zero bytes that fill the last block of `len` bytes of data.
+fn padding(len: u64) -> usize {
+    (BLOCK - (len % BLOCK as u64) as usize) % BLOCK
+}
+
+/// A ustar header: regular file, mode 0644, owner 0, the given mtime. Paths over 100 bytes are
+/// split into ustar's prefix and name at a `/`.
+fn entry_header(path: &str, size: u64, mtime: u64) -> io::Result<[u8; BLOCK]> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path(path)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    Ok(*h.as_bytes())
+}
+
+/// Writes one entry (header, data, padding) and returns its manifest entry.
+fn write_entry(
+    out: &mut impl Write,
+    path: &str,
+    bytes: &[u8],
+    mtime: u64,
+) -> io::Result<FileEntry> {
+    out.write_all(&entry_header(path, bytes.len() as u64, mtime)?)?;
+    out.write_all(bytes)?;
+    out.write_all(&PADDING[..padding(bytes.len() as u64)])?;
+    Ok(FileEntry {
+        path: path.to_owned(),
+        sha256: sha256_hex(bytes),
+        bytes: bytes.len() as u64,
+    })
 }

@@ -14,7 +14,7 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, WriteMultipart};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 /// JetStream's default 128 KiB chunks make a 1 GiB bundle 8192 messages; 512 KiB stays well
 /// under the server's 1 MiB max payload.
@@ -100,7 +100,16 @@ impl ColdStore {
     /// Stores the file at `path` under `key`, streaming it; returns its size and SHA-256 (hex),
     /// computed on the way (JetStream's Object Store hashes every object it stores anyway).
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<(u64, String), ColdError> {
-        let file = tokio::fs::File::open(path).await?;
+        self.put(key, tokio::fs::File::open(path).await?).await
+    }
+
+    /// Stores what `data` reads under `key`; returns its size and SHA-256 (hex).
+    pub async fn put(
+        &self,
+        key: &str,
+        data: impl AsyncRead + Unpin + Send,
+    ) -> Result<(u64, String), ColdError> {
+        let file = data;
         match self {
             Self::Nats(objects) => {
                 let meta = ObjectMetadata {

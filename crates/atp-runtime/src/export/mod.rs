@@ -279,15 +279,15 @@ impl<S: CheckpointSigner> Worker<S> {
         let outcome = match packaged {
             Ok(p) => {
                 let key = object_key(&row.tenant_id, id);
-                let (bytes, bundle_sha256) =
-                    self.cold.put_file(&key, &p.tar_path).await.map_err(|e| {
-                        let _ = std::fs::remove_file(&p.tar_path);
-                        e.to_string()
-                    })?;
+                let stored = match p.reader().await {
+                    Ok(reader) => self.cold.put(&key, reader).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                p.remove();
+                let (bytes, bundle_sha256) = stored?;
                 if bytes != p.bytes {
                     return Err(format!("stored {bytes} of the bundle's {} bytes", p.bytes));
                 }
-                let _ = std::fs::remove_file(&p.tar_path);
                 Outcome::Completed(Completed {
                     object_key: key,
                     bytes,

@@ -76,10 +76,38 @@ impl From<WriteError> for PackageError {
 /// A packaged bundle, on local disk until stored.
 #[derive(Debug, Clone)]
 pub struct Packaged {
-    pub tar_path: PathBuf,
+    /// The bundle in three pieces ([`atp_bundle::write::Finished`]): the records parts in this
+    /// file, then the spooled proofs behind their header, then the tail.
+    pub head: PathBuf,
+    pub proofs: PathBuf,
+    pub proofs_header: Vec<u8>,
+    pub tail: Vec<u8>,
     pub bytes: u64,
     pub manifest_sha256: String,
     pub record_count: u64,
+}
+
+impl Packaged {
+    /// The whole bundle, read in order.
+    pub async fn reader(
+        &self,
+    ) -> std::io::Result<impl tokio::io::AsyncRead + Unpin + Send + use<>> {
+        use tokio::io::AsyncReadExt as _;
+        let head = tokio::fs::File::open(&self.head).await?;
+        let proofs = tokio::fs::File::open(&self.proofs).await?;
+        Ok(head
+            .chain(std::io::Cursor::new(self.proofs_header.clone()))
+            .chain(proofs)
+            .chain(std::io::Cursor::new(self.tail.clone())))
+    }
+
+    /// Removes the spooled pieces.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.head);
+        if let Some(dir) = self.proofs.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// What the packager needs besides the job.
@@ -203,20 +231,31 @@ impl<S: CheckpointSigner> Packager<S> {
             .sign(&active.kid, &sealed.manifest_bytes)
             .await
             .map_err(|e| PackageError::Transient(format!("signing the manifest: {e}")))?;
-        let bytes = tokio::task::spawn_blocking(move || {
-            let out = sealed.finish(&signature, &public)?;
-            let file = out
+        let finished = tokio::task::spawn_blocking(move || {
+            let finished = sealed.finish(&signature, &public)?;
+            let head = finished
+                .head
                 .into_inner()
                 .map_err(std::io::IntoInnerError::into_error)?;
-            file.sync_all()?;
-            Ok::<_, PackageError>(file.metadata()?.len())
+            head.sync_all()?;
+            let head_len = head.metadata()?.len();
+            Ok::<_, PackageError>((
+                head_len,
+                finished.proofs,
+                finished.proofs_header,
+                finished.proofs_len,
+                finished.tail,
+            ))
         })
         .await
         .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))??;
-        std::fs::remove_dir_all(&spool)?;
+        let (head_len, proofs, proofs_header, proofs_len, tail) = finished;
         Ok(Packaged {
-            tar_path,
-            bytes,
+            head: tar_path,
+            proofs,
+            bytes: head_len + proofs_header.len() as u64 + proofs_len + tail.len() as u64,
+            proofs_header,
+            tail,
             manifest_sha256,
             record_count,
         })

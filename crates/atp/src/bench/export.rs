@@ -127,7 +127,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     let cold = ColdStore::open(&js, None).await?;
     let key = atp_runtime::export::object_key(p.tenant.as_str(), &req.export_id);
     let t = Instant::now();
-    let (_, bundle_sha256) = cold.put_file(&key, &packaged.tar_path).await?;
+    let (_, bundle_sha256) = cold.put(&key, packaged.reader().await?).await?;
     let store_secs = t.elapsed().as_secs_f64();
     exports::finish(
         &pool,
@@ -165,7 +165,14 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
 
     // Offline verification of the bundle, beside bare SHA-256 of the same file.
     eprintln!("bench: verifying the bundle offline…");
-    let path = packaged.tar_path.clone();
+    // Verification reads a file, as `atp verify` does: assemble the pieces into one.
+    let path = work.path().join("bundle.tar");
+    {
+        let mut out = tokio::fs::File::create(&path).await?;
+        tokio::io::copy(&mut packaged.reader().await?, &mut out).await?;
+        out.flush().await?;
+    }
+    packaged.remove();
     let (verify_secs, sha_secs, ok) = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let mut f = std::fs::File::open(&path)?;
