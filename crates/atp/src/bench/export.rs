@@ -207,7 +207,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     );
     println!("| measure | ATP | raw baseline, same run |\n|---|---|---|");
     println!(
-        "| packaging {} records (read, prove, check, write the tar, sign) | {:.0} records/s ({package_secs:.1} s) | reading the same rows from PostgreSQL: {raw_read:.0} rows/s |",
+        "| packaging {} records (read, prove, check, write, sign) | {:.0} records/s ({package_secs:.1} s) | reading the same rows from PostgreSQL: {raw_read:.0} rows/s |",
         b.records,
         n / package_secs
     );
