@@ -73,10 +73,10 @@ pub struct RecordAt {
     pub record_id: String,
     pub source_id: String,
     pub chain_index: u64,
-    /// The records part, and the 1-based line in it (also the line of `proofs.jsonl`'s
-    /// running count, given in `proofLine`).
+    /// The records part and the 1-based line in it.
     pub path: String,
     pub line: u64,
+    /// The line of `proofs.jsonl` that should prove it.
     pub proof_line: u64,
 }
 
@@ -324,18 +324,18 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
                 "manifest.json is not RFC 8785 canonical JSON",
             ));
         }
+        // The key's note key ID, if any known verifier (trusted, or named by the manifest's
+        // checkpoints) carries the key: it must be the manifest's `keyId`.
+        let carried: Vec<Verifier> = manifest
+            .checkpoints
+            .iter()
+            .filter_map(|c| Verifier::parse(&c.verifier_key).ok())
+            .collect();
         let named = self
             .trust
             .verifiers
             .iter()
-            .chain(
-                manifest
-                    .checkpoints
-                    .iter()
-                    .filter_map(|c| Verifier::parse(&c.verifier_key).ok())
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )
+            .chain(&carried)
             .find(|v| v.public_key() == &key)
             .map(|v| format!("{:08x}", v.key_id()));
         if let Some(kid) = named
