@@ -9,5 +9,6 @@ mod export;
 mod gateway;
 mod ingest;
 mod integrity;
+mod metrics;
 mod replay;
 mod streams;

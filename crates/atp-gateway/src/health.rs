@@ -31,3 +31,42 @@ pub async fn readyz(State(bus): State<Bus>, State(db): State<PgPool>) -> Respons
             .into_response()
     }
 }
+
+/// `GET /metrics`: every role's instruments in this process, as Prometheus text. Labels carry
+/// no tenant ids and no personal data.
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        atp_runtime::metrics::render(),
+    )
+}
+
+/// Counts and times every answer by route template and status (bounded labels).
+pub async fn observe(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = atp_runtime::metrics::metrics();
+    let status = resp.status().as_u16().to_string();
+    m.http_requests.add(
+        1,
+        &[
+            atp_runtime::metrics::label("route", route.clone()),
+            atp_runtime::metrics::label("status", status),
+        ],
+    );
+    m.http_seconds.record(
+        started.elapsed().as_secs_f64(),
+        &[atp_runtime::metrics::label("route", route)],
+    );
+    resp
+}

@@ -115,7 +115,9 @@ pub fn router(state: GatewayState) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(problem::not_found)
+        .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that
         // gives every answer the Problem+JSON shape (and the request id as traceId) wraps them.

@@ -38,6 +38,7 @@ use chrono::Utc;
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 
+use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, ReadSpec, Role};
 use crate::{RoleError, to_chrono};
 
@@ -145,6 +146,8 @@ pub struct BatchStats {
     pub rejected: u64,
     pub duplicates: u64,
     pub skipped: u64,
+    /// Rejections per reason, indexed like [`Reason::ALL`].
+    pub by_reason: [u64; Reason::ALL.len()],
 }
 
 pub struct Ingest {
@@ -719,6 +722,9 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 });
                 part.rejected_cursor = loc.seq;
                 stats.rejected += 1;
+                if let Some(i) = Reason::ALL.iter().position(|r| *r == env.reason) {
+                    stats.by_reason[i] += 1;
+                }
             }
             (Decision::Append, Ok(_), None) => {}
         }
@@ -766,7 +772,30 @@ struct Inflight {
     keys: Vec<String>,
     last_seq: u64,
     stats: BatchStats,
+    started: std::time::Instant,
     task: tokio::task::JoinHandle<Result<NewTails, AppendError>>,
+}
+
+/// A committed batch, in the metrics.
+fn record_batch(stats: &BatchStats, took: std::time::Duration) {
+    let m = metrics();
+    for (outcome, n) in [
+        ("accepted", stats.accepted),
+        ("rejected", stats.rejected),
+        ("duplicate", stats.duplicates),
+        ("skipped", stats.skipped),
+    ] {
+        if n > 0 {
+            m.ingest_events.add(n, &[label("outcome", outcome)]);
+        }
+    }
+    for (reason, n) in Reason::ALL.iter().zip(stats.by_reason) {
+        if n > 0 {
+            m.ingest_rejections
+                .add(n, &[label("reason", reason.code())]);
+        }
+    }
+    m.ingest_batch_seconds.record(took.as_secs_f64(), &[]);
 }
 
 impl Ingest {
@@ -810,6 +839,7 @@ impl Ingest {
             keys,
             last_seq,
             stats,
+            started: std::time::Instant::now(),
             task,
         }
     }
@@ -822,6 +852,7 @@ impl Ingest {
             keys,
             last_seq,
             stats,
+            started,
             task,
         }) = self.inflight.take()
         else {
@@ -847,6 +878,7 @@ impl Ingest {
                     t.duplicates += stats.duplicates;
                     t.skipped += stats.skipped;
                 }
+                record_batch(&stats, started.elapsed());
                 Ok(())
             }
             Err((conflict, e)) => {
@@ -854,6 +886,7 @@ impl Ingest {
                 // what is durable: forget everything and re-read.
                 self.parts.clear();
                 if conflict {
+                    metrics().ledger_conflicts.add(1, &[]);
                     tracing::info!(
                         partitions = keys.len(),
                         "another writer appended first; re-reading the partitions"

@@ -132,6 +132,11 @@ impl Board {
         }
     }
 
+    /// When the oldest record of `p` not yet under a checkpoint reached the ledger.
+    fn oldest_unsigned(&self, p: &PartitionKey) -> Option<DateTime<Utc>> {
+        self.lock().get(p).and_then(Waiting::oldest_unsigned)
+    }
+
     fn due(&self, policy: &CheckpointPolicy) -> Vec<(PartitionKey, u64, Digest)> {
         let every = chrono::Duration::from_std(policy.every).unwrap_or(chrono::Duration::MAX);
         let now = Utc::now();
@@ -174,7 +179,6 @@ pub struct IntegrityLog {
     policy: CheckpointPolicy,
     stats: Arc<IntegrityStats>,
     parts: HashMap<PartitionKey, Part>,
-    alerts: opentelemetry::metrics::Counter<u64>,
 }
 
 impl IntegrityLog {
@@ -185,10 +189,6 @@ impl IntegrityLog {
         policy: CheckpointPolicy,
         stats: Arc<IntegrityStats>,
     ) -> Self {
-        let alerts = opentelemetry::global::meter("atp")
-            .u64_counter("atp.integrity.alerts")
-            .with_description("Gaps, reorders and broken links found on the ledger")
-            .build();
         Self {
             js,
             pool,
@@ -196,7 +196,6 @@ impl IntegrityLog {
             policy,
             stats,
             parts: HashMap::new(),
-            alerts,
         }
     }
 
@@ -246,8 +245,9 @@ impl IntegrityLog {
             detail = %finding,
             "integrity alert: the partition's log is halted"
         );
-        self.alerts
-            .add(1, &[opentelemetry::KeyValue::new("kind", finding.code())]);
+        crate::metrics::metrics()
+            .integrity_alerts
+            .add(1, &[crate::metrics::label("kind", finding.code())]);
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
         let alert = Alert {
             kind: finding.code().to_owned(),
@@ -468,6 +468,10 @@ impl<S: CheckpointSigner> Checkpointer<S> {
             .map_err(|e| RoleError::Fatal(format!("key id {}: {e}", key.kid)))?;
         let mut acks = Vec::with_capacity(due.len());
         let mut rows = Vec::with_capacity(due.len());
+        let waited: Vec<Option<DateTime<Utc>>> = due
+            .iter()
+            .map(|(p, _, _)| self.board.oldest_unsigned(p))
+            .collect();
         for (p, size, root) in due {
             let body = Checkpoint {
                 origin: origin(&key.name, &p),
@@ -513,6 +517,13 @@ impl<S: CheckpointSigner> Checkpointer<S> {
         self.stats
             .checkpoints
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        let m = crate::metrics::metrics();
+        m.checkpoints.add(rows.len() as u64, &[]);
+        let now = Utc::now();
+        for since in waited.into_iter().flatten() {
+            let lag = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+            m.checkpoint_lag_seconds.record(lag, &[]);
+        }
         Ok(())
     }
 }

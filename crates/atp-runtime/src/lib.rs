@@ -8,6 +8,7 @@
 pub mod export;
 pub mod ingest;
 pub mod integrity;
+pub mod metrics;
 pub mod projector;
 pub mod reader;
 pub mod replay;

@@ -171,6 +171,13 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
         self.projected += rows.len() as u64;
+        let m = crate::metrics::metrics();
+        let projection = [crate::metrics::label("projection", P::NAME)];
+        m.projector_rows.add(rows.len() as u64, &projection);
+        if let Some(newest) = newest {
+            let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+            m.projector_lag_seconds.record(lag, &projection);
+        }
         Ok(())
     }
 }

@@ -317,6 +317,17 @@ impl<S: CheckpointSigner> Worker<S> {
         exports::finish(&self.pool, &row.export_id, &outcome, webhook)
             .await
             .map_err(|e| e.to_string())?;
+        let m = crate::metrics::metrics();
+        match &outcome {
+            Outcome::Completed(c) => {
+                m.exports_finished
+                    .add(1, &[crate::metrics::label("status", "completed")]);
+                m.export_records.add(c.record_count, &[]);
+            }
+            Outcome::Failed { .. } => m
+                .exports_finished
+                .add(1, &[crate::metrics::label("status", "failed")]),
+        }
         let row = exports::get(&self.pool, &row.tenant_id, &row.export_id)
             .await
             .map_err(|e| e.to_string())?

@@ -121,6 +121,14 @@ pub async fn run(pool: PgPool, hooks: Store, policy: WebhookPolicy, mut shutdown
             Ok(due) => {
                 for row in due {
                     let outcome = deliver(&client, &hooks, &policy, &row).await;
+                    let kind = match &outcome {
+                        Delivery::Delivered => "delivered",
+                        Delivery::Retry { .. } => "retry",
+                        Delivery::GaveUp { .. } => "gave_up",
+                    };
+                    crate::metrics::metrics()
+                        .webhook_deliveries
+                        .add(1, &[crate::metrics::label("outcome", kind)]);
                     if let Err(e) =
                         exports::webhook_attempted(&pool, &row.export_id, &outcome).await
                     {

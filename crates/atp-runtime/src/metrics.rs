@@ -1,0 +1,186 @@
+//! ATP's metrics, each named once here, recorded through the OpenTelemetry API and served as
+//! Prometheus text (`GET /metrics`).
+//!
+//! Labels are bounded: reason codes, outcomes, statuses, route templates, projection names.
+//! Tenant ids never become labels (one series per tenant would grow without limit).
+
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder as _, TextEncoder};
+
+/// Every metric name, as instrumented (Prometheus adds `_total` to counters and unit suffixes).
+pub mod names {
+    /// Ingress messages handled, by `outcome`: accepted, rejected, duplicate, skipped.
+    pub const INGEST_EVENTS: &str = "atp.ingest.events";
+    /// Refused submissions by `reason` (the contract's reason codes).
+    pub const INGEST_REJECTIONS: &str = "atp.ingest.rejections";
+    /// Seconds to commit an ingest batch (its rejections, then its records) to JetStream.
+    pub const INGEST_BATCH_SECONDS: &str = "atp.ingest.batch.duration";
+    /// Ledger appends refused because another writer appended first (the batch is re-read).
+    pub const LEDGER_APPEND_CONFLICTS: &str = "atp.ledger.append.conflicts";
+    /// Rows written by a projector, by `projection`.
+    pub const PROJECTOR_ROWS: &str = "atp.projector.rows";
+    /// Seconds between now and the ledger commit of the newest projected message, by
+    /// `projection`, as of its last batch.
+    pub const PROJECTOR_LAG_SECONDS: &str = "atp.projector.lag";
+    /// Checkpoints signed and published.
+    pub const CHECKPOINTS: &str = "atp.integrity.checkpoints";
+    /// Seconds the oldest record a checkpoint covers waited for it, from its ledger commit.
+    pub const CHECKPOINT_LAG_SECONDS: &str = "atp.integrity.checkpoint.lag";
+    /// Gaps, reorders and broken links found on the ledger, by `kind`.
+    pub const INTEGRITY_ALERTS: &str = "atp.integrity.alerts";
+    /// Exports finished, by `status`: completed or failed.
+    pub const EXPORTS_FINISHED: &str = "atp.exports.finished";
+    /// Records packaged into bundles.
+    pub const EXPORT_RECORDS: &str = "atp.exports.records";
+    /// Completion webhook attempts, by `outcome`: delivered, retry, gave_up.
+    pub const WEBHOOK_DELIVERIES: &str = "atp.exports.webhook.deliveries";
+    /// HTTP requests answered, by `route` (the template) and `status`.
+    pub const HTTP_REQUESTS: &str = "atp.http.requests";
+    /// Seconds to answer an HTTP request, by `route`.
+    pub const HTTP_SECONDS: &str = "atp.http.request.duration";
+}
+
+/// The instruments. Created once, on first use, with the Prometheus exporter behind them.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    pub ingest_events: Counter<u64>,
+    pub ingest_rejections: Counter<u64>,
+    pub ingest_batch_seconds: Histogram<f64>,
+    pub ledger_conflicts: Counter<u64>,
+    pub projector_rows: Counter<u64>,
+    pub projector_lag_seconds: Gauge<f64>,
+    pub checkpoints: Counter<u64>,
+    pub checkpoint_lag_seconds: Histogram<f64>,
+    pub integrity_alerts: Counter<u64>,
+    pub exports_finished: Counter<u64>,
+    pub export_records: Counter<u64>,
+    pub webhook_deliveries: Counter<u64>,
+    pub http_requests: Counter<u64>,
+    pub http_seconds: Histogram<f64>,
+}
+
+/// Latency buckets in seconds, from 1 ms to 30 s.
+const SECONDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's instruments.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Everything recorded so far, in the Prometheus text format.
+pub fn render() -> String {
+    let m = metrics();
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A label.
+pub fn label(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = prometheus::Registry::new();
+        let provider = match opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+        {
+            Ok(exporter) => SdkMeterProvider::builder().with_reader(exporter).build(),
+            Err(e) => {
+                tracing::error!(error = %e, "the Prometheus exporter cannot start; metrics are not served");
+                SdkMeterProvider::builder().build()
+            }
+        };
+        let meter = provider.meter("atp");
+        let counter = |name: &'static str, help: &'static str| {
+            meter.u64_counter(name).with_description(help).build()
+        };
+        let seconds = |name: &'static str, help: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(help)
+                .with_boundaries(SECONDS.to_vec())
+                .build()
+        };
+        Self {
+            ingest_events: counter(names::INGEST_EVENTS, "Ingress messages handled, by outcome"),
+            ingest_rejections: counter(
+                names::INGEST_REJECTIONS,
+                "Refused submissions, by reason code",
+            ),
+            ingest_batch_seconds: seconds(
+                names::INGEST_BATCH_SECONDS,
+                "Time to commit an ingest batch to JetStream",
+            ),
+            ledger_conflicts: counter(
+                names::LEDGER_APPEND_CONFLICTS,
+                "Ledger appends refused because another writer appended first",
+            ),
+            projector_rows: counter(names::PROJECTOR_ROWS, "Rows written, by projection"),
+            projector_lag_seconds: meter
+                .f64_gauge(names::PROJECTOR_LAG_SECONDS)
+                .with_unit("s")
+                .with_description("Age of the newest projected ledger message, by projection")
+                .build(),
+            checkpoints: counter(names::CHECKPOINTS, "Checkpoints signed and published"),
+            checkpoint_lag_seconds: seconds(
+                names::CHECKPOINT_LAG_SECONDS,
+                "Wait of the oldest record a checkpoint covers, from its ledger commit",
+            ),
+            integrity_alerts: counter(
+                names::INTEGRITY_ALERTS,
+                "Gaps, reorders and broken links found on the ledger, by kind",
+            ),
+            exports_finished: counter(names::EXPORTS_FINISHED, "Exports finished, by status"),
+            export_records: counter(names::EXPORT_RECORDS, "Records packaged into bundles"),
+            webhook_deliveries: counter(
+                names::WEBHOOK_DELIVERIES,
+                "Export webhook attempts, by outcome",
+            ),
+            http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
+            http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
+            registry,
+            _provider: provider,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_show_in_the_prometheus_text() {
+        let m = metrics();
+        m.ingest_rejections
+            .add(2, &[label("reason", "SIGNATURE_INVALID")]);
+        m.http_seconds.record(0.003, &[label("route", "/healthz")]);
+        let text = render();
+        assert!(
+            text.contains("atp_ingest_rejections_total{reason=\"SIGNATURE_INVALID\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "atp_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

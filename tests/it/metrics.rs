@@ -1,0 +1,76 @@
+//! `GET /metrics`: every role's instruments in Prometheus text, with bounded labels.
+
+use atp::serve::Roles;
+use atp_gateway::Role;
+use atp_tests::*;
+
+/// The value of the first sample line starting with `series` (name and labels), if any.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_every_role_did_without_tenant_labels() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let p = partition(TENANT, SOURCE);
+    for i in 0..3 {
+        let ev = stack.sign(stack.event(&format!("m-{i}")));
+        stack.publish(&p, &ev).await;
+    }
+    stack.publish(&p, &stack.event("unsigned")).await;
+    eventually("records projected and checkpointed", || async {
+        (stack.projected_records(TENANT).await == 3 && stack.checkpoint_size(&p).await == 3)
+            .then_some(())
+    })
+    .await;
+    let auditor = stack.token(TENANT, Role::Auditor);
+    let page = api.get_json("/api/v1/audit/records", &auditor).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+
+    let text = eventually("the metrics caught up", || async {
+        let text = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (sample(&text, "atp_integrity_checkpoints_total").unwrap_or(0.0) >= 1.0).then_some(text)
+    })
+    .await;
+    let at_least = |series: &str, n: f64| {
+        let v = sample(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+        assert!(v >= n, "{series} is {v}, expected at least {n}");
+    };
+    at_least("atp_ingest_events_total{outcome=\"accepted\"}", 3.0);
+    at_least("atp_ingest_events_total{outcome=\"rejected\"}", 1.0);
+    at_least(
+        "atp_ingest_rejections_total{reason=\"SIGNATURE_MISSING\"}",
+        1.0,
+    );
+    at_least("atp_ingest_batch_duration_seconds_count", 1.0);
+    at_least("atp_projector_rows_total{projection=\"records\"}", 3.0);
+    at_least("atp_projector_rows_total{projection=\"rejections\"}", 1.0);
+    at_least("atp_projector_lag_seconds{projection=\"records\"}", 0.0);
+    at_least("atp_integrity_checkpoint_lag_seconds_count", 1.0);
+    at_least(
+        "atp_http_requests_total{route=\"/api/v1/audit/records\",status=\"200\"}",
+        1.0,
+    );
+    at_least(
+        "atp_http_request_duration_seconds_count{route=\"/api/v1/audit/records\"}",
+        1.0,
+    );
+    assert!(
+        !text.contains(TENANT) && !text.contains(SOURCE),
+        "no tenant or source ids in labels:\n{text}"
+    );
+    running.stop().await;
+}
