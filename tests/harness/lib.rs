@@ -342,6 +342,17 @@ impl Api {
             .get(format!("{}{path}", self.base))
             .bearer_auth(token)
     }
+    /// The body of an unauthenticated GET (`/metrics`, the public JWKS), whatever the status.
+    pub async fn get_public_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
     /// GET answering JSON, whatever the status.
     pub async fn get_json(&self, path: &str, token: &str) -> Value {
         self.get(path, token)

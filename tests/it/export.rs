@@ -168,15 +168,7 @@ async fn a_bundle_verifies_with_standard_tools_atp_verify_and_the_server() {
     assert_eq!(manifest["selection"], json!({ "action": "LOGIN" }));
 
     // `atp verify`, offline, anchored to the published JWKS.
-    let jwks = api
-        .http
-        .get(format!("{}/api/v1/integrity/keys", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks = api.get_public_text("/api/v1/integrity/keys").await;
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, jwks).unwrap();
     let verify = |path: &Path| {

@@ -33,15 +33,7 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
 
     let text = eventually("the metrics caught up", || async {
-        let text = api
-            .http
-            .get(format!("{}/metrics", api.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = api.get_public_text("/metrics").await;
         (sample(&text, "atp_integrity_checkpoints_total").unwrap_or(0.0) >= 1.0).then_some(text)
     })
     .await;
