@@ -501,12 +501,54 @@ async fn credentials_roles_and_query_errors_get_problem_json() {
         .await
         .unwrap();
     assert_eq!(keys["keys"][0]["keyId"], KEY_ID);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_waits_for_a_published_signing_key() {
+    let stack = Stack::start().await;
+    let running = stack
+        .serve(Roles {
+            integrity: false,
+            exporter: false,
+            ..Roles::ALL
+        })
+        .await;
+    let api = Api::new(&running);
     let ready = api
         .http
         .get(format!("{}/readyz", api.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let why: Value = ready.json().await.unwrap();
+    assert!(
+        why["reasons"][0].as_str().unwrap().contains("signing keys"),
+        "{why}"
+    );
+    let integrity = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: false,
+            projector: false,
+            integrity: true,
+            exporter: false,
+        })
+        .await;
+    eventually(
+        "ready once the integrity role published its key",
+        || async {
+            let r = api
+                .http
+                .get(format!("{}/readyz", api.base))
+                .send()
+                .await
+                .unwrap();
+            (r.status() == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+    integrity.stop().await;
     running.stop().await;
 }

@@ -21,6 +21,15 @@ pub async fn readyz(State(bus): State<Bus>, State(db): State<PgPool>) -> Respons
     if let Err(e) = atp_store::check_schema(&db).await {
         problems.push(format!("postgresql: {e}"));
     }
+    // Proofs and exports are only as good as a published checkpoint key.
+    match atp_nats::signing_keys::list(&bus.signing_keys).await {
+        Ok(keys) if keys.iter().any(atp_core::keys::PublishedKey::is_active) => {}
+        Ok(_) => problems.push(
+            "signing keys: no active checkpoint key is published yet (is the integrity role running?)"
+                .to_owned(),
+        ),
+        Err(e) => problems.push(format!("signing keys: {e}")),
+    }
     if problems.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
