@@ -42,8 +42,24 @@ pub async fn readyz(State(bus): State<Bus>, State(db): State<PgPool>) -> Respons
 }
 
 /// `GET /metrics`: every role's instruments in this process, as Prometheus text. Labels carry
-/// no tenant ids and no personal data.
-pub async fn metrics() -> impl axum::response::IntoResponse {
+/// no tenant ids and no personal data. Projector lag is measured at scrape time, from the
+/// streams and the watermarks, so it shows a stalled projector wherever that runs.
+pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl IntoResponse {
+    let m = atp_runtime::metrics::metrics();
+    for (projection, stream) in [
+        (atp_store::projection::RECORDS, atp_nats::streams::LEDGER),
+        (
+            atp_store::projection::REJECTIONS,
+            atp_nats::streams::REJECTED,
+        ),
+    ] {
+        if let Some(lag) = crate::query::projection_lag(&bus, &db, projection, stream).await {
+            m.projector_lag_seconds.record(
+                lag,
+                &[atp_runtime::metrics::label("projection", projection)],
+            );
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -121,6 +121,36 @@ async fn freshness(bus: &Bus, db: &PgPool) -> Vec<(&'static str, String)> {
     out
 }
 
+/// How long the oldest message of `stream` not yet in `projection` may have waited: 0 when
+/// caught up, else now minus the commit time of the newest projected message (which grows
+/// while a projector is stalled). `None` when NATS or PostgreSQL cannot say.
+pub(crate) async fn projection_lag(
+    bus: &Bus,
+    db: &PgPool,
+    projection: &str,
+    stream: &str,
+) -> Option<f64> {
+    let wm = projection::watermark(db, projection).await.ok()?;
+    let last_seq = bus
+        .js
+        .get_stream(stream)
+        .await
+        .ok()?
+        .info()
+        .await
+        .ok()?
+        .state
+        .last_sequence;
+    let projected = wm.map_or(0, |w| w.stream_seq);
+    if projected >= last_seq {
+        return Some(0.0);
+    }
+    let seen = wm
+        .and_then(|w| w.last_committed_at)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    Some(((Utc::now() - seen).num_milliseconds().max(0) as f64) / 1000.0)
+}
+
 fn crate_time(t: time::OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
 }

@@ -23,8 +23,9 @@ pub mod names {
     pub const LEDGER_APPEND_CONFLICTS: &str = "atp.ledger.append.conflicts";
     /// Rows written by a projector, by `projection`.
     pub const PROJECTOR_ROWS: &str = "atp.projector.rows";
-    /// Seconds between now and the ledger commit of the newest projected message, by
-    /// `projection`, as of its last batch.
+    /// By `projection`: 0 when caught up with its stream, else seconds since the newest
+    /// projected message was committed (grows while a projector is stalled). Measured when
+    /// `/metrics` is scraped.
     pub const PROJECTOR_LAG_SECONDS: &str = "atp.projector.lag";
     /// Checkpoints signed and published.
     pub const CHECKPOINTS: &str = "atp.integrity.checkpoints";
@@ -136,7 +137,7 @@ impl Metrics {
             projector_lag_seconds: meter
                 .f64_gauge(names::PROJECTOR_LAG_SECONDS)
                 .with_unit("s")
-                .with_description("Age of the newest projected ledger message, by projection")
+                .with_description("How long unprojected messages may have waited, by projection")
                 .build(),
             checkpoints: counter(names::CHECKPOINTS, "Checkpoints signed and published"),
             checkpoint_lag_seconds: seconds(
@@ -163,7 +164,69 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// Records one sample in every instrument and returns the metric family names served.
+    fn every_family() -> BTreeSet<String> {
+        let m = metrics();
+        for c in [
+            &m.ingest_events,
+            &m.ingest_rejections,
+            &m.ledger_conflicts,
+            &m.projector_rows,
+            &m.checkpoints,
+            &m.integrity_alerts,
+            &m.exports_finished,
+            &m.export_records,
+            &m.webhook_deliveries,
+            &m.http_requests,
+        ] {
+            c.add(0, &[]);
+        }
+        for h in [
+            &m.ingest_batch_seconds,
+            &m.checkpoint_lag_seconds,
+            &m.http_seconds,
+        ] {
+            h.record(0.0, &[]);
+        }
+        m.projector_lag_seconds.record(0.0, &[]);
+        render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_name_exists() {
+        let families = every_family();
+        assert_eq!(
+            families.len(),
+            14,
+            "one family per instrument: {families:?}"
+        );
+        let rules = include_str!("../../../ops/prometheus/alerts.yml");
+        let mut named = 0;
+        for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !token.starts_with("atp_") {
+                continue;
+            }
+            named += 1;
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| token.strip_suffix(s))
+                .unwrap_or(token);
+            assert!(
+                families.contains(family),
+                "alerts.yml names {token}, which no instrument produces: {families:?}"
+            );
+        }
+        assert!(named >= 8, "the rules name the metrics they watch");
+    }
 
     #[test]
     fn recorded_values_show_in_the_prometheus_text() {

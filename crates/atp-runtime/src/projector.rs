@@ -174,10 +174,6 @@ impl<P: Projection> BatchHandler for Projector<P> {
         let m = crate::metrics::metrics();
         let projection = [crate::metrics::label("projection", P::NAME)];
         m.projector_rows.add(rows.len() as u64, &projection);
-        if let Some(newest) = newest {
-            let lag = (chrono::Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
-            m.projector_lag_seconds.record(lag, &projection);
-        }
         Ok(())
     }
 }
