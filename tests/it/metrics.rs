@@ -68,5 +68,35 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
         !text.contains(TENANT) && !text.contains(SOURCE),
         "no tenant or source ids in labels:\n{text}"
     );
+    assert!(
+        running.metrics_addr.is_none(),
+        "the gateway serves them itself"
+    );
+
+    // A process without the gateway serves its metrics on its own listener.
+    let worker = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: false,
+            projector: false,
+            integrity: false,
+            exporter: true,
+        })
+        .await;
+    let addr = worker.metrics_addr.expect("a metrics listener");
+    let resp = api
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("atp_ingest_events_total")
+    );
+    worker.stop().await;
     running.stop().await;
 }

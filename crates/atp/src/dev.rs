@@ -152,6 +152,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             ..Default::default()
         },
         export_limits: Default::default(),
+        metrics_listen: None,
     })
     .await?;
     let addr = running.gateway_addr.context("the gateway did not start")?;

@@ -74,6 +74,9 @@ enum Command {
         integrity: IntegrityArgs,
         #[command(flatten)]
         exports: Box<ExportArgs>,
+        /// Without the gateway role, serve /metrics and /healthz here.
+        #[arg(long, env = "ATP_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
     Dev {
@@ -428,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
             gateway_public_key,
             integrity,
             exports,
+            metrics_listen,
         } => {
             let (exports, export_limits) = (*exports).settings()?;
             let mut keys = Vec::new();
@@ -465,6 +469,7 @@ async fn main() -> anyhow::Result<()> {
                 integrity: integrity.settings(),
                 exports,
                 export_limits,
+                metrics_listen,
             })
             .await?;
             if let Some(addr) = running.gateway_addr {

@@ -81,6 +81,9 @@ pub struct ServeConfig {
     pub exports: ExportSettings,
     /// The gateway's per-tenant caps on concurrent exports.
     pub export_limits: ExportLimits,
+    /// Where a process without the gateway role serves `/metrics` and `/healthz` (the gateway
+    /// serves them on its own listener).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The integrity role's settings.
@@ -97,6 +100,8 @@ pub struct IntegritySettings {
 /// A running `serve`: its roles' tasks and the handle to stop them.
 pub struct Running {
     pub gateway_addr: Option<SocketAddr>,
+    /// The metrics listener of a process without the gateway role.
+    pub metrics_addr: Option<SocketAddr>,
     pub ingest_totals: Option<Arc<std::sync::Mutex<BatchStats>>>,
     pub integrity_stats: Option<Arc<IntegrityStats>>,
     shutdown: watch::Sender<bool>,
@@ -159,6 +164,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut tasks = JoinSet::new();
     let mut running = Running {
         gateway_addr: None,
+        metrics_addr: None,
         ingest_totals: None,
         integrity_stats: None,
         shutdown: shutdown_tx,
@@ -270,6 +276,30 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 .await;
             (
                 "gateway",
+                served.map_err(|e| RoleError::Fatal(e.to_string())),
+            )
+        });
+    }
+    if let (false, Some(addr)) = (cfg.roles.gateway, cfg.metrics_listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} for metrics"))?;
+        running.metrics_addr = Some(listener.local_addr()?);
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(|| async { atp_runtime::metrics::render() }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        let mut sd = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = sd.wait_for(|stop| *stop).await;
+                })
+                .await;
+            (
+                "metrics",
                 served.map_err(|e| RoleError::Fatal(e.to_string())),
             )
         });

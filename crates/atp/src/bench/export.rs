@@ -361,6 +361,7 @@ async fn ttfb(
         },
         exports: Default::default(),
         export_limits: Default::default(),
+        metrics_listen: None,
     })
     .await?;
     let addr = running.gateway_addr.context("no gateway")?;
