@@ -6,6 +6,7 @@
 mod batch;
 mod crash;
 mod export;
+mod faults;
 mod gateway;
 mod ingest;
 mod integrity;

@@ -1,0 +1,105 @@
+//! Faults survived (short form): the NATS server and the PostgreSQL server each restarted in
+//! the middle of a stream of submissions. Afterwards nothing acknowledged is lost, nothing is
+//! doubled, the chain and its checkpoints verify, the read model catches up; the recovery time
+//! is printed.
+
+use std::time::{Duration, Instant};
+
+use atp::serve::Roles;
+use atp_tests::*;
+
+const N: usize = 400;
+
+/// Publishes events `from..to`, retrying each until JetStream acknowledges it (as a producer
+/// does); returns how long the longest wait for an acknowledgement was.
+async fn publish_acknowledged(stack: &Stack, from: usize, to: usize) -> Duration {
+    let p = partition(TENANT, SOURCE);
+    let mut longest = Duration::ZERO;
+    for i in from..to {
+        let ev = stack.sign(stack.event(&format!("fault-{i}")));
+        let body = serde_json::to_vec(&ev).unwrap();
+        let started = Instant::now();
+        loop {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(
+                atp_nats::headers::CONTENT_TYPE,
+                "application/cloudevents+json",
+            );
+            h.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{p}:fault-{i}").as_str(),
+            );
+            let sent = stack
+                .js
+                .publish_with_headers(atp_nats::subjects::ingress(&p), h, body.clone().into())
+                .await;
+            let acked = match sent {
+                Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await,
+                Err(_) => Ok(Err(async_nats::jetstream::context::PublishError::new(
+                    async_nats::jetstream::context::PublishErrorKind::Other,
+                ))),
+            };
+            if matches!(acked, Ok(Ok(_))) {
+                break;
+            }
+            assert!(started.elapsed() < PATIENCE, "event {i} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        longest = longest.max(started.elapsed());
+    }
+    longest
+}
+
+/// Waits until every event is a record exactly once, projected and under a checkpoint.
+async fn all_settled(stack: &Stack, started: Instant, what: &str) {
+    let p = partition(TENANT, SOURCE);
+    eventually(
+        "every event recorded, projected and checkpointed",
+        || async {
+            (stack.ledger_len(&p).await == N as u64
+                && stack.projected_records(TENANT).await == N as i64
+                && stack.checkpoint_size(&p).await == N as u64)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stack.verify_chain(&p).await, N as u64, "no gap, no double");
+    eprintln!(
+        "{what}: all {N} records recorded, projected and checkpointed {:.2} s after the restart began",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn a_nats_server_restart_mid_stream_loses_and_doubles_nothing() {
+    let mut stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    publish_acknowledged(&stack, 0, N / 2).await;
+    let p = partition(TENANT, SOURCE);
+    eventually("ingest under way", || async {
+        (stack.ledger_len(&p).await > 0).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    stack.nats.restart().await.expect("nats-server restarts");
+    let waited = publish_acknowledged(&stack, N / 2, N).await;
+    eprintln!("nats restart: the longest wait for an acknowledgement was {waited:?}");
+    all_settled(&stack, started, "nats restart").await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_mid_stream_loses_and_doubles_nothing() {
+    let mut stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    publish_acknowledged(&stack, 0, N / 2).await;
+    eventually("projection under way", || async {
+        (stack.projected_records(TENANT).await > 0).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    stack.pg.restart().await.expect("PostgreSQL restarts");
+    publish_acknowledged(&stack, N / 2, N).await;
+    all_settled(&stack, started, "postgresql restart").await;
+    running.stop().await;
+}
