@@ -279,8 +279,11 @@ async fn the_record_count_triggers_a_checkpoint_without_waiting_for_the_timer() 
     };
     let running = atp::serve::start(cfg).await.unwrap();
     publish_signed(&stack, 250, "c").await;
-    let size = checkpoint_covering(&stack, 200).await;
-    assert!(size >= 200);
+    // 250 records must bring at least one checkpoint long before the hour is up. How many
+    // depends on batch boundaries (a first checkpoint at 160 leaves 90 waiting, under the
+    // count), so only the first is awaited.
+    let size = checkpoint_covering(&stack, 100).await;
+    assert!(size >= 100);
     let sizes: Vec<i64> =
         sqlx::query_scalar("SELECT tree_size FROM checkpoints ORDER BY tree_size")
             .fetch_all(&stack.pool)

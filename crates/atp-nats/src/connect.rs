@@ -32,13 +32,46 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
 }
 
+static RECONNECTS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::OnceLock::new();
+
+fn reconnect_counter() -> &'static tokio::sync::watch::Sender<u64> {
+    RECONNECTS.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
+/// Changes each time a connection made by [`connect`] comes back after losing its server.
+///
+/// Readers restart on it: an ordered consumer only notices a restarted server after missing
+/// its 15 s idle heartbeats, while re-reading from the durable position is immediate and safe.
+pub fn reconnects() -> tokio::sync::watch::Receiver<u64> {
+    reconnect_counter().subscribe()
+}
+
 /// Connects as `name` (shown in the server's connection list) and checks the server version.
 pub async fn connect(
     url: &str,
     name: &str,
     credentials: Option<&str>,
 ) -> Result<Client, ConnectError> {
-    let mut opts = ConnectOptions::new().name(name);
+    // The first `Connected` is this connection being made; later ones are reconnections.
+    let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .event_callback(move |event| {
+            let connected_before = connected_before.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected
+                        if connected_before.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+                    {
+                        reconnect_counter().send_modify(|n| *n += 1);
+                        tracing::info!("NATS connection re-established");
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost"),
+                    _ => {}
+                }
+            }
+        });
     if let Some(path) = credentials {
         opts = opts
             .credentials_file(path)

@@ -16,4 +16,4 @@ pub mod subjects;
 
 pub use async_nats;
 pub use batch::{Append, AppendError, Outgoing, append_atomic};
-pub use connect::{ConnectError, MIN_SERVER_VERSION, connect};
+pub use connect::{ConnectError, MIN_SERVER_VERSION, connect, reconnects};

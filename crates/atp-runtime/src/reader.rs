@@ -111,6 +111,8 @@ pub async fn read_stream<H: BatchHandler>(
         }
     });
     let _stop_pump = AbortOnDrop(pump);
+    let mut reconnects = atp_nats::reconnects();
+    reconnects.mark_unchanged();
     loop {
         if rx.is_empty() {
             handler.flush().await?;
@@ -118,6 +120,12 @@ pub async fn read_stream<H: BatchHandler>(
         let first = tokio::select! {
             m = rx.recv() => m,
             _ = shutdown.changed() => None,
+            _ = reconnects.changed() => {
+                return Err(RoleError::Restart(format!(
+                    "NATS reconnected; re-reading {} from the durable position",
+                    spec.stream
+                )));
+            }
         };
         if *shutdown.borrow() {
             return Ok(());
