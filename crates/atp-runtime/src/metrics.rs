@@ -201,17 +201,10 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn every_metric_the_alert_rules_name_exists() {
-        let families = every_family();
-        assert_eq!(
-            families.len(),
-            14,
-            "one family per instrument: {families:?}"
-        );
-        let rules = include_str!("../../../ops/prometheus/alerts.yml");
+    /// How many `atp_…` series `text` names, failing on any no instrument produces.
+    fn check_names(file: &str, text: &str, families: &BTreeSet<String>) -> usize {
         let mut named = 0;
-        for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if !token.starts_with("atp_") {
                 continue;
             }
@@ -222,10 +215,24 @@ mod tests {
                 .unwrap_or(token);
             assert!(
                 families.contains(family),
-                "alerts.yml names {token}, which no instrument produces: {families:?}"
+                "{file} names {token}, which no instrument produces: {families:?}"
             );
         }
-        assert!(named >= 8, "the rules name the metrics they watch");
+        named
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_and_the_dashboard_name_exists() {
+        let families = every_family();
+        assert_eq!(
+            families.len(),
+            14,
+            "one family per instrument: {families:?}"
+        );
+        let rules = include_str!("../../../ops/prometheus/alerts.yml");
+        assert!(check_names("alerts.yml", rules, &families) >= 8);
+        let dashboard = include_str!("../../../ops/grafana/atp-overview.json");
+        assert!(check_names("atp-overview.json", dashboard, &families) >= 14);
     }
 
     #[test]
