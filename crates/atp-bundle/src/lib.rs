@@ -180,9 +180,6 @@ impl<W> Hashing<W> {
             bytes: 0,
         }
     }
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
     /// The inner writer, the SHA-256 (hex) and the byte count of everything written.
     pub fn finish(self) -> (W, String, u64) {
         (self.inner, hex::encode(self.hash.finalize()), self.bytes)

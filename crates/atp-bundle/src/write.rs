@@ -92,10 +92,6 @@ impl<W: Write> BundleWriter<W> {
         })
     }
 
-    pub fn records(&self) -> u64 {
-        self.records
-    }
-
     /// Adds record `bytes` (its canonical bytes) and the line proving it. Records must come in
     /// record order: by source, then chain index.
     pub fn push(&mut self, bytes: &[u8], proof: &ProofLine) -> Result<(), WriteError> {

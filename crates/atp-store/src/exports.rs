@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 
 use crate::StoreError;
-use crate::query::{RECORD_COLUMNS, Selection, StoredRecord};
+use crate::query::Selection;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ExportRow {
@@ -395,27 +395,6 @@ fn selected_query(
     qb
 }
 
-/// The selected records of a partition with chain index in `[from_index, below)`, in chain
-/// order, at most `limit`.
-pub async fn selected(
-    pool: &PgPool,
-    p: &PartitionKey,
-    sel: &Selection,
-    from_index: u64,
-    below: u64,
-    limit: i64,
-) -> Result<Vec<StoredRecord>, StoreError> {
-    let mut qb = selected_query(
-        &format!("SELECT {RECORD_COLUMNS}"),
-        p,
-        sel,
-        from_index,
-        below,
-    );
-    qb.push(" ORDER BY chain_index LIMIT ").push_bind(limit);
-    Ok(qb.build_query_as().fetch_all(pool).await?)
-}
-
 /// What packaging needs of a record: where it sits, its stored digest and its bytes.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PackagedRecord {
@@ -424,8 +403,9 @@ pub struct PackagedRecord {
     pub record: Vec<u8>,
 }
 
-/// [`selected`], reading only the columns a bundle needs.
-pub async fn selected_bytes(
+/// The selected records of a partition with chain index in `[from_index, below)`, in chain
+/// order, at most `limit`: only the columns a bundle needs.
+pub async fn selected(
     pool: &PgPool,
     p: &PartitionKey,
     sel: &Selection,

@@ -112,7 +112,7 @@ pub struct StoredRecord {
     pub record: Vec<u8>,
 }
 
-pub(crate) const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
+const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
 
 #[derive(Debug, Clone)]
 pub struct Page<T> {

@@ -343,7 +343,7 @@ impl<S: CheckpointSigner> Packager<S> {
                 .await
                 .map_err(|_| closed())?;
             let fetch = |from: u64| {
-                exports::selected_bytes(&self.pool, &p, selection, from, part.tree_size, PAGE)
+                exports::selected(&self.pool, &p, selection, from, part.tree_size, PAGE)
             };
             let mut any = false;
             let mut rows = fetch(0).await?;

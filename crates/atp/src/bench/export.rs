@@ -66,8 +66,8 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     let mut next = 0u64;
     let mut read = 0u64;
     loop {
-        let rows = exports::selected_bytes(&pool, &p, &Selection::default(), next, b.records, 2000)
-            .await?;
+        let rows =
+            exports::selected(&pool, &p, &Selection::default(), next, b.records, 2000).await?;
         let Some(last) = rows.last() else { break };
         next = last.chain_index as u64 + 1;
         read += rows.len() as u64;
