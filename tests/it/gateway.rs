@@ -552,3 +552,88 @@ async fn readyz_waits_for_a_published_signing_key() {
     integrity.stop().await;
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_trace_context_follows_a_submission_onto_its_ledger_or_rejected_message() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let producer = stack.token(TENANT, Role::Producer);
+    let p = partition(TENANT, SOURCE);
+    let header_of = |msgs: &[(u64, Option<async_nats::HeaderMap>, Vec<u8>)], i: usize| {
+        msgs[i]
+            .1
+            .as_ref()
+            .and_then(|h| h.get(atp_nats::headers::TRACEPARENT))
+            .map(|v| v.as_str().to_owned())
+    };
+
+    // The caller's trace, through the gateway, onto the ledger.
+    let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = api
+        .post("/api/v1/audit/append", &producer)
+        .header("prefer", "wait=20")
+        .header("traceparent", theirs)
+        .json(&simplified("traced", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // No trace given: the gateway starts one.
+    let resp = api
+        .post("/api/v1/audit/append", &producer)
+        .header("prefer", "wait=20")
+        .header("traceparent", "not a traceparent")
+        .json(&simplified("untraced", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ledger = stack
+        .read_subject(atp_nats::streams::LEDGER, &atp_nats::subjects::ledger(&p))
+        .await;
+    assert_eq!(ledger.len(), 2);
+    assert_eq!(header_of(&ledger, 0).as_deref(), Some(theirs));
+    let started = header_of(&ledger, 1).expect("a trace started by the gateway");
+    let parsed = atp_core::trace::TraceParent::parse(&started).expect("a valid traceparent");
+    assert_ne!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    // A direct producer's trace, onto the rejection of its unsigned event.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        atp_nats::headers::CONTENT_TYPE,
+        "application/cloudevents+json",
+    );
+    h.insert(
+        atp_nats::headers::TRACEPARENT,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    stack
+        .js
+        .publish_with_headers(
+            atp_nats::subjects::ingress(&p),
+            h,
+            serde_json::to_vec(&stack.event("unsigned-traced"))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let rejected = eventually("the rejection", || async {
+        let r = stack
+            .read_subject(
+                atp_nats::streams::REJECTED,
+                &atp_nats::subjects::rejected(&p),
+            )
+            .await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        header_of(&rejected, 0).as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    running.stop().await;
+}

@@ -23,6 +23,7 @@ pub mod reason;
 pub mod record;
 pub mod registry;
 pub mod tiles;
+pub mod trace;
 pub mod walk;
 
 pub use chain::{ChainLink, Digest};

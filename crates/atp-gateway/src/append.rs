@@ -10,6 +10,7 @@ use async_nats::HeaderMap;
 use atp_core::canonical::parse_strict;
 use atp_core::event::{Channel, Submission, admit};
 use atp_core::registry::SourceRegistration;
+use atp_core::trace::TraceParent;
 use atp_core::{PartitionKey, Rejection, SourceId, attestation};
 use atp_nats::{headers, subjects};
 use axum::Json;
@@ -184,12 +185,37 @@ fn idempotency_key(h: &HttpHeaders, p: &Prepared) -> String {
         .unwrap_or_else(|| format!("{}:{}", p.partition, p.event_id))
 }
 
+/// The trace a submission joins: the caller's valid `traceparent` (and `tracestate`), or a new
+/// one, so every record can be followed from here to the read model.
+fn trace_context(h: &HttpHeaders) -> (String, Option<String>) {
+    let parent = h
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    match parent {
+        Some(t) => {
+            let state = h
+                .get(headers::TRACESTATE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 512)
+                .map(str::to_owned);
+            (t.header(), state)
+        }
+        None => {
+            let mut random = [0u8; 24];
+            rand::fill(&mut random);
+            (TraceParent::start(random).header(), None)
+        }
+    }
+}
+
 /// Publishes to ingress; resolves to the ingress stream sequence once JetStream has it.
 async fn publish(
     bus: &Bus,
     principal: &Principal,
     p: &Prepared,
     idem: &str,
+    trace: &(String, Option<String>),
 ) -> Result<async_nats::jetstream::context::PublishAckFuture, Problem> {
     let subject = subjects::ingress(&p.partition);
     let sig = attestation::sign(&bus.attestation_key, &subject, &principal.subject, &p.body);
@@ -203,6 +229,10 @@ async fn publish(
             .encode(sig)
             .as_str(),
     );
+    h.insert(headers::TRACEPARENT, trace.0.as_str());
+    if let Some(state) = &trace.1 {
+        h.insert(headers::TRACESTATE, state.as_str());
+    }
     bus.js
         .publish_with_headers(subject, h, Bytes::from(p.body.clone()))
         .await
@@ -257,7 +287,7 @@ pub async fn append_one(
             return Ok(created(&r));
         }
     }
-    let ack = publish(&bus, &principal, &prepared, &idem)
+    let ack = publish(&bus, &principal, &prepared, &idem, &trace_context(&headers))
         .await?
         .await
         .map_err(|e| Problem::unavailable("the event bus", e))?;
@@ -333,12 +363,14 @@ pub async fn append_batch(
     }
     let mut results: Vec<Value> = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
+    // One request, one trace: every item of the batch joins it.
+    let trace = trace_context(&headers);
     for (index, item) in items.into_iter().enumerate() {
         match prepare(&principal, &bus, item).await {
             Err(p) => results.push(json!({"index": index, "status": p.status.as_u16(), "code": p.code, "detail": p.detail})),
             Ok(prep) => {
                 let idem = format!("{}:{}", prep.partition, prep.event_id);
-                let fut = publish(&bus, &principal, &prep, &idem).await?;
+                let fut = publish(&bus, &principal, &prep, &idem, &trace).await?;
                 results.push(json!({"index": index, "status": 202, "idempotencyKey": idem}));
                 pending.push((index, fut));
             }

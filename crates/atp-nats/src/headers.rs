@@ -12,4 +12,8 @@ pub const GATEWAY_MAC: &str = "Atp-Gateway-Mac";
 /// On a ledger message: the event's CloudEvents id (so tails can be read without parsing).
 pub const EVENT_ID: &str = "Atp-Event-Id";
 pub const CONTENT_TYPE: &str = "Content-Type";
+/// W3C Trace Context, as a producer or the gateway set it on an ingress message; ingest copies
+/// both onto the ledger or rejected message it writes for it.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 pub const CE_PREFIX: &str = "ce-";

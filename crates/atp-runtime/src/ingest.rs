@@ -683,6 +683,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 if let Some(hwm) = chain.seq_hwm {
                     h.insert(headers::SEQ_HWM, hwm.to_string().as_str());
                 }
+                carry_trace(msg, &mut h);
                 plan.records.push(Outgoing {
                     headers: h,
                     payload: Bytes::from(sealed.bytes),
@@ -716,6 +717,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 let mut h = HeaderMap::new();
                 h.insert(headers::CONTENT_TYPE, "application/json");
                 h.insert(headers::INGRESS_SEQ, loc.seq.to_string().as_str());
+                carry_trace(msg, &mut h);
                 plan.rejections.push(Outgoing {
                     headers: h,
                     payload: Bytes::from(payload),
@@ -774,6 +776,26 @@ struct Inflight {
     stats: BatchStats,
     started: std::time::Instant,
     task: tokio::task::JoinHandle<Result<NewTails, AppendError>>,
+}
+
+/// Copies a valid W3C trace context from the ingress message onto what ingest writes for it.
+fn carry_trace(msg: &Message, out: &mut HeaderMap) {
+    let Some(h) = msg.headers.as_ref() else {
+        return;
+    };
+    let parent = h
+        .get(headers::TRACEPARENT)
+        .map(|v| v.as_str())
+        .filter(|v| atp_core::trace::TraceParent::parse(v).is_some());
+    if let Some(parent) = parent {
+        out.insert(headers::TRACEPARENT, parent);
+        if let Some(state) = h
+            .get(headers::TRACESTATE)
+            .filter(|v| v.as_str().len() <= 512)
+        {
+            out.insert(headers::TRACESTATE, state.as_str());
+        }
+    }
 }
 
 /// A committed batch, in the metrics.
