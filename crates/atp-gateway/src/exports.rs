@@ -145,9 +145,15 @@ pub async fn create(
     }
     let payload =
         serde_json::to_vec(&req).map_err(|e| Problem::unavailable("the export request", e))?;
-    bus_exports::publish_requested(&state.bus.js, &principal.tenant, &req.export_id, payload)
-        .await
-        .map_err(|e| Problem::unavailable("the export queue", e))?;
+    bus_exports::publish(
+        &state.bus.js,
+        bus_exports::ExportEvent::Requested,
+        &principal.tenant,
+        &req.export_id,
+        payload,
+    )
+    .await
+    .map_err(|e| Problem::unavailable("the export queue", e))?;
     lock.admit(&req)
         .await
         .map_err(|e| Problem::unavailable("the export registry", e))?;
@@ -173,14 +179,7 @@ async fn load(state: &GatewayState, principal: &Principal, id: &str) -> Result<E
     exports::get(&state.db, tenant, id)
         .await
         .map_err(store_problem)?
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("no export {id:?}"),
-            )
-            .tenant(tenant)
-        })
+        .ok_or_else(|| Problem::not_found(format!("no export {id:?}")).tenant(tenant))
 }
 
 fn status_json(row: &ExportRow) -> Value {

@@ -54,10 +54,6 @@ fn text(body: String) -> Response {
     resp
 }
 
-fn not_found(tenant: &str, what: String) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", what).tenant(tenant)
-}
-
 fn integrity_error(tenant: &str, detail: String) -> Problem {
     tracing::error!(tenant.id = tenant, detail = %detail, "integrity check failed while answering");
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTEGRITY_ERROR", detail).tenant(tenant)
@@ -206,12 +202,14 @@ pub async fn record_proof(
     let r = query::record(&db, &tenant, &record_id)
         .await
         .map_err(store_problem)?
-        .ok_or_else(|| not_found(&tenant, format!("no record {record_id:?}")))?;
+        .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     let rec = record_json(&r)?;
     let p = partition_of(&r)?;
     let Some(cp) = checkpoint_for(&db, &p, params.tree_size).await? else {
         return Ok(match params.tree_size {
-            Some(n) => not_found(&tenant, format!("no checkpoint of size {n}")).into_response(),
+            Some(n) => Problem::not_found(format!("no checkpoint of size {n}"))
+                .tenant(&tenant)
+                .into_response(),
             None => pending(
                 &tenant,
                 format!("record {record_id} is not yet covered by a checkpoint"),
@@ -255,7 +253,7 @@ pub async fn checkpoint(
         params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
     let cp = checkpoint_for(&db, &p, params.size)
         .await?
-        .ok_or_else(|| not_found(&tenant, format!("no checkpoint for {p}")))?;
+        .ok_or_else(|| Problem::not_found(format!("no checkpoint for {p}")).tenant(&tenant))?;
     if wants_text(&headers) {
         return Ok(text(cp.note));
     }
@@ -297,7 +295,7 @@ pub async fn consistency(
         params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
     let newest = checkpoint_for(&db, &p, None)
         .await?
-        .ok_or_else(|| not_found(&tenant, format!("no checkpoint for {p}")))?;
+        .ok_or_else(|| Problem::not_found(format!("no checkpoint for {p}")).tenant(&tenant))?;
     let to = params.to.unwrap_or(newest.size());
     if params.from == 0 || params.from > to || to > newest.size() {
         return Err(Problem::bad_request(
@@ -404,7 +402,7 @@ pub async fn verify_record(
     let r = query::record(&db, &tenant, &record_id)
         .await
         .map_err(store_problem)?
-        .ok_or_else(|| not_found(&tenant, format!("no record {record_id:?}")))?;
+        .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     let p = partition_of(&r)?;
     let mut checks = Vec::new();
     let stored_digest = Digest(r.digest.as_slice().try_into().unwrap_or([0; 32]));

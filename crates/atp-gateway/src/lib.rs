@@ -110,13 +110,13 @@ pub fn router(state: GatewayState) -> Router {
         )
         .route("/exports/{export_id}", get(exports::status))
         .route("/exports/{export_id}/download", get(exports::download))
-        .fallback(problem::not_found);
+        .fallback(problem::no_route);
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(problem::not_found)
+        .fallback(problem::no_route)
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that

@@ -86,6 +86,9 @@ impl Problem {
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", detail)
     }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", detail)
+    }
     /// A dependency failed; the detail is logged, not shown.
     pub fn unavailable(what: &str, error: impl std::fmt::Display) -> Self {
         tracing::warn!(dependency = what, error = %error, "dependency unavailable");
@@ -128,6 +131,6 @@ impl IntoResponse for Problem {
     }
 }
 
-pub async fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+pub async fn no_route() -> Problem {
+    Problem::not_found("no such route")
 }

@@ -220,14 +220,7 @@ pub async fn get_record(
     let r = query::record(&db, &tenant, &record_id)
         .await
         .map_err(store_problem)?
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                format!("no record {record_id:?}"),
-            )
-            .tenant(&tenant)
-        })?;
+        .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     Ok(Json(record_json(&r)?).into_response())
 }
 

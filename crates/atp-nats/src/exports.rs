@@ -30,12 +30,35 @@ fn err(what: impl Into<String>) -> impl FnOnce(String) -> ExportBusError {
     move |reason| ExportBusError { what, reason }
 }
 
-async fn publish(
+/// The two events of an export's life on ATP_EXPORTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportEvent {
+    /// `atp.export.requested.<tenant>`: what to package.
+    Requested,
+    /// `atp.export.completed.<tenant>`: a finished export, completed or failed.
+    Completed,
+}
+
+/// Publishes an export event and waits until it is stored. The message id is
+/// `<requested|completed>:<exportId>`, so a retried request, or an export finished by more
+/// than one attempt, is stored once.
+pub async fn publish(
     js: &Context,
-    subject: String,
-    msg_id: String,
+    event: ExportEvent,
+    tenant: &TenantId,
+    export_id: &str,
     body: Vec<u8>,
 ) -> Result<(), ExportBusError> {
+    let (subject, msg_id) = match event {
+        ExportEvent::Requested => (
+            subjects::export_requested(tenant),
+            format!("requested:{export_id}"),
+        ),
+        ExportEvent::Completed => (
+            subjects::export_completed(tenant),
+            format!("completed:{export_id}"),
+        ),
+    };
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     headers.insert(crate::headers::CONTENT_TYPE, "application/json");
@@ -45,39 +68,6 @@ async fn publish(
         .map_err(|e| err(msg_id.clone())(e.to_string()))?;
     ack.await.map_err(|e| err(msg_id)(e.to_string()))?;
     Ok(())
-}
-
-/// Publishes `atp.export.requested.<tenant>` and waits until it is stored. The message id is
-/// the export id, so a retried request is stored once.
-pub async fn publish_requested(
-    js: &Context,
-    tenant: &TenantId,
-    export_id: &str,
-    body: Vec<u8>,
-) -> Result<(), ExportBusError> {
-    publish(
-        js,
-        subjects::export_requested(tenant),
-        format!("requested:{export_id}"),
-        body,
-    )
-    .await
-}
-
-/// Publishes `atp.export.completed.<tenant>` (a finished export, completed or failed) once.
-pub async fn publish_completed(
-    js: &Context,
-    tenant: &TenantId,
-    export_id: &str,
-    body: Vec<u8>,
-) -> Result<(), ExportBusError> {
-    publish(
-        js,
-        subjects::export_completed(tenant),
-        format!("completed:{export_id}"),
-        body,
-    )
-    .await
 }
 
 /// The exporter's work consumer, created if missing. Messages stay unacknowledged while a

@@ -338,9 +338,15 @@ impl<S: CheckpointSigner> Worker<S> {
     async fn announce(&self, row: &ExportRow) -> Result<(), String> {
         let tenant = TenantId::new(&row.tenant_id).map_err(|e| e.to_string())?;
         let body = serde_json::to_vec(&completion(row)).map_err(|e| e.to_string())?;
-        atp_nats::exports::publish_completed(&self.js, &tenant, &row.export_id, body)
-            .await
-            .map_err(|e| e.to_string())?;
+        atp_nats::exports::publish(
+            &self.js,
+            atp_nats::exports::ExportEvent::Completed,
+            &tenant,
+            &row.export_id,
+            body,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         tracing::info!(export = %row.export_id, status = %row.status, records = ?row.record_count, "export finished");
         Ok(())
     }

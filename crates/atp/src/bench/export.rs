@@ -13,7 +13,7 @@ use atp_core::checkpoint::{Checkpoint, origin};
 use atp_core::merkle;
 use atp_core::note::format_signature_line;
 use atp_core::tiles::TileLog;
-use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_devstack::NatsServer;
 use atp_runtime::export::cold::ColdStore;
 use atp_runtime::export::package::Packager;
 use atp_runtime::signer::{CheckpointSigner, FileKeyStore};
@@ -38,18 +38,13 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     let date = chrono::Utc::now().format("%Y-%m-%d");
-    eprintln!("bench: starting nats-server and PostgreSQL (fsync on)…");
-    let nats = NatsServer::start(NatsOptions::default()).await?;
-    let pg = Postgres::start(PostgresOptions {
-        durable: true,
-        ..Default::default()
-    })
-    .await?;
-    let db = pg.create_database("atp").await?;
-    let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
-    let js = async_nats::jetstream::new(client);
-    crate::admin::prepare(&js, &db, 1).await?;
-    let pool = atp_store::connect(&db, 4).await?;
+    let super::Servers {
+        nats,
+        pg: _pg,
+        db,
+        js,
+        pool,
+    } = super::Servers::start().await?;
     let work = tempfile::tempdir()?;
     let keys = Arc::new(FileKeyStore::open_or_init(
         &work.path().join("keys"),

@@ -13,7 +13,6 @@ use atp_core::record::{Record, SCHEMA_VERSION};
 use atp_core::tiles::TileLog;
 use atp_core::walk::ChainWalk;
 use atp_core::{Digest, chain};
-use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_store::integrity::{self as store, LogState, LogUpdate};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -52,18 +51,13 @@ pub async fn run(b: IntegrityBench) -> anyhow::Result<()> {
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let (walk_rate, sha_rate, record_bytes) = chain_walk(b.chain_records)?;
 
-    eprintln!("bench: starting nats-server and PostgreSQL (fsync on)…");
-    let nats = NatsServer::start(NatsOptions::default()).await?;
-    let pg = Postgres::start(PostgresOptions {
-        durable: true,
-        ..Default::default()
-    })
-    .await?;
-    let db = pg.create_database("atp").await?;
-    let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
-    let js = async_nats::jetstream::new(client);
-    crate::admin::prepare(&js, &db, 1).await?;
-    let pool = atp_store::connect(&db, 4).await?;
+    let super::Servers {
+        nats,
+        pg: _pg,
+        db,
+        js,
+        pool,
+    } = super::Servers::start().await?;
 
     let proofs = proof_latency(&pool, b.leaves, b.proofs).await?;
     let lag = super::checkpoint_lag(&js, &nats, &db, &pool, b.rate, b.secs, b.partitions).await?;

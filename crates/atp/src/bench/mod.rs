@@ -223,22 +223,52 @@ async fn publish_all(
     Ok(())
 }
 
+/// What every benchmark runs against: nats-server (file storage) and PostgreSQL (fsync on) on
+/// free ports, streams and schema applied. Dropping it stops both.
+pub(crate) struct Servers {
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    /// The database URL.
+    pub db: String,
+    pub js: async_nats::jetstream::Context,
+    pub pool: sqlx::PgPool,
+}
+
+impl Servers {
+    pub async fn start() -> anyhow::Result<Self> {
+        eprintln!("bench: starting nats-server and PostgreSQL (fsync on)…");
+        let nats = NatsServer::start(NatsOptions::default()).await?;
+        let pg = Postgres::start(PostgresOptions {
+            durable: true,
+            ..Default::default()
+        })
+        .await?;
+        let db = pg.create_database("atp").await?;
+        let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
+        let js = async_nats::jetstream::new(client);
+        crate::admin::prepare(&js, &db, 1).await?;
+        let pool = atp_store::connect(&db, 4).await?;
+        Ok(Self {
+            nats,
+            pg,
+            db,
+            js,
+            pool,
+        })
+    }
+}
+
 pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
-    eprintln!("bench: starting nats-server and PostgreSQL (fsync on)…");
-    let nats = NatsServer::start(NatsOptions::default()).await?;
-    let pg = Postgres::start(PostgresOptions {
-        durable: true,
-        ..Default::default()
-    })
-    .await?;
-    let db = pg.create_database("atp").await?;
-    let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
-    let js = async_nats::jetstream::new(client);
-    crate::admin::prepare(&js, &db, 1).await?;
+    let Servers {
+        nats,
+        pg,
+        db,
+        js,
+        pool,
+    } = Servers::start().await?;
     let key = crate::keys::generate();
     let parts = partitions(b.partitions);
     register(&js, &parts, &key).await?;
-    let pool = atp_store::connect(&db, 4).await?;
 
     // --- producer-side signing cost ---
     let t = Instant::now();
