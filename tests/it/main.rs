@@ -13,3 +13,4 @@ mod integrity;
 mod metrics;
 mod replay;
 mod streams;
+mod traces;

@@ -13,6 +13,7 @@ use atp_core::registry::SourceRegistration;
 use atp_core::trace::TraceParent;
 use atp_core::{PartitionKey, Rejection, SourceId, attestation};
 use atp_nats::{headers, subjects};
+use atp_runtime::telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
@@ -185,13 +186,15 @@ fn idempotency_key(h: &HttpHeaders, p: &Prepared) -> String {
         .unwrap_or_else(|| format!("{}:{}", p.partition, p.event_id))
 }
 
-/// The trace a submission joins: the caller's valid `traceparent` (and `tracestate`), or a new
-/// one, so every record can be followed from here to the read model.
+/// The trace a submission joins, so every record can be followed from here to the read model:
+/// the request's server span when traces are on, else the caller's valid `traceparent` (and
+/// `tracestate`), else a new one.
 fn trace_context(h: &HttpHeaders) -> (String, Option<String>) {
-    let parent = h
-        .get(headers::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
+    let parent = telemetry::traceparent_of(&tracing::Span::current()).or_else(|| {
+        h.get(headers::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+    });
     match parent {
         Some(t) => {
             let state = h

@@ -1,11 +1,15 @@
 //! `/healthz` (the process answers) and `/readyz` (its dependencies answer too).
 
+use atp_core::trace::TraceParent;
+use atp_nats::headers;
+use atp_runtime::telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::Bus;
 
@@ -69,24 +73,63 @@ pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl I
     )
 }
 
-/// Counts and times every answer by route template and status (bounded labels).
+/// Every answer: an HTTP server span (child of the caller's `traceparent`; a request without
+/// one is given one, so its log lines and what it publishes share a trace id), and counts and
+/// times by route template and status (bounded labels).
 pub async fn observe(
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "HTTP",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace.id = tracing::field::Empty,
+    );
+    let (incoming, state) = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        (
+            header(headers::TRACEPARENT).and_then(TraceParent::parse),
+            header(headers::TRACESTATE).map(str::to_owned),
+        )
+    };
+    let trace_id = match incoming {
+        Some(parent) => {
+            telemetry::follow(&span, &parent, state.as_deref());
+            parent.trace_id_hex()
+        }
+        None => match telemetry::traceparent_of(&span) {
+            Some(own) => own.trace_id_hex(),
+            None => {
+                let mut random = [0u8; 24];
+                rand::fill(&mut random);
+                let started = TraceParent::start(random);
+                if let Ok(v) = axum::http::HeaderValue::from_str(&started.header()) {
+                    req.headers_mut().insert(headers::TRACEPARENT, v);
+                }
+                started.trace_id_hex()
+            }
+        },
+    };
+    span.record("trace.id", trace_id.as_str());
     let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = next.run(req).instrument(span.clone()).await;
     let m = atp_runtime::metrics::metrics();
-    let status = resp.status().as_u16().to_string();
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
     m.http_requests.add(
         1,
         &[
             atp_runtime::metrics::label("route", route.clone()),
-            atp_runtime::metrics::label("status", status),
+            atp_runtime::metrics::label("status", status.to_string()),
         ],
     );
     m.http_seconds.record(

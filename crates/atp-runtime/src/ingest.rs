@@ -40,7 +40,7 @@ use futures::StreamExt;
 
 use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, ReadSpec, Role};
-use crate::{RoleError, to_chrono};
+use crate::{RoleError, telemetry, to_chrono};
 
 /// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
 /// cheap, and it keeps a KV write off every batch.
@@ -683,7 +683,16 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 if let Some(hwm) = chain.seq_hwm {
                     h.insert(headers::SEQ_HWM, hwm.to_string().as_str());
                 }
-                carry_trace(msg, &mut h);
+                carry_trace(
+                    msg,
+                    &mut h,
+                    TraceAbout {
+                        tenant: &loc.tenant,
+                        event_id: &event_id,
+                        policy_version: input.policy.policy_version,
+                        outcome: "recorded",
+                    },
+                );
                 plan.records.push(Outgoing {
                     headers: h,
                     payload: Bytes::from(sealed.bytes),
@@ -717,7 +726,16 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 let mut h = HeaderMap::new();
                 h.insert(headers::CONTENT_TYPE, "application/json");
                 h.insert(headers::INGRESS_SEQ, loc.seq.to_string().as_str());
-                carry_trace(msg, &mut h);
+                carry_trace(
+                    msg,
+                    &mut h,
+                    TraceAbout {
+                        tenant: &loc.tenant,
+                        event_id: env.event_id.as_deref().unwrap_or(""),
+                        policy_version: input.policy.policy_version,
+                        outcome: "rejected",
+                    },
+                );
                 plan.rejections.push(Outgoing {
                     headers: h,
                     payload: Bytes::from(payload),
@@ -778,24 +796,51 @@ struct Inflight {
     task: tokio::task::JoinHandle<Result<NewTails, AppendError>>,
 }
 
-/// Copies a valid W3C trace context from the ingress message onto what ingest writes for it.
-fn carry_trace(msg: &Message, out: &mut HeaderMap) {
-    let Some(h) = msg.headers.as_ref() else {
-        return;
-    };
+/// What ingest writes for a message joins the message's W3C trace. With traces on, an
+/// `ingest.record` span (child of the message's context, or a new root) is recorded and its own
+/// context is written; otherwise the message's valid context is copied as is.
+fn carry_trace(msg: &Message, out: &mut HeaderMap, about: TraceAbout<'_>) {
+    let h = msg.headers.as_ref();
     let parent = h
-        .get(headers::TRACEPARENT)
+        .and_then(|h| h.get(headers::TRACEPARENT))
+        .and_then(|v| atp_core::trace::TraceParent::parse(v.as_str()));
+    let state = h
+        .and_then(|h| h.get(headers::TRACESTATE))
         .map(|v| v.as_str())
-        .filter(|v| atp_core::trace::TraceParent::parse(v).is_some());
-    if let Some(parent) = parent {
-        out.insert(headers::TRACEPARENT, parent);
-        if let Some(state) = h
-            .get(headers::TRACESTATE)
-            .filter(|v| v.as_str().len() <= 512)
-        {
-            out.insert(headers::TRACESTATE, state.as_str());
+        .filter(|v| v.len() <= 512);
+    let traceparent = if telemetry::spans_on() {
+        let span = tracing::info_span!(
+            "ingest.record",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %msg.subject,
+            tenant.id = about.tenant,
+            event.id = about.event_id,
+            policy.version = about.policy_version,
+            outcome = about.outcome,
+        );
+        if let Some(p) = &parent {
+            telemetry::follow(&span, p, state);
+        }
+        telemetry::traceparent_of(&span).or(parent)
+    } else {
+        parent
+    };
+    if let Some(t) = traceparent {
+        out.insert(headers::TRACEPARENT, t.header().as_str());
+        if let Some(state) = state {
+            out.insert(headers::TRACESTATE, state);
         }
     }
+}
+
+/// What an `ingest.record` span says about its record.
+struct TraceAbout<'a> {
+    tenant: &'a str,
+    event_id: &'a str,
+    policy_version: u32,
+    outcome: &'static str,
 }
 
 /// A committed batch, in the metrics.

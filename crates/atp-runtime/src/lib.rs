@@ -14,6 +14,7 @@ pub mod reader;
 pub mod replay;
 pub mod secret;
 pub mod signer;
+pub mod telemetry;
 
 pub use reader::Shutdown;
 pub use secret::Secret;

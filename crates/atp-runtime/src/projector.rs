@@ -14,8 +14,9 @@ use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Targe
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::RoleError;
 use crate::reader::{BatchHandler, ReadSpec, Role};
+use crate::{RoleError, telemetry};
+use atp_core::trace::TraceParent;
 
 /// Rows per transaction: UNNEST inserts level off around 1000 rows (LIMITS.md), and a batch of
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
@@ -112,6 +113,33 @@ pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), Role
     Ok((rows, last))
 }
 
+/// A `project.record` span, child of the trace context the message carries.
+fn record_span<P: Projection>(m: &Message) -> tracing::Span {
+    let tenant = subjects::tokens_of(P::SUBJECTS, &m.subject).map_or("", |(t, _)| t);
+    let span = tracing::info_span!(
+        "project.record",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %m.subject,
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = P::NAME,
+        tenant.id = tenant,
+    );
+    let h = m.headers.as_ref();
+    if let Some(parent) = h
+        .and_then(|h| h.get(headers::TRACEPARENT))
+        .and_then(|v| TraceParent::parse(v.as_str()))
+    {
+        let state = h
+            .and_then(|h| h.get(headers::TRACESTATE))
+            .map(|v| v.as_str());
+        telemetry::follow(&span, &parent, state);
+    }
+    span
+}
+
 /// A projector for one read model.
 pub struct Projector<P: Projection> {
     pool: PgPool,
@@ -150,6 +178,12 @@ impl<P: Projection> Role for Projector<P> {
 
 impl<P: Projection> BatchHandler for Projector<P> {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
+        // With traces on, one span per message, ended once its row is committed.
+        let _spans: Vec<tracing::Span> = if telemetry::spans_on() {
+            batch.iter().map(record_span::<P>).collect()
+        } else {
+            Vec::new()
+        };
         let (rows, last) = rows::<P>(batch)?;
         let newest = rows.iter().map(P::time).max();
         let mut tx = self

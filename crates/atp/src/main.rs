@@ -409,14 +409,7 @@ async fn jetstream(n: &NatsArgs) -> anyhow::Result<async_nats::jetstream::Contex
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ATP_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = atp_runtime::telemetry::init();
     match Cli::parse().command {
         Command::Serve {
             nats,
