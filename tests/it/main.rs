@@ -5,6 +5,7 @@
 
 mod batch;
 mod crash;
+mod dlq;
 mod export;
 mod faults;
 mod gateway;

@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
+pub mod deadletter;
 pub mod dsse;
 pub mod event;
 pub mod keys;

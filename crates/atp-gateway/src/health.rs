@@ -64,6 +64,9 @@ pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl I
             );
         }
     }
+    if let Ok(depth) = atp_nats::dlq::depth(&bus.js).await {
+        m.dlq_depth.record(depth, &[]);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -1,6 +1,7 @@
 //! ATP's HTTP gateway (CONTRACT §5): append, query, proofs and verification, health. Stateless between requests: every
 //! answer comes from the token, NATS or PostgreSQL.
 
+pub mod admin;
 pub mod append;
 pub mod auth;
 pub mod exports;
@@ -110,6 +111,9 @@ pub fn router(state: GatewayState) -> Router {
         )
         .route("/exports/{export_id}", get(exports::status))
         .route("/exports/{export_id}/download", get(exports::download))
+        .route("/admin/dlq", get(admin::list))
+        .route("/admin/dlq/replay", post(admin::replay))
+        .route("/admin/dlq/{seq}", get(admin::show))
         .fallback(problem::no_route);
     Router::new()
         .nest("/api/v1", api)

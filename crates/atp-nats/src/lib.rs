@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod connect;
+pub mod dlq;
 pub mod exports;
 pub mod headers;
 pub mod integrity;

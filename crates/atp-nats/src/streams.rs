@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, Context, stream};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub const STREAM_FILES: [(&str, &str); 6] = [
+pub const STREAM_FILES: [(&str, &str); 7] = [
     (
         "ATP_INGRESS",
         include_str!("../../../streams/ATP_INGRESS.json"),
@@ -34,6 +34,7 @@ pub const STREAM_FILES: [(&str, &str); 6] = [
         "ATP_ALERTS",
         include_str!("../../../streams/ATP_ALERTS.json"),
     ),
+    ("ATP_DLQ", include_str!("../../../streams/ATP_DLQ.json")),
 ];
 const KV_FILE: &str = include_str!("../../../streams/kv.json");
 
@@ -48,6 +49,8 @@ pub const SIGNING_KEYS_BUCKET: &str = "ATP_SIGNING_KEYS";
 pub const EXPORT_WEBHOOKS_BUCKET: &str = "ATP_EXPORT_WEBHOOKS";
 pub const EXPORT_BUNDLES: &str = "ATP_EXPORT_BUNDLES";
 pub const EXPORTS: &str = "ATP_EXPORTS";
+pub const DLQ: &str = "ATP_DLQ";
+pub const DLQ_REPLAYS_BUCKET: &str = "ATP_DLQ_REPLAYS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {

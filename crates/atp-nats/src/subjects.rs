@@ -9,9 +9,10 @@ pub const CHECKPOINT: &str = "atp.checkpoint.{tenant}.{source}";
 pub const EXPORT_REQUESTED: &str = "atp.export.requested.{tenant}";
 pub const EXPORT_COMPLETED: &str = "atp.export.completed.{tenant}";
 pub const ALERT_INTEGRITY: &str = "atp.alert.integrity.{tenant}.{source}";
+pub const DLQ: &str = "atp.dlq.{role}.{tenant}";
 
 /// Every template, keyed as in `subjects.yaml`.
-pub const ALL: [(&str, &str); 7] = [
+pub const ALL: [(&str, &str); 8] = [
     ("ingress", INGRESS),
     ("ledger", LEDGER),
     ("rejected", REJECTED),
@@ -19,6 +20,7 @@ pub const ALL: [(&str, &str); 7] = [
     ("export_requested", EXPORT_REQUESTED),
     ("export_completed", EXPORT_COMPLETED),
     ("alert_integrity", ALERT_INTEGRITY),
+    ("dlq", DLQ),
 ];
 
 fn render(template: &str, tenant: &str, source: &str) -> String {
@@ -49,6 +51,13 @@ pub fn export_completed(t: &TenantId) -> String {
     render(EXPORT_COMPLETED, t.as_str(), "")
 }
 
+/// Where a role's dead letters for a tenant go (`atp.dlq.projector.acme`). The tenant token is
+/// taken as the message carried it, so a letter about a malformed subject still has a home.
+pub fn dlq(role: &str, tenant_token: &str) -> String {
+    DLQ.replace("{role}", role)
+        .replace("{tenant}", tenant_token)
+}
+
 /// The rejected subject for raw subject tokens that are not valid names (so that even a
 /// submission on a malformed subject is answered, never dropped).
 pub fn rejected_raw(tenant_token: &str, source_token: &str) -> String {
@@ -65,7 +74,7 @@ pub fn tokens_of<'s>(template: &str, subject: &'s str) -> Option<(&'s str, &'s s
 
 /// The wildcard form of a template: every tenant and source (`atp.ledger.*.*`).
 pub fn all(template: &str) -> String {
-    render(template, "*", "*")
+    render(template, "*", "*").replace("{role}", "*")
 }
 /// The wildcard form for one tenant (`atp.ledger.acme.*`).
 pub fn tenant_all(template: &str, t: &TenantId) -> String {
@@ -149,6 +158,7 @@ mod tests {
                 include_str!("../../../streams/ATP_ALERTS.json"),
                 vec![ALERT_INTEGRITY],
             ),
+            (include_str!("../../../streams/ATP_DLQ.json"), vec![DLQ]),
         ] {
             let v: serde_json::Value = serde_json::from_str(file).unwrap();
             let subjects: Vec<String> = serde_json::from_value(v["subjects"].clone()).unwrap();
@@ -162,6 +172,8 @@ mod tests {
         assert_eq!(ingress(&p()), "atp.ingress.acme.crm");
         assert_eq!(ledger(&p()), "atp.ledger.acme.crm");
         assert_eq!(all(LEDGER), "atp.ledger.*.*");
+        assert_eq!(dlq("projector", "acme"), "atp.dlq.projector.acme");
+        assert_eq!(all(DLQ), "atp.dlq.*.*");
         assert_eq!(export_requested(&p().tenant), "atp.export.requested.acme");
         assert_eq!(partition_of(INGRESS, "atp.ingress.acme.crm"), Some(p()));
         assert_eq!(partition_of(INGRESS, "atp.ledger.acme.crm"), None);

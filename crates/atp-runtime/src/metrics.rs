@@ -39,6 +39,10 @@ pub mod names {
     pub const EXPORT_RECORDS: &str = "atp.exports.records";
     /// Completion webhook attempts, by `outcome`: delivered, retry, gave_up.
     pub const WEBHOOK_DELIVERIES: &str = "atp.exports.webhook.deliveries";
+    /// Messages dead-lettered after their bounded attempts, by `role` and `code`.
+    pub const DLQ_LETTERS: &str = "atp.dlq.letters";
+    /// Letters kept on ATP_DLQ (replayed ones included). Measured when `/metrics` is scraped.
+    pub const DLQ_DEPTH: &str = "atp.dlq.depth";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
     /// Seconds to answer an HTTP request, by `route`.
@@ -61,6 +65,8 @@ pub struct Metrics {
     pub exports_finished: Counter<u64>,
     pub export_records: Counter<u64>,
     pub webhook_deliveries: Counter<u64>,
+    pub dlq_letters: Counter<u64>,
+    pub dlq_depth: Gauge<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
 }
@@ -154,6 +160,14 @@ impl Metrics {
                 names::WEBHOOK_DELIVERIES,
                 "Export webhook attempts, by outcome",
             ),
+            dlq_letters: counter(
+                names::DLQ_LETTERS,
+                "Messages dead-lettered after their bounded attempts, by role and code",
+            ),
+            dlq_depth: meter
+                .u64_gauge(names::DLQ_DEPTH)
+                .with_description("Letters kept on ATP_DLQ")
+                .build(),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
             registry,

@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{Context, Message};
+use atp_core::deadletter::{DeadLetter, DeadRole, Letter};
 use atp_nats::{headers, streams, subjects};
 use atp_store::StoreError;
 use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Target};
@@ -32,13 +34,8 @@ fn seq_of(m: &Message) -> Result<u64, RoleError> {
         .map_err(|e| RoleError::Retry(format!("message without info: {e}")))
 }
 
-fn ingress_seq_of(m: &Message) -> Option<u64> {
-    m.headers
-        .as_ref()?
-        .get(headers::INGRESS_SEQ)?
-        .as_str()
-        .parse()
-        .ok()
+fn ingress_seq_of(headers: Option<&HeaderMap>) -> Option<u64> {
+    headers?.get(headers::INGRESS_SEQ)?.as_str().parse().ok()
 }
 
 /// What differs between read models: where they read, how a message becomes a row, and how
@@ -49,7 +46,8 @@ pub trait Projection: Send {
     const STREAM: &'static str;
     const SUBJECTS: &'static str;
     type Row: Send + Sync;
-    fn row(m: &Message, seq: u64) -> Result<Self::Row, StoreError>;
+    /// The row for a message (its payload and headers) at stream sequence `seq`.
+    fn row(payload: &[u8], headers: Option<&HeaderMap>, seq: u64) -> Result<Self::Row, StoreError>;
     /// The time the watermark reports for a row (committedAt or rejectedAt).
     fn time(row: &Self::Row) -> DateTime<Utc>;
     fn insert(
@@ -65,8 +63,8 @@ impl Projection for Records {
     const STREAM: &'static str = streams::LEDGER;
     const SUBJECTS: &'static str = subjects::LEDGER;
     type Row = RecordRow;
-    fn row(m: &Message, seq: u64) -> Result<RecordRow, StoreError> {
-        RecordRow::from_ledger(&m.payload, seq, ingress_seq_of(m))
+    fn row(payload: &[u8], headers: Option<&HeaderMap>, seq: u64) -> Result<RecordRow, StoreError> {
+        RecordRow::from_ledger(payload, seq, ingress_seq_of(headers))
     }
     fn time(row: &RecordRow) -> DateTime<Utc> {
         row.committed_at
@@ -83,8 +81,12 @@ impl Projection for Rejections {
     const STREAM: &'static str = streams::REJECTED;
     const SUBJECTS: &'static str = subjects::REJECTED;
     type Row = RejectionRow;
-    fn row(m: &Message, seq: u64) -> Result<RejectionRow, StoreError> {
-        RejectionRow::from_stream(&m.payload, seq)
+    fn row(
+        payload: &[u8],
+        _headers: Option<&HeaderMap>,
+        seq: u64,
+    ) -> Result<RejectionRow, StoreError> {
+        RejectionRow::from_stream(payload, seq)
     }
     fn time(row: &RejectionRow) -> DateTime<Utc> {
         row.rejected_at
@@ -94,23 +96,47 @@ impl Projection for Rejections {
     }
 }
 
-/// Rows for a batch. A message that cannot be projected is an integrity event (ATP wrote it):
-/// it is logged at ERROR and left out; the stream still holds it and a replay after the fix
-/// projects it.
-pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), RoleError> {
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut last = 0;
-    for m in batch {
+/// A batch's rows, and the messages that have none.
+pub struct Rows<R> {
+    pub rows: Vec<R>,
+    /// The batch index of each row's message.
+    pub from: Vec<usize>,
+    /// Messages that cannot become a row, with why.
+    pub failed: Vec<(usize, StoreError)>,
+    /// The batch's last stream sequence.
+    pub last: u64,
+}
+
+/// Builds the rows of a batch.
+pub fn build<P: Projection>(batch: &[Message]) -> Result<Rows<P::Row>, RoleError> {
+    let mut out = Rows {
+        rows: Vec::with_capacity(batch.len()),
+        from: Vec::with_capacity(batch.len()),
+        failed: Vec::new(),
+        last: 0,
+    };
+    for (i, m) in batch.iter().enumerate() {
         let seq = seq_of(m)?;
-        last = seq;
-        match P::row(m, seq) {
-            Ok(r) => rows.push(r),
-            Err(e) => {
-                tracing::error!(projection = P::NAME, stream_seq = seq, subject = %m.subject, error = %e, "message cannot be projected")
+        out.last = seq;
+        match P::row(&m.payload, m.headers.as_ref(), seq) {
+            Ok(r) => {
+                out.rows.push(r);
+                out.from.push(i);
             }
+            Err(e) => out.failed.push((i, e)),
         }
     }
-    Ok((rows, last))
+    Ok(out)
+}
+
+/// Rows for a batch, leaving out (and logging) messages that cannot be projected: for
+/// rebuilds, where the live projector has already dead-lettered them.
+pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), RoleError> {
+    let built = build::<P>(batch)?;
+    for (i, e) in &built.failed {
+        tracing::error!(projection = P::NAME, subject = %batch[*i].subject, error = %e, "message cannot be projected");
+    }
+    Ok((built.rows, built.last))
 }
 
 /// A `project.record` span, child of the trace context the message carries.
@@ -140,22 +166,105 @@ fn record_span<P: Projection>(m: &Message) -> tracing::Span {
     span
 }
 
+/// Tries of a batch with a message that cannot be projected before that message is
+/// dead-lettered and the projector moves on (retries back off 50 ms, 100 ms, ...).
+pub const MAX_ATTEMPTS: u32 = 3;
+
 /// A projector for one read model.
 pub struct Projector<P: Projection> {
+    js: Context,
     pool: PgPool,
     /// Rows projected since start.
     pub projected: u64,
-    _model: std::marker::PhantomData<P>,
+    /// The stream sequence a batch keeps failing on, and how many tries it has had.
+    failing: Option<(u64, u32)>,
+    _model: std::marker::PhantomData<fn() -> P>,
 }
 
 impl<P: Projection> Projector<P> {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(js: Context, pool: PgPool) -> Self {
         Self {
+            js,
             pool,
             projected: 0,
+            failing: None,
             _model: std::marker::PhantomData,
         }
     }
+
+    /// Counts a failed try on `seq`; true once the tries are spent.
+    fn spent(&mut self, seq: u64) -> bool {
+        let tries = match self.failing {
+            Some((s, n)) if s == seq => n + 1,
+            _ => 1,
+        };
+        self.failing = Some((seq, tries));
+        tries >= MAX_ATTEMPTS
+    }
+
+    async fn dead_letter(&self, m: &Message, code: &str, detail: String) -> Result<(), RoleError> {
+        let seq = seq_of(m)?;
+        let tenant = subjects::tokens_of(P::SUBJECTS, &m.subject).map_or("_", |(t, _)| t);
+        let letter = DeadLetter::new(
+            DeadRole::Projector,
+            code,
+            detail,
+            MAX_ATTEMPTS,
+            Letter {
+                stream: P::STREAM,
+                stream_seq: seq,
+                subject: &m.subject,
+                tenant_id: tenant,
+                payload: &m.payload,
+                traceparent: m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::TRACEPARENT))
+                    .map(|v| v.as_str()),
+            },
+            Utc::now(),
+        );
+        crate::dlq::dead_letter(&self.js, &letter).await
+    }
+
+    /// Inserts rows one by one, each under a savepoint, dead-lettering those the database
+    /// refuses: the way past a row that fails the whole batch.
+    async fn insert_each(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Message],
+        built: &Rows<P::Row>,
+    ) -> Result<u64, RoleError> {
+        let mut inserted = 0;
+        for (row, &i) in built.rows.iter().zip(&built.from) {
+            exec(tx, "SAVEPOINT atp_row").await?;
+            match P::insert(tx, std::slice::from_ref(row)).await {
+                Ok(n) => {
+                    inserted += n;
+                    exec(tx, "RELEASE SAVEPOINT atp_row").await?;
+                }
+                Err(e) if e.is_refusal() => {
+                    exec(tx, "ROLLBACK TO SAVEPOINT atp_row").await?;
+                    let detail = format!(
+                        "the database refused the row: {}",
+                        e.refusal().unwrap_or_default()
+                    );
+                    self.dead_letter(&batch[i], "PROJECTION_REFUSED", detail)
+                        .await?;
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+        Ok(inserted)
+    }
+}
+
+async fn exec(conn: &mut PgConnection, sql: &'static str) -> Result<(), RoleError> {
+    sqlx::query(sql)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| RoleError::Retry(e.to_string()))
 }
 
 impl<P: Projection> Role for Projector<P> {
@@ -184,38 +293,63 @@ impl<P: Projection> BatchHandler for Projector<P> {
         } else {
             Vec::new()
         };
-        let (rows, last) = rows::<P>(batch)?;
-        let newest = rows.iter().map(P::time).max();
+        let built = build::<P>(batch)?;
+        if let Some((i, e)) = built.failed.first() {
+            let seq = seq_of(&batch[*i])?;
+            if !self.spent(seq) {
+                return Err(RoleError::Retry(format!(
+                    "stream message {seq} cannot be projected: {e}"
+                )));
+            }
+            for (i, e) in &built.failed {
+                self.dead_letter(&batch[*i], "UNPROJECTABLE", e.to_string())
+                    .await?;
+            }
+        }
+        let newest = built.rows.iter().map(P::time).max();
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
-        P::insert(&mut tx, &rows).await.map_err(db)?;
-        projection::advance_watermark(&mut tx, P::NAME, last, newest)
+        exec(&mut tx, "SAVEPOINT atp_batch").await?;
+        let rows = match P::insert(&mut tx, &built.rows).await {
+            Ok(n) => n,
+            Err(e) if e.is_refusal() => {
+                let first = seq_of(&batch[0])?;
+                if !self.spent(first) {
+                    return Err(db(e));
+                }
+                exec(&mut tx, "ROLLBACK TO SAVEPOINT atp_batch").await?;
+                self.insert_each(&mut tx, batch, &built).await?
+            }
+            Err(e) => return Err(db(e)),
+        };
+        projection::advance_watermark(&mut tx, P::NAME, built.last, newest)
             .await
             .map_err(db)?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
-            .bind(format!("{}:{last}", P::NAME))
+            .bind(format!("{}:{}", P::NAME, built.last))
             .execute(&mut *tx)
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
         tx.commit()
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
-        self.projected += rows.len() as u64;
+        self.failing = None;
+        self.projected += rows;
         let m = crate::metrics::metrics();
         let projection = [crate::metrics::label("projection", P::NAME)];
-        m.projector_rows.add(rows.len() as u64, &projection);
+        m.projector_rows.add(rows, &projection);
         Ok(())
     }
 }
 
 /// Runs both projections until shutdown.
 pub async fn run(js: Context, pool: PgPool, shutdown: crate::Shutdown) -> Result<(), RoleError> {
-    let mut records = Projector::<Records>::new(pool.clone());
-    let mut rejections = Projector::<Rejections>::new(pool);
+    let mut records = Projector::<Records>::new(js.clone(), pool.clone());
+    let mut rejections = Projector::<Rejections>::new(js.clone(), pool);
     let (a, b) = tokio::join!(
         crate::reader::run_role(&js, &mut records, shutdown.clone()),
         crate::reader::run_role(&js, &mut rejections, shutdown),

@@ -34,6 +34,22 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database refused the statement (a constraint, a type, a trigger), as opposed to
+    /// being unreachable: trying the same rows again will fail the same way.
+    pub fn is_refusal(&self) -> bool {
+        self.refusal().is_some()
+    }
+
+    /// What the database said when it refused the statement.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable(sqlx::Error::Database(e)) => Some(e.message()),
+            _ => None,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         Self::Unavailable(e)

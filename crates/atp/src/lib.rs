@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod bench;
 pub mod dev;
+pub mod dlq;
 pub mod keys;
 pub mod serve;
 pub mod verify;

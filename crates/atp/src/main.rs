@@ -120,6 +120,13 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Dead letters: messages a role gave up on, and their replay once the cause is fixed.
+    Dlq {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Sign and publish sample events straight to NATS, as a producer would.
     Publish {
         #[command(flatten)]
@@ -168,6 +175,31 @@ enum Command {
     Bench {
         #[command(subcommand)]
         which: atp::bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// One JSON line per letter, oldest first.
+    List {
+        #[command(flatten)]
+        select: atp::dlq::Select,
+    },
+    /// A letter and the message it names.
+    Show { seq: u64 },
+    /// Handle the letters again (idempotent; each replay is recorded beside its letter).
+    /// Exits 1 if any still fails.
+    Replay {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        select: atp::dlq::Select,
+        /// Only these letters (ATP_DLQ sequences); repeatable.
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+        /// Check each would succeed; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -565,6 +597,23 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = atp_runtime::replay::replay_records(&js, &pool, &opts).await?;
             println!("replayed {} records and swapped them in", report.rows);
+        }
+        Command::Dlq { nats, action } => {
+            let js = jetstream(&nats).await?;
+            match action {
+                DlqAction::List { select } => atp::dlq::list(&js, &select).await?,
+                DlqAction::Show { seq } => atp::dlq::show(&js, seq).await?,
+                DlqAction::Replay {
+                    db,
+                    select,
+                    seqs,
+                    dry_run,
+                } => {
+                    let pool = atp_store::connect(&db.database_url, 2).await?;
+                    let handled = atp::dlq::replay(&js, &pool, &select, &seqs, dry_run).await?;
+                    anyhow::ensure!(handled, "some letters still cannot be handled");
+                }
+            }
         }
         Command::Publish {
             nats,

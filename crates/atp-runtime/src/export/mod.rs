@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Context};
 use atp_core::TenantId;
+use atp_core::deadletter::{DeadLetter, DeadRole, Letter};
 use atp_store::exports::{self, Completed, ExportRequest, ExportRow, Outcome};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -214,8 +215,19 @@ impl<S: CheckpointSigner> Worker<S> {
             Ok(r) => r,
             Err(e) => {
                 // Only the gateway publishes here; a malformed request has no export to fail.
-                tracing::error!(subject = %msg.subject, error = %e, "malformed export request dropped");
-                let _ = msg.ack_with(AckKind::Term).await;
+                // It is dead-lettered, then terminated; until the letter is stored it stays.
+                let letter = self.letter(&msg, "MALFORMED_REQUEST", e.to_string());
+                match crate::dlq::dead_letter(&self.js, &letter).await {
+                    Ok(()) => {
+                        let _ = msg.ack_with(AckKind::Term).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dead-lettering a malformed export request failed; will retry");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                            .await;
+                    }
+                }
                 return;
             }
         };
@@ -235,6 +247,31 @@ impl<S: CheckpointSigner> Worker<S> {
         }
     }
 
+    /// A dead letter for an export request message.
+    fn letter(&self, msg: &jetstream::Message, code: &str, detail: String) -> DeadLetter {
+        let info = msg.info().ok();
+        DeadLetter::new(
+            DeadRole::Exporter,
+            code,
+            detail,
+            info.as_ref()
+                .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX)),
+            Letter {
+                stream: atp_nats::streams::EXPORTS,
+                stream_seq: info.as_ref().map_or(0, |i| i.stream_sequence),
+                subject: &msg.subject,
+                tenant_id: msg.subject.rsplit('.').next().unwrap_or("_"),
+                payload: &msg.payload,
+                traceparent: msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(atp_nats::headers::TRACEPARENT))
+                    .map(|v| v.as_str()),
+            },
+            chrono::Utc::now(),
+        )
+    }
+
     /// One attempt; `Err` means try again later.
     async fn attempt(&self, msg: &jetstream::Message, req: &ExportRequest) -> Result<(), String> {
         let id = &req.export_id;
@@ -252,9 +289,14 @@ impl<S: CheckpointSigner> Worker<S> {
         }
         let delivered = msg.info().map_or(1, |i| i.delivered as u64);
         if delivered > self.settings.max_attempts {
+            let detail = format!("gave up after {} attempts", self.settings.max_attempts);
+            let letter = self.letter(msg, crate::dlq::EXPORT_ATTEMPTS_EXHAUSTED, detail.clone());
+            crate::dlq::dead_letter(&self.js, &letter)
+                .await
+                .map_err(|e| e.to_string())?;
             let outcome = Outcome::Failed {
-                code: "EXPORT_ATTEMPTS_EXHAUSTED".to_owned(),
-                detail: format!("gave up after {} attempts", self.settings.max_attempts),
+                code: crate::dlq::EXPORT_ATTEMPTS_EXHAUSTED.to_owned(),
+                detail,
             };
             return self.finish(&row, outcome).await;
         }

@@ -1,0 +1,140 @@
+//! `/admin/dlq`: a tenant administrator's view of the tenant's dead letters, and their replay.
+//! The tenant is the caller's; letters of other tenants do not exist here (404).
+
+use atp_core::deadletter::DeadRole;
+use atp_nats::dlq::{self, DlqError, Entry, Filter};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::GatewayState;
+use crate::auth::{Principal, Role};
+use crate::problem::Problem;
+
+/// At most this many letters per answer (and per replay request).
+const MAX_LETTERS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    role: Option<DeadRole>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<usize>,
+}
+
+fn dlq_problem(tenant: &str) -> impl Fn(DlqError) -> Problem + '_ {
+    move |e| match e {
+        DlqError::NotFound(seq) => {
+            Problem::not_found(format!("no dead letter {seq}")).tenant(tenant)
+        }
+        other => Problem::unavailable("the dead-letter queue", other).tenant(tenant),
+    }
+}
+
+/// `GET /admin/dlq`: the tenant's letters, oldest first, each with its last replay.
+pub async fn list(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    let tenant = principal.tenant.to_string();
+    let Query(p) =
+        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let filter = Filter {
+        tenant: Some(tenant.clone()),
+        role: p.role,
+        from: p.from,
+        to: p.to,
+        limit: p.limit.unwrap_or(100).clamp(1, MAX_LETTERS),
+    };
+    let items = dlq::list(&state.bus.js, &filter)
+        .await
+        .map_err(dlq_problem(&tenant))?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn own(state: &GatewayState, tenant: &str, seq: u64) -> Result<Entry, Problem> {
+    let entry = dlq::get(&state.bus.js, seq)
+        .await
+        .map_err(dlq_problem(tenant))?;
+    if entry.letter.tenant_id != tenant {
+        return Err(Problem::not_found(format!("no dead letter {seq}")).tenant(tenant));
+    }
+    Ok(entry)
+}
+
+/// `GET /admin/dlq/{seq}`: one letter.
+pub async fn show(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    Path(seq): Path<u64>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    let entry = own(&state, principal.tenant.as_str(), seq).await?;
+    Ok(Json(entry).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplayBody {
+    /// These letters; without, every letter the filters select.
+    #[serde(default)]
+    seqs: Vec<u64>,
+    role: Option<DeadRole>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/dlq/replay`: handles letters again; one result per letter.
+pub async fn replay(
+    principal: Principal,
+    State(state): State<GatewayState>,
+    body: Result<Json<ReplayBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    principal.require(&[Role::Admin])?;
+    let tenant = principal.tenant.to_string();
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+    if body.seqs.len() > MAX_LETTERS {
+        return Err(Problem::bad_request(
+            "INVALID_REQUEST",
+            format!("at most {MAX_LETTERS} letters per replay"),
+        )
+        .tenant(&tenant));
+    }
+    let entries = if body.seqs.is_empty() {
+        let filter = Filter {
+            tenant: Some(tenant.clone()),
+            role: body.role,
+            from: body.from,
+            to: body.to,
+            limit: MAX_LETTERS,
+        };
+        dlq::list(&state.bus.js, &filter)
+            .await
+            .map_err(dlq_problem(&tenant))?
+    } else {
+        let mut v = Vec::with_capacity(body.seqs.len());
+        for seq in &body.seqs {
+            v.push(own(&state, &tenant, *seq).await?);
+        }
+        v
+    };
+    let by = format!("admin:{}", principal.subject);
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let r = atp_runtime::dlq::replay(&state.bus.js, &state.db, entry, &by, body.dry_run)
+            .await
+            .map_err(dlq_problem(&tenant))?;
+        results.push(r);
+    }
+    Ok(Json(json!({ "dryRun": body.dry_run, "results": results })).into_response())
+}

@@ -1,0 +1,217 @@
+//! Dead letters: a message the projector cannot take is tried a bounded number of times, then
+//! dead-lettered with its diagnosis while the projector moves on; after the fix, a replay
+//! (CLI or admin API) handles it, once.
+
+use std::process::Command;
+
+use atp::serve::Roles;
+use atp_gateway::Role;
+use atp_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Runs `atp dlq …`; (success, stdout lines as JSON, stderr).
+fn atp_dlq(stack: &Stack, args: &[&str]) -> (bool, Vec<Value>, String) {
+    let out = Command::new(atp_binary())
+        .arg("dlq")
+        .args(args)
+        .env("ATP_NATS_URL", stack.nats.url())
+        .env("ATP_DATABASE_URL", &stack.database_url)
+        .env("ATP_LOG", "warn")
+        .output()
+        .expect("atp runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn letters(stack: &Stack) -> Vec<atp_nats::dlq::Entry> {
+    atp_nats::dlq::list(&stack.js, &atp_nats::dlq::Filter::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
+    let stack = Stack::start().await;
+    // The "bug": the database refuses one record.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id; END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON records FOR EACH ROW \
+         WHEN (NEW.event_id = 'poison') EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let running = stack.serve(Roles::ALL).await;
+    let p = partition(TENANT, SOURCE);
+    for id in ["good-1", "poison", "good-2"] {
+        stack.publish(&p, &stack.sign(stack.event(id))).await;
+    }
+    // The projector gives up on the poison after its attempts and projects the rest.
+    let dead = eventually("the poison dead-lettered, the rest projected", || async {
+        let l = letters(&stack).await;
+        (l.len() == 1 && stack.projected_records(TENANT).await == 2).then_some(l)
+    })
+    .await;
+    let d = &dead[0].letter;
+    assert_eq!(d.role, atp_core::deadletter::DeadRole::Projector);
+    assert_eq!(d.code, "PROJECTION_REFUSED");
+    assert!(d.detail.contains("record poison refused"), "{}", d.detail);
+    assert_eq!(d.attempts, atp_runtime::projector::MAX_ATTEMPTS);
+    assert_eq!(d.stream, atp_nats::streams::LEDGER);
+    assert_eq!(d.tenant_id, TENANT);
+    assert_eq!(d.subject, atp_nats::subjects::ledger(&p));
+    assert_eq!(d.schema_version.as_deref(), Some("1"));
+    assert_eq!(d.payload_sha256.len(), 64);
+    assert_eq!(d.trace_id, None, "published without a traceparent");
+    // Past it, the projector goes on.
+    stack.publish(&p, &stack.sign(stack.event("good-3"))).await;
+    eventually("projection continues past the letter", || async {
+        (stack.projected_records(TENANT).await == 3).then_some(())
+    })
+    .await;
+
+    // The tenant's admin sees it; another tenant's admin does not; an auditor may not look.
+    let api = Api::new(&running);
+    let admin = stack.token(TENANT, Role::Admin);
+    let listed = api.get_json("/api/v1/admin/dlq", &admin).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["items"][0]["letter"]["code"], "PROJECTION_REFUSED");
+    let seq = dead[0].seq;
+    let other = stack.token("globex", Role::Admin);
+    let theirs = api.get_json("/api/v1/admin/dlq", &other).await;
+    assert_eq!(theirs["items"], json!([]));
+    let resp = api
+        .get(&format!("/api/v1/admin/dlq/{seq}"), &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = api
+        .get("/api/v1/admin/dlq", &stack.token(TENANT, Role::Auditor))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // Before the fix, a dry run says it still fails, and writes nothing.
+    let dry = api
+        .post_json(
+            "/api/v1/admin/dlq/replay",
+            &admin,
+            &json!({"seqs": [seq], "dryRun": true}),
+        )
+        .await;
+    assert_eq!(dry["results"][0]["outcome"], "failed", "{dry}");
+    assert!(letters(&stack).await[0].replay.is_none());
+
+    // The fix; then the operator's dry run, replay, and a second replay.
+    sqlx::raw_sql("DROP TRIGGER refuse_poison ON records")
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    let (ok, out, err) = atp_dlq(&stack, &["replay", "--tenant", TENANT, "--dry-run"]);
+    assert!(ok, "{err}");
+    assert_eq!(out[0]["outcome"], "wouldReplay", "{out:?}");
+    assert_eq!(stack.projected_records(TENANT).await, 3);
+    let (ok, out, err) = atp_dlq(&stack, &["replay", "--tenant", TENANT]);
+    assert!(ok, "{err}");
+    assert_eq!(out[0]["outcome"], "replayed", "{out:?}");
+    assert_eq!(stack.projected_records(TENANT).await, 4);
+    let (ok, out, _) = atp_dlq(&stack, &["replay", "--seq", &seq.to_string()]);
+    assert!(ok);
+    assert_eq!(out[0]["outcome"], "alreadyReplayed", "{out:?}");
+    assert_eq!(stack.projected_records(TENANT).await, 4);
+    let (ok, listed, _) = atp_dlq(&stack, &["list", "--role", "projector"]);
+    assert!(ok);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["replay"]["outcome"], "replayed");
+    assert!(
+        listed[0]["replay"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator:"),
+        "{listed:?}"
+    );
+    let shown = Command::new(atp_binary())
+        .args(["dlq", "show", &seq.to_string()])
+        .env("ATP_NATS_URL", stack.nats.url())
+        .output()
+        .unwrap();
+    assert!(shown.status.success());
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["intact"], true);
+    assert_eq!(shown["message"]["json"]["event"]["id"], "poison", "{shown}");
+    let metrics = api.get_public_text("/metrics").await;
+    assert!(
+        metrics.contains("atp_dlq_letters_total{code=\"PROJECTION_REFUSED\",role=\"projector\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("atp_dlq_depth 1"), "{metrics}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_messages_are_dead_lettered_never_dropped() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    // A ledger message that is no record (only ATP writes there; this stands for a bug).
+    let junk = partition(TENANT, "junk");
+    stack
+        .js
+        .publish(atp_nats::subjects::ledger(&junk), "not a record".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // An export request that is no request.
+    let tenant = atp_core::TenantId::new(TENANT).unwrap();
+    stack
+        .js
+        .publish(
+            atp_nats::subjects::export_requested(&tenant),
+            "{\"exportId\": 7}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = eventually("both dead-lettered", || async {
+        let l = letters(&stack).await;
+        (l.len() == 2).then_some(l)
+    })
+    .await;
+    let code_of = |role: &str| {
+        dead.iter()
+            .find(|e| e.letter.role.as_str() == role)
+            .map(|e| (e.letter.code.clone(), e.letter.payload_bytes))
+    };
+    assert_eq!(
+        code_of("projector"),
+        Some(("UNPROJECTABLE".to_owned(), "not a record".len() as u64))
+    );
+    assert_eq!(
+        code_of("exporter"),
+        Some(("MALFORMED_REQUEST".to_owned(), 15))
+    );
+    // A malformed request cannot be replayed: the replay says so and the CLI exits 1.
+    let (ok, out, _) = atp_dlq(&stack, &["replay", "--role", "exporter"]);
+    assert!(!ok);
+    assert_eq!(out[0]["outcome"], "failed");
+    assert!(
+        out[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MALFORMED_REQUEST"),
+        "{out:?}"
+    );
+    running.stop().await;
+}
