@@ -19,7 +19,7 @@ use atp_core::chain::ChainVerifier;
 use atp_core::reason::RejectionEnvelope;
 use atp_core::record::{self, Record};
 use atp_core::{PartitionKey, SourceId, TenantId};
-use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_devstack::{NatsCluster, NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_gateway::Role;
 use atp_nats::{headers, streams, subjects};
 use atp_runtime::Secret;
@@ -38,8 +38,39 @@ pub const KEY_ID: &str = "acme-crm-1";
 /// shared; a passing run returns as soon as the condition holds.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The NATS side of a stack: one server, or a JetStream cluster on loopback.
+pub enum Nats {
+    One(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// The client URL (every node's, comma-separated, for a cluster).
+    pub fn url(&self) -> String {
+        match self {
+            Nats::One(n) => n.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// Stops and starts the single server on the same ports and store.
+    pub async fn restart(&mut self) -> Result<(), atp_devstack::DevstackError> {
+        match self {
+            Nats::One(n) => n.restart().await,
+            Nats::Cluster(_) => panic!("restart a cluster node through cluster()"),
+        }
+    }
+
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::One(_) => panic!("this stack runs one nats-server"),
+        }
+    }
+}
+
 pub struct Stack {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub pg: Postgres,
     pub js: Context,
     pub database_url: String,
@@ -68,6 +99,18 @@ impl Stack {
         let nats = NatsServer::start(NatsOptions::default())
             .await
             .expect("nats-server starts");
+        Self::start_on(Nats::One(Box::new(nats)), 1).await
+    }
+
+    /// The same, on a JetStream cluster of `nodes` servers with every stream replicated on all.
+    pub async fn start_cluster(nodes: usize) -> Stack {
+        let cluster = NatsCluster::start(nodes)
+            .await
+            .expect("the nats-server cluster starts");
+        Self::start_on(Nats::Cluster(cluster), nodes).await
+    }
+
+    async fn start_on(nats: Nats, replicas: usize) -> Stack {
         let pg = Postgres::start(PostgresOptions::default())
             .await
             .expect("PostgreSQL starts");
@@ -76,9 +119,17 @@ impl Stack {
             .await
             .expect("connect to nats");
         let js = async_nats::jetstream::new(client);
-        atp::admin::prepare(&js, &database_url, 1)
-            .await
-            .expect("streams and migrations");
+        // A new cluster elects its JetStream meta leader a moment after its nodes are up.
+        eventually("streams applied and migrations run", || {
+            let (js, database_url) = (js.clone(), database_url.clone());
+            async move {
+                atp::admin::prepare(&js, &database_url, replicas)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, "not yet"))
+                    .ok()
+            }
+        })
+        .await;
         let pool = atp_store::connect(&database_url, 4).await.expect("pool");
         let producer = SigningKey::from_bytes(&[11u8; 32]);
         atp::admin::add_producer(
@@ -110,6 +161,7 @@ impl Stack {
             database_url: Secret::new(self.database_url.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             roles,
+            shard: atp_runtime::shard::Shard::ALL,
             ingest: IngestConfig::default(),
             issuer: atp::dev::ISSUER.to_owned(),
             audience: atp::dev::AUDIENCE.to_owned(),

@@ -89,3 +89,87 @@ async fn sigkill_mid_batch_and_producer_retries_lose_and_double_nothing() {
     );
     assert_eq!(stack.rejected_len(&p).await, 0);
 }
+
+/// The projector and the integrity worker SIGKILLed mid-burst and restarted: every record is
+/// projected exactly once and every checkpoint covers the whole, verified log.
+#[tokio::test]
+async fn sigkill_of_the_projector_and_integrity_mid_burst_loses_and_doubles_nothing() {
+    let stack = Stack::start().await;
+    let p = partition(TENANT, SOURCE);
+    const N: u64 = 2000;
+    // Ingest runs in this process throughout; the killed roles run in a child process.
+    let ingest = stack
+        .serve(atp::serve::Roles::parse("ingest").unwrap())
+        .await;
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("roles.log");
+    let spawn = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        tokio::process::Command::new(atp_binary())
+            .args(["serve", "--roles", "projector,integrity"])
+            .env("ATP_NATS_URL", stack.nats.url())
+            .env("ATP_DATABASE_URL", &stack.database_url)
+            .env("ATP_CHECKPOINT_KEYS_DIR", stack.keys_dir.path())
+            .env("ATP_LOG_NAME", LOG_NAME)
+            .env("ATP_CHECKPOINT_EVERY_MS", "100")
+            .env("ATP_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("atp serve starts")
+    };
+    for i in 0..N {
+        stack
+            .publish(&p, &stack.sign(stack.event(&format!("burst-{i}"))))
+            .await;
+    }
+    // Started once the burst is on the ledger side, and killed as soon as it has begun.
+    let mut roles = spawn();
+    eventually("projection and checkpoints under way", || async {
+        (stack.projected_records(TENANT).await > 0 && stack.checkpoint_size(&p).await > 0)
+            .then_some(())
+    })
+    .await;
+    roles.start_kill().unwrap(); // SIGKILL
+    roles.wait().await.unwrap();
+    let at_kill = stack.projected_records(TENANT).await;
+    eprintln!("projector and integrity killed with {at_kill} of {N} projected");
+    let restarted = std::time::Instant::now();
+    let mut roles = spawn();
+    eventually("every record projected and checkpointed", || {
+        if let Ok(Some(status)) = roles.try_wait() {
+            panic!(
+                "atp serve exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        async {
+            (stack.projected_records(TENANT).await == N as i64
+                && stack.checkpoint_size(&p).await == N)
+                .then_some(())
+        }
+    })
+    .await;
+    eprintln!(
+        "projector and integrity: caught up {:.2} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    roles.start_kill().unwrap();
+    roles.wait().await.unwrap();
+    assert_eq!(stack.verify_chain(&p).await, N, "the ledger is whole");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT chain_index) FROM records WHERE tenant_id = $1 AND source_id = $2",
+    )
+    .bind(TENANT)
+    .bind(SOURCE)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, N as i64, "one row per record");
+    ingest.stop().await;
+}

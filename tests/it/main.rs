@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod batch;
+mod cluster;
 mod crash;
 mod dlq;
 mod export;

@@ -25,6 +25,6 @@ mod postgres;
 mod process;
 
 pub use error::DevstackError;
-pub use nats::{MIN_NATS_SERVER_VERSION, NatsOptions, NatsServer, nats_server_binary};
+pub use nats::{MIN_NATS_SERVER_VERSION, NatsCluster, NatsOptions, NatsServer, nats_server_binary};
 pub use postgres::{MIN_POSTGRES_MAJOR, Postgres, PostgresOptions, SUPERUSER};
 pub use process::free_port;

@@ -175,6 +175,22 @@ impl NatsServer {
         }
     }
 
+    /// `server_name` in the generated config, as cluster and stream info report it.
+    pub fn server_name(&self) -> String {
+        format!("atp-devstack-{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL): a crash, for fault tests. [`Self::restart`] brings
+    /// it back on the same ports and store.
+    pub async fn kill(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+        }
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, None, "KILL", Duration::ZERO, "nats-server").await;
+        }
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL after 5 s. Idempotent.
     pub async fn stop(&mut self) {
         if let Some(watchdog) = self.watchdog.take() {
@@ -263,6 +279,67 @@ impl NatsServer {
         } else {
             Err(Launch::Failed(error))
         }
+    }
+}
+
+/// A JetStream cluster of nats-servers on loopback ports, routed to one another: for tests of
+/// replicated (R3) streams and of losing a node.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers of one cluster (`atp-devstack`), each with its own store. Returns
+    /// once every node is up; electing a JetStream meta leader takes the cluster a moment more,
+    /// so the first JetStream calls may need a retry.
+    pub async fn start(size: usize) -> Result<NatsCluster, DevstackError> {
+        let mut ports = Vec::with_capacity(size);
+        for _ in 0..size {
+            ports.push((free_port()?, free_port()?));
+        }
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::with_capacity(size);
+        for (client, route) in &ports {
+            let cluster = format!(
+                "cluster {{\n  name: \"atp-devstack\"\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}"
+            );
+            nodes.push(
+                NatsServer::start(NatsOptions {
+                    port: Some(*client),
+                    store_dir: None,
+                    extra_config: Some(cluster),
+                })
+                .await?,
+            );
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's client URL, comma-separated (what `atp` takes as `--nats-url`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// The node whose `server_name` is `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.server_name() == name)
     }
 }
 

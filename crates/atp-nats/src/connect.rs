@@ -48,6 +48,8 @@ pub fn reconnects() -> tokio::sync::watch::Receiver<u64> {
 }
 
 /// Connects as `name` (shown in the server's connection list) and checks the server version.
+/// `url` may list several servers of a cluster, comma-separated; the client also learns the
+/// others from the one it reaches, and fails over between them.
 pub async fn connect(
     url: &str,
     name: &str,
@@ -81,8 +83,13 @@ pub async fn connect(
                 source,
             })?;
     }
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let client = opts
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|source| ConnectError::Connect {
             url: url.to_owned(),

@@ -243,7 +243,9 @@ pub async fn apply(js: &Context, replicas: usize) -> Result<Vec<(String, Applied
     Ok(out)
 }
 
-fn is_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
+/// Whether a `get_stream` failure means the stream does not exist (as opposed to the server
+/// not answering, as while a cluster elects a new leader).
+pub fn is_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
     matches!(kind, jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 

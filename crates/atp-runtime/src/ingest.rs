@@ -40,6 +40,7 @@ use futures::StreamExt;
 
 use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, ReadSpec, Role};
+pub use crate::shard::Shard;
 use crate::{RoleError, telemetry, to_chrono};
 
 /// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
@@ -51,38 +52,6 @@ const HINT_EVERY: Duration = Duration::from_millis(250);
 /// pipelining adds ~25% throughput under load but ~50% to p99 latency at 2,000 events/s, where
 /// batches hold tens of events.
 const PIPELINE_MIN: usize = 256;
-
-/// A worker's share of the partitions: those whose key hashes to `index` modulo `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
-}
-
-impl Shard {
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// Parses `k/n`, e.g. `0/2`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (k, n) = s.split_once('/')?;
-        let (index, count) = (k.parse().ok()?, n.parse().ok()?);
-        (count > 0 && index < count).then_some(Self { index, count })
-    }
-
-    /// FNV-1a: stable across processes and versions, which a std hasher is not.
-    pub fn owns(&self, partition_subject_key: &str) -> bool {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in partition_subject_key.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        h % self.count == self.index
-    }
-
-    fn label(&self) -> String {
-        format!("{}-of-{}", self.index, self.count)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -976,27 +945,5 @@ impl Ingest {
                 }
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_split_partitions_stably() {
-        let two = [Shard::parse("0/2").unwrap(), Shard::parse("1/2").unwrap()];
-        for k in ["acme.crm", "acme.billing", "globex.crm", "x.y"] {
-            assert_eq!(
-                two.iter().filter(|s| s.owns(k)).count(),
-                1,
-                "{k} has exactly one owner"
-            );
-            assert!(Shard::ALL.owns(k));
-        }
-        assert_eq!(Shard::parse("2/2"), None);
-        assert_eq!(Shard::parse("0/0"), None);
-        // FNV-1a of "acme.crm" is fixed, so the owner never changes between releases.
-        assert_eq!(two[0].owns("acme.crm"), !two[1].owns("acme.crm"));
     }
 }

@@ -310,7 +310,7 @@ impl Role for IntegrityLog {
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {
         // In-memory logs are re-derived from what was committed.
         self.parts.clear();
-        let wm = projection::watermark(&self.pool, store::WATERMARK)
+        let wm = projection::watermark_row(&self.pool, store::WATERMARK)
             .await
             .map_err(db)?;
         Ok(ReadSpec {

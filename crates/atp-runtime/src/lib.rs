@@ -14,6 +14,7 @@ pub mod projector;
 pub mod reader;
 pub mod replay;
 pub mod secret;
+pub mod shard;
 pub mod signer;
 pub mod telemetry;
 

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::reader::{BatchHandler, ReadSpec, Role};
+use crate::shard::Shard;
 use crate::{RoleError, telemetry};
 use atp_core::trace::TraceParent;
 
@@ -107,8 +108,9 @@ pub struct Rows<R> {
     pub last: u64,
 }
 
-/// Builds the rows of a batch.
-pub fn build<P: Projection>(batch: &[Message]) -> Result<Rows<P::Row>, RoleError> {
+/// Builds the rows of a batch for the partitions `shard` owns (others are neither rows nor
+/// failures: another instance projects them).
+pub fn build<P: Projection>(batch: &[Message], shard: Shard) -> Result<Rows<P::Row>, RoleError> {
     let mut out = Rows {
         rows: Vec::with_capacity(batch.len()),
         from: Vec::with_capacity(batch.len()),
@@ -118,6 +120,9 @@ pub fn build<P: Projection>(batch: &[Message]) -> Result<Rows<P::Row>, RoleError
     for (i, m) in batch.iter().enumerate() {
         let seq = seq_of(m)?;
         out.last = seq;
+        if !owned::<P>(shard, m) {
+            continue;
+        }
         match P::row(&m.payload, m.headers.as_ref(), seq) {
             Ok(r) => {
                 out.rows.push(r);
@@ -129,10 +134,22 @@ pub fn build<P: Projection>(batch: &[Message]) -> Result<Rows<P::Row>, RoleError
     Ok(out)
 }
 
+/// Whether `shard` projects the message's partition. A subject that names no partition is
+/// everyone's problem: shard 0 takes it (and dead-letters it).
+fn owned<P: Projection>(shard: Shard, m: &Message) -> bool {
+    if shard.count <= 1 {
+        return true;
+    }
+    match subjects::tokens_of(P::SUBJECTS, &m.subject) {
+        Some((t, s)) => shard.owns(&format!("{t}.{s}")),
+        None => shard.index == 0,
+    }
+}
+
 /// Rows for a batch, leaving out (and logging) messages that cannot be projected: for
 /// rebuilds, where the live projector has already dead-lettered them.
 pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), RoleError> {
-    let built = build::<P>(batch)?;
+    let built = build::<P>(batch, Shard::ALL)?;
     for (i, e) in &built.failed {
         tracing::error!(projection = P::NAME, subject = %batch[*i].subject, error = %e, "message cannot be projected");
     }
@@ -174,6 +191,9 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub struct Projector<P: Projection> {
     js: Context,
     pool: PgPool,
+    shard: Shard,
+    /// This instance's watermark row (`records`, or `records@k/n` as a shard).
+    watermark: String,
     /// Rows projected since start.
     pub projected: u64,
     /// The stream sequence a batch keeps failing on, and how many tries it has had.
@@ -182,10 +202,12 @@ pub struct Projector<P: Projection> {
 }
 
 impl<P: Projection> Projector<P> {
-    pub fn new(js: Context, pool: PgPool) -> Self {
+    pub fn new(js: Context, pool: PgPool, shard: Shard) -> Self {
         Self {
             js,
             pool,
+            shard,
+            watermark: projection::watermark_key(P::NAME, shard.index, shard.count),
             projected: 0,
             failing: None,
             _model: std::marker::PhantomData,
@@ -271,9 +293,15 @@ impl<P: Projection> Role for Projector<P> {
     const NAME: &'static str = P::NAME;
 
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {
-        let wm = projection::watermark(&self.pool, P::NAME)
+        // A shard starting for the first time resumes where the unsharded projector stopped.
+        let mut wm = projection::watermark_row(&self.pool, &self.watermark)
             .await
             .map_err(db)?;
+        if wm.is_none() && self.shard.count > 1 {
+            wm = projection::watermark_row(&self.pool, P::NAME)
+                .await
+                .map_err(db)?;
+        }
         Ok(ReadSpec {
             stream: P::STREAM.to_owned(),
             filter_subjects: vec![subjects::all(P::SUBJECTS)],
@@ -289,11 +317,15 @@ impl<P: Projection> BatchHandler for Projector<P> {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         // With traces on, one span per message, ended once its row is committed.
         let _spans: Vec<tracing::Span> = if telemetry::spans_on() {
-            batch.iter().map(record_span::<P>).collect()
+            batch
+                .iter()
+                .filter(|m| owned::<P>(self.shard, m))
+                .map(record_span::<P>)
+                .collect()
         } else {
             Vec::new()
         };
-        let built = build::<P>(batch)?;
+        let built = build::<P>(batch, self.shard)?;
         if let Some((i, e)) = built.failed.first() {
             let seq = seq_of(&batch[*i])?;
             if !self.spent(seq) {
@@ -312,20 +344,27 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .begin()
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
-        exec(&mut tx, "SAVEPOINT atp_batch").await?;
         let rows = match P::insert(&mut tx, &built.rows).await {
             Ok(n) => n,
             Err(e) if e.is_refusal() => {
-                let first = seq_of(&batch[0])?;
+                let first = built.from.first().map_or(Ok(0), |&i| seq_of(&batch[i]))?;
                 if !self.spent(first) {
                     return Err(db(e));
                 }
-                exec(&mut tx, "ROLLBACK TO SAVEPOINT atp_batch").await?;
+                // The refused statement aborted the transaction: start again, row by row.
+                tx.rollback()
+                    .await
+                    .map_err(|e| RoleError::Retry(e.to_string()))?;
+                tx = self
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| RoleError::Retry(e.to_string()))?;
                 self.insert_each(&mut tx, batch, &built).await?
             }
             Err(e) => return Err(db(e)),
         };
-        projection::advance_watermark(&mut tx, P::NAME, built.last, newest)
+        projection::advance_watermark(&mut tx, &self.watermark, built.last, newest)
             .await
             .map_err(db)?;
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -346,10 +385,15 @@ impl<P: Projection> BatchHandler for Projector<P> {
     }
 }
 
-/// Runs both projections until shutdown.
-pub async fn run(js: Context, pool: PgPool, shutdown: crate::Shutdown) -> Result<(), RoleError> {
-    let mut records = Projector::<Records>::new(js.clone(), pool.clone());
-    let mut rejections = Projector::<Rejections>::new(js.clone(), pool);
+/// Runs both projections, for the partitions `shard` owns, until shutdown.
+pub async fn run(
+    js: Context,
+    pool: PgPool,
+    shard: Shard,
+    shutdown: crate::Shutdown,
+) -> Result<(), RoleError> {
+    let mut records = Projector::<Records>::new(js.clone(), pool.clone(), shard);
+    let mut rejections = Projector::<Rejections>::new(js.clone(), pool, shard);
     let (a, b) = tokio::join!(
         crate::reader::run_role(&js, &mut records, shutdown.clone()),
         crate::reader::run_role(&js, &mut rejections, shutdown),

@@ -26,6 +26,12 @@ pub type Shutdown = watch::Receiver<bool>;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often an idle reader checks that its consumer is alive. An ordered consumer lives on one
+/// server; when that server dies in a cluster, the client may not notice (its own connection is
+/// to another node), so a reader that sees the stream grow past what it has received for two
+/// checks in a row restarts from its durable position.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct ReadSpec {
     pub stream: String,
@@ -66,10 +72,16 @@ pub async fn read_stream<H: BatchHandler>(
     if spec.stop_after.is_some_and(|s| s < spec.start_seq) {
         return Ok(());
     }
-    let stream = js
-        .get_stream(&spec.stream)
-        .await
-        .map_err(|e| RoleError::Fatal(format!("stream {} unavailable: {e}", spec.stream)))?;
+    // A missing stream is a deployment error; one that does not answer (a cluster electing a
+    // new leader) is waited for.
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| {
+        let why = format!("stream {} unavailable: {e}", spec.stream);
+        if atp_nats::streams::is_not_found(&e.kind()) {
+            RoleError::Fatal(why)
+        } else {
+            RoleError::Retry(why)
+        }
+    })?;
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subjects: spec.filter_subjects.clone(),
@@ -113,6 +125,10 @@ pub async fn read_stream<H: BatchHandler>(
     let _stop_pump = AbortOnDrop(pump);
     let mut reconnects = atp_nats::reconnects();
     reconnects.mark_unchanged();
+    let mut received = spec.start_seq.saturating_sub(1);
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut behind_checks = 0;
     loop {
         if rx.is_empty() {
             handler.flush().await?;
@@ -126,7 +142,20 @@ pub async fn read_stream<H: BatchHandler>(
                     spec.stream
                 )));
             }
+            _ = stall_check.tick() => {
+                let last = stream.get_info().await.map_or(0, |i| i.state.last_sequence);
+                behind_checks = if last > received { behind_checks + 1 } else { 0 };
+                if behind_checks >= 2 {
+                    return Err(RoleError::Restart(format!(
+                        "{} has messages up to {last} but none past {received} arrived; \
+                         re-reading from the durable position",
+                        spec.stream
+                    )));
+                }
+                continue;
+            }
         };
+        behind_checks = 0;
         if *shutdown.borrow() {
             return Ok(());
         }
@@ -153,6 +182,7 @@ pub async fn read_stream<H: BatchHandler>(
             .last()
             .and_then(|m| m.info().ok().map(|i| (Some(i.stream_sequence), i.pending)))
             .unwrap_or((None, 1));
+        received = received.max(last.unwrap_or(0));
         let mut delay = RETRY_FIRST;
         loop {
             match handler.handle(&batch).await {

@@ -255,17 +255,76 @@ pub struct Watermark {
     pub last_committed_at: Option<DateTime<Utc>>,
 }
 
-pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Watermark>, StoreError> {
+/// The watermark row a projector instance writes: `records` alone, `records@k/n` as shard `k`
+/// of `n` (each shard reads the whole stream and advances its own row).
+pub fn watermark_key(projection: &str, index: u32, count: u32) -> String {
+    if count <= 1 {
+        projection.to_owned()
+    } else {
+        format!("{projection}@{index}/{count}")
+    }
+}
+
+/// The shard count a watermark row was written under (1 for the plain row).
+fn shard_count(key: &str, projection: &str) -> Option<u32> {
+    if key == projection {
+        return Some(1);
+    }
+    let (_, n) = key
+        .strip_prefix(projection)?
+        .strip_prefix('@')?
+        .split_once('/')?;
+    n.parse().ok()
+}
+
+/// One watermark row, exactly as written (a projector instance's own position).
+pub async fn watermark_row(pool: &PgPool, key: &str) -> Result<Option<Watermark>, StoreError> {
     let row: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT stream_seq, last_committed_at FROM projection_watermarks WHERE projection = $1",
     )
-    .bind(projection)
+    .bind(key)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(s, c)| Watermark {
         stream_seq: u64::try_from(s).unwrap_or(0),
         last_committed_at: c,
     }))
+}
+
+/// A projection's watermark, however many instances project it: the sharding in force is the
+/// one of the most recently advanced row, and the projection is as far as its slowest shard (a
+/// shard not started yet counts from where the unsharded projector stopped, as it will).
+pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Watermark>, StoreError> {
+    let rows: Vec<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT projection, stream_seq, last_committed_at FROM projection_watermarks \
+         WHERE projection = $1 OR projection LIKE $1 || '@%' ORDER BY updated_at DESC",
+    )
+    .bind(projection)
+    .fetch_all(pool)
+    .await?;
+    let Some(n) = rows.first().and_then(|r| shard_count(&r.0, projection)) else {
+        return Ok(None);
+    };
+    let current: Vec<_> = rows
+        .iter()
+        .filter(|r| shard_count(&r.0, projection) == Some(n))
+        .collect();
+    let plain = rows.iter().find(|r| r.0 == projection);
+    let considered: Vec<_> = if current.len() < n as usize {
+        match plain {
+            Some(p) => current.into_iter().chain(std::iter::once(p)).collect(),
+            None => return Ok(None),
+        }
+    } else {
+        current
+    };
+    Ok(considered
+        .iter()
+        .min_by_key(|r| r.1)
+        .map(|(_, s, c)| Watermark {
+            stream_seq: u64::try_from(*s).unwrap_or(0),
+            last_committed_at: *c,
+        }))
 }
 
 /// Moves a watermark forward (never back) inside the caller's transaction.

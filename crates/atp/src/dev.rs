@@ -133,6 +133,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         database_url: Secret::new(database_url.clone()),
         listen,
         roles: Roles::ALL,
+        shard: atp_runtime::shard::Shard::ALL,
         ingest: IngestConfig::default(),
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),

@@ -10,7 +10,8 @@ use atp::dev;
 use atp::serve::{Roles, ServeConfig};
 use atp_gateway::Role;
 use atp_runtime::Secret;
-use atp_runtime::ingest::{IngestConfig, Shard};
+use atp_runtime::ingest::IngestConfig;
+use atp_runtime::shard::Shard;
 use clap::{Parser, Subcommand};
 
 /// Ingest allocates and frees many small buffers per event (parsing, canonical bytes, headers);
@@ -54,8 +55,9 @@ enum Command {
         roles: String,
         #[arg(long, env = "ATP_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// This worker's share of partitions, `k/n`.
-        #[arg(long, env = "ATP_INGEST_SHARD", default_value = "0/1")]
+        /// This process's share of the partitions for ingest and the projector, `k/n`: run n
+        /// processes with k = 0..n-1 and each partition has one owner per role.
+        #[arg(long, env = "ATP_SHARD", default_value = "0/1")]
         shard: String,
         #[arg(long, env = "ATP_TOKEN_ISSUER", default_value = dev::ISSUER)]
         token_issuer: String,
@@ -466,10 +468,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("ATP_TOKEN_KEYS entries are kid=<base64 key>")?;
                 keys.push((kid.to_owned(), atp::keys::parse_public(b64)?));
             }
-            let mut ingest = IngestConfig {
-                shard: Shard::parse(&shard).context("--shard is k/n with k < n")?,
-                ..IngestConfig::default()
-            };
+            let mut ingest = IngestConfig::default();
             if let Some(pk) = gateway_public_key {
                 let bytes = atp::keys::parse_public(&pk)?;
                 ingest.gateway_key = Some(
@@ -486,6 +485,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url: Secret::new(db.database_url),
                 listen,
                 roles: Roles::parse(&roles)?,
+                shard: Shard::parse(&shard).context("--shard is k/n with k < n")?,
                 ingest,
                 issuer: token_issuer,
                 audience: token_audience,

@@ -11,6 +11,7 @@ use atp_nats::streams;
 use atp_runtime::export::ExportSettings;
 use atp_runtime::ingest::{BatchStats, Ingest, IngestConfig};
 use atp_runtime::integrity::{CheckpointPolicy, IntegrityStats};
+use atp_runtime::shard::Shard;
 use atp_runtime::signer::FileKeyStore;
 use atp_runtime::{RoleError, Secret};
 use ed25519_dalek::SigningKey;
@@ -69,6 +70,8 @@ pub struct ServeConfig {
     pub database_url: Secret,
     pub listen: SocketAddr,
     pub roles: Roles,
+    /// This process's share of the partitions, for ingest and the projector (`k/n`).
+    pub shard: Shard,
     pub ingest: IngestConfig,
     pub issuer: String,
     pub audience: String,
@@ -173,6 +176,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
 
     if cfg.roles.ingest {
         let mut ingest_cfg = cfg.ingest.clone();
+        ingest_cfg.shard = cfg.shard;
         if ingest_cfg.dedupe_db.is_none() {
             ingest_cfg.dedupe_db = pool.clone();
         }
@@ -192,7 +196,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     if cfg.roles.projector {
         let (js, sd) = (js.clone(), shutdown.clone());
         let pool = pool.clone().context("the projector needs PostgreSQL")?;
-        tasks.spawn(async move { ("projector", atp_runtime::projector::run(js, pool, sd).await) });
+        let shard = cfg.shard;
+        tasks.spawn(async move {
+            (
+                "projector",
+                atp_runtime::projector::run(js, pool, shard, sd).await,
+            )
+        });
     }
     // One key store for the roles that sign: checkpoints and export manifests.
     let signer = if cfg.roles.integrity || cfg.roles.exporter {

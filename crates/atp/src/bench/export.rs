@@ -341,6 +341,7 @@ async fn ttfb(
         database_url: atp_runtime::Secret::new(db.to_owned()),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         roles: crate::serve::Roles::parse("gateway")?,
+        shard: atp_runtime::shard::Shard::ALL,
         ingest: Default::default(),
         issuer: crate::dev::ISSUER.to_owned(),
         audience: crate::dev::AUDIENCE.to_owned(),
