@@ -207,6 +207,36 @@ impl Stack {
             .expect("atp serve starts")
     }
 
+    /// `atp serve --roles <roles>` as a child process against this stack (its servers, its
+    /// checkpoint key store, log name and export spool), with `env` on top, stderr appended to
+    /// `log`; SIGKILLed when dropped.
+    pub fn spawn_serve(
+        &self,
+        roles: &str,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        tokio::process::Command::new(atp_binary())
+            .args(["serve", "--roles", roles])
+            .env("ATP_NATS_URL", self.nats.url())
+            .env("ATP_DATABASE_URL", &self.database_url)
+            .env("ATP_CHECKPOINT_KEYS_DIR", self.keys_dir.path())
+            .env("ATP_LOG_NAME", LOG_NAME)
+            .env("ATP_EXPORT_SPOOL", self.spool.path())
+            .env("ATP_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("atp serve starts")
+    }
+
     pub fn token(&self, tenant: &str, role: Role) -> String {
         atp::dev::mint_token(
             &self.issuer,
@@ -243,6 +273,61 @@ impl Stack {
             .await
             .unwrap()
             .sequence
+    }
+
+    /// Publishes an event to a partition's ingress subject with a W3C `traceparent`, as a
+    /// traced direct producer; returns the ingress sequence.
+    pub async fn publish_traced(
+        &self,
+        p: &PartitionKey,
+        event: &Map<String, Value>,
+        traceparent: &str,
+    ) -> u64 {
+        let mut h = HeaderMap::new();
+        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+        h.insert(headers::TRACEPARENT, traceparent);
+        self.js
+            .publish_with_headers(
+                subjects::ingress(p),
+                h,
+                serde_json::to_vec(event).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    }
+
+    /// Publishes until JetStream acknowledges, as a producer retries through an outage: the
+    /// same message id every time (so a retry of a stored message is not stored twice), 2 s per
+    /// try. Returns how long it took; panics after `PATIENCE`.
+    pub async fn publish_until_acked(
+        &self,
+        p: &PartitionKey,
+        msg_id: &str,
+        body: &[u8],
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        loop {
+            let mut h = HeaderMap::new();
+            h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+            h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+            let sent = self
+                .js
+                .publish_with_headers(subjects::ingress(p), h, body.to_vec().into())
+                .await;
+            if let Ok(ack) = sent
+                && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), ack).await
+            {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{p} {msg_id} never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn publish(&self, p: &PartitionKey, event: &Map<String, Value>) -> u64 {
@@ -426,6 +511,16 @@ impl Api {
             .json()
             .await
             .unwrap()
+    }
+}
+
+/// Panics, with its log, if a child started by [`Stack::spawn_serve`] has exited.
+pub fn assert_running(child: &mut tokio::process::Child, log: &std::path::Path) {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "atp serve exited ({status}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
 }
 

@@ -34,30 +34,10 @@ async fn publish_acknowledged(stack: &Stack, range: std::ops::Range<usize>) -> D
                 "UPDATE",
             );
             let body = serde_json::to_vec(&stack.sign(ev)).unwrap();
-            let started = Instant::now();
-            loop {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(
-                    atp_nats::headers::CONTENT_TYPE,
-                    "application/cloudevents+json",
-                );
-                h.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("{p}:{i}").as_str(),
-                );
-                let sent = stack
-                    .js
-                    .publish_with_headers(atp_nats::subjects::ingress(&p), h, body.clone().into())
-                    .await;
-                if let Ok(ack) = sent
-                    && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), ack).await
-                {
-                    break;
-                }
-                assert!(started.elapsed() < PATIENCE, "{p} {i} never acknowledged");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            longest = longest.max(started.elapsed());
+            let took = stack
+                .publish_until_acked(&p, &format!("{p}:{i}"), &body)
+                .await;
+            longest = longest.max(took);
         }
     }
     longest

@@ -1,7 +1,5 @@
 //! A worker killed with SIGKILL mid-stream, plus producer retries: no duplicate, no gap.
 
-use std::process::Stdio;
-
 use atp_tests::*;
 
 #[tokio::test]
@@ -17,33 +15,10 @@ async fn sigkill_mid_batch_and_producer_retries_lose_and_double_nothing() {
     }
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("worker.log");
-    let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        tokio::process::Command::new(atp_binary())
-            .args(["serve", "--roles", "ingest"])
-            .env("ATP_NATS_URL", stack.nats.url())
-            .env("ATP_DATABASE_URL", &stack.database_url)
-            .env("ATP_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("atp serve starts")
-    };
+    let spawn = || stack.spawn_serve("ingest", &[], &log_path);
     let mut worker = spawn();
     // Kill it once it has recorded some but not all: mid-stream, between or inside batches.
-    let alive = |w: &mut tokio::process::Child| {
-        if let Ok(Some(status)) = w.try_wait() {
-            panic!(
-                "the worker exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-    };
+    let alive = |w: &mut tokio::process::Child| assert_running(w, &log_path);
     eventually("the worker under way", || {
         alive(&mut worker);
         async { (stack.ledger_len(&p).await > 0).then_some(()) }
@@ -104,24 +79,11 @@ async fn sigkill_of_the_projector_and_integrity_mid_burst_loses_and_doubles_noth
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("roles.log");
     let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        tokio::process::Command::new(atp_binary())
-            .args(["serve", "--roles", "projector,integrity"])
-            .env("ATP_NATS_URL", stack.nats.url())
-            .env("ATP_DATABASE_URL", &stack.database_url)
-            .env("ATP_CHECKPOINT_KEYS_DIR", stack.keys_dir.path())
-            .env("ATP_LOG_NAME", LOG_NAME)
-            .env("ATP_CHECKPOINT_EVERY_MS", "100")
-            .env("ATP_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("atp serve starts")
+        stack.spawn_serve(
+            "projector,integrity",
+            &[("ATP_CHECKPOINT_EVERY_MS", "100")],
+            &log_path,
+        )
     };
     for i in 0..N {
         stack
@@ -142,12 +104,7 @@ async fn sigkill_of_the_projector_and_integrity_mid_burst_loses_and_doubles_noth
     let restarted = std::time::Instant::now();
     let mut roles = spawn();
     eventually("every record projected and checkpointed", || {
-        if let Ok(Some(status)) = roles.try_wait() {
-            panic!(
-                "atp serve exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
+        assert_running(&mut roles, &log_path);
         async {
             (stack.projected_records(TENANT).await == N as i64
                 && stack.checkpoint_size(&p).await == N)

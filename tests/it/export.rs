@@ -4,7 +4,7 @@
 //! exporter killed mid-export that still completes the export exactly once.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use atp::serve::Roles;
@@ -484,22 +484,15 @@ async fn an_exporter_killed_mid_export_resumes_and_completes_once() {
 
     let logs = tempfile::tempdir().unwrap();
     let spawn = |rate: &str| {
-        let log = std::fs::File::create(logs.path().join(format!("exporter-{rate}.log"))).unwrap();
-        tokio::process::Command::new(atp_binary())
-            .args(["serve", "--roles", "exporter"])
-            .env("ATP_NATS_URL", stack.nats.url())
-            .env("ATP_DATABASE_URL", &stack.database_url)
-            .env("ATP_CHECKPOINT_KEYS_DIR", stack.keys_dir.path())
-            .env("ATP_LOG_NAME", LOG_NAME)
-            .env("ATP_EXPORT_SPOOL", stack.spool.path())
-            .env("ATP_EXPORT_ACK_WAIT_SECS", "3")
-            .env("ATP_EXPORT_MAX_RATE", rate)
-            .env("ATP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("atp serve starts")
+        stack.spawn_serve(
+            "exporter",
+            &[
+                ("ATP_EXPORT_ACK_WAIT_SECS", "3"),
+                ("ATP_EXPORT_MAX_RATE", rate),
+                ("ATP_LOG", "info"),
+            ],
+            &logs.path().join(format!("exporter-{rate}.log")),
+        )
     };
     // Paced to 100 records/s, the export takes about four seconds: kill it once it reports
     // progress.

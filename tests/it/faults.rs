@@ -18,34 +18,10 @@ async fn publish_acknowledged(stack: &Stack, from: usize, to: usize) -> Duration
     for i in from..to {
         let ev = stack.sign(stack.event(&format!("fault-{i}")));
         let body = serde_json::to_vec(&ev).unwrap();
-        let started = Instant::now();
-        loop {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert(
-                atp_nats::headers::CONTENT_TYPE,
-                "application/cloudevents+json",
-            );
-            h.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("{p}:fault-{i}").as_str(),
-            );
-            let sent = stack
-                .js
-                .publish_with_headers(atp_nats::subjects::ingress(&p), h, body.clone().into())
-                .await;
-            let acked = match sent {
-                Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await,
-                Err(_) => Ok(Err(async_nats::jetstream::context::PublishError::new(
-                    async_nats::jetstream::context::PublishErrorKind::Other,
-                ))),
-            };
-            if matches!(acked, Ok(Ok(_))) {
-                break;
-            }
-            assert!(started.elapsed() < PATIENCE, "event {i} never acknowledged");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        longest = longest.max(started.elapsed());
+        let took = stack
+            .publish_until_acked(&p, &format!("{p}:fault-{i}"), &body)
+            .await;
+        longest = longest.max(took);
     }
     longest
 }

@@ -599,28 +599,13 @@ async fn the_trace_context_follows_a_submission_onto_its_ledger_or_rejected_mess
     assert_ne!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
 
     // A direct producer's trace, onto the rejection of its unsigned event.
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        atp_nats::headers::CONTENT_TYPE,
-        "application/cloudevents+json",
-    );
-    h.insert(
-        atp_nats::headers::TRACEPARENT,
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    );
     stack
-        .js
-        .publish_with_headers(
-            atp_nats::subjects::ingress(&p),
-            h,
-            serde_json::to_vec(&stack.event("unsigned-traced"))
-                .unwrap()
-                .into(),
+        .publish_traced(
+            &p,
+            &stack.event("unsigned-traced"),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     let rejected = eventually("the rejection", || async {
         let r = stack
             .read_subject(

@@ -114,27 +114,13 @@ async fn one_trace_spans_gateway_ingest_and_projector() {
     // A direct producer's trace on NATS.
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let p = partition(TENANT, SOURCE);
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        atp_nats::headers::CONTENT_TYPE,
-        "application/cloudevents+json",
-    );
-    h.insert(
-        atp_nats::headers::TRACEPARENT,
-        format!("00-{trace}-b7ad6b7169203331-01").as_str(),
-    );
-    let event = stack.sign(stack.event("traced-2"));
     stack
-        .js
-        .publish_with_headers(
-            atp_nats::subjects::ingress(&p),
-            h,
-            serde_json::to_vec(&event).unwrap().into(),
+        .publish_traced(
+            &p,
+            &stack.sign(stack.event("traced-2")),
+            &format!("00-{trace}-b7ad6b7169203331-01"),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     let spans = eventually("the projector's span", || finished(trace)).await;
     let ingest = one(&spans, "ingest.record", trace);
     let project = one(&spans, "project.record", trace);
@@ -178,50 +164,27 @@ async fn the_binary_exports_spans_over_otlp_when_configured() {
 
     let stack = Stack::start().await;
     let logs = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(logs.path().join("serve.log")).unwrap();
-    let mut worker = tokio::process::Command::new(atp_binary())
-        .args(["serve", "--roles", "ingest,projector"])
-        .env("ATP_NATS_URL", stack.nats.url())
-        .env("ATP_DATABASE_URL", &stack.database_url)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("ATP_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let log = logs.path().join("serve.log");
+    let mut worker = stack.spawn_serve(
+        "ingest,projector",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &log,
+    );
 
     let trace = [0x5au8; 16];
     let p = partition(TENANT, SOURCE);
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        atp_nats::headers::CONTENT_TYPE,
-        "application/cloudevents+json",
-    );
-    h.insert(
-        atp_nats::headers::TRACEPARENT,
-        format!("00-{}-b7ad6b7169203331-01", hex::encode(trace)).as_str(),
-    );
-    let event = stack.sign(stack.event("exported"));
     stack
-        .js
-        .publish_with_headers(
-            atp_nats::subjects::ingress(&p),
-            h,
-            serde_json::to_vec(&event).unwrap().into(),
+        .publish_traced(
+            &p,
+            &stack.sign(stack.event("exported")),
+            &format!("00-{}-b7ad6b7169203331-01", hex::encode(trace)),
         )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .await;
     let (path, content_type) = eventually("an OTLP export naming the trace", || {
-        if let Ok(Some(status)) = worker.try_wait() {
-            panic!(
-                "atp serve exited ({status}): {}",
-                std::fs::read_to_string(logs.path().join("serve.log")).unwrap_or_default()
-            );
-        }
+        assert_running(&mut worker, &log);
         let found = received
             .lock()
             .unwrap()

@@ -769,14 +769,7 @@ struct Inflight {
 /// `ingest.record` span (child of the message's context, or a new root) is recorded and its own
 /// context is written; otherwise the message's valid context is copied as is.
 fn carry_trace(msg: &Message, out: &mut HeaderMap, about: TraceAbout<'_>) {
-    let h = msg.headers.as_ref();
-    let parent = h
-        .and_then(|h| h.get(headers::TRACEPARENT))
-        .and_then(|v| atp_core::trace::TraceParent::parse(v.as_str()));
-    let state = h
-        .and_then(|h| h.get(headers::TRACESTATE))
-        .map(|v| v.as_str())
-        .filter(|v| v.len() <= 512);
+    let (parent, state) = telemetry::message_context(msg.headers.as_ref());
     let traceparent = if telemetry::spans_on() {
         let span = tracing::info_span!(
             "ingest.record",

@@ -195,10 +195,12 @@ mod tests {
             &m.exports_finished,
             &m.export_records,
             &m.webhook_deliveries,
+            &m.dlq_letters,
             &m.http_requests,
         ] {
             c.add(0, &[]);
         }
+        m.dlq_depth.record(0, &[]);
         for h in [
             &m.ingest_batch_seconds,
             &m.checkpoint_lag_seconds,
@@ -240,13 +242,55 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            14,
+            16,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");
         assert!(check_names("alerts.yml", rules, &families) >= 8);
         let dashboard = include_str!("../../../ops/grafana/atp-overview.json");
-        assert!(check_names("atp-overview.json", dashboard, &families) >= 14);
+        assert!(check_names("atp-overview.json", dashboard, &families) >= 16);
+    }
+
+    /// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to `-`.
+    fn anchor(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    }
+
+    #[test]
+    fn every_alert_links_a_runbook_section_that_exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let rules = include_str!("../../../ops/prometheus/alerts.yml");
+        let mut links = 0;
+        for line in rules.lines() {
+            let Some(link) = line.trim().strip_prefix("runbook: ") else {
+                continue;
+            };
+            links += 1;
+            let (file, section) = link
+                .split_once('#')
+                .map_or((link, None), |(f, s)| (f, Some(s)));
+            let text = std::fs::read_to_string(root.join(file))
+                .unwrap_or_else(|e| panic!("{link}: {file} cannot be read: {e}"));
+            if let Some(section) = section {
+                assert!(
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("## "))
+                        .any(|h| anchor(h) == section),
+                    "{link}: no section #{section} in {file}"
+                );
+            }
+        }
+        assert_eq!(
+            links,
+            rules.matches("- alert: ").count(),
+            "every alert links a runbook"
+        );
     }
 
     #[test]

@@ -19,7 +19,6 @@ use sqlx::{PgConnection, PgPool};
 use crate::reader::{BatchHandler, ReadSpec, Role};
 use crate::shard::Shard;
 use crate::{RoleError, telemetry};
-use atp_core::trace::TraceParent;
 
 /// Rows per transaction: UNNEST inserts level off around 1000 rows (LIMITS.md), and a batch of
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
@@ -170,14 +169,7 @@ fn record_span<P: Projection>(m: &Message) -> tracing::Span {
         db.collection.name = P::NAME,
         tenant.id = tenant,
     );
-    let h = m.headers.as_ref();
-    if let Some(parent) = h
-        .and_then(|h| h.get(headers::TRACEPARENT))
-        .and_then(|v| TraceParent::parse(v.as_str()))
-    {
-        let state = h
-            .and_then(|h| h.get(headers::TRACESTATE))
-            .map(|v| v.as_str());
+    if let (Some(parent), state) = telemetry::message_context(m.headers.as_ref()) {
         telemetry::follow(&span, &parent, state);
     }
     span

@@ -115,6 +115,18 @@ pub fn init() -> Telemetry {
     Telemetry { provider }
 }
 
+/// The valid W3C trace context a NATS message carries: its `traceparent`, and its `tracestate`
+/// when that is of a sane size.
+pub fn message_context(
+    headers: Option<&async_nats::HeaderMap>,
+) -> (Option<TraceParent>, Option<&str>) {
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    (
+        get(atp_nats::headers::TRACEPARENT).and_then(TraceParent::parse),
+        get(atp_nats::headers::TRACESTATE).filter(|v| v.len() <= 512),
+    )
+}
+
 /// Makes `span` a child of the W3C trace context a message or request carried.
 pub fn follow(span: &Span, parent: &TraceParent, state: Option<&str>) {
     if !spans_on() {

@@ -55,6 +55,42 @@ pub struct IngestBench {
     /// Events in each raw baseline.
     #[arg(long, default_value_t = 200_000)]
     pub baseline_events: u64,
+    /// Run `atp serve` with traces on: every span exported over OTLP/HTTP to a sink this
+    /// command runs (it counts and drops them), to measure what tracing costs.
+    #[arg(long)]
+    pub traces: bool,
+}
+
+/// A stand-in OTLP/HTTP collector: answers 200 to every export, counting requests and bytes.
+struct OtlpSink {
+    endpoint: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OtlpSink {
+    async fn start() -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let requests = std::sync::Arc::new(AtomicU64::new(0));
+        let bytes = std::sync::Arc::new(AtomicU64::new(0));
+        let (r, b) = (requests.clone(), bytes.clone());
+        let app = axum::Router::new().fallback(move |body: bytes::Bytes| {
+            let (r, b) = (r.clone(), b.clone());
+            async move {
+                r.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            endpoint,
+            requests,
+            bytes,
+        })
+    }
 }
 
 pub async fn run(which: Which) -> anyhow::Result<()> {
@@ -302,7 +338,13 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
 
     // --- ATP: throughput ---
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(&exe)
+    let sink = if b.traces {
+        Some(OtlpSink::start().await?)
+    } else {
+        None
+    };
+    let mut serve = tokio::process::Command::new(&exe);
+    serve
         .args(["serve", "--roles", "ingest,projector"])
         .env("ATP_NATS_URL", nats.url())
         .env("ATP_DATABASE_URL", &db)
@@ -310,6 +352,12 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             "ATP_LOG",
             std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
         )
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if let Some(sink) = &sink {
+        serve.env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint);
+    }
+    let mut child = serve
         .kill_on_drop(true)
         .spawn()
         .context("starting atp serve")?;
@@ -376,6 +424,16 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
          Events: ~{event_bytes} B signed CloudEvents (Ed25519/DSSE). Servers: nats-server (file storage), PostgreSQL 15 with fsync on.\n",
         b.events, b.producers, b.partitions, b.latency_rate, b.latency_secs
     );
+    if let Some(sink) = &sink {
+        use std::sync::atomic::Ordering;
+        println!(
+            "Traces: **on** — every span exported over OTLP/HTTP to a local sink ({} exports, {:.1} MiB).\n",
+            sink.requests.load(Ordering::Relaxed),
+            sink.bytes.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+        );
+    } else {
+        println!("Traces: off (the default).\n");
+    }
     println!("| measure | result |\n|---|---|");
     println!(
         "| raw JetStream publish, same bytes, {} producers | {:.0} msg/s |",
