@@ -48,6 +48,21 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
         1.0,
     );
     at_least("atp_ingest_batch_duration_seconds_count", 1.0);
+    // Stage latencies: one observation per record, and per row of each projection.
+    at_least("atp_ingest_latency_seconds_count", 3.0);
+    at_least(
+        "atp_projector_latency_seconds_count{projection=\"records\"}",
+        3.0,
+    );
+    at_least(
+        "atp_projector_latency_seconds_count{projection=\"rejections\"}",
+        1.0,
+    );
+    assert_eq!(
+        sample(&text, "atp_exports_queue{state=\"pending\"}"),
+        Some(0.0),
+        "the exporter's queue is empty"
+    );
     at_least("atp_projector_rows_total{projection=\"records\"}", 3.0);
     at_least("atp_projector_rows_total{projection=\"rejections\"}", 1.0);
     assert_eq!(

@@ -30,7 +30,7 @@ fn one<'a>(spans: &'a [SpanData], name: &str, trace: &str) -> &'a SpanData {
 }
 
 #[tokio::test]
-async fn one_trace_spans_gateway_ingest_and_projector() {
+async fn one_trace_spans_gateway_ingest_projector_and_integrity_and_exports_join_theirs() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -80,6 +80,17 @@ async fn one_trace_spans_gateway_ingest_and_projector() {
     let http = one(&spans, "POST /api/v1/audit/append", trace);
     let ingest = one(&spans, "ingest.record", trace);
     let project = one(&spans, "project.record", trace);
+    let integrity = eventually("the integrity span", || async {
+        let spans = exporter.get_finished_spans().unwrap();
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "integrity.record" && s.span_context.trace_id().to_string() == trace
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(integrity.parent_span_id, ingest.span_context.span_id());
     assert_eq!(
         http.parent_span_id,
         SpanId::from_hex("00f067aa0ba902b7").unwrap(),
@@ -94,6 +105,11 @@ async fn one_trace_spans_gateway_ingest_and_projector() {
     assert_eq!(
         attr(http, "http.response.status_code").as_deref(),
         Some("201")
+    );
+    assert_eq!(
+        attr(http, "tenant.id").as_deref(),
+        Some(TENANT),
+        "from the token"
     );
     for s in [ingest, project] {
         assert_eq!(attr(s, "tenant.id").as_deref(), Some(TENANT), "{s:#?}");
@@ -129,6 +145,29 @@ async fn one_trace_spans_gateway_ingest_and_projector() {
         SpanId::from_hex("b7ad6b7169203331").unwrap()
     );
     assert_eq!(project.parent_span_id, ingest.span_context.span_id());
+
+    // An export joins the trace of the request that asked for it.
+    let trace = "1bf92f3577b34da6a3ce929d0e0e4731";
+    let resp = api
+        .post("/api/v1/exports", &stack.token(TENANT, Role::Auditor))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({"selection": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let package = eventually("the exporter's span", || async {
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "export.package" && s.span_context.trace_id().to_string() == trace)
+    })
+    .await;
+    let spans = exporter.get_finished_spans().unwrap();
+    let http = one(&spans, "POST /api/v1/exports", trace);
+    assert_eq!(package.parent_span_id, http.span_context.span_id());
+    assert_eq!(attr(&package, "tenant.id").as_deref(), Some(TENANT));
     running.stop().await;
 }
 

@@ -147,6 +147,8 @@ where
         let claims = auth.verify(token.trim())?;
         let tenant = atp_core::TenantId::new(claims.tenant_id)
             .map_err(|_| Problem::unauthorized("bad tenant"))?;
+        // The request's span (and so its log lines and trace) names the caller's tenant.
+        tracing::Span::current().record("tenant.id", tenant.as_str());
         Ok(Principal {
             subject: claims.sub,
             tenant,

@@ -151,6 +151,9 @@ pub async fn create(
         &principal.tenant,
         &req.export_id,
         payload,
+        atp_runtime::telemetry::traceparent_of(&tracing::Span::current())
+            .map(|t| t.header())
+            .as_deref(),
     )
     .await
     .map_err(|e| Problem::unavailable("the export queue", e))?;

@@ -67,6 +67,11 @@ pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl I
     if let Ok(depth) = atp_nats::dlq::depth(&bus.js).await {
         m.dlq_depth.record(depth, &[]);
     }
+    if let Ok(Some((pending, in_progress))) = atp_nats::exports::queue(&bus.js).await {
+        let state = |s: &'static str| [atp_runtime::metrics::label("state", s)];
+        m.export_queue.record(pending, &state("pending"));
+        m.export_queue.record(in_progress, &state("in_progress"));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -96,6 +101,7 @@ pub async fn observe(
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         trace.id = tracing::field::Empty,
+        tenant.id = tracing::field::Empty,
     );
     let (incoming, state) = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());

@@ -41,13 +41,15 @@ pub enum ExportEvent {
 
 /// Publishes an export event and waits until it is stored. The message id is
 /// `<requested|completed>:<exportId>`, so a retried request, or an export finished by more
-/// than one attempt, is stored once.
+/// than one attempt, is stored once. `traceparent` joins the exporter's work to the caller's
+/// trace.
 pub async fn publish(
     js: &Context,
     event: ExportEvent,
     tenant: &TenantId,
     export_id: &str,
     body: Vec<u8>,
+    traceparent: Option<&str>,
 ) -> Result<(), ExportBusError> {
     let (subject, msg_id) = match event {
         ExportEvent::Requested => (
@@ -62,6 +64,9 @@ pub async fn publish(
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     headers.insert(crate::headers::CONTENT_TYPE, "application/json");
+    if let Some(t) = traceparent {
+        headers.insert(crate::headers::TRACEPARENT, t);
+    }
     let ack = js
         .publish_with_headers(subject, headers, body.into())
         .await
@@ -97,6 +102,23 @@ pub async fn work_consumer(
         )
         .await
         .map_err(|e| err(EXPORTER_CONSUMER)(e.to_string()))
+}
+
+/// Export requests waiting for an exporter and held by one: the work consumer's pending and
+/// ack-pending counts (`None` before any exporter created the consumer).
+pub async fn queue(js: &Context) -> Result<Option<(u64, u64)>, ExportBusError> {
+    let stream = js
+        .get_stream(EXPORTS)
+        .await
+        .map_err(|e| err(EXPORTS)(e.to_string()))?;
+    let Ok(mut consumer) = stream.get_consumer::<pull::Config>(EXPORTER_CONSUMER).await else {
+        return Ok(None);
+    };
+    let info = consumer
+        .info()
+        .await
+        .map_err(|e| err(EXPORTER_CONSUMER)(e.to_string()))?;
+    Ok(Some((info.num_pending, info.num_ack_pending as u64)))
 }
 
 pub async fn bundles(js: &Context) -> Result<ObjectStore, ExportBusError> {

@@ -214,9 +214,16 @@ async fn requeue(
         .await
         .map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    atp_nats::exports::publish(js, ExportEvent::Requested, &tenant, &req.export_id, body)
-        .await
-        .map_err(|e| e.to_string())?;
+    atp_nats::exports::publish(
+        js,
+        ExportEvent::Requested,
+        &tenant,
+        &req.export_id,
+        body,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     lock.admit(&req).await.map_err(|e| e.to_string())?;
     Ok(format!(
         "export {failed}'s selection is queued as export {}",

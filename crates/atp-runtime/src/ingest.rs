@@ -462,6 +462,8 @@ struct PlanOutput {
     plans: HashMap<String, Plan>,
     order: Vec<String>,
     stats: BatchStats,
+    /// When each record of the batch reached ingress (for the stage latency).
+    received: Vec<chrono::DateTime<Utc>>,
 }
 
 impl BatchHandler for Ingest {
@@ -547,13 +549,14 @@ impl BatchHandler for Ingest {
             plans,
             order,
             stats,
+            received,
         } = planned?;
         let planned_at = started.elapsed();
 
         // 3. Effects. The previous batch's commit ran while this one was planned; its outcome
         // decides the tails this batch's appends expect, so it is settled first.
         self.settle().await?;
-        self.inflight = Some(self.begin_commit(plans, order, last_seq, stats));
+        self.inflight = Some(self.begin_commit(plans, order, last_seq, stats, received));
         if batch.len() < PIPELINE_MIN {
             // Light load: overlapping buys no throughput, and committing at once is quickest.
             self.settle().await?;
@@ -605,6 +608,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
     let admissions = parallel_map(input.msgs.len(), admit_one);
 
     let mut stats = BatchStats::default();
+    let mut received = Vec::new();
     let mut plans: HashMap<String, Plan> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for (i, admission) in admissions.into_iter().enumerate() {
@@ -667,6 +671,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                     payload: Bytes::from(sealed.bytes),
                 });
                 stats.accepted += 1;
+                received.push(loc.received_at);
             }
             (Decision::Duplicate(r), _, _) => {
                 tracing::debug!(partition = %loc.pkey, ingress_seq = loc.seq, chain_index = r.chain_index, "duplicate answered by its record");
@@ -722,6 +727,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
         plans,
         order,
         stats,
+        received,
     })
 }
 
@@ -761,6 +767,7 @@ struct Inflight {
     keys: Vec<String>,
     last_seq: u64,
     stats: BatchStats,
+    received: Vec<chrono::DateTime<Utc>>,
     started: std::time::Instant,
     task: tokio::task::JoinHandle<Result<NewTails, AppendError>>,
 }
@@ -771,12 +778,9 @@ struct Inflight {
 fn carry_trace(msg: &Message, out: &mut HeaderMap, about: TraceAbout<'_>) {
     let (parent, state) = telemetry::message_context(msg.headers.as_ref());
     let traceparent = if telemetry::spans_on() {
-        let span = tracing::info_span!(
+        let span = telemetry::consumer_span!(
             "ingest.record",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.destination.name = %msg.subject,
+            msg.subject,
             tenant.id = about.tenant,
             event.id = about.event_id,
             policy.version = about.policy_version,
@@ -803,6 +807,13 @@ struct TraceAbout<'a> {
     event_id: &'a str,
     policy_version: u32,
     outcome: &'static str,
+}
+
+/// Seconds from `from` to `to`, never negative (clocks of different hosts).
+pub(crate) fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> f64 {
+    (to - from)
+        .num_microseconds()
+        .map_or(0.0, |us| us.max(0) as f64 / 1e6)
 }
 
 /// A committed batch, in the metrics.
@@ -836,6 +847,7 @@ impl Ingest {
         order: Vec<String>,
         last_seq: u64,
         stats: BatchStats,
+        received: Vec<chrono::DateTime<Utc>>,
     ) -> Inflight {
         let mut keys = Vec::with_capacity(order.len());
         let mut rejections = Vec::with_capacity(order.len());
@@ -868,6 +880,7 @@ impl Ingest {
             keys,
             last_seq,
             stats,
+            received,
             started: std::time::Instant::now(),
             task,
         }
@@ -881,6 +894,7 @@ impl Ingest {
             keys,
             last_seq,
             stats,
+            received,
             started,
             task,
         }) = self.inflight.take()
@@ -908,6 +922,12 @@ impl Ingest {
                     t.skipped += stats.skipped;
                 }
                 record_batch(&stats, started.elapsed());
+                let now = Utc::now();
+                let m = metrics();
+                for at in received {
+                    m.ingest_latency_seconds
+                        .record(seconds_between(at, now), &[]);
+                }
                 Ok(())
             }
             Err((conflict, e)) => {

@@ -324,8 +324,28 @@ impl Role for IntegrityLog {
     }
 }
 
+/// An `integrity.record` span, child of the trace context the ledger message carries; it ends
+/// once the record is in the committed Merkle log.
+fn record_span(m: &Message) -> tracing::Span {
+    let tenant = atp_nats::subjects::tokens_of(atp_nats::subjects::LEDGER, &m.subject)
+        .map_or("", |(t, _)| t);
+    let span = crate::telemetry::consumer_span!(
+        "integrity.record",
+        m.subject,
+        db.system.name = "postgresql",
+        tenant.id = tenant,
+    );
+    crate::telemetry::follow_message(&span, m.headers.as_ref());
+    span
+}
+
 impl BatchHandler for IntegrityLog {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
+        let _spans: Vec<tracing::Span> = if crate::telemetry::spans_on() {
+            batch.iter().map(record_span).collect()
+        } else {
+            Vec::new()
+        };
         let mut last = 0;
         for m in batch.iter() {
             last = self.take(m).await?;

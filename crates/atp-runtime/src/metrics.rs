@@ -19,6 +19,15 @@ pub mod names {
     pub const INGEST_REJECTIONS: &str = "atp.ingest.rejections";
     /// Seconds to commit an ingest batch (its rejections, then its records) to JetStream.
     pub const INGEST_BATCH_SECONDS: &str = "atp.ingest.batch.duration";
+    /// Seconds from a record reaching ingress (JetStream's receive time) to its ledger commit
+    /// being confirmed: the ingest stage, per record.
+    pub const INGEST_LATENCY_SECONDS: &str = "atp.ingest.latency";
+    /// Seconds from a record's ledger commit to its row's commit in PostgreSQL, by
+    /// `projection`: the projection stage, per row.
+    pub const PROJECTOR_LATENCY_SECONDS: &str = "atp.projector.latency";
+    /// Export requests waiting for an exporter (`state` = pending) or held by one (`state` =
+    /// in_progress). Measured when `/metrics` is scraped.
+    pub const EXPORT_QUEUE: &str = "atp.exports.queue";
     /// Ledger appends refused because another writer appended first (the batch is re-read).
     pub const LEDGER_APPEND_CONFLICTS: &str = "atp.ledger.append.conflicts";
     /// Rows written by a projector, by `projection`.
@@ -56,6 +65,9 @@ pub struct Metrics {
     pub ingest_events: Counter<u64>,
     pub ingest_rejections: Counter<u64>,
     pub ingest_batch_seconds: Histogram<f64>,
+    pub ingest_latency_seconds: Histogram<f64>,
+    pub projector_latency_seconds: Histogram<f64>,
+    pub export_queue: Gauge<u64>,
     pub ledger_conflicts: Counter<u64>,
     pub projector_rows: Counter<u64>,
     pub projector_lag_seconds: Gauge<f64>,
@@ -135,6 +147,18 @@ impl Metrics {
                 names::INGEST_BATCH_SECONDS,
                 "Time to commit an ingest batch to JetStream",
             ),
+            ingest_latency_seconds: seconds(
+                names::INGEST_LATENCY_SECONDS,
+                "Time from ingress to the ledger commit, per record",
+            ),
+            projector_latency_seconds: seconds(
+                names::PROJECTOR_LATENCY_SECONDS,
+                "Time from the ledger commit to the read model's commit, per row",
+            ),
+            export_queue: meter
+                .u64_gauge(names::EXPORT_QUEUE)
+                .with_description("Export requests pending or in progress")
+                .build(),
             ledger_conflicts: counter(
                 names::LEDGER_APPEND_CONFLICTS,
                 "Ledger appends refused because another writer appended first",
@@ -201,8 +225,11 @@ mod tests {
             c.add(0, &[]);
         }
         m.dlq_depth.record(0, &[]);
+        m.export_queue.record(0, &[]);
         for h in [
             &m.ingest_batch_seconds,
+            &m.ingest_latency_seconds,
+            &m.projector_latency_seconds,
             &m.checkpoint_lag_seconds,
             &m.http_seconds,
         ] {
@@ -242,13 +269,13 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            16,
+            19,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");
         assert!(check_names("alerts.yml", rules, &families) >= 8);
         let dashboard = include_str!("../../../ops/grafana/atp-overview.json");
-        assert!(check_names("atp-overview.json", dashboard, &families) >= 16);
+        assert!(check_names("atp-overview.json", dashboard, &families) >= 19);
     }
 
     /// GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to `-`.

@@ -158,20 +158,15 @@ pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), Role
 /// A `project.record` span, child of the trace context the message carries.
 fn record_span<P: Projection>(m: &Message) -> tracing::Span {
     let tenant = subjects::tokens_of(P::SUBJECTS, &m.subject).map_or("", |(t, _)| t);
-    let span = tracing::info_span!(
+    let span = telemetry::consumer_span!(
         "project.record",
-        otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.operation.type = "process",
-        messaging.destination.name = %m.subject,
+        m.subject,
         db.system.name = "postgresql",
         db.operation.name = "INSERT",
         db.collection.name = P::NAME,
         tenant.id = tenant,
     );
-    if let (Some(parent), state) = telemetry::message_context(m.headers.as_ref()) {
-        telemetry::follow(&span, &parent, state);
-    }
+    telemetry::follow_message(&span, m.headers.as_ref());
     span
 }
 
@@ -373,6 +368,13 @@ impl<P: Projection> BatchHandler for Projector<P> {
         let m = crate::metrics::metrics();
         let projection = [crate::metrics::label("projection", P::NAME)];
         m.projector_rows.add(rows, &projection);
+        let now = Utc::now();
+        for row in &built.rows {
+            m.projector_latency_seconds.record(
+                crate::ingest::seconds_between(P::time(row), now),
+                &projection,
+            );
+        }
         Ok(())
     }
 }

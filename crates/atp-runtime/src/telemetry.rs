@@ -115,6 +115,30 @@ pub fn init() -> Telemetry {
     Telemetry { provider }
 }
 
+/// A consumer span for handling one NATS message: `name`, the `messaging.*` attributes of the
+/// semantic conventions for the message's subject, and the extra fields given. Joined to the
+/// message's trace with [`follow`] and [`message_context`].
+macro_rules! consumer_span {
+    ($name:literal, $subject:expr $(, $($fields:tt)+)?) => {
+        tracing::info_span!(
+            $name,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %$subject
+            $(, $($fields)+)?
+        )
+    };
+}
+pub(crate) use consumer_span;
+
+/// Makes `span` a child of the trace context `headers` carry, if any.
+pub fn follow_message(span: &Span, headers: Option<&async_nats::HeaderMap>) {
+    if let (Some(parent), state) = message_context(headers) {
+        follow(span, &parent, state);
+    }
+}
+
 /// The valid W3C trace context a NATS message carries: its `traceparent`, and its `tracestate`
 /// when that is of a sane size.
 pub fn message_context(

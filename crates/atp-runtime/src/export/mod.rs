@@ -26,6 +26,7 @@ use atp_store::exports::{self, Completed, ExportRequest, ExportRow, Outcome};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::signer::CheckpointSigner;
 use crate::{RoleError, Shutdown};
@@ -232,7 +233,14 @@ impl<S: CheckpointSigner> Worker<S> {
             }
         };
         let id = req.export_id.clone();
-        match self.attempt(&msg, &req).await {
+        let span = crate::telemetry::consumer_span!(
+            "export.package",
+            msg.subject,
+            tenant.id = %req.tenant_id,
+            export.id = %id,
+        );
+        crate::telemetry::follow_message(&span, msg.headers.as_ref());
+        match self.attempt(&msg, &req).instrument(span).await {
             Ok(()) => {
                 if let Err(e) = msg.double_ack().await {
                     tracing::warn!(export = %id, error = %e, "acknowledging a finished export failed; it will be seen again and re-announced");
@@ -386,6 +394,7 @@ impl<S: CheckpointSigner> Worker<S> {
             &tenant,
             &row.export_id,
             body,
+            None,
         )
         .await
         .map_err(|e| e.to_string())?;
