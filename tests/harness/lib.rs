@@ -169,6 +169,8 @@ impl Stack {
                 atp::dev::ISSUER_KID.to_owned(),
                 self.issuer.verifying_key().to_bytes(),
             )],
+            token_jwks: None,
+            rate_limits: Default::default(),
             attestation_key: None,
             integrity: atp::serve::IntegritySettings {
                 keys_dir: self.keys_dir.path().to_owned(),

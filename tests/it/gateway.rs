@@ -14,10 +14,25 @@ fn simplified(id: &str, actor: &str) -> Value {
     })
 }
 
+/// The headers every answer carries, errors included.
+fn assert_secure_headers(h: &reqwest::header::HeaderMap) {
+    assert!(h.contains_key("x-request-id"));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+}
+
 async fn problem(resp: reqwest::Response) -> (StatusCode, Value) {
     let status = resp.status();
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    assert!(resp.headers().contains_key("x-request-id"));
+    assert_secure_headers(resp.headers());
     (status, resp.json().await.unwrap())
 }
 
@@ -619,6 +634,162 @@ async fn the_trace_context_follows_a_submission_onto_its_ledger_or_rejected_mess
     assert_eq!(
         header_of(&rejected, 0).as_deref(),
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    running.stop().await;
+}
+
+/// An OIDC issuer's ES256 key, published in its JWKS, is trusted by kid; its rotation reaches
+/// the running gateway without a restart, and the withdrawn key stops working.
+#[tokio::test]
+async fn tokens_from_an_oidc_issuer_verify_against_its_rotating_jwks() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+    use std::sync::{Arc, Mutex};
+
+    let key = |kid: &str| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .output()
+            .expect("openssl runs");
+        let key = EncodingKey::from_ec_pem(&out.stdout).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        (key, jwk)
+    };
+    let (old, old_jwk) = key("2026-11");
+    let (new, new_jwk) = key("2026-12");
+    let published = Arc::new(Mutex::new(json!({ "keys": [old_jwk] })));
+    let jwks = published.clone();
+    let issuer = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let body = jwks.lock().unwrap().clone();
+            async move { axum::Json(body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, issuer).await });
+
+    let stack = Stack::start().await;
+    let mut cfg = stack.serve_config(Roles::ALL);
+    cfg.token_jwks = Some(url);
+    let running = atp::serve::start(cfg).await.unwrap();
+    let api = Api::new(&running);
+    let token = |key: &EncodingKey, kid: &str| {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(kid.to_owned());
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": atp::dev::ISSUER, "aud": atp::dev::AUDIENCE, "sub": "auditor@idp",
+            "exp": now + 600, "iat": now, "tenant_id": TENANT, "roles": ["auditor"]
+        });
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    };
+    let status = |t: String| {
+        let api = &api;
+        async move {
+            api.get("/api/v1/audit/records", &t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(token(&old, "2026-11")).await, StatusCode::OK);
+    let ok = api
+        .get("/api/v1/audit/records", &token(&old, "2026-11"))
+        .send()
+        .await
+        .unwrap();
+    assert_secure_headers(ok.headers());
+    // The issuer rotates: the new key is fetched when a token first names it; the old one,
+    // withdrawn, is refused from then on.
+    *published.lock().unwrap() = json!({ "keys": [new_jwk] });
+    assert_eq!(status(token(&new, "2026-12")).await, StatusCode::OK);
+    let refused = api
+        .get("/api/v1/audit/records", &token(&old, "2026-11"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = problem(refused).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["detail"], "the token's key is not trusted", "{body}");
+    running.stop().await;
+}
+
+/// A tenant over its rate gets 429 with `Retry-After` and `X-RateLimit-*`; another tenant is not
+/// affected, and answers within the rate say what is left.
+#[tokio::test]
+async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_are_unaffected() {
+    let stack = Stack::start().await;
+    let mut cfg = stack.serve_config(Roles::ALL);
+    cfg.rate_limits = atp_gateway::RateLimits::default()
+        .with(&["acme:query=1".to_owned()])
+        .unwrap();
+    let running = atp::serve::start(cfg).await.unwrap();
+    let api = Api::new(&running);
+    let acme = stack.token(TENANT, Role::Auditor);
+    let globex = stack.token("globex", Role::Auditor);
+
+    let first = api
+        .get("/api/v1/audit/records", &acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["x-ratelimit-limit"], "1");
+    assert_eq!(
+        first.headers()["x-ratelimit-remaining"],
+        "1",
+        "a burst of two"
+    );
+    // Well within the second it takes to earn one more, the burst runs out.
+    let mut limited = None;
+    for _ in 0..5 {
+        let r = api
+            .get("/api/v1/audit/records", &acme)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("refused within its burst of two and five more tries");
+    let h = limited.headers().clone();
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(h["x-ratelimit-limit"], "1");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert_eq!(h["x-ratelimit-reset"], "1");
+    let (_, body) = problem(limited).await;
+    assert_eq!(body["code"], "RATE_LIMITED");
+    assert_eq!(body["tenantId"], TENANT);
+
+    let other = api
+        .get("/api/v1/audit/records", &globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::OK,
+        "another tenant has its own rate"
+    );
+    assert_eq!(other.headers()["x-ratelimit-limit"], "100");
+    let metrics = api.get_public_text("/metrics").await;
+    assert!(
+        metrics.contains("atp_gateway_rate_limited_total{class=\"query\"}"),
+        "{metrics}"
     );
     running.stop().await;
 }

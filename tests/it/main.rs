@@ -14,5 +14,6 @@ mod ingest;
 mod integrity;
 mod metrics;
 mod replay;
+mod secrets;
 mod streams;
 mod traces;

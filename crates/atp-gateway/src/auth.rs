@@ -1,13 +1,18 @@
 //! Who is calling: a bearer JWT validated OIDC-style (issuer, audience, exp/nbf with bounded
-//! skew, EdDSA signature by a known `kid`). Tenant and roles come from the token's claims only.
+//! skew, an RS256, ES256 or EdDSA signature by a known `kid`, keys configured or fetched from
+//! the issuer's JWKS with rotation). Tenant and roles come from the token's claims only.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -40,11 +45,76 @@ pub struct Claims {
     pub roles: Vec<Role>,
 }
 
-/// How tokens are checked: trusted issuer, audience and verification keys by `kid`.
+/// A key tokens may be signed with. Its algorithm is fixed by the key, never taken from the
+/// token (a token naming another algorithm than its key's is refused: no algorithm confusion).
+struct TrustedKey {
+    alg: Algorithm,
+    key: DecodingKey,
+    /// Came from the JWKS endpoint (replaced on every fetch) rather than configuration.
+    fetched: bool,
+}
+
+/// Where signing keys are fetched from: an OIDC issuer's JWKS endpoint, fetched by the caller of
+/// [`AuthConfig::refresh`] (at start and on a timer) and when a token names a key not yet known
+/// — those fetches at most once per `min_interval`, so unknown `kid`s cannot make the gateway
+/// hammer the issuer.
+struct JwksSource {
+    url: String,
+    client: reqwest::Client,
+    min_interval: Duration,
+    /// The last fetch a token with an unknown `kid` caused.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// How long a JWKS fetch may take.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How tokens are checked: trusted issuer, audience and verification keys by `kid`, configured
+/// (Ed25519 keys, a JWKS file) or fetched from the issuer's JWKS endpoint with rotation.
 pub struct AuthConfig {
     pub issuer: String,
     pub audience: String,
-    pub keys: HashMap<String, DecodingKey>,
+    keys: RwLock<HashMap<String, TrustedKey>>,
+    jwks: Option<JwksSource>,
+}
+
+/// The algorithm a JWK is for: its `alg` if given, else what its key type implies. Only
+/// RS256, ES256 and EdDSA are accepted; symmetric and other keys are not.
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    let implied = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(implied),
+        Some(KeyAlgorithm::RS256) if implied == Algorithm::RS256 => Some(implied),
+        Some(KeyAlgorithm::ES256) if implied == Algorithm::ES256 => Some(implied),
+        Some(KeyAlgorithm::EdDSA) if implied == Algorithm::EdDSA => Some(implied),
+        Some(_) => None,
+    }
+}
+
+/// The usable keys of a JWKS, by `kid` (keys without one, or of other kinds, are skipped).
+fn keys_of(set: &JwkSet, fetched: bool) -> HashMap<String, TrustedKey> {
+    set.keys
+        .iter()
+        .filter(|k| {
+            k.common
+                .public_key_use
+                .as_ref()
+                .is_none_or(|u| *u == PublicKeyUse::Signature)
+        })
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            let alg = algorithm_of(jwk)?;
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some((kid, TrustedKey { alg, key, fetched }))
+        })
+        .collect()
 }
 
 impl AuthConfig {
@@ -52,32 +122,127 @@ impl AuthConfig {
         Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            keys: HashMap::new(),
+            keys: RwLock::new(HashMap::new()),
+            jwks: None,
         }
     }
+
+    fn insert(&mut self, keys: HashMap<String, TrustedKey>) {
+        if let Ok(mut k) = self.keys.write() {
+            k.extend(keys);
+        }
+    }
+
     pub fn with_ed25519_key(mut self, kid: &str, public_key: &[u8; 32]) -> Self {
-        self.keys
-            .insert(kid.to_owned(), DecodingKey::from_ed_der(public_key));
+        let key = TrustedKey {
+            alg: Algorithm::EdDSA,
+            key: DecodingKey::from_ed_der(public_key),
+            fetched: false,
+        };
+        self.insert(HashMap::from([(kid.to_owned(), key)]));
         self
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, Problem> {
+    /// Trusts the keys of a JWKS document (a file the deployment provides). Fails if it holds
+    /// no usable key: a typo must not leave the gateway trusting nothing, silently.
+    pub fn with_jwks(mut self, jwks: &str) -> Result<Self, String> {
+        let set: JwkSet =
+            serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let keys = keys_of(&set, false);
+        if keys.is_empty() {
+            return Err("the JWKS has no RS256, ES256 or EdDSA signing key with a kid".into());
+        }
+        self.insert(keys);
+        Ok(self)
+    }
+
+    /// Fetches keys from the issuer's JWKS endpoint (see [`Self::refresh`]); a token naming an
+    /// unknown `kid` triggers a fetch at most once per `min_interval`.
+    pub fn with_jwks_url(mut self, url: &str, min_interval: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.jwks = Some(JwksSource {
+            url: url.to_owned(),
+            client,
+            min_interval,
+            last_fetch: tokio::sync::Mutex::new(None),
+        });
+        Ok(self)
+    }
+
+    /// Fetches the JWKS now and replaces every fetched key with its keys (a key the issuer
+    /// dropped is no longer trusted); configured keys stay. Returns how many keys it holds.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let Some(src) = &self.jwks else {
+            return Ok(0);
+        };
+        let body = src
+            .client
+            .get(&src.url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("fetching {}: {e}", src.url))?
+            .bytes()
+            .await
+            .map_err(|e| format!("fetching {}: {e}", src.url))?;
+        let set: JwkSet = serde_json::from_slice(&body)
+            .map_err(|e| format!("{} is not a JWKS document: {e}", src.url))?;
+        let fresh = keys_of(&set, true);
+        let n = fresh.len();
+        let mut keys = self.keys.write().map_err(|_| "the key cache is poisoned")?;
+        keys.retain(|_, k| !k.fetched);
+        keys.extend(fresh);
+        Ok(n)
+    }
+
+    /// Whether a token naming an unknown `kid` may fetch the JWKS now (and if so, counts it).
+    async fn may_refetch(&self) -> bool {
+        let Some(src) = &self.jwks else {
+            return false;
+        };
+        let mut last = src.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < src.min_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    fn lookup(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
+        let keys = self.keys.read().ok()?;
+        keys.get(kid).map(|k| (k.alg, k.key.clone()))
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthorized("the bearer token is not a JWT"))?;
         let kid = header
             .kid
             .ok_or_else(|| Problem::unauthorized("the token names no key (kid)"))?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or_else(|| Problem::unauthorized("the token's key is not trusted"))?;
-        let mut v = Validation::new(Algorithm::EdDSA);
+        let mut found = self.lookup(&kid);
+        if found.is_none() && self.may_refetch().await {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "refreshing the token signing keys failed");
+            }
+            found = self.lookup(&kid);
+        }
+        let (alg, key) =
+            found.ok_or_else(|| Problem::unauthorized("the token's key is not trusted"))?;
+        if header.alg != alg {
+            return Err(Problem::unauthorized(
+                "the token's algorithm is not its key's",
+            ));
+        }
+        let mut v = Validation::new(alg);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
             Problem::unauthorized(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
                 jsonwebtoken::errors::ErrorKind::ImmatureSignature => "the token is not valid yet",
@@ -134,6 +299,10 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Verified once per request: the rate-limit layer keeps the principal it verified.
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
         let auth = Arc::<AuthConfig>::from_ref(state);
         let value = parts
             .headers
@@ -144,7 +313,7 @@ where
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))?;
-        let claims = auth.verify(token.trim())?;
+        let claims = auth.verify(token.trim()).await?;
         let tenant = atp_core::TenantId::new(claims.tenant_id)
             .map_err(|_| Problem::unauthorized("bad tenant"))?;
         // The request's span (and so its log lines and trace) names the caller's tenant.
@@ -175,31 +344,180 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tokens_verify_only_with_the_right_key_issuer_audience_and_time() {
+    #[tokio::test]
+    async fn tokens_verify_only_with_the_right_key_issuer_audience_and_time() {
         let k = SigningKey::from_bytes(&[3u8; 32]);
         let cfg = AuthConfig::new("atp-dev", "atp")
             .with_ed25519_key("dev-1", &k.verifying_key().to_bytes());
         let ok = mint(&k, "dev-1", &claims(600)).unwrap();
-        assert_eq!(cfg.verify(&ok).unwrap().tenant_id, "acme");
+        assert_eq!(cfg.verify(&ok).await.unwrap().tenant_id, "acme");
         assert_eq!(
             cfg.verify(&mint(&k, "dev-1", &claims(-3600)).unwrap())
+                .await
                 .unwrap_err()
                 .detail,
             "the token has expired"
         );
         assert!(
             cfg.verify(&mint(&k, "other", &claims(600)).unwrap())
+                .await
                 .is_err()
         );
         let mallory = SigningKey::from_bytes(&[4u8; 32]);
         assert!(
             cfg.verify(&mint(&mallory, "dev-1", &claims(600)).unwrap())
+                .await
                 .is_err()
         );
         let mut wrong_aud = claims(600);
         wrong_aud.aud = "elsewhere".into();
-        assert!(cfg.verify(&mint(&k, "dev-1", &wrong_aud).unwrap()).is_err());
-        assert!(cfg.verify("not.a.jwt").is_err());
+        assert!(
+            cfg.verify(&mint(&k, "dev-1", &wrong_aud).unwrap())
+                .await
+                .is_err()
+        );
+        assert!(cfg.verify("not.a.jwt").await.is_err());
+    }
+
+    /// A fresh key pair made by `openssl` (as an issuer would), and its public JWK.
+    fn issuer_key(alg: Algorithm, kid: &str) -> (EncodingKey, Jwk) {
+        let args: &[&str] = match alg {
+            Algorithm::RS256 => &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            _ => &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+        };
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed (the export tests need it too)");
+        assert!(out.status.success());
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&out.stdout),
+            _ => EncodingKey::from_ec_pem(&out.stdout),
+        }
+        .unwrap();
+        let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        (key, jwk)
+    }
+
+    fn sign(key: &EncodingKey, alg: Algorithm, kid: &str) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims(600), key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rs256_and_es256_keys_from_a_jwks_verify_and_no_token_picks_its_own_algorithm() {
+        let (rsa, rsa_jwk) = issuer_key(Algorithm::RS256, "rsa-1");
+        let (ec, ec_jwk) = issuer_key(Algorithm::ES256, "ec-1");
+        let jwks = serde_json::json!({ "keys": [rsa_jwk, ec_jwk] }).to_string();
+        let cfg = AuthConfig::new("atp-dev", "atp").with_jwks(&jwks).unwrap();
+        assert_eq!(
+            cfg.verify(&sign(&rsa, Algorithm::RS256, "rsa-1"))
+                .await
+                .unwrap()
+                .sub,
+            "alice"
+        );
+        assert!(
+            cfg.verify(&sign(&ec, Algorithm::ES256, "ec-1"))
+                .await
+                .is_ok()
+        );
+        // A token signed by one key but naming the other's kid.
+        assert!(
+            cfg.verify(&sign(&ec, Algorithm::ES256, "rsa-1"))
+                .await
+                .is_err()
+        );
+        // The classic confusion: HS256 keyed with the RSA key's public modulus.
+        let AlgorithmParameters::RSA(p) = &rsa_jwk.algorithm else {
+            unreachable!()
+        };
+        let forged = sign(
+            &EncodingKey::from_secret(p.n.as_bytes()),
+            Algorithm::HS256,
+            "rsa-1",
+        );
+        assert_eq!(
+            cfg.verify(&forged).await.unwrap_err().detail,
+            "the token's algorithm is not its key's"
+        );
+        // Symmetric keys are never trusted from a JWKS.
+        let oct = r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#;
+        assert!(AuthConfig::new("atp-dev", "atp").with_jwks(oct).is_err());
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_with_the_issuers_jwks() {
+        let (a, a_jwk) = issuer_key(Algorithm::ES256, "a");
+        let (b, b_jwk) = issuer_key(Algorithm::ES256, "b");
+        let served = Arc::new(std::sync::Mutex::new(
+            serde_json::json!({ "keys": [a_jwk] }),
+        ));
+        let jwks = served.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let body = jwks.lock().unwrap().clone();
+                async move { axum::Json(body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let cfg = AuthConfig::new("atp-dev", "atp")
+            .with_jwks_url(&url, Duration::ZERO)
+            .unwrap();
+
+        // Fetched on first use.
+        assert!(cfg.verify(&sign(&a, Algorithm::ES256, "a")).await.is_ok());
+        // The issuer rotates to b: a token naming b fetches again, and a is no longer trusted.
+        *served.lock().unwrap() = serde_json::json!({ "keys": [b_jwk] });
+        assert!(cfg.verify(&sign(&b, Algorithm::ES256, "b")).await.is_ok());
+        assert_eq!(
+            cfg.verify(&sign(&a, Algorithm::ES256, "a"))
+                .await
+                .unwrap_err()
+                .detail,
+            "the token's key is not trusted"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_at_most_once_per_interval() {
+        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = fetches.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { axum::Json(serde_json::json!({ "keys": [] })) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let cfg = AuthConfig::new("atp-dev", "atp")
+            .with_jwks_url(&url, Duration::from_secs(3600))
+            .unwrap();
+        let k = SigningKey::from_bytes(&[5u8; 32]);
+        for i in 0..5 {
+            let t = mint(&k, &format!("random-{i}"), &claims(600)).unwrap();
+            assert!(cfg.verify(&t).await.is_err());
+        }
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod exports;
 pub mod health;
 pub mod integrity;
+pub mod limits;
 pub mod problem;
 pub mod query;
 mod wait;
@@ -27,6 +28,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use auth::{AuthConfig, Claims, Principal, Role};
 pub use exports::{ExportLimits, ExportsApi};
+pub use limits::{Limiter, RateLimits};
 pub use problem::Problem;
 pub use wait::Waiters;
 
@@ -55,6 +57,8 @@ pub struct GatewayState {
     pub db: PgPool,
     pub waiters: Waiters,
     pub exports: exports::ExportsApi,
+    /// Per-tenant rates for appends, queries and export requests.
+    pub limits: Arc<Limiter>,
 }
 
 impl FromRef<GatewayState> for Arc<AuthConfig> {
@@ -79,6 +83,7 @@ impl FromRef<GatewayState> for Waiters {
 }
 
 pub fn router(state: GatewayState) -> Router {
+    let limits = axum::middleware::from_fn_with_state(state.clone(), limits::enforce);
     let api = Router::new()
         .route("/audit/append", post(append::append_one))
         .route("/audit/append:batch", post(append::append_batch))
@@ -121,6 +126,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(problem::no_route)
+        .route_layer(limits)
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that

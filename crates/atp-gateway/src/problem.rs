@@ -20,8 +20,31 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_default()
         .to_owned();
     REQUEST_ID
-        .scope(id, async move { shape(next.run(req).await) })
+        .scope(id, async move { secure(shape(next.run(req).await)) })
         .await
+}
+
+/// Headers every answer carries: nothing here is a page to frame, sniff, cache or refer from.
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+    ("strict-transport-security", "max-age=31536000"),
+    ("cache-control", "no-store"),
+];
+
+fn secure(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        if !h.contains_key(name) {
+            h.insert(name, axum::http::HeaderValue::from_static(value));
+        }
+    }
+    resp
 }
 
 /// Gives plain-text answers from the body limit and the timeout layers the Problem+JSON shape.

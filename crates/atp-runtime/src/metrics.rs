@@ -52,6 +52,9 @@ pub mod names {
     pub const DLQ_LETTERS: &str = "atp.dlq.letters";
     /// Letters kept on ATP_DLQ (replayed ones included). Measured when `/metrics` is scraped.
     pub const DLQ_DEPTH: &str = "atp.dlq.depth";
+    /// Requests refused with 429 because their tenant was over its rate, by `class`: append,
+    /// query, export.
+    pub const RATE_LIMITED: &str = "atp.gateway.rate_limited";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
     /// Seconds to answer an HTTP request, by `route`.
@@ -79,6 +82,7 @@ pub struct Metrics {
     pub webhook_deliveries: Counter<u64>,
     pub dlq_letters: Counter<u64>,
     pub dlq_depth: Gauge<u64>,
+    pub rate_limited: Counter<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
 }
@@ -192,6 +196,10 @@ impl Metrics {
                 .u64_gauge(names::DLQ_DEPTH)
                 .with_description("Letters kept on ATP_DLQ")
                 .build(),
+            rate_limited: counter(
+                names::RATE_LIMITED,
+                "Requests refused because their tenant was over its rate, by class",
+            ),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
             registry,
@@ -220,6 +228,7 @@ mod tests {
             &m.export_records,
             &m.webhook_deliveries,
             &m.dlq_letters,
+            &m.rate_limited,
             &m.http_requests,
         ] {
             c.add(0, &[]);
@@ -269,7 +278,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            19,
+            20,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");

@@ -138,6 +138,8 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
         token_keys: vec![(ISSUER_KID.to_owned(), issuer.verifying_key().to_bytes())],
+        token_jwks: None,
+        rate_limits: Default::default(),
         attestation_key: None,
         integrity: crate::serve::IntegritySettings {
             keys_dir: paths.checkpoint_keys(),

@@ -66,6 +66,14 @@ enum Command {
         /// Trusted token keys, `kid=<base64 Ed25519 public key>`, comma-separated.
         #[arg(long, env = "ATP_TOKEN_KEYS", value_delimiter = ',')]
         token_keys: Vec<String>,
+        /// The token issuer's JWKS (RS256, ES256, EdDSA): an https:// URL (fetched at start,
+        /// every 5 minutes, and for unknown key ids at most every 30 s) or a file.
+        #[arg(long, env = "ATP_TOKEN_JWKS")]
+        token_jwks: Option<String>,
+        /// Per-tenant rates, per second: `class=n` sets the default of a class (append 1000,
+        /// query 100, export 5), `tenant:class=n` one tenant's; comma-separated.
+        #[arg(long = "rate-limit", env = "ATP_RATE_LIMITS", value_delimiter = ',')]
+        rate_limits: Vec<String>,
         /// The gateway's attestation private key (PKCS#8 PEM).
         #[arg(long, env = "ATP_GATEWAY_KEY")]
         gateway_key: Option<PathBuf>,
@@ -454,6 +462,8 @@ async fn main() -> anyhow::Result<()> {
             token_issuer,
             token_audience,
             token_keys,
+            token_jwks,
+            rate_limits,
             gateway_key,
             gateway_public_key,
             integrity,
@@ -490,6 +500,10 @@ async fn main() -> anyhow::Result<()> {
                 issuer: token_issuer,
                 audience: token_audience,
                 token_keys: keys,
+                token_jwks: token_jwks.filter(|s| !s.trim().is_empty()),
+                rate_limits: atp_gateway::RateLimits::default()
+                    .with(&rate_limits)
+                    .map_err(anyhow::Error::msg)?,
                 attestation_key,
                 integrity: integrity.settings(),
                 exports,

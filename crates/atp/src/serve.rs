@@ -63,6 +63,12 @@ impl Roles {
     }
 }
 
+/// How often the token issuer's JWKS is fetched again, so rotated and withdrawn keys take
+/// effect without a restart.
+const JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+/// The least time between fetches triggered by tokens naming unknown keys.
+const JWKS_REFETCH_MIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything `serve` needs, validated before anything starts.
 pub struct ServeConfig {
     pub nats_url: String,
@@ -77,6 +83,11 @@ pub struct ServeConfig {
     pub audience: String,
     /// Trusted token keys: (kid, raw Ed25519 public key).
     pub token_keys: Vec<(String, [u8; 32])>,
+    /// The token issuer's JWKS (RS256, ES256, EdDSA keys): an `https://` URL, fetched at start,
+    /// every 5 minutes and when a token names an unknown key (at most every 30 s); or a file.
+    pub token_jwks: Option<String>,
+    /// Per-tenant rates of appends, queries and export requests.
+    pub rate_limits: atp_gateway::RateLimits,
     /// The gateway's attestation key. When the gateway and ingest run in one process and none
     /// is given, a fresh one is made for the process's life.
     pub attestation_key: Option<SigningKey>,
@@ -248,10 +259,60 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         for (kid, k) in &cfg.token_keys {
             auth = auth.with_ed25519_key(kid, k);
         }
+        let fetch_jwks = match cfg.token_jwks.as_deref() {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                auth = auth
+                    .with_jwks_url(url, JWKS_REFETCH_MIN)
+                    .map_err(anyhow::Error::msg)?;
+                true
+            }
+            Some(path) => {
+                let doc = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token JWKS {path}"))?;
+                auth = auth
+                    .with_jwks(&doc)
+                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+                false
+            }
+            None => false,
+        };
+        let auth = Arc::new(auth);
+        if fetch_jwks {
+            // An issuer that is down at start-up is retried: on the timer, and when a token
+            // names a key the gateway does not know yet.
+            if let Err(e) = auth.refresh().await {
+                tracing::error!(error = %e, "the token issuer's JWKS cannot be fetched yet");
+            }
+            let (auth, mut sd) = (auth.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(JWKS_REFRESH) => {}
+                        _ = sd.wait_for(|stop| *stop) => return,
+                    }
+                    if let Err(e) = auth.refresh().await {
+                        tracing::warn!(error = %e, "refreshing the token issuer's JWKS failed");
+                    }
+                }
+            });
+        }
         let producers = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
         let registry = RegistryCache::start(producers.clone()).await?;
+        let limits = Arc::new(atp_gateway::Limiter::new(cfg.rate_limits.clone()));
+        {
+            let (limits, mut sd) = (limits.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(atp_gateway::limits::PRUNE_EVERY) => limits.prune(),
+                        _ = sd.wait_for(|stop| *stop) => return,
+                    }
+                }
+            });
+        }
         let state = GatewayState {
-            auth: Arc::new(auth),
+            limits,
+            auth,
             bus: Bus {
                 js: js.clone(),
                 registry,

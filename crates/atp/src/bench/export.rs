@@ -349,6 +349,8 @@ async fn ttfb(
             crate::dev::ISSUER_KID.to_owned(),
             issuer.verifying_key().to_bytes(),
         )],
+        token_jwks: None,
+        rate_limits: Default::default(),
         attestation_key: Some(crate::keys::generate()),
         integrity: crate::serve::IntegritySettings {
             keys_dir: std::env::temp_dir().join("atp-bench-unused-keys"),
