@@ -609,6 +609,19 @@ async fn the_trace_context_follows_a_submission_onto_its_ledger_or_rejected_mess
         .await;
     assert_eq!(ledger.len(), 2);
     assert_eq!(header_of(&ledger, 0).as_deref(), Some(theirs));
+    // A refused request's problem names the caller's trace, to find its log lines.
+    let resp = api
+        .post("/api/v1/audit/append", &producer)
+        .header("traceparent", theirs)
+        .json(&json!({"sourceId": SOURCE}))
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = problem(resp).await;
+    assert_eq!(
+        body["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{body}"
+    );
     let started = header_of(&ledger, 1).expect("a trace started by the gateway");
     let parsed = atp_core::trace::TraceParent::parse(&started).expect("a valid traceparent");
     assert_ne!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");

@@ -478,6 +478,23 @@ fn check_with_sdk(event: &Map<String, Value>) -> Result<(), Rejection> {
         })
 }
 
+/// `data` as `T`, a failure naming the JSON path of the offending member
+/// (`data.resource: missing field `id``, `data.outcome: unknown variant …`).
+fn data_as<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, Rejection> {
+    serde_path_to_error::deserialize(data).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            "data".to_owned()
+        } else {
+            format!("data.{path}")
+        };
+        reject(
+            Reason::SchemaValidationFailed,
+            format!("{at}: {}", e.inner()),
+        )
+    })
+}
+
 fn check_data(data: &Value, allow_unknown: bool) -> Result<(), Rejection> {
     if !data.is_object() {
         return Err(reject(
@@ -486,11 +503,9 @@ fn check_data(data: &Value, allow_unknown: bool) -> Result<(), Rejection> {
         ));
     }
     let facets: AuditFacets = if allow_unknown {
-        AuditFacets::deserialize(data)
-            .map_err(|e| reject(Reason::SchemaValidationFailed, format!("data: {e}")))?
+        data_as(data)?
     } else {
-        let d = AuditData::deserialize(data)
-            .map_err(|e| reject(Reason::SchemaValidationFailed, format!("data: {e}")))?;
+        let d: AuditData = data_as(data)?;
         AuditFacets {
             actor: d.actor,
             action: d.action,

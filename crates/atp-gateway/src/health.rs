@@ -102,7 +102,15 @@ pub async fn observe(
         http.response.status_code = tracing::field::Empty,
         trace.id = tracing::field::Empty,
         tenant.id = tracing::field::Empty,
+        request.id = tracing::field::Empty,
     );
+    if let Some(id) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("request.id", id);
+    }
     let (incoming, state) = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         (
@@ -130,7 +138,9 @@ pub async fn observe(
     };
     span.record("trace.id", trace_id.as_str());
     let started = std::time::Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let resp = crate::problem::TRACE_ID
+        .scope(trace_id, next.run(req).instrument(span.clone()))
+        .await;
     let m = atp_runtime::metrics::metrics();
     let status = resp.status().as_u16();
     span.record("http.response.status_code", status);

@@ -130,7 +130,7 @@ pub fn router(state: GatewayState) -> Router {
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that
-        // gives every answer the Problem+JSON shape (and the request id as traceId) wraps them.
+        // gives every answer the Problem+JSON shape wraps them.
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,

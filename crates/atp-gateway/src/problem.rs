@@ -7,8 +7,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 tokio::task_local! {
-    /// The request id of the request being served, so problems can carry it as `traceId`.
+    /// The request id of the request being served: a problem's `traceId` when the request has
+    /// no trace yet (it matched no route).
     static REQUEST_ID: String;
+    /// The W3C trace id of the request being served (the caller's, or one the gateway
+    /// started), so a problem's `traceId` finds the request's log lines and spans.
+    pub static TRACE_ID: String;
 }
 
 /// Runs the rest of the stack with the request id in scope.
@@ -134,7 +138,10 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let trace_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        let trace_id = TRACE_ID
+            .try_with(Clone::clone)
+            .or_else(|_| REQUEST_ID.try_with(Clone::clone))
+            .unwrap_or_default();
         let title = self.status.canonical_reason().unwrap_or("Error");
         let mut body = json!({
             "type": format!("https://atp.dev/problems/{}", self.code.to_lowercase().replace('_', "-")),

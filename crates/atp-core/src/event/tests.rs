@@ -218,6 +218,21 @@ fn data_outside_the_audit_schema_names_the_offender() {
     nested["data"]["attributes"]["deep"] = json!({"x": 1});
     let r = admit_bytes(&signed(nested)).unwrap_err();
     assert!(r.detail.contains("data.attributes.deep"), "{r}");
+    // A nested member of the wrong type or a missing one is named by its JSON path.
+    let mut wrong = event("e3");
+    wrong["data"]["resource"]["id"] = json!(7);
+    let r = admit_bytes(&signed(wrong)).unwrap_err();
+    assert!(r.detail.starts_with("data.resource.id: "), "{r}");
+    let mut missing = event("e4");
+    missing["data"]["actor"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id");
+    let r = admit_bytes(&signed(missing)).unwrap_err();
+    assert!(
+        r.detail.starts_with("data.actor: missing field `id`"),
+        "{r}"
+    );
 }
 
 #[test]
