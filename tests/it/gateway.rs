@@ -806,3 +806,24 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_are_unaffected(
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn http_nesting_deeper_than_the_cap_is_400_malformed() {
+    let (s, p) = append_problem(|_| {
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        (
+            None,
+            format!(r#"{{"sourceId":"crm","id":"d-1","x":{deep}}}"#).into_bytes(),
+        )
+    })
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(p["code"], "MALFORMED");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nesting deeper than 32"),
+        "{p}"
+    );
+}

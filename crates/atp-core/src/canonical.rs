@@ -11,6 +11,11 @@ use serde_json::{Map, Number, Value};
 /// Largest integer magnitude an IEEE 754 double holds exactly (2^53 - 1), the I-JSON bound.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// Deepest nesting of objects and arrays accepted. An audit event is a handful of levels deep
+/// (envelope, `data`, `actor`); 32 leaves room for producers' extensions while keeping
+/// recursion in every later reader (canonicalisation, schema checks) shallow.
+pub const MAX_DEPTH: usize = 32;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonicalError {
     #[error("not JSON: {0}")]
@@ -119,6 +124,47 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
     }
 }
 
+/// [`parse_strict`] for what producers submit, which may also nest no deeper than
+/// [`MAX_DEPTH`]. (ATP's own records wrap an event one level deeper, so reading them back uses
+/// [`parse_strict`] alone.)
+pub fn parse_submission(bytes: &[u8]) -> Result<Value, CanonicalError> {
+    if let Some(at) = deeper_than(bytes, MAX_DEPTH) {
+        return Err(CanonicalError::NotIJson(format!(
+            "nesting deeper than {MAX_DEPTH} levels (at byte {at})"
+        )));
+    }
+    parse_strict(bytes)
+}
+
+/// The byte offset where `bytes` first nests objects and arrays deeper than `max`, counting
+/// brackets outside strings (one pass, before any parsing).
+fn deeper_than(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// RFC 8785 canonical bytes of a value that came from [`parse_strict`] (or was built in code).
 pub fn to_canonical(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     serde_json_canonicalizer::to_vec(value).map_err(|e| CanonicalError::Canonicalize(e.to_string()))
@@ -127,6 +173,26 @@ pub fn to_canonical(value: &Value) -> Result<Vec<u8>, CanonicalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_nesting_deeper_than_the_cap_but_not_brackets_in_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_submission(deep(MAX_DEPTH).as_bytes()).is_ok());
+        assert!(
+            parse_strict(deep(MAX_DEPTH + 1).as_bytes()).is_ok(),
+            "records may nest deeper"
+        );
+        let e = parse_submission(deep(MAX_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(e.is_i_json_violation(), "{e}");
+        assert!(e.to_string().contains("nesting deeper than 32"), "{e}");
+        let mut nested = String::new();
+        for _ in 0..MAX_DEPTH - 1 {
+            nested.push_str("{\"a\":");
+        }
+        nested.push_str("\"[[[[{{{{\\\"]]]]\"");
+        nested.push_str(&"}".repeat(MAX_DEPTH - 1));
+        assert!(parse_submission(nested.as_bytes()).is_ok(), "{nested}");
+    }
 
     #[test]
     fn refuses_duplicate_keys_at_any_depth() {

@@ -204,10 +204,10 @@ pub fn admit(
     // 1. Parse into the structured form, strictly.
     let binary = is_binary_mode(sub);
     let (event, data_value, data_bytes) = if binary {
-        let data = canonical::parse_strict(sub.body).map_err(malformed)?;
+        let data = canonical::parse_submission(sub.body).map_err(malformed)?;
         (structured_from_binary(sub), data, sub.body.to_vec())
     } else {
-        let Value::Object(event) = canonical::parse_strict(sub.body).map_err(malformed)? else {
+        let Value::Object(event) = canonical::parse_submission(sub.body).map_err(malformed)? else {
             return Err(reject(
                 Reason::Malformed,
                 "a structured-mode event must be a JSON object",
@@ -225,7 +225,10 @@ pub fn admit(
                 let bytes = STANDARD.decode(b64).map_err(|_| {
                     reject(Reason::SchemaValidationFailed, "data_base64 is not base64")
                 })?;
-                (canonical::parse_strict(&bytes).map_err(malformed)?, bytes)
+                (
+                    canonical::parse_submission(&bytes).map_err(malformed)?,
+                    bytes,
+                )
             }
             (None, Some(_)) => {
                 return Err(reject(

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use atp_core::canonical::parse_strict;
+use atp_core::canonical::parse_submission;
 use atp_core::event::{Channel, Submission, admit};
 use atp_core::registry::SourceRegistration;
 use atp_core::trace::TraceParent;
@@ -274,7 +274,7 @@ pub async fn append_one(
     principal.require(&[Role::Producer, Role::Admin])?;
     content_type_ok(&headers, false)?;
     let tenant = principal.tenant.to_string();
-    let value = parse_strict(&body)
+    let value = parse_submission(&body)
         .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?;
     let prepared = prepare(&principal, &bus, value).await?;
     let idem = idempotency_key(&headers, &prepared);
@@ -346,7 +346,7 @@ pub async fn append_batch(
     principal.require(&[Role::Producer, Role::Admin])?;
     content_type_ok(&headers, true)?;
     let tenant = principal.tenant.to_string();
-    let Value::Array(items) = parse_strict(&body)
+    let Value::Array(items) = parse_submission(&body)
         .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?
     else {
         return Err(
