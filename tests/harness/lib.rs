@@ -264,10 +264,16 @@ impl Stack {
     /// ingress sequence.
     pub async fn publish_raw(&self, p: &PartitionKey, body: Vec<u8>, msg_id: Option<&str>) -> u64 {
         let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
         if let Some(id) = msg_id {
             h.insert(async_nats::header::NATS_MESSAGE_ID, id);
         }
+        self.publish_with(p, h, body).await
+    }
+
+    /// Publishes a CloudEvent's bytes to a partition's ingress subject with `h` (plus its
+    /// content type); returns the ingress sequence.
+    async fn publish_with(&self, p: &PartitionKey, mut h: HeaderMap, body: Vec<u8>) -> u64 {
+        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
         self.js
             .publish_with_headers(subjects::ingress(p), h, body.into())
             .await
@@ -286,19 +292,9 @@ impl Stack {
         traceparent: &str,
     ) -> u64 {
         let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
         h.insert(headers::TRACEPARENT, traceparent);
-        self.js
-            .publish_with_headers(
-                subjects::ingress(p),
-                h,
-                serde_json::to_vec(event).unwrap().into(),
-            )
+        self.publish_with(p, h, serde_json::to_vec(event).unwrap())
             .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence
     }
 
     /// Publishes until JetStream acknowledges, as a producer retries through an outage: the

@@ -415,15 +415,7 @@ async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
     assert!(got.get("secret").is_none(), "the secret is shown once");
 
     // Now an exporter: the queued export completes and the webhook is delivered on try 3.
-    let exporter = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: false,
-            projector: false,
-            integrity: false,
-            exporter: true,
-        })
-        .await;
+    let exporter = stack.serve(Roles::parse("exporter").unwrap()).await;
     completed(&api, &auditor, &id).await;
     let status = eventually("the webhook delivered", || async {
         let s = api

@@ -89,15 +89,7 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
     );
 
     // A process without the gateway serves its metrics on its own listener.
-    let worker = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: false,
-            projector: false,
-            integrity: false,
-            exporter: true,
-        })
-        .await;
+    let worker = stack.serve(Roles::parse("exporter").unwrap()).await;
     let addr = worker.metrics_addr.expect("a metrics listener");
     let resp = api
         .http

@@ -329,10 +329,6 @@ impl NatsCluster {
             .join(",")
     }
 
-    pub fn nodes(&self) -> &[NatsServer] {
-        &self.nodes
-    }
-
     pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
         &mut self.nodes[i]
     }

@@ -74,7 +74,7 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AuthConfig {
     pub issuer: String,
     pub audience: String,
-    keys: RwLock<HashMap<String, TrustedKey>>,
+    keys: RwLock<HashMap<String, Arc<TrustedKey>>>,
     jwks: Option<JwksSource>,
 }
 
@@ -99,7 +99,7 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
 }
 
 /// The usable keys of a JWKS, by `kid` (keys without one, or of other kinds, are skipped).
-fn keys_of(set: &JwkSet, fetched: bool) -> HashMap<String, TrustedKey> {
+fn keys_of(set: &JwkSet, fetched: bool) -> HashMap<String, Arc<TrustedKey>> {
     set.keys
         .iter()
         .filter(|k| {
@@ -112,7 +112,7 @@ fn keys_of(set: &JwkSet, fetched: bool) -> HashMap<String, TrustedKey> {
             let kid = jwk.common.key_id.clone()?;
             let alg = algorithm_of(jwk)?;
             let key = DecodingKey::from_jwk(jwk).ok()?;
-            Some((kid, TrustedKey { alg, key, fetched }))
+            Some((kid, Arc::new(TrustedKey { alg, key, fetched })))
         })
         .collect()
 }
@@ -127,7 +127,7 @@ impl AuthConfig {
         }
     }
 
-    fn insert(&mut self, keys: HashMap<String, TrustedKey>) {
+    fn insert(&mut self, keys: HashMap<String, Arc<TrustedKey>>) {
         if let Ok(mut k) = self.keys.write() {
             k.extend(keys);
         }
@@ -139,7 +139,7 @@ impl AuthConfig {
             key: DecodingKey::from_ed_der(public_key),
             fetched: false,
         };
-        self.insert(HashMap::from([(kid.to_owned(), key)]));
+        self.insert(HashMap::from([(kid.to_owned(), Arc::new(key))]));
         self
     }
 
@@ -211,9 +211,8 @@ impl AuthConfig {
         true
     }
 
-    fn lookup(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
-        let keys = self.keys.read().ok()?;
-        keys.get(kid).map(|k| (k.alg, k.key.clone()))
+    fn lookup(&self, kid: &str) -> Option<Arc<TrustedKey>> {
+        self.keys.read().ok()?.get(kid).cloned()
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
@@ -229,8 +228,9 @@ impl AuthConfig {
             }
             found = self.lookup(&kid);
         }
-        let (alg, key) =
+        let trusted =
             found.ok_or_else(|| Problem::unauthorized("the token's key is not trusted"))?;
+        let alg = trusted.alg;
         if header.alg != alg {
             return Err(Problem::unauthorized(
                 "the token's algorithm is not its key's",
@@ -242,7 +242,7 @@ impl AuthConfig {
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &trusted.key, &v).map_err(|e| {
             Problem::unauthorized(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
                 jsonwebtoken::errors::ErrorKind::ImmatureSignature => "the token is not valid yet",

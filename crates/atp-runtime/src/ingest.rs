@@ -809,13 +809,6 @@ struct TraceAbout<'a> {
     outcome: &'static str,
 }
 
-/// Seconds from `from` to `to`, never negative (clocks of different hosts).
-pub(crate) fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> f64 {
-    (to - from)
-        .num_microseconds()
-        .map_or(0.0, |us| us.max(0) as f64 / 1e6)
-}
-
 /// A committed batch, in the metrics.
 fn record_batch(stats: &BatchStats, took: std::time::Duration) {
     let m = metrics();
@@ -926,7 +919,7 @@ impl Ingest {
                 let m = metrics();
                 for at in received {
                     m.ingest_latency_seconds
-                        .record(seconds_between(at, now), &[]);
+                        .record(crate::metrics::seconds_between(at, now), &[]);
                 }
                 Ok(())
             }

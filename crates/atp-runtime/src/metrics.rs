@@ -109,6 +109,17 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Seconds from `from` to `to` for a latency histogram, never negative (the two times may come
+/// from different hosts' clocks).
+pub fn seconds_between(
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    (to - from)
+        .num_microseconds()
+        .map_or(0.0, |us| us.max(0) as f64 / 1e6)
+}
+
 /// A label.
 pub fn label(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
     KeyValue::new(key, value)

@@ -371,7 +371,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
         let now = Utc::now();
         for row in &built.rows {
             m.projector_latency_seconds.record(
-                crate::ingest::seconds_between(P::time(row), now),
+                crate::metrics::seconds_between(P::time(row), now),
                 &projection,
             );
         }

@@ -285,11 +285,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             }
             let (auth, mut sd) = (auth.clone(), shutdown.clone());
             tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(JWKS_REFRESH) => {}
-                        _ = sd.wait_for(|stop| *stop) => return,
-                    }
+                while atp_runtime::reader::pause(&mut sd, JWKS_REFRESH).await {
                     if let Err(e) = auth.refresh().await {
                         tracing::warn!(error = %e, "refreshing the token issuer's JWKS failed");
                     }
@@ -302,11 +298,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         {
             let (limits, mut sd) = (limits.clone(), shutdown.clone());
             tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(atp_gateway::limits::PRUNE_EVERY) => limits.prune(),
-                        _ = sd.wait_for(|stop| *stop) => return,
-                    }
+                while atp_runtime::reader::pause(&mut sd, atp_gateway::limits::PRUNE_EVERY).await {
+                    limits.prune();
                 }
             });
         }
