@@ -14,13 +14,14 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use atp::serve::{Roles, Running, ServeConfig};
+use atp::serve::{NatsCredentials, Roles, Running, ServeConfig};
 use atp_core::chain::ChainVerifier;
 use atp_core::reason::RejectionEnvelope;
 use atp_core::record::{self, Record};
 use atp_core::{PartitionKey, SourceId, TenantId};
 use atp_devstack::{NatsCluster, NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_gateway::Role;
+use atp_nats::auth::{AuthDir, Identity};
 use atp_nats::{headers, streams, subjects};
 use atp_runtime::Secret;
 use atp_runtime::ingest::IngestConfig;
@@ -81,6 +82,9 @@ pub struct Stack {
     pub keys_dir: tempfile::TempDir,
     /// Where the exporter assembles bundles.
     pub spool: tempfile::TempDir,
+    /// The NATS identities of a single-server stack: every role connects as itself, tests as
+    /// admin. A cluster stack runs without NATS authentication.
+    pub auth: Option<(AuthDir, tempfile::TempDir)>,
 }
 
 /// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
@@ -96,10 +100,15 @@ pub fn partition(tenant: &str, source: &str) -> PartitionKey {
 impl Stack {
     /// Fresh servers, streams and schema, and tenant `acme` with source `crm` and one key.
     pub async fn start() -> Stack {
-        let nats = NatsServer::start(NatsOptions::default())
-            .await
-            .expect("nats-server starts");
-        Self::start_on(Nats::One(Box::new(nats)), 1).await
+        let dir = tempfile::tempdir().expect("NATS auth dir");
+        let auth = AuthDir::init(dir.path()).expect("NATS identities");
+        let nats = NatsServer::start(NatsOptions {
+            include: Some(auth.conf_path()),
+            ..Default::default()
+        })
+        .await
+        .expect("nats-server starts");
+        Self::start_on(Nats::One(Box::new(nats)), 1, Some((auth, dir))).await
     }
 
     /// The same, on a JetStream cluster of `nodes` servers with every stream replicated on all.
@@ -107,15 +116,22 @@ impl Stack {
         let cluster = NatsCluster::start(nodes)
             .await
             .expect("the nats-server cluster starts");
-        Self::start_on(Nats::Cluster(cluster), nodes).await
+        Self::start_on(Nats::Cluster(cluster), nodes, None).await
     }
 
-    async fn start_on(nats: Nats, replicas: usize) -> Stack {
+    async fn start_on(
+        nats: Nats,
+        replicas: usize,
+        auth: Option<(AuthDir, tempfile::TempDir)>,
+    ) -> Stack {
         let pg = Postgres::start(PostgresOptions::default())
             .await
             .expect("PostgreSQL starts");
         let database_url = pg.create_database("atp").await.expect("database created");
-        let client = atp_nats::connect(&nats.url(), "atp-test", None)
+        let admin = auth
+            .as_ref()
+            .map(|(a, _)| a.seed_path(&Identity::Admin).display().to_string());
+        let client = atp_nats::connect(&nats.url(), "atp-test", admin.as_deref())
             .await
             .expect("connect to nats");
         let js = async_nats::jetstream::new(client);
@@ -151,13 +167,38 @@ impl Stack {
             producer,
             keys_dir: tempfile::tempdir().expect("key store dir"),
             spool: tempfile::tempdir().expect("export spool dir"),
+            auth,
+        }
+    }
+
+    /// The environment that points `atp` at this stack's servers, as admin.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("ATP_NATS_URL", self.nats.url()),
+            ("ATP_DATABASE_URL", self.database_url.clone()),
+        ];
+        if let Some((auth, _)) = &self.auth {
+            env.push((
+                "ATP_NATS_CREDS",
+                auth.seed_path(&Identity::Admin).display().to_string(),
+            ));
+            env.push(("ATP_NATS_AUTH_DIR", auth.dir().display().to_string()));
+        }
+        env
+    }
+
+    /// How this stack's roles connect to NATS: each as itself when the stack has identities.
+    pub fn nats_credentials(&self) -> NatsCredentials {
+        match &self.auth {
+            Some((auth, _)) => NatsCredentials::PerRole(auth.dir().to_owned()),
+            None => NatsCredentials::None,
         }
     }
 
     pub fn serve_config(&self, roles: Roles) -> ServeConfig {
         ServeConfig {
             nats_url: self.nats.url(),
-            nats_credentials: None,
+            nats_credentials: self.nats_credentials(),
             database_url: Secret::new(self.database_url.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             roles,
@@ -223,10 +264,11 @@ impl Stack {
             .append(true)
             .open(log)
             .unwrap();
+        let creds_dir = self.auth.as_ref().map(|(a, _)| a.dir().to_owned());
         tokio::process::Command::new(atp_binary())
             .args(["serve", "--roles", roles])
-            .env("ATP_NATS_URL", self.nats.url())
-            .env("ATP_DATABASE_URL", &self.database_url)
+            .envs(self.cli_env())
+            .envs(creds_dir.map(|d| ("ATP_NATS_CREDS_DIR", d)))
             .env("ATP_CHECKPOINT_KEYS_DIR", self.keys_dir.path())
             .env("ATP_LOG_NAME", LOG_NAME)
             .env("ATP_EXPORT_SPOOL", self.spool.path())

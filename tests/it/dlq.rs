@@ -15,8 +15,7 @@ fn atp_dlq(stack: &Stack, args: &[&str]) -> (bool, Vec<Value>, String) {
     let out = Command::new(atp_binary())
         .arg("dlq")
         .args(args)
-        .env("ATP_NATS_URL", stack.nats.url())
-        .env("ATP_DATABASE_URL", &stack.database_url)
+        .envs(stack.cli_env())
         .env("ATP_LOG", "warn")
         .output()
         .expect("atp runs");
@@ -143,7 +142,7 @@ async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
     );
     let shown = Command::new(atp_binary())
         .args(["dlq", "show", &seq.to_string()])
-        .env("ATP_NATS_URL", stack.nats.url())
+        .envs(stack.cli_env())
         .output()
         .unwrap();
     assert!(shown.status.success());

@@ -32,7 +32,7 @@ async fn publish_signed(stack: &Stack, n: usize, prefix: &str) {
 fn verify_chain_cli(stack: &Stack) -> (bool, Value) {
     let out = std::process::Command::new(atp_binary())
         .args(["verify", "chain", "--tenant", TENANT, "--source", SOURCE])
-        .env("ATP_NATS_URL", stack.nats.url())
+        .envs(stack.cli_env())
         .output()
         .unwrap();
     (

@@ -13,6 +13,7 @@ mod gateway;
 mod ingest;
 mod integrity;
 mod metrics;
+mod nats_auth;
 mod replay;
 mod secrets;
 mod streams;

@@ -35,6 +35,9 @@ pub struct NatsOptions {
     /// Appended verbatim to the generated config file. Note: a `jetstream { ... }` block here
     /// replaces the generated one entirely, so repeat `store_dir` in it.
     pub extra_config: Option<String>,
+    /// A configuration file to include (read again on every reload): ATP's users and their
+    /// permissions, `auth.conf` of an auth directory.
+    pub include: Option<PathBuf>,
 }
 
 /// A running `nats-server` child process with JetStream enabled, bound to `127.0.0.1`.
@@ -49,12 +52,30 @@ pub struct NatsServer {
     store_dir: PathBuf,
     keep_store: bool,
     extra_config: Option<String>,
+    include: Option<PathBuf>,
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
     // Declared last: removed only after the child is gone.
     temp: TempDir,
+}
+
+/// nats-server resolves an include relative to the including file's directory, even a path
+/// that starts with `/`; so climb from there to the root and descend to `file`.
+fn include_path(config: &Path, file: &Path) -> Result<String, DevstackError> {
+    let file = std::path::absolute(file)
+        .map_err(|e| DevstackError::io(format!("resolving {}", file.display()), e))?;
+    let depth = config
+        .parent()
+        .map(|d| d.components().count().saturating_sub(1))
+        .unwrap_or(0);
+    let below_root: PathBuf = file.components().skip(1).collect();
+    Ok(format!(
+        "{}{}",
+        "../".repeat(depth),
+        below_root.to_string_lossy()
+    ))
 }
 
 impl NatsServer {
@@ -85,6 +106,7 @@ impl NatsServer {
             store_dir,
             keep_store,
             extra_config: opts.extra_config.clone(),
+            include: opts.include.clone(),
             config_path: temp.path().join("nats-server.conf"),
             log_path: temp.path().join("nats-server.log"),
             child: None,
@@ -212,6 +234,12 @@ impl NatsServer {
             monitor = self.monitor_port,
             store = config_string(&self.store_dir.to_string_lossy()),
         );
+        if let Some(file) = &self.include {
+            config.push_str(&format!(
+                "include \"{}\"\n",
+                config_string(&include_path(&self.config_path, file)?)
+            ));
+        }
         if let Some(extra) = &self.extra_config {
             config.push_str("\n# extra_config\n");
             config.push_str(extra);
@@ -313,6 +341,7 @@ impl NatsCluster {
                     port: Some(*client),
                     store_dir: None,
                     extra_config: Some(cluster),
+                    include: None,
                 })
                 .await?,
             );
@@ -426,6 +455,16 @@ pub(crate) fn check_nats_version(binary: &Path) -> Result<(u64, u64, u64), Devst
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn includes_climb_to_the_root_from_the_config_dir() {
+        let path = include_path(
+            Path::new("/tmp/atp-nats-x/nats-server.conf"),
+            Path::new("/work/.atp/dev/nats/auth.conf"),
+        )
+        .unwrap();
+        assert_eq!(path, "../../work/.atp/dev/nats/auth.conf");
+    }
+
     use std::io::{BufRead, BufReader};
     use std::net::TcpStream;
     use std::os::unix::fs::PermissionsExt;
@@ -518,6 +557,7 @@ mod tests {
             port: Some(port),
             store_dir: Some(store.clone()),
             extra_config: Some("max_payload: 65536".to_owned()),
+            include: None,
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ pub fn reconnects() -> tokio::sync::watch::Receiver<u64> {
 }
 
 /// Connects as `name` (shown in the server's connection list) and checks the server version.
+/// `credentials` is a file: an nkey seed file of ATP's, or a user JWT `.creds` file.
 /// `url` may list several servers of a cluster, comma-separated; the client also learns the
 /// others from the one it reaches, and fails over between them.
 pub async fn connect(
@@ -75,13 +76,23 @@ pub async fn connect(
             }
         });
     if let Some(path) = credentials {
-        opts = opts
-            .credentials_file(path)
-            .await
-            .map_err(|source| ConnectError::Credentials {
-                path: path.to_owned(),
-                source,
-            })?;
+        let unreadable = |source| ConnectError::Credentials {
+            path: path.to_owned(),
+            source,
+        };
+        let text = tokio::fs::read_to_string(path).await.map_err(unreadable)?;
+        // An nkey seed file of ATP's (`atp producer add`, `atp nats init-auth`), or else a
+        // user JWT `.creds` file.
+        opts = match crate::auth::parse_seed(&text) {
+            Some((seed, inbox)) => {
+                let opts = opts.nkey(seed);
+                match inbox {
+                    Some(prefix) => opts.custom_inbox_prefix(prefix),
+                    None => opts,
+                }
+            }
+            None => opts.credentials(&text).map_err(unreadable)?,
+        };
     }
     let servers: Vec<&str> = url
         .split(',')

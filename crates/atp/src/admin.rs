@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::Context;
 use atp_core::registry::{ProducerKey, SourceRegistration};
 use atp_core::{PartitionKey, SourceId, TenantId};
+use atp_nats::auth::{AuthDir, Identity};
 use atp_nats::{registry, streams};
 use chrono::Utc;
 
@@ -17,6 +18,36 @@ pub async fn prepare(js: &Context, database_url: &str, replicas: usize) -> anyho
     atp_store::migrate(&pool).await?;
     pool.close().await;
     Ok(())
+}
+
+pub fn partition(tenant: &str, source: &str) -> anyhow::Result<PartitionKey> {
+    Ok(PartitionKey::new(
+        TenantId::new(tenant)?,
+        SourceId::new(source)?,
+    ))
+}
+
+/// Makes a source a NATS identity of `auth` (a new nkey user that may publish only to its
+/// ingress subject) and has the servers at `nats_url` apply it. Returns the seed file's path.
+pub async fn add_nats_producer(
+    nats_url: &str,
+    auth: &AuthDir,
+    p: &PartitionKey,
+    seed_out: Option<&std::path::Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let (_, seed) = auth.add_producer(p, seed_out)?;
+    reload_nats(nats_url, auth).await?;
+    Ok(seed)
+}
+
+/// Has every server at `nats_url` reload its configuration, as `auth`'s system user.
+pub async fn reload_nats(nats_url: &str, auth: &AuthDir) -> anyhow::Result<Vec<String>> {
+    let seed = auth.seed_path(&Identity::System);
+    let seed = seed
+        .to_str()
+        .context("the auth directory's path is not UTF-8")?;
+    let system = atp_nats::connect(nats_url, "atp-reload", Some(seed)).await?;
+    Ok(atp_nats::auth::reload(&system).await?)
 }
 
 /// Registers a source (or updates its URI) and adds a key to it.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_gateway::auth::{Claims, Role, mint};
+use atp_nats::auth::{AuthDir, Identity};
 use atp_runtime::Secret;
 use atp_runtime::ingest::IngestConfig;
 use ed25519_dalek::SigningKey;
@@ -93,10 +94,23 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         .active
         .verifier_key;
 
+    // Every NATS identity is generated here on first start and kept in .atp/dev/nats: ATP's
+    // roles, admin, the system user and the dev producer.
+    let auth = AuthDir::init(&paths.dir.join("nats"))?;
+    let dev_partition = atp_core::PartitionKey::parse(&format!("{DEV_TENANT}:{DEV_SOURCE}"))?;
+    let producer_identity = Identity::Producer(dev_partition.clone());
+    if !auth.seed_path(&producer_identity).exists() {
+        auth.add_producer(&dev_partition, None)?;
+    }
+    let admin_seed = auth.seed_path(&Identity::Admin).display().to_string();
+
     eprintln!("starting nats-server and PostgreSQL…");
-    let mut nats = NatsServer::start(NatsOptions::default())
-        .await
-        .context("starting nats-server")?;
+    let mut nats = NatsServer::start(NatsOptions {
+        include: Some(auth.conf_path()),
+        ..Default::default()
+    })
+    .await
+    .context("starting nats-server")?;
     let mut pg = Postgres::start(PostgresOptions {
         durable: true,
         ..Default::default()
@@ -105,15 +119,14 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     .context("starting PostgreSQL")?;
     let database_url = pg.create_database("atp").await?;
 
-    let client = atp_nats::connect(&nats.url(), "atp-dev", None).await?;
+    let client = atp_nats::connect(&nats.url(), "atp-dev", Some(&admin_seed)).await?;
     let js = async_nats::jetstream::new(client);
     crate::admin::prepare(&js, &database_url, 1).await?;
     crate::admin::add_producer(&js, DEV_TENANT, DEV_SOURCE, DEV_SOURCE_URI, None).await?;
     let kv = js
         .get_key_value(atp_nats::streams::PRODUCERS_BUCKET)
         .await?;
-    let p = atp_core::PartitionKey::parse(&format!("{DEV_TENANT}:{DEV_SOURCE}"))?;
-    let has_key = atp_nats::registry::get(&kv, &p)
+    let has_key = atp_nats::registry::get(&kv, &dev_partition)
         .await?
         .is_some_and(|r| r.key(DEV_PRODUCER_KEY_ID).is_some());
     if !has_key {
@@ -129,7 +142,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
 
     let mut running = crate::serve::start(ServeConfig {
         nats_url: nats.url(),
-        nats_credentials: None,
+        nats_credentials: crate::serve::NatsCredentials::PerRole(auth.dir().to_owned()),
         database_url: Secret::new(database_url.clone()),
         listen,
         roles: Roles::ALL,
@@ -180,8 +193,16 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             token(Role::Auditor, "dev-auditor")?,
         ),
         ("ATP_DEV_TOKEN_ADMIN", token(Role::Admin, "dev-admin")?),
-        // Direct NATS producers connect without credentials until zero-trust ingress (issue 4).
-        ("ATP_DEV_NATS_CREDS", String::new()),
+        // What a direct producer of the dev source connects with: it may publish only to
+        // atp.ingress.<tenant>.<source>.
+        (
+            "ATP_DEV_NATS_CREDS",
+            auth.seed_path(&producer_identity).display().to_string(),
+        ),
+        // The CLI's own identity (streams, replays, dead letters) and where `atp producer add`
+        // registers NATS identities.
+        ("ATP_NATS_CREDS", admin_seed.clone()),
+        ("ATP_NATS_AUTH_DIR", auth.dir().display().to_string()),
         ("ATP_DEV_PRODUCER_KEY_ID", DEV_PRODUCER_KEY_ID.to_owned()),
         (
             "ATP_DEV_PRODUCER_KEY",

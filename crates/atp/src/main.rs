@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use atp::dev;
-use atp::serve::{Roles, ServeConfig};
+use atp::serve::{NatsCredentials, Roles, ServeConfig};
 use atp_gateway::Role;
 use atp_runtime::Secret;
 use atp_runtime::ingest::IngestConfig;
@@ -31,7 +31,8 @@ struct NatsArgs {
     /// NATS server URL.
     #[arg(long, env = "ATP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// NATS credentials file.
+    /// NATS credentials: an nkey seed file (`atp nats init-auth`, `atp producer add`) or a
+    /// user JWT `.creds` file.
     #[arg(long, env = "ATP_NATS_CREDS")]
     nats_creds: Option<String>,
 }
@@ -51,6 +52,10 @@ enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         db: DbArgs,
+        /// A directory of per-role NATS seeds (`atp nats init-auth`): each role connects as
+        /// itself, with its own least privilege. Overrides --nats-creds.
+        #[arg(long, env = "ATP_NATS_CREDS_DIR")]
+        nats_creds_dir: Option<PathBuf>,
         #[arg(long, env = "ATP_ROLES", default_value = "all")]
         roles: String,
         #[arg(long, env = "ATP_LISTEN", default_value = "127.0.0.1:8080")]
@@ -81,7 +86,7 @@ enum Command {
         #[arg(long, env = "ATP_GATEWAY_PUBLIC_KEY")]
         gateway_public_key: Option<String>,
         #[command(flatten)]
-        integrity: IntegrityArgs,
+        integrity: Box<IntegrityArgs>,
         #[command(flatten)]
         exports: Box<ExportArgs>,
         /// Without the gateway role, serve /metrics and /healthz here.
@@ -92,6 +97,11 @@ enum Command {
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// NATS identities and permissions.
+    Nats {
+        #[command(subcommand)]
+        action: NatsAction,
     },
     /// Streams and KV buckets from streams/.
     Streams {
@@ -361,6 +371,23 @@ enum VerifyWhat {
 }
 
 #[derive(Subcommand)]
+enum NatsAction {
+    /// Create an auth directory: nkey users for ATP's roles, admin and the system account, and
+    /// `auth.conf` for the server's configuration to include.
+    InitAuth {
+        #[arg(long, env = "ATP_NATS_AUTH_DIR")]
+        dir: PathBuf,
+    },
+    /// Ask every server to reload its configuration (after editing an included file).
+    Reload {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long, env = "ATP_NATS_AUTH_DIR")]
+        nats_auth_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum StreamsAction {
     /// Create or update every stream and bucket; report drift.
     Apply {
@@ -400,6 +427,23 @@ enum ProducerAction {
         /// Raw Ed25519 public key, base64.
         #[arg(long, requires = "key_id")]
         public_key: Option<String>,
+        /// Also make the source a NATS identity in this auth directory (`atp nats init-auth`):
+        /// a new nkey user that may publish only to its own ingress subject, applied to the
+        /// running servers by a reload.
+        #[arg(long, env = "ATP_NATS_AUTH_DIR")]
+        nats_auth_dir: Option<PathBuf>,
+        /// Where to write the new NATS user's seed (mode 0600); default: in the auth directory.
+        #[arg(long, requires = "nats_auth_dir")]
+        nats_creds_out: Option<PathBuf>,
+    },
+    /// Withdraw a source's NATS identities: the servers close their connections on reload.
+    RevokeNats {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        at: SourceArgs,
+        #[arg(long, env = "ATP_NATS_AUTH_DIR")]
+        nats_auth_dir: PathBuf,
     },
     /// Revoke a producer key: later events signed with it are KEY_REVOKED.
     Revoke {
@@ -455,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve {
             nats,
+            nats_creds_dir,
             db,
             roles,
             listen,
@@ -491,7 +536,11 @@ async fn main() -> anyhow::Result<()> {
                 .transpose()?;
             let mut running = atp::serve::start(ServeConfig {
                 nats_url: nats.nats_url,
-                nats_credentials: nats.nats_creds,
+                nats_credentials: match (nats_creds_dir, nats.nats_creds) {
+                    (Some(dir), _) => NatsCredentials::PerRole(dir),
+                    (None, Some(file)) => NatsCredentials::One(file),
+                    (None, None) => NatsCredentials::None,
+                },
                 database_url: Secret::new(db.database_url),
                 listen,
                 roles: Roles::parse(&roles)?,
@@ -551,6 +600,8 @@ async fn main() -> anyhow::Result<()> {
                     source_uri,
                     key_id,
                     public_key,
+                    nats_auth_dir,
+                    nats_creds_out,
                 },
         } => {
             let js = jetstream(&nats).await?;
@@ -560,6 +611,54 @@ async fn main() -> anyhow::Result<()> {
             };
             let reg = atp::admin::add_producer(&js, &tenant, &source, &source_uri, key).await?;
             println!("{}", serde_json::to_string_pretty(&reg)?);
+            if let Some(dir) = nats_auth_dir {
+                let auth = atp_nats::auth::AuthDir::open(&dir)?;
+                let seed = atp::admin::add_nats_producer(
+                    &nats.nats_url,
+                    &auth,
+                    &atp::admin::partition(&tenant, &source)?,
+                    nats_creds_out.as_deref(),
+                )
+                .await?;
+                eprintln!(
+                    "NATS credentials for {tenant}/{source}: {} (applied to the running servers)",
+                    seed.display()
+                );
+            }
+        }
+        Command::Producer {
+            action:
+                ProducerAction::RevokeNats {
+                    nats,
+                    at: SourceArgs { tenant, source },
+                    nats_auth_dir,
+                },
+        } => {
+            let auth = atp_nats::auth::AuthDir::open(&nats_auth_dir)?;
+            let p = atp::admin::partition(&tenant, &source)?;
+            let n = auth.remove_producer(&p)?;
+            atp::admin::reload_nats(&nats.nats_url, &auth).await?;
+            println!("withdrew {n} NATS identities of {p}");
+        }
+        Command::Nats {
+            action: NatsAction::InitAuth { dir },
+        } => {
+            let auth = atp_nats::auth::AuthDir::init(&dir)?;
+            println!(
+                "include \"{}\" in the nats-server configuration",
+                std::fs::canonicalize(auth.conf_path())?.display()
+            );
+        }
+        Command::Nats {
+            action:
+                NatsAction::Reload {
+                    nats,
+                    nats_auth_dir,
+                },
+        } => {
+            let auth = atp_nats::auth::AuthDir::open(&nats_auth_dir)?;
+            let servers = atp::admin::reload_nats(&nats.nats_url, &auth).await?;
+            println!("reloaded {} servers", servers.len());
         }
         Command::Producer {
             action:

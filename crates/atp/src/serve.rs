@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use atp_gateway::{AuthConfig, Bus, ExportLimits, ExportsApi, GatewayState, Waiters};
+use atp_nats::auth::Worker;
 use atp_nats::registry::RegistryCache;
 use atp_nats::streams;
 use atp_runtime::export::ExportSettings;
@@ -72,7 +73,7 @@ const JWKS_REFETCH_MIN: std::time::Duration = std::time::Duration::from_secs(30)
 /// Everything `serve` needs, validated before anything starts.
 pub struct ServeConfig {
     pub nats_url: String,
-    pub nats_credentials: Option<String>,
+    pub nats_credentials: NatsCredentials,
     pub database_url: Secret,
     pub listen: SocketAddr,
     pub roles: Roles,
@@ -98,6 +99,19 @@ pub struct ServeConfig {
     /// Where a process without the gateway role serves `/metrics` and `/healthz` (the gateway
     /// serves them on its own listener).
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// What the roles of a `serve` connect to NATS with.
+#[derive(Debug, Clone, Default)]
+pub enum NatsCredentials {
+    /// No credentials: a server without authentication (a bare test server).
+    #[default]
+    None,
+    /// One credentials file for every role of the process.
+    One(String),
+    /// A directory with one seed file per role (`gateway.nk`, `ingest.nk`, ...): each role
+    /// connects on its own, with its own least privilege (`atp nats init-auth`).
+    PerRole(PathBuf),
 }
 
 /// The integrity role's settings.
@@ -147,11 +161,54 @@ impl Running {
     }
 }
 
+/// The JetStream contexts of a process's roles: one shared connection, or one per role when
+/// each role has its own identity.
+struct Connections {
+    shared: Option<async_nats::jetstream::Context>,
+    url: String,
+    credentials: NatsCredentials,
+}
+
+impl Connections {
+    async fn open(url: &str, credentials: &NatsCredentials) -> anyhow::Result<Connections> {
+        let shared = match credentials {
+            NatsCredentials::None => Some(atp_nats::connect(url, "atp-serve", None).await?),
+            NatsCredentials::One(path) => {
+                Some(atp_nats::connect(url, "atp-serve", Some(path)).await?)
+            }
+            NatsCredentials::PerRole(_) => None,
+        };
+        let shared = shared.map(async_nats::jetstream::new);
+        if let Some(js) = &shared {
+            streams::check(js).await?;
+        }
+        Ok(Connections {
+            shared,
+            url: url.to_owned(),
+            credentials: credentials.clone(),
+        })
+    }
+
+    async fn role(&self, role: Worker) -> anyhow::Result<async_nats::jetstream::Context> {
+        if let Some(js) = &self.shared {
+            return Ok(js.clone());
+        }
+        let NatsCredentials::PerRole(dir) = &self.credentials else {
+            bail!("no NATS connection");
+        };
+        let path = dir.join(format!("{}.nk", role.as_str()));
+        let path = path.to_str().context("credentials path is not UTF-8")?;
+        let client = atp_nats::connect(&self.url, &format!("atp-{}", role.as_str()), Some(path))
+            .await
+            .with_context(|| format!("connecting the {} role", role.as_str()))?;
+        let js = async_nats::jetstream::new(client);
+        streams::check(&js).await?;
+        Ok(js)
+    }
+}
+
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
-    let client =
-        atp_nats::connect(&cfg.nats_url, "atp-serve", cfg.nats_credentials.as_deref()).await?;
-    let js = async_nats::jetstream::new(client);
-    streams::check(&js).await?;
+    let connections = Connections::open(&cfg.nats_url, &cfg.nats_credentials).await?;
     // Ingest uses the read model too: for duplicates older than its in-memory window.
     let needs_db =
         cfg.roles.gateway || cfg.roles.projector || cfg.roles.ingest || cfg.roles.integrity;
@@ -194,9 +251,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         if ingest_cfg.gateway_key.is_none() {
             ingest_cfg.gateway_key = attestation.as_ref().map(|k| k.verifying_key());
         }
+        let js = connections.role(Worker::Ingest).await?;
         let mut ingest = Ingest::new(js.clone(), ingest_cfg).await?;
         running.ingest_totals = Some(ingest.totals.clone());
-        let (js, sd) = (js.clone(), shutdown.clone());
+        let sd = shutdown.clone();
         tasks.spawn(async move {
             (
                 "ingest",
@@ -205,7 +263,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         });
     }
     if cfg.roles.projector {
-        let (js, sd) = (js.clone(), shutdown.clone());
+        let js = connections.role(Worker::Projector).await?;
+        let sd = shutdown.clone();
         let pool = pool.clone().context("the projector needs PostgreSQL")?;
         let shard = cfg.shard;
         tasks.spawn(async move {
@@ -233,7 +292,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         let signer = signer.clone().context("no key store")?;
         let stats = Arc::new(IntegrityStats::default());
         running.integrity_stats = Some(stats.clone());
-        let (js, sd) = (js.clone(), shutdown.clone());
+        let js = connections.role(Worker::Integrity).await?;
+        let sd = shutdown.clone();
         tasks.spawn(async move {
             (
                 "integrity",
@@ -243,7 +303,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     }
     if cfg.roles.exporter {
         let signer = signer.clone().context("no key store")?;
-        let (js, sd, url) = (js.clone(), shutdown.clone(), cfg.database_url.clone());
+        let js = connections.role(Worker::Exporter).await?;
+        let (sd, url) = (shutdown.clone(), cfg.database_url.clone());
         let settings = cfg.exports.clone();
         tasks.spawn(async move {
             (
@@ -253,6 +314,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         });
     }
     if cfg.roles.gateway {
+        let js = connections.role(Worker::Gateway).await?;
         let pool = pool.clone().context("the gateway needs PostgreSQL")?;
         let key = attestation.context("no attestation key")?;
         let mut auth = AuthConfig::new(&cfg.issuer, &cfg.audience);

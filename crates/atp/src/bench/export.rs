@@ -337,7 +337,7 @@ async fn ttfb(
     let issuer = crate::keys::generate();
     let running = crate::serve::start(crate::serve::ServeConfig {
         nats_url: nats.url(),
-        nats_credentials: None,
+        nats_credentials: crate::serve::NatsCredentials::None,
         database_url: atp_runtime::Secret::new(db.to_owned()),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         roles: crate::serve::Roles::parse("gateway")?,

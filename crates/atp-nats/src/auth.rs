@@ -1,0 +1,613 @@
+//! Who may connect to ATP's NATS servers, and what each identity may publish and read.
+//!
+//! nats-server enforces it: every identity is an nkey user in the `ATP` account of the server's
+//! configuration, with publish and subscribe allow-lists (ADR 0008).
+//!
+//! - A **producer** of `tenant/source` may publish to `atp.ingress.<tenant>.<source>` and read
+//!   nothing but the replies to its own requests (its inbox, `_INBOX.p.<tenant>.<source>.>`):
+//!   not another tenant's subjects, not the ledger, not the JetStream API.
+//! - Each **worker role** may publish only what it produces: ingest the ledger and rejections,
+//!   the projector dead letters, integrity checkpoints and alerts, the exporter completions and
+//!   bundles, the gateway ingress and export requests. Workers read ATP's streams through the
+//!   JetStream API but cannot create, change, purge or delete them.
+//! - **admin** (the CLI that applies streams, registers producers and replays) may do anything.
+//! - **system** is a user of the server's system account, used only to ask servers to reload.
+//!
+//! The users live in `users.json` of an auth directory, beside the seeds of ATP's own
+//! identities; [`AuthDir`] renders them to `auth.conf`, which the server's configuration
+//! includes, and [`reload`] asks every server to apply it without a restart.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::Client;
+use atp_core::{PartitionKey, SourceId, TenantId};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// The account ATP's streams and every ATP identity live in.
+pub const ACCOUNT: &str = "ATP";
+/// The server's system account.
+pub const SYSTEM_ACCOUNT: &str = "SYS";
+/// The rendered users file the server's configuration includes.
+pub const CONF_FILE: &str = "auth.conf";
+const USERS_FILE: &str = "users.json";
+/// A seed file's line naming the inbox prefix the identity must use.
+const INBOX_LINE: &str = "# inbox-prefix: ";
+/// How long [`reload`] collects answers from the servers of a cluster.
+const GATHER: Duration = Duration::from_millis(500);
+
+/// ATP's own processes, one identity each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Worker {
+    Gateway,
+    Ingest,
+    Projector,
+    Integrity,
+    Exporter,
+}
+
+impl Worker {
+    pub const ALL: [Worker; 5] = [
+        Worker::Gateway,
+        Worker::Ingest,
+        Worker::Projector,
+        Worker::Integrity,
+        Worker::Exporter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Worker::Gateway => "gateway",
+            Worker::Ingest => "ingest",
+            Worker::Projector => "projector",
+            Worker::Integrity => "integrity",
+            Worker::Exporter => "exporter",
+        }
+    }
+}
+
+/// Someone connecting to NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Producer(PartitionKey),
+    Worker(Worker),
+    Admin,
+    System,
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Producer(p) => write!(f, "producer:{}:{}", p.tenant, p.source),
+            Identity::Worker(w) => write!(f, "worker:{}", w.as_str()),
+            Identity::Admin => f.write_str("admin"),
+            Identity::System => f.write_str("system"),
+        }
+    }
+}
+
+impl FromStr for Identity {
+    type Err = AuthError;
+
+    fn from_str(s: &str) -> Result<Self, AuthError> {
+        let bad = || AuthError::Identity(s.to_owned());
+        Ok(match s.split(':').collect::<Vec<_>>().as_slice() {
+            ["admin"] => Identity::Admin,
+            ["system"] => Identity::System,
+            ["worker", w] => Identity::Worker(
+                Worker::ALL
+                    .into_iter()
+                    .find(|x| x.as_str() == *w)
+                    .ok_or_else(bad)?,
+            ),
+            ["producer", t, s] => Identity::Producer(PartitionKey::new(
+                TenantId::new(*t).map_err(|_| bad())?,
+                SourceId::new(*s).map_err(|_| bad())?,
+            )),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Subjects an identity may publish to and subscribe to; everything else is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+impl Identity {
+    /// The prefix of the inboxes this identity's requests are answered on: the only subjects
+    /// it may subscribe to, unless it is admin.
+    pub fn inbox_prefix(&self) -> String {
+        match self {
+            Identity::Producer(p) => format!("_INBOX.p.{}.{}", p.tenant, p.source),
+            Identity::Worker(w) => format!("_INBOX.{}", w.as_str()),
+            Identity::Admin => "_INBOX.admin".to_owned(),
+            Identity::System => "_INBOX.system".to_owned(),
+        }
+    }
+
+    /// The file name of this identity's seed in an auth directory.
+    fn seed_file(&self) -> String {
+        match self {
+            Identity::Producer(p) => format!("producer-{}-{}.nk", p.tenant, p.source),
+            Identity::Worker(w) => format!("{}.nk", w.as_str()),
+            Identity::Admin => "admin.nk".to_owned(),
+            Identity::System => "system.nk".to_owned(),
+        }
+    }
+
+    pub fn permissions(&self) -> Permissions {
+        let inbox = vec![format!("{}.>", self.inbox_prefix())];
+        let (publish, subscribe) = match self {
+            Identity::Producer(p) => (vec![crate::subjects::ingress(p)], inbox),
+            Identity::Admin | Identity::System => (vec![">".to_owned()], vec![">".to_owned()]),
+            Identity::Worker(w) => {
+                let mut publish = reading_streams();
+                publish.extend(writes(*w).iter().map(|s| (*s).to_owned()));
+                (publish, inbox)
+            }
+        };
+        Permissions { publish, subscribe }
+    }
+}
+
+/// What every worker may ask the JetStream API: stream and consumer information, messages by
+/// sequence, and consumers of its own to read with. Not: create, update, purge or delete a
+/// stream, or delete a message.
+fn reading_streams() -> Vec<String> {
+    [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.MSG.GET.*",
+        "$JS.API.DIRECT.GET.>",
+        "$JS.API.CONSUMER.>",
+        "$JS.ACK.>",
+        "$JS.FC.>",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The subjects each worker produces.
+fn writes(w: Worker) -> &'static [&'static str] {
+    match w {
+        Worker::Gateway => &[
+            "atp.ingress.>",
+            "atp.export.requested.>",
+            "$KV.ATP_EXPORT_WEBHOOKS.>",
+            "$KV.ATP_DLQ_REPLAYS.>",
+        ],
+        Worker::Ingest => &["atp.ledger.>", "atp.rejected.>", "$KV.ATP_INGEST.>"],
+        Worker::Projector => &["atp.dlq.projector.>"],
+        Worker::Integrity => &[
+            "atp.checkpoint.>",
+            "atp.alert.integrity.>",
+            "$KV.ATP_SIGNING_KEYS.>",
+        ],
+        Worker::Exporter => &[
+            "atp.export.completed.>",
+            "atp.dlq.exporter.>",
+            "$O.ATP_EXPORT_BUNDLES.>",
+            // Replacing an object purges its old chunks.
+            "$JS.API.STREAM.PURGE.OBJ_ATP_EXPORT_BUNDLES",
+        ],
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("not an ATP NATS identity: {0:?}")]
+    Identity(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid users file: {source}")]
+    Users {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0} is not an auth directory: run `atp nats init-auth --dir {0}`")]
+    NotInitialised(PathBuf),
+    #[error("nkey: {0}")]
+    Nkey(String),
+    #[error("{path} holds no nkey seed")]
+    NoSeed { path: PathBuf },
+    #[error("no NATS server answered the reload request: {0}")]
+    NoServer(String),
+    #[error("nats-server {server} refused the reload: {reason}")]
+    Refused { server: String, reason: String },
+}
+
+/// One user of the rendered configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    /// The public nkey (`U...`).
+    pub nkey: String,
+    pub identity: Identity,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A directory holding ATP's NATS users (`users.json`, public keys only), the configuration
+/// rendered from them (`auth.conf`) and the seeds of ATP's own identities (`*.nk`, mode 0600).
+#[derive(Debug, Clone)]
+pub struct AuthDir {
+    dir: PathBuf,
+}
+
+impl AuthDir {
+    /// Creates the directory with fresh identities for system, admin and every worker; an
+    /// initialised directory is opened as it is.
+    pub fn init(dir: &Path) -> Result<AuthDir, AuthError> {
+        let me = AuthDir {
+            dir: dir.to_owned(),
+        };
+        if me.users_path().exists() {
+            return AuthDir::open(dir);
+        }
+        std::fs::create_dir_all(dir).map_err(|source| AuthError::Io {
+            what: "creating",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut users = Vec::new();
+        let own = [Identity::System, Identity::Admin]
+            .into_iter()
+            .chain(Worker::ALL.into_iter().map(Identity::Worker));
+        for identity in own {
+            let path = dir.join(identity.seed_file());
+            users.push(new_user(identity, &path)?);
+        }
+        me.save(&users)?;
+        Ok(me)
+    }
+
+    pub fn open(dir: &Path) -> Result<AuthDir, AuthError> {
+        let me = AuthDir {
+            dir: dir.to_owned(),
+        };
+        if !me.users_path().exists() {
+            return Err(AuthError::NotInitialised(dir.to_owned()));
+        }
+        Ok(me)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration to include from the server's: `include "<this path>"`.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join(CONF_FILE)
+    }
+
+    /// The seed file of one of ATP's own identities (or of a producer whose seed was written
+    /// here by [`AuthDir::add_producer`] without another path).
+    pub fn seed_path(&self, identity: &Identity) -> PathBuf {
+        self.dir.join(identity.seed_file())
+    }
+
+    fn users_path(&self) -> PathBuf {
+        self.dir.join(USERS_FILE)
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, AuthError> {
+        let path = self.users_path();
+        let bytes = std::fs::read(&path).map_err(|source| AuthError::Io {
+            what: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| AuthError::Users { path, source })
+    }
+
+    /// A new user for a producer, its seed written to `seed_out` (default: in this directory).
+    /// Earlier users of the same producer stay until removed, so credentials can be rotated
+    /// without a gap. The caller then asks the servers to [`reload`].
+    pub fn add_producer(
+        &self,
+        p: &PartitionKey,
+        seed_out: Option<&Path>,
+    ) -> Result<(User, PathBuf), AuthError> {
+        let identity = Identity::Producer(p.clone());
+        let path = seed_out
+            .map(Path::to_owned)
+            .unwrap_or_else(|| self.seed_path(&identity));
+        let user = new_user(identity, &path)?;
+        let mut users = self.users()?;
+        users.push(user.clone());
+        self.save(&users)?;
+        Ok((user, path))
+    }
+
+    /// Removes every user of a producer; returns how many there were. Their connections are
+    /// closed by the server on the next [`reload`].
+    pub fn remove_producer(&self, p: &PartitionKey) -> Result<usize, AuthError> {
+        let identity = Identity::Producer(p.clone());
+        let mut users = self.users()?;
+        let before = users.len();
+        users.retain(|u| u.identity != identity);
+        self.save(&users)?;
+        Ok(before - users.len())
+    }
+
+    fn save(&self, users: &[User]) -> Result<(), AuthError> {
+        let json = serde_json::to_vec_pretty(users).map_err(|source| AuthError::Users {
+            path: self.users_path(),
+            source,
+        })?;
+        write_atomically(&self.users_path(), &json, false)?;
+        write_atomically(&self.conf_path(), render(users).as_bytes(), false)
+    }
+}
+
+/// The server configuration for `users`: the `ATP` account with JetStream and every non-system
+/// user with its permissions, and the system account.
+pub fn render(users: &[User]) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let list = |items: &[String]| items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let mut out = String::from(
+        "# Rendered by ATP from users.json; change it with `atp producer add`, not by hand.\n",
+    );
+    out.push_str(&format!(
+        "accounts {{\n  {ACCOUNT} {{\n    jetstream: enabled\n    users: [\n"
+    ));
+    for u in users.iter().filter(|u| u.identity != Identity::System) {
+        let p = u.identity.permissions();
+        out.push_str(&format!(
+            "      # {}\n      {{ nkey: {}, permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
+            u.identity,
+            q(&u.nkey),
+            list(&p.publish),
+            list(&p.subscribe),
+        ));
+    }
+    out.push_str(&format!(
+        "    ]\n  }}\n  {SYSTEM_ACCOUNT} {{\n    users: [\n"
+    ));
+    for u in users.iter().filter(|u| u.identity == Identity::System) {
+        out.push_str(&format!("      {{ nkey: {} }}\n", q(&u.nkey)));
+    }
+    out.push_str(&format!(
+        "    ]\n  }}\n}}\nsystem_account: {SYSTEM_ACCOUNT}\n"
+    ));
+    out
+}
+
+fn new_user(identity: Identity, seed_path: &Path) -> Result<User, AuthError> {
+    let kp = nkeys::KeyPair::new_user();
+    let seed = kp.seed().map_err(|e| AuthError::Nkey(e.to_string()))?;
+    let body = format!(
+        "# ATP NATS identity {identity}. This seed is the credential: keep it secret.\n{INBOX_LINE}{}\n{seed}\n",
+        identity.inbox_prefix()
+    );
+    write_atomically(seed_path, body.as_bytes(), true)?;
+    Ok(User {
+        nkey: kp.public_key(),
+        identity,
+        created_at: Utc::now(),
+    })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], secret: bool) -> Result<(), AuthError> {
+    let io = |what, source| AuthError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(if secret { 0o600 } else { 0o644 });
+        }
+        let mut f = opts.open(&tmp).map_err(|e| io("writing", e))?;
+        f.write_all(bytes).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("writing", e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io("replacing", e))
+}
+
+/// A seed file's contents: the seed, and the inbox prefix if the file names one.
+pub fn read_seed(path: &Path) -> Result<(String, Option<String>), AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {
+        what: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_seed(&text).ok_or_else(|| AuthError::NoSeed {
+        path: path.to_owned(),
+    })
+}
+
+/// The seed (`SU...`) and inbox prefix of a seed file, `None` when it holds no user seed (a
+/// JWT `.creds` file, say).
+pub fn parse_seed(text: &str) -> Option<(String, Option<String>)> {
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SU"))?
+        .to_owned();
+    let inbox = text
+        .lines()
+        .find_map(|l| l.strip_prefix(INBOX_LINE))
+        .map(|s| s.trim().to_owned());
+    Some((seed, inbox))
+}
+
+/// Asks every server the system user reaches to reload its configuration, and checks each one
+/// applied it. Returns the ids of the servers that did.
+pub async fn reload(system: &Client) -> Result<Vec<String>, AuthError> {
+    let no_server = |e: &dyn fmt::Display| AuthError::NoServer(e.to_string());
+    // Every server of the cluster answers a ping; gather the answers for a moment.
+    let inbox = system.new_inbox();
+    let mut answers = system
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| no_server(&e))?;
+    system
+        .publish_with_reply("$SYS.REQ.SERVER.PING.IDZ", inbox, "".into())
+        .await
+        .map_err(|e| no_server(&e))?;
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        // IDZ answers `{"name", "host", "id"}`.
+        if let Ok(idz) = serde_json::from_slice::<ServerId>(&msg.payload) {
+            ids.push(idz.id);
+        }
+    }
+    if ids.is_empty() {
+        return Err(AuthError::NoServer(
+            "the system account's ping went unanswered".to_owned(),
+        ));
+    }
+    for id in &ids {
+        let msg = system
+            .request(format!("$SYS.REQ.SERVER.{id}.RELOAD"), "".into())
+            .await
+            .map_err(|e| no_server(&e))?;
+        let answer: ServerAnswer =
+            serde_json::from_slice(&msg.payload).map_err(|e| no_server(&e))?;
+        if let Some(e) = answer.error {
+            return Err(AuthError::Refused {
+                server: id.clone(),
+                reason: e.description,
+            });
+        }
+    }
+    tracing::info!(servers = ids.len(), "NATS servers reloaded their users");
+    Ok(ids)
+}
+
+/// A server API answer: `{"server": {...}, "data": ..., "error": {"code", "description"}}`.
+#[derive(Deserialize)]
+struct ServerAnswer {
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ServerId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    description: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str, s: &str) -> PartitionKey {
+        PartitionKey::new(TenantId::new(t).unwrap(), SourceId::new(s).unwrap())
+    }
+
+    #[test]
+    fn identities_round_trip_through_their_names() {
+        for id in [
+            Identity::Admin,
+            Identity::System,
+            Identity::Worker(Worker::Projector),
+            Identity::Producer(p("acme", "crm")),
+        ] {
+            assert_eq!(id.to_string().parse::<Identity>().unwrap(), id);
+        }
+        assert!("producer:ACME:crm".parse::<Identity>().is_err());
+        assert!("worker:janitor".parse::<Identity>().is_err());
+    }
+
+    #[test]
+    fn a_producer_publishes_to_its_own_partition_and_reads_only_its_inbox() {
+        let perm = Identity::Producer(p("acme", "crm")).permissions();
+        assert_eq!(perm.publish, vec!["atp.ingress.acme.crm"]);
+        assert_eq!(perm.subscribe, vec!["_INBOX.p.acme.crm.>"]);
+    }
+
+    #[test]
+    fn only_ingest_writes_the_ledger_and_no_worker_manages_streams() {
+        for w in Worker::ALL {
+            let perm = Identity::Worker(w).permissions();
+            let writes_ledger = perm.publish.iter().any(|s| s.starts_with("atp.ledger"));
+            assert_eq!(writes_ledger, w == Worker::Ingest, "{w:?}");
+            assert!(
+                !perm.publish.iter().any(|s| s.contains("STREAM.DELETE")
+                    || s.contains("STREAM.CREATE")
+                    || s.contains("STREAM.UPDATE")
+                    || s.contains("MSG.DELETE")
+                    || s == ">"),
+                "{w:?}: {:?}",
+                perm.publish
+            );
+            assert_eq!(perm.subscribe, vec![format!("_INBOX.{}.>", w.as_str())]);
+        }
+    }
+
+    #[test]
+    fn seed_files_carry_the_inbox_prefix() {
+        let text = "# ATP NATS identity producer:acme:crm.\n# inbox-prefix: _INBOX.p.acme.crm\nSUAEXAMPLE\n";
+        let (seed, inbox) = parse_seed(text).unwrap();
+        assert_eq!(seed, "SUAEXAMPLE");
+        assert_eq!(inbox.as_deref(), Some("_INBOX.p.acme.crm"));
+        assert!(parse_seed("-----BEGIN NATS USER JWT-----\neyJ...\n").is_none());
+    }
+
+    #[test]
+    fn the_rendered_configuration_quotes_subjects_and_keeps_system_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthDir::init(dir.path()).unwrap();
+        let (u, seed) = auth.add_producer(&p("acme", "crm"), None).unwrap();
+        let conf = std::fs::read_to_string(auth.conf_path()).unwrap();
+        assert!(conf.contains(&format!("nkey: \"{}\"", u.nkey)));
+        assert!(conf.contains("\"$JS.API.INFO\""));
+        assert!(conf.contains("system_account: SYS"));
+        let system = auth
+            .users()
+            .unwrap()
+            .into_iter()
+            .find(|u| u.identity == Identity::System)
+            .unwrap();
+        let sys_block = conf.split("SYS {").nth(1).unwrap();
+        assert!(sys_block.contains(&system.nkey));
+        let (seed, inbox) = read_seed(&seed).unwrap();
+        assert!(seed.starts_with("SU"));
+        assert_eq!(inbox.as_deref(), Some("_INBOX.p.acme.crm"));
+        assert_eq!(auth.remove_producer(&p("acme", "crm")).unwrap(), 1);
+        assert!(
+            !std::fs::read_to_string(auth.conf_path())
+                .unwrap()
+                .contains(&u.nkey)
+        );
+    }
+}
