@@ -75,6 +75,8 @@ pub struct Stack {
     pub pg: Postgres,
     pub js: Context,
     pub database_url: String,
+    /// The gateway's login: a member of `atp_gateway`, under row-level security.
+    pub gateway_database_url: String,
     pub pool: PgPool,
     pub issuer: SigningKey,
     pub producer: SigningKey,
@@ -147,6 +149,10 @@ impl Stack {
         })
         .await;
         let pool = atp_store::connect(&database_url, 4).await.expect("pool");
+        atp_store::ensure_gateway_login(&pool, atp::dev::GATEWAY_LOGIN)
+            .await
+            .expect("the gateway's login role");
+        let gateway_database_url = pg.url_as(atp::dev::GATEWAY_LOGIN, "atp");
         let producer = SigningKey::from_bytes(&[11u8; 32]);
         atp::admin::add_producer(
             &js,
@@ -162,6 +168,7 @@ impl Stack {
             pg,
             js,
             database_url,
+            gateway_database_url,
             pool,
             issuer: SigningKey::from_bytes(&[12u8; 32]),
             producer,
@@ -200,6 +207,7 @@ impl Stack {
             nats_url: self.nats.url(),
             nats_credentials: self.nats_credentials(),
             database_url: Secret::new(self.database_url.clone()),
+            gateway_database_url: Some(Secret::new(self.gateway_database_url.clone())),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             roles,
             shard: atp_runtime::shard::Shard::ALL,
@@ -269,6 +277,7 @@ impl Stack {
             .args(["serve", "--roles", roles])
             .envs(self.cli_env())
             .envs(creds_dir.map(|d| ("ATP_NATS_CREDS_DIR", d)))
+            .env("ATP_GATEWAY_DATABASE_URL", &self.gateway_database_url)
             .env("ATP_CHECKPOINT_KEYS_DIR", self.keys_dir.path())
             .env("ATP_LOG_NAME", LOG_NAME)
             .env("ATP_EXPORT_SPOOL", self.spool.path())

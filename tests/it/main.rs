@@ -17,4 +17,5 @@ mod nats_auth;
 mod replay;
 mod secrets;
 mod streams;
+mod tenancy;
 mod traces;

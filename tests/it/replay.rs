@@ -148,6 +148,15 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
         .await
         .unwrap();
 
+    // The swapped-in table is under forced row-level security like the one it replaced.
+    let forced: bool = sqlx::query_scalar(
+        "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE relname = 'records'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert!(forced, "the rebuilt records table lost row-level security");
+
     // Live serving resumes from its watermark and keeps projecting into the swapped table.
     let running = stack
         .serve(Roles {

@@ -155,6 +155,11 @@ impl Postgres {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// `postgres://<user>@127.0.0.1:<port>/<database>` (trust auth on loopback, no password).
+    pub fn url_as(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
     /// The superuser's name ([`SUPERUSER`]).
     pub fn superuser(&self) -> &str {
         SUPERUSER

@@ -270,6 +270,22 @@ pub fn mint(key: &SigningKey, kid: &str, claims: &Claims) -> Result<String, Stri
         .map_err(|e| e.to_string())
 }
 
+/// Runs a request on behalf of its caller's tenant, once authenticated: the gateway's database
+/// connections then see that tenant's rows only (row-level security, ADR 0009).
+pub async fn scope_tenant(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match req
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.tenant.to_string())
+    {
+        Some(tenant) => atp_store::as_tenant(&tenant, next.run(req)).await,
+        None => next.run(req).await,
+    }
+}
+
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {

@@ -54,7 +54,11 @@ pub struct Bus {
 pub struct GatewayState {
     pub auth: Arc<AuthConfig>,
     pub bus: Bus,
+    /// The read models as the caller's tenant sees them: a role under row-level security
+    /// ([`atp_store::connect_gateway`]).
     pub db: PgPool,
+    /// All tenants' rows, for the operator's routes only (`/admin`: replaying dead letters).
+    pub ops_db: PgPool,
     pub waiters: Waiters,
     pub exports: exports::ExportsApi,
     /// Per-tenant rates for appends, queries and export requests.
@@ -126,6 +130,8 @@ pub fn router(state: GatewayState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(problem::no_route)
+        // Innermost: after the rate check has authenticated the caller.
+        .route_layer(axum::middleware::from_fn(auth::scope_tenant))
         .route_layer(limits)
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)

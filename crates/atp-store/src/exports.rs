@@ -82,7 +82,7 @@ pub struct TenantExports {
 /// Takes the tenant's admission lock (a transaction-scoped advisory lock) and counts its active
 /// exports. Between this and [`TenantExports::admit`] the caller publishes the request.
 pub async fn lock_tenant(pool: &PgPool, tenant: &str) -> Result<TenantExports, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::tenant_tx(pool, tenant).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('atp.exports:' || $1, 0))")
         .bind(tenant)
         .execute(&mut *tx)
@@ -131,24 +131,32 @@ pub async fn record_request(pool: &PgPool, r: &ExportRequest) -> Result<(), Stor
     insert_request(&mut conn, r).await
 }
 
-pub async fn get(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<ExportRow>, StoreError> {
+pub async fn get(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<ExportRow>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND export_id = $2");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 
 /// The tenant's most recent exports, newest first.
-pub async fn list(pool: &PgPool, tenant: &str, limit: i64) -> Result<Vec<ExportRow>, StoreError> {
+pub async fn list(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    limit: i64,
+) -> Result<Vec<ExportRow>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 ORDER BY requested_at DESC, export_id DESC LIMIT $2"
     );
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(limit.clamp(1, 100))
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?)
 }
 

@@ -311,7 +311,7 @@ const CHECKPOINT_COLUMNS: &str =
 
 /// The newest checkpoint of a partition, or the one of exactly `size` leaves.
 pub async fn checkpoint(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     p: &PartitionKey,
     size: Option<u64>,
 ) -> Result<Option<StoredCheckpoint>, StoreError> {
@@ -323,7 +323,7 @@ pub async fn checkpoint(
         .bind(p.tenant.as_str())
         .bind(p.source.as_str())
         .bind(size.map(i64_of))
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 

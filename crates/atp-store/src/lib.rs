@@ -32,6 +32,8 @@ pub enum StoreError {
     /// Stored integrity data that contradicts itself (a missing tile, a malformed hash).
     #[error("integrity data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("refusing an unsafe database configuration: {0}")]
+    Unsafe(String),
 }
 
 impl StoreError {
@@ -62,6 +64,116 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(url)
         .await?)
+}
+
+/// The role the gateway reads as: row-level security shows it one tenant's rows, the one its
+/// transaction names with [`tenant_tx`], and none outside such a transaction.
+pub const GATEWAY_ROLE: &str = "atp_gateway";
+
+tokio::task_local! {
+    /// The tenant whose request this task serves, for the gateway's pool.
+    static TENANT: String;
+}
+
+/// Runs `f` on behalf of `tenant`: every connection the gateway's pool hands out while `f`
+/// runs sees that tenant's rows, and only those.
+pub async fn as_tenant<F: std::future::Future>(tenant: &str, f: F) -> F::Output {
+    TENANT.scope(tenant.to_owned(), f).await
+}
+
+/// Points a connection at the current task's tenant; outside [`as_tenant`], at none ('', which
+/// matches no row).
+async fn bind_tenant(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let tenant = TENANT.try_with(Clone::clone).unwrap_or_default();
+    sqlx::query("SELECT set_config('atp.tenant', $1, false)")
+        .bind(tenant)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A transaction that sees `tenant`'s rows only, when its role is subject to row-level
+/// security (the gateway's). Dropping it rolls back; commit what it writes.
+pub async fn tenant_tx(
+    pool: &PgPool,
+    tenant: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('atp.tenant', $1, true)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// The gateway's pool, on which row-level security confines every statement to one tenant.
+///
+/// Each connection is pointed at the tenant of the task that takes it from the pool (see
+/// [`as_tenant`]) before it runs anything, so no handler can forget to, and a task serving no
+/// tenant sees no rows. With a URL of its own (a login role that is a member of
+/// [`GATEWAY_ROLE`]) the pool connects as that; otherwise it connects with `url` and takes on
+/// [`GATEWAY_ROLE`] on every connection. Either way it refuses a role that could read past
+/// row-level security: a superuser, one with BYPASSRLS, or a table owner.
+pub async fn connect_gateway(
+    url: &str,
+    own_url: Option<&str>,
+    max_connections: u32,
+) -> Result<PgPool, StoreError> {
+    let take_role = own_url.is_none();
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if take_role {
+                    sqlx::query("SET ROLE atp_gateway")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                bind_tenant(conn).await
+            })
+        })
+        .before_acquire(|conn, _| {
+            Box::pin(async move {
+                bind_tenant(conn).await?;
+                Ok(true)
+            })
+        })
+        .connect(own_url.unwrap_or(url))
+        .await?;
+    let bypasses: bool = sqlx::query_scalar(
+        "SELECT r.rolsuper OR r.rolbypassrls OR EXISTS ( \
+             SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = current_user) \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&pool)
+    .await?;
+    if bypasses {
+        return Err(StoreError::Unsafe(
+            "the gateway's database role can read past row-level security (a superuser, BYPASSRLS, or a table owner)"
+                .to_owned(),
+        ));
+    }
+    Ok(pool)
+}
+
+/// Creates (or keeps) a login role in [`GATEWAY_ROLE`] without a password, for stacks whose
+/// PostgreSQL trusts loopback connections (the dev stack, tests).
+pub async fn ensure_gateway_login(pool: &PgPool, name: &str) -> Result<(), StoreError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        let ident = name.replace('"', "\"\"");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE \"{ident}\" LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE {GATEWAY_ROLE}"
+        )))
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {

@@ -136,7 +136,7 @@ impl<T> Page<T> {
 }
 
 pub async fn records(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     f: &RecordFilter,
 ) -> Result<Page<StoredRecord>, StoreError> {
@@ -157,7 +157,7 @@ pub async fn records(
     }
     qb.push(" ORDER BY occurred_at DESC, record_id DESC LIMIT ")
         .push_bind(limit + 1);
-    let items: Vec<StoredRecord> = qb.build_query_as().fetch_all(pool).await?;
+    let items: Vec<StoredRecord> = qb.build_query_as().fetch_all(db).await?;
     Ok(Page::of(items, limit, |r| Cursor {
         micros: r.occurred_at.timestamp_micros(),
         id: r.record_id.clone(),
@@ -165,7 +165,7 @@ pub async fn records(
 }
 
 pub async fn record(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     record_id: &str,
 ) -> Result<Option<StoredRecord>, StoreError> {
@@ -174,13 +174,13 @@ pub async fn record(
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(record_id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 
 /// A partition's records with chain index in `[from, to)`, in chain order.
 pub async fn records_by_chain(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     source: &str,
     from: u64,
@@ -195,12 +195,12 @@ pub async fn records_by_chain(
         .bind(source)
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
         .bind(i64::try_from(to).unwrap_or(i64::MAX))
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?)
 }
 
 pub async fn record_by_event(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     source: &str,
     event_id: &str,
@@ -213,7 +213,7 @@ pub async fn record_by_event(
         .bind(tenant)
         .bind(source)
         .bind(event_id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 
@@ -268,7 +268,7 @@ pub struct RejectionFilter {
 }
 
 pub async fn rejections(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     f: &RejectionFilter,
 ) -> Result<Page<StoredRejection>, StoreError> {
@@ -302,7 +302,7 @@ pub async fn rejections(
     }
     qb.push(" ORDER BY rejected_at DESC, rejected_seq DESC LIMIT ")
         .push_bind(limit + 1);
-    let items: Vec<StoredRejection> = qb.build_query_as().fetch_all(pool).await?;
+    let items: Vec<StoredRejection> = qb.build_query_as().fetch_all(db).await?;
     Ok(Page::of(items, limit, |r| Cursor {
         micros: r.rejected_at.timestamp_micros(),
         id: r.rejected_seq.to_string(),
@@ -310,7 +310,7 @@ pub async fn rejections(
 }
 
 pub async fn rejection_by_ingress(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     ingress_seq: u64,
 ) -> Result<Option<StoredRejection>, StoreError> {
@@ -320,7 +320,7 @@ pub async fn rejection_by_ingress(
     )
     .bind(i64::try_from(ingress_seq).unwrap_or(i64::MAX))
     .bind(tenant)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 

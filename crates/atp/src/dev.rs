@@ -79,6 +79,9 @@ impl DevPaths {
     }
 }
 
+/// The gateway's PostgreSQL login in the dev stack and tests (a member of `atp_gateway`).
+pub const GATEWAY_LOGIN: &str = "atp_gateway_login";
+
 pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let paths = DevPaths::new(root);
     std::fs::create_dir_all(&paths.dir)?;
@@ -122,6 +125,13 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let client = atp_nats::connect(&nats.url(), "atp-dev", Some(&admin_seed)).await?;
     let js = async_nats::jetstream::new(client);
     crate::admin::prepare(&js, &database_url, 1).await?;
+    // The gateway reads as a login of its own, under row-level security.
+    let gateway_database_url = {
+        let pool = atp_store::connect(&database_url, 1).await?;
+        atp_store::ensure_gateway_login(&pool, GATEWAY_LOGIN).await?;
+        pool.close().await;
+        pg.url_as(GATEWAY_LOGIN, "atp")
+    };
     crate::admin::add_producer(&js, DEV_TENANT, DEV_SOURCE, DEV_SOURCE_URI, None).await?;
     let kv = js
         .get_key_value(atp_nats::streams::PRODUCERS_BUCKET)
@@ -144,6 +154,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         nats_url: nats.url(),
         nats_credentials: crate::serve::NatsCredentials::PerRole(auth.dir().to_owned()),
         database_url: Secret::new(database_url.clone()),
+        gateway_database_url: Some(Secret::new(gateway_database_url)),
         listen,
         roles: Roles::ALL,
         shard: atp_runtime::shard::Shard::ALL,

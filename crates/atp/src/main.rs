@@ -56,6 +56,11 @@ enum Command {
         /// itself, with its own least privilege. Overrides --nats-creds.
         #[arg(long, env = "ATP_NATS_CREDS_DIR")]
         nats_creds_dir: Option<PathBuf>,
+        /// The gateway's own PostgreSQL login (a member of `atp_gateway`, under row-level
+        /// security). Without it the gateway takes the `atp_gateway` role on over
+        /// --database-url.
+        #[arg(long, env = "ATP_GATEWAY_DATABASE_URL", hide_env_values = true)]
+        gateway_database_url: Option<String>,
         #[arg(long, env = "ATP_ROLES", default_value = "all")]
         roles: String,
         #[arg(long, env = "ATP_LISTEN", default_value = "127.0.0.1:8080")]
@@ -500,6 +505,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             nats,
             nats_creds_dir,
+            gateway_database_url,
             db,
             roles,
             listen,
@@ -542,6 +548,7 @@ async fn main() -> anyhow::Result<()> {
                     (None, None) => NatsCredentials::None,
                 },
                 database_url: Secret::new(db.database_url),
+                gateway_database_url: gateway_database_url.map(Secret::new),
                 listen,
                 roles: Roles::parse(&roles)?,
                 shard: Shard::parse(&shard).context("--shard is k/n with k < n")?,

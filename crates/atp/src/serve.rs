@@ -75,6 +75,9 @@ pub struct ServeConfig {
     pub nats_url: String,
     pub nats_credentials: NatsCredentials,
     pub database_url: Secret,
+    /// The gateway's own login, a member of `atp_gateway` under row-level security. Without
+    /// it the gateway connects with `database_url` and takes the `atp_gateway` role on.
+    pub gateway_database_url: Option<Secret>,
     pub listen: SocketAddr,
     pub roles: Roles,
     /// This process's share of the partitions, for ingest and the projector (`k/n`).
@@ -376,7 +379,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 attestation_key: Arc::new(key),
             },
             waiters: Waiters::start(&pool).await?,
-            db: pool,
+            db: atp_store::connect_gateway(
+                cfg.database_url.expose(),
+                cfg.gateway_database_url.as_ref().map(Secret::expose),
+                16,
+            )
+            .await
+            .context("connecting the gateway to PostgreSQL")?,
+            ops_db: pool,
             exports: ExportsApi {
                 cold: atp_runtime::export::cold::ColdStore::open(
                     &js,

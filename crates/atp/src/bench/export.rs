@@ -339,6 +339,7 @@ async fn ttfb(
         nats_url: nats.url(),
         nats_credentials: crate::serve::NatsCredentials::None,
         database_url: atp_runtime::Secret::new(db.to_owned()),
+        gateway_database_url: None,
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         roles: crate::serve::Roles::parse("gateway")?,
         shard: atp_runtime::shard::Shard::ALL,
