@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod append;
 pub mod auth;
+pub mod deadline;
 pub mod exports;
 pub mod health;
 pub mod integrity;
@@ -132,6 +133,7 @@ pub fn router(state: GatewayState) -> Router {
         .fallback(problem::no_route)
         // Innermost: after the rate check has authenticated the caller.
         .route_layer(axum::middleware::from_fn(auth::scope_tenant))
+        .route_layer(axum::middleware::from_fn(deadline::enforce))
         .route_layer(limits)
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)

@@ -130,6 +130,10 @@ pub async fn connect_gateway(
                         .execute(&mut *conn)
                         .await?;
                 }
+                // No statement outlives the longest route budget by much.
+                sqlx::query("SET statement_timeout = '30s'")
+                    .execute(&mut *conn)
+                    .await?;
                 bind_tenant(conn).await
             })
         })
