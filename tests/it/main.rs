@@ -3,6 +3,7 @@
 // Test code: a panic with a message is how a failed step is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_trail;
 mod batch;
 mod cluster;
 mod crash;

@@ -64,7 +64,7 @@ async fn a_producer_added_to_the_running_server_publishes_only_into_its_own_part
     let own = partition(TENANT, SOURCE);
 
     // Registered after the server started, applied by a reload, not a restart.
-    let seed = atp::admin::add_nats_producer(&stack.nats.url(), auth, &own, None)
+    let (_, seed) = atp::admin::add_nats_producer(&stack.nats.url(), auth, &own, None)
         .await
         .unwrap();
     let Nats::One(server) = &stack.nats else {
@@ -137,7 +137,7 @@ async fn strangers_and_withdrawn_producers_cannot_connect() {
 
     // A producer whose identity is withdrawn is cut off at the reload, and stays out.
     let own = partition(TENANT, SOURCE);
-    let seed = atp::admin::add_nats_producer(&url, auth, &own, None)
+    let (_, seed) = atp::admin::add_nats_producer(&url, auth, &own, None)
         .await
         .unwrap();
     let (_client, mut events) = connect_as(&url, &seed).await.unwrap();

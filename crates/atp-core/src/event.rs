@@ -309,6 +309,18 @@ pub fn admit(
             ),
         ));
     };
+    // ATP's own admin trail is written by ATP's admin identity on NATS, never through a token.
+    if reg.source_id.as_str() == crate::registry::SYSTEM_SOURCE
+        && matches!(sub.channel, Channel::Gateway { .. })
+    {
+        return Err(reject(
+            Reason::UnknownSource,
+            format!(
+                "source {:?} is reserved for ATP's own admin trail",
+                crate::registry::SYSTEM_SOURCE
+            ),
+        ));
+    }
     if source != reg.source_uri {
         return Err(reject(
             Reason::SourceMismatch,

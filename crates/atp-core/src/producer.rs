@@ -93,3 +93,40 @@ pub fn example_event(
         _ => Map::new(),
     }
 }
+
+/// What an admin did, for ATP's own audit trail (ADR 0010).
+#[derive(Debug, Clone)]
+pub struct AdminAction<'a> {
+    /// Who: `cli:<user>` for the CLI, `admin:<token subject>` for the gateway.
+    pub actor: &'a str,
+    /// `PRODUCER_REGISTERED`, `PRODUCER_KEY_REVOKED`, `SIGNING_KEY_ROTATED`, ...
+    pub action: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    /// Flat details: strings, numbers, booleans.
+    pub attributes: Map<String, Value>,
+}
+
+/// The CloudEvent of an admin action, on the system source (unsigned: its subject is writable
+/// by ATP's admin identity only).
+pub fn admin_event(id: &str, time: DateTime<Utc>, a: &AdminAction<'_>) -> Map<String, Value> {
+    let v = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": crate::registry::SYSTEM_SOURCE_URI,
+        "type": "dev.atp.admin.v1",
+        "time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": {
+            "actor": {"id": a.actor, "type": "operator"},
+            "action": a.action,
+            "resource": {"type": a.resource_type, "id": a.resource_id},
+            "outcome": "success",
+            "attributes": a.attributes,
+        }
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}

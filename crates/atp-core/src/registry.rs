@@ -47,6 +47,13 @@ impl ProducerKey {
     }
 }
 
+/// The source of every tenant under which ATP records its own admin actions (ADR 0010).
+pub const SYSTEM_SOURCE: &str = "atp-admin";
+/// The CloudEvents `source` of ATP's admin events.
+pub const SYSTEM_SOURCE_URI: &str = "urn:atp:admin";
+/// The tenant of admin actions that concern no one tenant (signing-key rotation, replays).
+pub const SYSTEM_TENANT: &str = "atp";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceRegistration {
@@ -82,6 +89,14 @@ impl SourceRegistration {
             allow_unknown_data_fields: false,
         }
     }
+    /// The registration of a tenant's admin-trail source: events on it are accepted unsigned,
+    /// because only ATP's admin identity may publish to its subject (ADR 0008, 0010).
+    pub fn system(tenant_id: TenantId) -> Result<Self, crate::names::NameError> {
+        let mut reg = Self::new(tenant_id, SourceId::new(SYSTEM_SOURCE)?, SYSTEM_SOURCE_URI);
+        reg.allow_unsigned = true;
+        Ok(reg)
+    }
+
     pub fn key(&self, key_id: &str) -> Option<&ProducerKey> {
         self.keys.iter().find(|k| k.key_id == key_id)
     }
@@ -100,5 +115,17 @@ mod b64_key {
         let v = STANDARD.decode(s).map_err(serde::de::Error::custom)?;
         v.try_into()
             .map_err(|_| serde::de::Error::custom("an Ed25519 public key is 32 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_source_is_a_valid_unsigned_source() {
+        let reg = SourceRegistration::system(TenantId::new(SYSTEM_TENANT).unwrap()).unwrap();
+        assert_eq!(reg.source_id.as_str(), SYSTEM_SOURCE);
+        assert!(reg.allow_unsigned && reg.keys.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! Architecture invariant: nothing outside this crate spells a subject or publishes to
 //! JetStream with raw headers; roles call the functions here.
 
+pub mod admin_trail;
 pub mod auth;
 pub mod batch;
 pub mod connect;

@@ -9,6 +9,7 @@
 use async_nats::jetstream::Context;
 use atp_core::TenantId;
 use atp_core::deadletter::{DeadLetter, DeadRole};
+use atp_core::producer::AdminAction;
 use atp_nats::dlq::{self, Entry, Replay};
 use atp_nats::exports::ExportEvent;
 use atp_nats::streams;
@@ -114,6 +115,26 @@ pub async fn replay(
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
         dlq::record_replay(js, entry.seq, &record).await?;
+        // The replay is an admin action on the letter's tenant: it goes on its admin trail.
+        let tenant = TenantId::new(letter.tenant_id.as_str())
+            .map_err(|e| dlq::DlqError::Unavailable(e.to_string()))?;
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("role".into(), letter.role.as_str().into());
+        attributes.insert("code".into(), letter.code.clone().into());
+        attributes.insert("stream".into(), letter.stream.clone().into());
+        attributes.insert("streamSeq".into(), letter.stream_seq.into());
+        attributes.insert("outcome".into(), record.outcome.clone().into());
+        let seq = entry.seq.to_string();
+        let action = AdminAction {
+            actor: by,
+            action: "DEAD_LETTER_REPLAYED",
+            resource_type: "dead-letter",
+            resource_id: &seq,
+            attributes,
+        };
+        atp_nats::admin_trail::record(js, &tenant, &action)
+            .await
+            .map_err(|e| dlq::DlqError::Unavailable(e.to_string()))?;
         tracing::info!(
             dlq_seq = entry.seq,
             role = letter.role.as_str(),

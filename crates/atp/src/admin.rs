@@ -3,8 +3,11 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream::Context;
+use atp_core::producer::AdminAction;
 use atp_core::registry::{ProducerKey, SourceRegistration};
+use atp_core::registry::{SYSTEM_SOURCE, SYSTEM_TENANT};
 use atp_core::{PartitionKey, SourceId, TenantId};
+use atp_nats::admin_trail;
 use atp_nats::auth::{AuthDir, Identity};
 use atp_nats::{registry, streams};
 use chrono::Utc;
@@ -14,6 +17,8 @@ pub async fn prepare(js: &Context, database_url: &str, replicas: usize) -> anyho
     for (name, applied) in streams::apply(js, replicas).await? {
         tracing::info!(stream = %name, ?applied, "stream applied");
     }
+    let kv = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
+    admin_trail::ensure_source(&kv, &TenantId::new(SYSTEM_TENANT)?).await?;
     let pool = atp_store::connect(database_url, 2).await?;
     atp_store::migrate(&pool).await?;
     pool.close().await;
@@ -28,16 +33,17 @@ pub fn partition(tenant: &str, source: &str) -> anyhow::Result<PartitionKey> {
 }
 
 /// Makes a source a NATS identity of `auth` (a new nkey user that may publish only to its
-/// ingress subject) and has the servers at `nats_url` apply it. Returns the seed file's path.
+/// ingress subject) and has the servers at `nats_url` apply it. Returns the user's public nkey
+/// and the seed file's path.
 pub async fn add_nats_producer(
     nats_url: &str,
     auth: &AuthDir,
     p: &PartitionKey,
     seed_out: Option<&std::path::Path>,
-) -> anyhow::Result<std::path::PathBuf> {
-    let (_, seed) = auth.add_producer(p, seed_out)?;
+) -> anyhow::Result<(String, std::path::PathBuf)> {
+    let (user, seed) = auth.add_producer(p, seed_out)?;
     reload_nats(nats_url, auth).await?;
-    Ok(seed)
+    Ok((user.nkey, seed))
 }
 
 /// Has every server at `nats_url` reload its configuration, as `auth`'s system user.
@@ -50,6 +56,39 @@ pub async fn reload_nats(nats_url: &str, auth: &AuthDir) -> anyhow::Result<Vec<S
     Ok(atp_nats::auth::reload(&system).await?)
 }
 
+/// Who the CLI acts as on the admin trail.
+pub fn operator() -> String {
+    format!(
+        "operator:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+/// Records an admin action of the CLI's on `tenant`'s admin trail (ADR 0010).
+pub async fn record_action(
+    js: &Context,
+    tenant: &str,
+    action: &str,
+    resource: (&str, &str),
+    attributes: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let actor = operator();
+    let id = admin_trail::record(
+        js,
+        &TenantId::new(tenant)?,
+        &AdminAction {
+            actor: &actor,
+            action,
+            resource_type: resource.0,
+            resource_id: resource.1,
+            attributes,
+        },
+    )
+    .await?;
+    eprintln!("recorded {action} on {tenant}'s admin trail (event {id})");
+    Ok(())
+}
+
 /// Registers a source (or updates its URI) and adds a key to it.
 pub async fn add_producer(
     js: &Context,
@@ -58,11 +97,15 @@ pub async fn add_producer(
     source_uri: &str,
     key: Option<(&str, [u8; 32])>,
 ) -> anyhow::Result<SourceRegistration> {
+    if source == SYSTEM_SOURCE {
+        anyhow::bail!("source {SYSTEM_SOURCE:?} is reserved for ATP's own admin trail");
+    }
     let p = PartitionKey::new(TenantId::new(tenant)?, SourceId::new(source)?);
     let kv = js
         .get_key_value(streams::PRODUCERS_BUCKET)
         .await
         .context("the producer registry bucket (run `atp streams apply`)")?;
+    admin_trail::ensure_source(&kv, &p.tenant).await?;
     let mut reg = registry::get(&kv, &p)
         .await?
         .unwrap_or_else(|| SourceRegistration::new(p.tenant.clone(), p.source.clone(), source_uri));

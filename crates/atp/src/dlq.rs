@@ -101,10 +101,7 @@ pub async fn replay(
         }
         v
     };
-    let by = format!(
-        "operator:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
+    let by = crate::admin::operator();
     let mut all_handled = true;
     for entry in &entries {
         let r = atp_runtime::dlq::replay(js, pool, entry, &by, dry_run).await?;

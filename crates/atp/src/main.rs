@@ -618,20 +618,35 @@ async fn main() -> anyhow::Result<()> {
             };
             let reg = atp::admin::add_producer(&js, &tenant, &source, &source_uri, key).await?;
             println!("{}", serde_json::to_string_pretty(&reg)?);
+            let mut details = serde_json::Map::new();
+            details.insert("sourceUri".into(), source_uri.into());
+            if let Some(id) = &key_id {
+                details.insert("keyId".into(), id.clone().into());
+            }
             if let Some(dir) = nats_auth_dir {
                 let auth = atp_nats::auth::AuthDir::open(&dir)?;
-                let seed = atp::admin::add_nats_producer(
+                let (user, seed) = atp::admin::add_nats_producer(
                     &nats.nats_url,
                     &auth,
                     &atp::admin::partition(&tenant, &source)?,
                     nats_creds_out.as_deref(),
                 )
                 .await?;
+                details.insert("natsUser".into(), user.into());
                 eprintln!(
                     "NATS credentials for {tenant}/{source}: {} (applied to the running servers)",
                     seed.display()
                 );
             }
+            let resource = format!("{tenant}:{source}");
+            atp::admin::record_action(
+                &js,
+                &tenant,
+                "PRODUCER_REGISTERED",
+                ("producer", &resource),
+                details,
+            )
+            .await?;
         }
         Command::Producer {
             action:
@@ -646,6 +661,16 @@ async fn main() -> anyhow::Result<()> {
             let n = auth.remove_producer(&p)?;
             atp::admin::reload_nats(&nats.nats_url, &auth).await?;
             println!("withdrew {n} NATS identities of {p}");
+            let mut details = serde_json::Map::new();
+            details.insert("identities".into(), n.into());
+            atp::admin::record_action(
+                &jetstream(&nats).await?,
+                &tenant,
+                "PRODUCER_NATS_IDENTITY_WITHDRAWN",
+                ("producer", &p.to_string()),
+                details,
+            )
+            .await?;
         }
         Command::Nats {
             action: NatsAction::InitAuth { dir },
@@ -675,8 +700,20 @@ async fn main() -> anyhow::Result<()> {
                     key_id,
                 },
         } => {
-            atp::admin::revoke_key(&jetstream(&nats).await?, &tenant, &source, &key_id).await?;
+            let js = jetstream(&nats).await?;
+            atp::admin::revoke_key(&js, &tenant, &source, &key_id).await?;
             println!("revoked {key_id}");
+            let mut details = serde_json::Map::new();
+            details.insert("keyId".into(), key_id.into());
+            let resource = format!("{tenant}:{source}");
+            atp::admin::record_action(
+                &js,
+                &tenant,
+                "PRODUCER_KEY_REVOKED",
+                ("producer", &resource),
+                details,
+            )
+            .await?;
         }
         Command::Token {
             action:
@@ -717,6 +754,24 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = atp_runtime::replay::replay_records(&js, &pool, &opts).await?;
             println!("replayed {} records and swapped them in", report.rows);
+            let mut details = serde_json::Map::new();
+            details.insert("rows".into(), report.rows.into());
+            if let Some(t) = &opts.tenant {
+                details.insert("tenantId".into(), t.as_str().into());
+            }
+            for (k, v) in [("fromSeq", opts.from_seq), ("toSeq", opts.to_seq)] {
+                if let Some(v) = v {
+                    details.insert(k.into(), v.into());
+                }
+            }
+            atp::admin::record_action(
+                &js,
+                atp_core::registry::SYSTEM_TENANT,
+                "PROJECTION_REPLAYED",
+                ("projection", &projection),
+                details,
+            )
+            .await?;
         }
         Command::Dlq { nats, action } => {
             let js = jetstream(&nats).await?;
@@ -801,8 +856,22 @@ async fn main() -> anyhow::Result<()> {
                 Ok(js) => {
                     let kv = atp_nats::signing_keys::bucket(&js).await?;
                     atp_nats::signing_keys::publish(&kv, &ring.all).await?;
+                    let mut details = serde_json::Map::new();
+                    details.insert("name".into(), key.name.clone().into());
+                    details.insert("notBefore".into(), key.not_before.clone().into());
+                    atp::admin::record_action(
+                        &js,
+                        atp_core::registry::SYSTEM_TENANT,
+                        "SIGNING_KEY_ROTATED",
+                        ("signing-key", &key.kid),
+                        details,
+                    )
+                    .await?;
                 }
-                Err(e) => eprintln!("not published to NATS ({e}); the integrity worker will"),
+                Err(e) => eprintln!(
+                    "not published to NATS ({e}): the integrity worker will publish the key, \
+                     but this rotation is not on the admin trail"
+                ),
             }
             println!("{}", serde_json::to_string_pretty(&key)?);
         }

@@ -1,0 +1,64 @@
+//! ATP's own admin actions as audit events, sent through its ingest path like any producer's
+//! (ADR 0010): each tenant's actions on its `atp-admin` source, platform-wide ones on tenant
+//! `atp`. They become records, chained, checkpointed and queryable like any other.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::kv::Store;
+use atp_core::producer::AdminAction;
+use atp_core::registry::{SYSTEM_SOURCE, SourceRegistration};
+use atp_core::{PartitionKey, SourceId, TenantId};
+
+use crate::registry::{self, RegistryError};
+use crate::{headers, subjects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrailError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the admin trail cannot be written: {0}")]
+    Publish(String),
+}
+
+/// The tenant's admin-trail partition.
+pub fn partition(tenant: &TenantId) -> PartitionKey {
+    // SYSTEM_SOURCE is a valid source id by construction (a unit test of atp-core checks it).
+    let source = SourceId::new(SYSTEM_SOURCE).unwrap_or_else(|_| unreachable!());
+    PartitionKey::new(tenant.clone(), source)
+}
+
+/// Registers the tenant's admin-trail source if it is not yet (admin identity only).
+pub async fn ensure_source(kv: &Store, tenant: &TenantId) -> Result<(), TrailError> {
+    if registry::get(kv, &partition(tenant)).await?.is_none() {
+        let reg = SourceRegistration::system(tenant.clone())
+            .map_err(|e| TrailError::Publish(e.to_string()))?;
+        registry::put(kv, &reg).await?;
+    }
+    Ok(())
+}
+
+/// Records one admin action for `tenant` and waits for JetStream to hold it. Returns the
+/// event id.
+pub async fn record(
+    js: &Context,
+    tenant: &TenantId,
+    action: &AdminAction<'_>,
+) -> Result<String, TrailError> {
+    let id = ulid::Ulid::generate().to_string();
+    let event = atp_core::producer::admin_event(&id, chrono::Utc::now(), action);
+    let body = serde_json::to_vec(&event).map_err(|e| TrailError::Publish(e.to_string()))?;
+    let p = partition(tenant);
+    let mut h = HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+    h.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{p}:{id}").as_str(),
+    );
+    js.publish_with_headers(subjects::ingress(&p), h, body.into())
+        .await
+        .map_err(|e| TrailError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| TrailError::Publish(e.to_string()))?;
+    tracing::info!(tenant = %tenant, action = action.action, event_id = %id, "admin action recorded");
+    Ok(id)
+}
