@@ -290,13 +290,24 @@ impl Stack {
             .expect("atp serve starts")
     }
 
+    /// A token of the enterprise edition (every feature).
     pub fn token(&self, tenant: &str, role: Role) -> String {
-        atp::dev::mint_token(
+        self.token_in(tenant, role, atp_core::edition::Edition::Enterprise)
+    }
+
+    pub fn token_in(
+        &self,
+        tenant: &str,
+        role: Role,
+        edition: atp_core::edition::Edition,
+    ) -> String {
+        atp::dev::mint_token_in(
             &self.issuer,
             tenant,
             role,
             &format!("{tenant}-{role:?}").to_lowercase(),
             3600,
+            edition,
         )
         .unwrap()
     }

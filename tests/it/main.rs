@@ -8,6 +8,7 @@ mod batch;
 mod cluster;
 mod crash;
 mod dlq;
+mod editions;
 mod export;
 mod faults;
 mod gateway;

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod deadletter;
 pub mod dsse;
+pub mod edition;
 pub mod event;
 pub mod keys;
 pub mod merkle;

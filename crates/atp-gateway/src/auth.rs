@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use atp_core::edition::{Edition, EditionError, Feature};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use ed25519_dalek::SigningKey;
@@ -43,6 +44,9 @@ pub struct Claims {
     /// The tenant the caller acts for.
     pub tenant_id: String,
     pub roles: Vec<Role>,
+    /// The tenant's edition (`standard` when absent).
+    #[serde(default)]
+    pub edition: Edition,
 }
 
 /// A key tokens may be signed with. Its algorithm is fixed by the key, never taken from the
@@ -286,15 +290,33 @@ pub async fn scope_tenant(
     }
 }
 
+/// A feature refused for the tenant's edition.
+pub fn edition_problem(e: &EditionError) -> Problem {
+    Problem::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "EDITION_REQUIRED",
+        e.to_string(),
+    )
+}
+
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub subject: String,
     pub tenant: atp_core::TenantId,
     pub roles: Vec<Role>,
+    pub edition: Edition,
 }
 
 impl Principal {
+    /// The route's edition gate: 403 `EDITION_REQUIRED` when the tenant's edition lacks it.
+    /// The use-case behind the route checks again with the edition it is handed.
+    pub fn require_feature(&self, feature: Feature) -> Result<(), Problem> {
+        self.edition
+            .require(feature)
+            .map_err(|e| edition_problem(&e).tenant(self.tenant.as_str()))
+    }
+
     pub fn require(&self, any_of: &[Role]) -> Result<(), Problem> {
         if self.roles.iter().any(|r| any_of.contains(r)) {
             Ok(())
@@ -334,10 +356,12 @@ where
             .map_err(|_| Problem::unauthorized("bad tenant"))?;
         // The request's span (and so its log lines and trace) names the caller's tenant.
         tracing::Span::current().record("tenant.id", tenant.as_str());
+        tracing::Span::current().record("edition", claims.edition.as_str());
         Ok(Principal {
             subject: claims.sub,
             tenant,
             roles: claims.roles,
+            edition: claims.edition,
         })
     }
 }
@@ -357,6 +381,7 @@ mod tests {
             iat: Some(now as u64),
             tenant_id: "acme".into(),
             roles: vec![Role::Auditor],
+            edition: Edition::Standard,
         }
     }
 

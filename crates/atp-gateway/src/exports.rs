@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use atp_bundle::verify::{self as bundle_verify, Trust};
+use atp_core::edition::Feature;
 use atp_nats::exports::{self as bus_exports, Webhook};
 use atp_nats::signing_keys;
 use atp_runtime::export::cold::ColdStore;
@@ -114,6 +115,7 @@ pub async fn create(
         requested_at: Utc::now(),
         selection: body.selection,
         format,
+        edition: principal.edition,
     };
     let cap = state.exports.limits.cap(&tenant);
     let lock = exports::lock_tenant(&state.db, &tenant)
@@ -410,6 +412,7 @@ pub async fn set_webhook(
     body: JsonBody<WebhookBody>,
 ) -> Result<Response, Problem> {
     principal.require(&[Role::Admin])?;
+    principal.require_feature(Feature::ExportWebhooks)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
         body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
@@ -421,9 +424,14 @@ pub async fn set_webhook(
         url: body.url,
         secret: B64.encode(secret),
     };
-    bus_exports::set_webhook(&state.exports.webhooks, &principal.tenant, Some(&hook))
-        .await
-        .map_err(|e| Problem::unavailable("the webhook registry", e))?;
+    bus_exports::set_webhook(
+        &state.exports.webhooks,
+        &principal.tenant,
+        principal.edition,
+        Some(&hook),
+    )
+    .await
+    .map_err(|e| webhook_problem(e, &tenant))?;
     tracing::info!(tenant = %tenant, by = %principal.subject, "export webhook set");
     Ok(Json(json!({
         "url": hook.url,
@@ -449,10 +457,23 @@ pub async fn delete_webhook(
     State(state): State<GatewayState>,
 ) -> Result<Response, Problem> {
     principal.require(&[Role::Admin])?;
-    bus_exports::set_webhook(&state.exports.webhooks, &principal.tenant, None)
-        .await
-        .map_err(|e| Problem::unavailable("the webhook registry", e))?;
+    bus_exports::set_webhook(
+        &state.exports.webhooks,
+        &principal.tenant,
+        principal.edition,
+        None,
+    )
+    .await
+    .map_err(|e| webhook_problem(e, principal.tenant.as_str()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn webhook_problem(e: bus_exports::SetWebhookError, tenant: &str) -> Problem {
+    match e {
+        bus_exports::SetWebhookError::Edition(e) => crate::auth::edition_problem(&e),
+        bus_exports::SetWebhookError::Bus(e) => Problem::unavailable("the webhook registry", e),
+    }
+    .tenant(tenant)
 }
 
 #[derive(Debug, Deserialize)]

@@ -102,6 +102,7 @@ pub async fn observe(
         http.response.status_code = tracing::field::Empty,
         trace.id = tracing::field::Empty,
         tenant.id = tracing::field::Empty,
+        edition = tracing::field::Empty,
         request.id = tracing::field::Empty,
     );
     if let Some(id) = req

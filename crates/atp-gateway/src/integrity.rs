@@ -7,6 +7,7 @@
 //! offline (the signed checkpoint, the proof hashes, the published verifier keys).
 
 use atp_core::checkpoint::{Checkpoint, TlogProof};
+use atp_core::edition::Feature;
 use atp_core::merkle::{self, ProofPlan};
 use atp_core::names::{PartitionKey, SourceId, TenantId};
 use atp_core::note::{self, Verifier};
@@ -496,6 +497,7 @@ pub async fn verify_range(
     body: Result<Json<VerifyRangeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
+    principal.require_feature(Feature::RangeVerification)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
         body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;

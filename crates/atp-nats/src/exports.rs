@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::{Context, object_store::ObjectStore};
 use atp_core::TenantId;
+use atp_core::edition::{Edition, EditionError, Feature};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -170,14 +171,27 @@ pub async fn webhook_of(kv: &Store, tenant: &TenantId) -> Result<Option<Webhook>
         .map_err(|e| err(format!("webhook of {tenant}"))(e.to_string()))
 }
 
+/// Why a webhook could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum SetWebhookError {
+    #[error(transparent)]
+    Edition(#[from] EditionError),
+    #[error(transparent)]
+    Bus(#[from] ExportBusError),
+}
+
+/// Sets (or with `None` removes) the tenant's completion webhook. Setting one needs an edition
+/// with export webhooks, checked here whoever the caller (ADR 0011); removing one never does.
 pub async fn set_webhook(
     kv: &Store,
     tenant: &TenantId,
+    edition: Edition,
     hook: Option<&Webhook>,
-) -> Result<(), ExportBusError> {
+) -> Result<(), SetWebhookError> {
     let what = format!("webhook of {tenant}");
     match hook {
         Some(h) => {
+            edition.require(Feature::ExportWebhooks)?;
             let bytes = serde_json::to_vec(h).map_err(|e| err(what.clone())(e.to_string()))?;
             kv.put(tenant.as_str(), bytes.into())
                 .await

@@ -4,6 +4,7 @@
 //! a per-tenant lock so the concurrency cap holds with any number of gateways.
 
 use atp_core::PartitionKey;
+use atp_core::edition::Edition;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
@@ -39,9 +40,16 @@ pub struct ExportRow {
     pub webhook_next_at: Option<DateTime<Utc>>,
     pub webhook_error: Option<String>,
     pub webhook_at: Option<DateTime<Utc>>,
+    /// The edition the export was requested under.
+    pub edition: String,
 }
 
 impl ExportRow {
+    /// The edition the export was requested under (standard if unreadable: the least).
+    pub fn edition(&self) -> Edition {
+        Edition::parse(&self.edition).unwrap_or_default()
+    }
+
     pub fn is_finished(&self) -> bool {
         self.status == "completed" || self.status == "failed"
     }
@@ -57,6 +65,9 @@ pub struct ExportRequest {
     pub requested_at: DateTime<Utc>,
     pub selection: Selection,
     pub format: String,
+    /// The requester's edition, re-checked by the exporter before it delivers a webhook.
+    #[serde(default)]
+    pub edition: Edition,
 }
 
 /// One partition of an export's snapshot: its records below `tree_size` are the candidates.
@@ -70,7 +81,7 @@ pub struct SnapshotPart {
 const COLUMNS: &str = "export_id, tenant_id, requested_by, requested_at, selection, format, status, \
     snapshot, created_at, records_total, records_done, attempts, started_at, finished_at, object_key, \
     bytes, bundle_sha256, manifest_sha256, record_count, failure_code, failure_detail, webhook_status, \
-    webhook_attempts, webhook_next_at, webhook_error, webhook_at";
+    webhook_attempts, webhook_next_at, webhook_error, webhook_at, edition";
 
 /// A tenant's exports, locked against concurrent admission until [`Self::admit`] or drop.
 pub struct TenantExports {
@@ -111,8 +122,8 @@ async fn insert_request(
     let selection = serde_json::to_value(&r.selection)
         .map_err(|e| StoreError::Corrupt(format!("selection: {e}")))?;
     sqlx::query(
-        "INSERT INTO exports (export_id, tenant_id, requested_by, requested_at, selection, format) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (export_id) DO NOTHING",
+        "INSERT INTO exports (export_id, tenant_id, requested_by, requested_at, selection, format, edition) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (export_id) DO NOTHING",
     )
     .bind(&r.export_id)
     .bind(&r.tenant_id)
@@ -120,6 +131,7 @@ async fn insert_request(
     .bind(r.requested_at)
     .bind(selection)
     .bind(&r.format)
+    .bind(r.edition.as_str())
     .execute(conn)
     .await?;
     Ok(())

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use atp_core::edition::Edition;
 use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_gateway::auth::{Claims, Role, mint};
 use atp_nats::auth::{AuthDir, Identity};
@@ -31,12 +32,32 @@ pub const LOG_NAME: &str = "atp.localhost";
 /// Dev token lifetime: a working day, so a tour started in the morning still works.
 const TOKEN_TTL_SECS: u64 = 12 * 3600;
 
+/// A dev-issuer token of the enterprise edition, so the dev stack shows every feature.
 pub fn mint_token(
     issuer_key: &SigningKey,
     tenant: &str,
     role: Role,
     subject: &str,
     ttl_secs: u64,
+) -> anyhow::Result<String> {
+    mint_token_in(
+        issuer_key,
+        tenant,
+        role,
+        subject,
+        ttl_secs,
+        Edition::Enterprise,
+    )
+}
+
+/// A dev-issuer token of the given edition.
+pub fn mint_token_in(
+    issuer_key: &SigningKey,
+    tenant: &str,
+    role: Role,
+    subject: &str,
+    ttl_secs: u64,
+    edition: Edition,
 ) -> anyhow::Result<String> {
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let claims = Claims {
@@ -48,6 +69,7 @@ pub fn mint_token(
         iat: Some(now),
         tenant_id: tenant.to_owned(),
         roles: vec![role],
+        edition,
     };
     mint(issuer_key, ISSUER_KID, &claims).map_err(anyhow::Error::msg)
 }

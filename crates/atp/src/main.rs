@@ -473,6 +473,9 @@ enum TokenAction {
         subject: String,
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+        /// The tenant's edition: standard or enterprise.
+        #[arg(long, default_value = "enterprise", value_parser = parse_edition)]
+        edition: atp_core::edition::Edition,
         #[arg(
             long,
             env = "ATP_DEV_ISSUER_KEY",
@@ -480,6 +483,11 @@ enum TokenAction {
         )]
         issuer_key: PathBuf,
     },
+}
+
+fn parse_edition(s: &str) -> Result<atp_core::edition::Edition, String> {
+    atp_core::edition::Edition::parse(s)
+        .ok_or_else(|| format!("unknown edition {s:?}: standard or enterprise"))
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -723,6 +731,7 @@ async fn main() -> anyhow::Result<()> {
                     subject,
                     ttl_secs,
                     issuer_key,
+                    edition,
                 },
         } => {
             atp_core::TenantId::new(&tenant)?;
@@ -730,7 +739,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("the dev issuer key is made by `atp dev` (ATP_DEV_ISSUER_KEY)")?;
             println!(
                 "{}",
-                dev::mint_token(&key, &tenant, role, &subject, ttl_secs)?
+                dev::mint_token_in(&key, &tenant, role, &subject, ttl_secs, edition)?
             );
         }
         Command::Replay {

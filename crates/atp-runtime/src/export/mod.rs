@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, Context};
 use atp_core::TenantId;
 use atp_core::deadletter::{DeadLetter, DeadRole, Letter};
+use atp_core::edition::Feature;
 use atp_store::exports::{self, Completed, ExportRequest, ExportRow, Outcome};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -360,10 +361,13 @@ impl<S: CheckpointSigner> Worker<S> {
 
     async fn finish(&self, row: &ExportRow, outcome: Outcome) -> Result<(), String> {
         let tenant = TenantId::new(&row.tenant_id).map_err(|e| e.to_string())?;
-        let webhook = atp_nats::exports::webhook_of(&self.hooks, &tenant)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some();
+        // The use-case's own edition check: a webhook only for an export requested under an
+        // edition that has them, whatever the tenant's setting says.
+        let webhook = row.edition().allows(Feature::ExportWebhooks)
+            && atp_nats::exports::webhook_of(&self.hooks, &tenant)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
         exports::finish(&self.pool, &row.export_id, &outcome, webhook)
             .await
             .map_err(|e| e.to_string())?;

@@ -78,6 +78,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
         requested_at: chrono::Utc::now(),
         selection: Selection::default(),
         format: "tar".to_owned(),
+        edition: Default::default(),
     };
     exports::record_request(&pool, &req).await?;
     let row = exports::start(&pool, &req.export_id)
