@@ -827,3 +827,51 @@ async fn http_nesting_deeper_than_the_cap_is_400_malformed() {
         "{p}"
     );
 }
+
+#[tokio::test]
+async fn unstorable_or_mistyped_input_gets_a_problem_not_a_server_error() {
+    let (s, p) = append_problem(|_| {
+        (
+            None,
+            br#"{"sourceId":"crm","id":"nul-1","actor":{"id":"a\u0000","type":"user"}}"#.to_vec(),
+        )
+    })
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("MALFORMED"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("U+0000"), "{p}");
+
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let admin = stack.token(TENANT, Role::Admin);
+    let auditor = stack.token(TENANT, Role::Auditor);
+    for resp in [
+        api.get("/api/v1/audit/records?actorId=a%00b", &auditor),
+        api.post("/api/v1/integrity/verify/record", &auditor)
+            .header("content-type", "application/json")
+            .body(r#"{"recordId":"x\u0000"}"#),
+        // axum's own refusals (a path parameter that is not a number) are problems too.
+        api.get("/api/v1/admin/dlq/not-a-number", &admin),
+    ] {
+        let (s, p) = problem(resp.send().await.unwrap()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{p}");
+        assert_eq!(p["code"], "INVALID_REQUEST", "{p}");
+    }
+    let (s, p) = problem(
+        api.http
+            .patch(format!("{}/api/v1/audit/records", api.base))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("METHOD_NOT_ALLOWED"))
+    );
+    running.stop().await;
+}

@@ -16,6 +16,7 @@ mod ingest;
 mod integrity;
 mod metrics;
 mod nats_auth;
+mod openapi;
 mod replay;
 mod secrets;
 mod streams;

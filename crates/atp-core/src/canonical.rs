@@ -128,21 +128,44 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonicalError> {
 /// [`MAX_DEPTH`]. (ATP's own records wrap an event one level deeper, so reading them back uses
 /// [`parse_strict`] alone.)
 pub fn parse_submission(bytes: &[u8]) -> Result<Value, CanonicalError> {
-    if let Some(at) = deeper_than(bytes, MAX_DEPTH) {
-        return Err(CanonicalError::NotIJson(format!(
+    match scan(bytes, MAX_DEPTH) {
+        Some(Unstorable::TooDeep(at)) => Err(CanonicalError::NotIJson(format!(
             "nesting deeper than {MAX_DEPTH} levels (at byte {at})"
-        )));
+        ))),
+        Some(Unstorable::Nul(at)) => Err(CanonicalError::NotIJson(format!(
+            "a string holds U+0000 (at byte {at}), which ATP's read models cannot store"
+        ))),
+        None => parse_strict(bytes),
     }
-    parse_strict(bytes)
 }
 
-/// The byte offset where `bytes` first nests objects and arrays deeper than `max`, counting
-/// brackets outside strings (one pass, before any parsing).
-fn deeper_than(bytes: &[u8], max: usize) -> Option<usize> {
+/// The byte offset of the first `\u0000` escape inside a JSON string, if any: U+0000, which
+/// PostgreSQL text and jsonb cannot hold.
+pub fn nul_at(bytes: &[u8]) -> Option<usize> {
+    match scan(bytes, usize::MAX) {
+        Some(Unstorable::Nul(at)) => Some(at),
+        _ => None,
+    }
+}
+
+/// What a submission must not hold.
+enum Unstorable {
+    /// Objects and arrays nested deeper than the cap, first at this byte offset.
+    TooDeep(usize),
+    /// A `\u0000` escape (PostgreSQL text and jsonb cannot hold U+0000).
+    Nul(usize),
+}
+
+/// One pass over the raw bytes, before any parsing: nesting depth outside strings, and
+/// `\u0000` escapes inside them (a raw NUL is not valid JSON anyway).
+fn scan(bytes: &[u8], max: usize) -> Option<Unstorable> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, b) in bytes.iter().enumerate() {
         if in_string {
             match (escaped, b) {
+                (true, b'u') if bytes.get(i + 1..i + 5) == Some(b"0000") => {
+                    return Some(Unstorable::Nul(i - 1));
+                }
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
@@ -155,7 +178,7 @@ fn deeper_than(bytes: &[u8], max: usize) -> Option<usize> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
-                    return Some(i);
+                    return Some(Unstorable::TooDeep(i));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
@@ -192,6 +215,17 @@ mod tests {
         nested.push_str("\"[[[[{{{{\\\"]]]]\"");
         nested.push_str(&"}".repeat(MAX_DEPTH - 1));
         assert!(parse_submission(nested.as_bytes()).is_ok(), "{nested}");
+    }
+
+    #[test]
+    fn refuses_nul_in_strings_but_not_an_escaped_backslash_before_u0000() {
+        let e = parse_submission(br#"{"a":"x\u0000y"}"#).unwrap_err();
+        assert!(e.is_i_json_violation(), "{e}");
+        assert!(e.to_string().contains("U+0000"), "{e}");
+        assert!(parse_submission(br#"{"\u0000":1}"#).is_err(), "keys too");
+        // A literal backslash followed by "u0000" is six ordinary characters.
+        assert!(parse_submission(br#"{"a":"\\u0000"}"#).is_ok());
+        assert!(parse_submission(br#"{"a":"\u0041"}"#).is_ok());
     }
 
     #[test]

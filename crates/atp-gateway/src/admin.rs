@@ -18,9 +18,12 @@ use crate::problem::Problem;
 /// At most this many letters per answer (and per replay request).
 const MAX_LETTERS: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// `projector` or `exporter`.
+    #[param(value_type = Option<String>)]
     role: Option<DeadRole>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -37,6 +40,8 @@ fn dlq_problem(tenant: &str) -> impl Fn(DlqError) -> Problem + '_ {
 }
 
 /// `GET /admin/dlq`: the tenant's letters, oldest first, each with its last replay.
+#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(ListParams),
+    responses((status = 200, description = "The tenant's dead letters", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -70,6 +75,8 @@ async fn own(state: &GatewayState, tenant: &str, seq: u64) -> Result<Entry, Prob
 }
 
 /// `GET /admin/dlq/{seq}`: one letter.
+#[utoipa::path(get, path = "/admin/dlq/{seq}", tag = "admin", params(("seq" = u64, Path)),
+    responses((status = 200, description = "One dead letter", body = serde_json::Value, content_type = "application/json")))]
 pub async fn show(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -80,12 +87,14 @@ pub async fn show(
     Ok(Json(entry).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReplayBody {
     /// These letters; without, every letter the filters select.
     #[serde(default)]
     seqs: Vec<u64>,
+    /// `projector` or `exporter`.
+    #[schema(value_type = Option<String>)]
     role: Option<DeadRole>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -94,6 +103,8 @@ pub struct ReplayBody {
 }
 
 /// `POST /admin/dlq/replay`: handles letters again; one result per letter.
+#[utoipa::path(post, path = "/admin/dlq/replay", tag = "admin", request_body = ReplayBody,
+    responses((status = 200, description = "One result per letter", body = serde_json::Value, content_type = "application/json")))]
 pub async fn replay(
     principal: Principal,
     State(state): State<GatewayState>,

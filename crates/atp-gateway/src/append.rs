@@ -263,6 +263,14 @@ fn created(r: &atp_store::query::StoredRecord) -> Response {
         .into_response()
 }
 
+#[utoipa::path(post, path = "/audit/append", tag = "audit",
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "A CloudEvent (structured mode, also as application/cloudevents+json) or the short form {sourceId, id, actor, action, resource, ...}"),
+    params(("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 30): answer once the record is queryable")),
+    responses(
+        (status = 201, description = "The record (with `Prefer: wait`)", body = serde_json::Value, content_type = "application/json"),
+        (status = 202, description = "Accepted: on the ingress stream", body = serde_json::Value, content_type = "application/json"),
+    ))]
 pub async fn append_one(
     principal: Principal,
     State(bus): State<Bus>,
@@ -337,6 +345,13 @@ pub async fn append_one(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/audit/append:batch", tag = "audit",
+    request_body(content = Vec<serde_json::Value>, content_type = "application/json",
+        description = "Up to the batch limit of events, each a CloudEvent or the short form"),
+    responses(
+        (status = 202, description = "Every event accepted", body = serde_json::Value, content_type = "application/json"),
+        (status = 207, description = "One result per event, some refused", body = serde_json::Value, content_type = "application/json"),
+    ))]
 pub async fn append_batch(
     principal: Principal,
     State(bus): State<Bus>,

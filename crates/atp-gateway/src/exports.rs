@@ -69,10 +69,12 @@ impl axum::extract::FromRef<GatewayState> for ExportsApi {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExportBody {
+    /// The `/audit/records` filters (no limit or cursor).
     #[serde(default)]
+    #[schema(value_type = Object)]
     selection: Selection,
     #[serde(default)]
     format: Option<String>,
@@ -83,6 +85,8 @@ pub struct ExportBody {
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
+#[utoipa::path(post, path = "/exports", tag = "exports", request_body = ExportBody,
+    responses((status = 202, description = "Queued: `{exportId, status, statusUrl, downloadUrl}`", body = serde_json::Value, content_type = "application/json")))]
 pub async fn create(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -232,13 +236,16 @@ fn status_json(row: &ExportRow) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     limit: Option<i64>,
 }
 
 /// `GET /exports`: the tenant's 20 (up to 100) most recent exports, newest first.
+#[utoipa::path(get, path = "/exports", tag = "exports", params(ListParams),
+    responses((status = 200, description = "The tenant's recent exports", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -254,6 +261,8 @@ pub async fn list(
     Ok(Json(json!({ "items": rows.iter().map(status_json).collect::<Vec<_>>() })).into_response())
 }
 
+#[utoipa::path(get, path = "/exports/{export_id}", tag = "exports", params(("export_id" = String, Path)),
+    responses((status = 200, description = "The export's status", body = serde_json::Value, content_type = "application/json")))]
 pub async fn status(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -304,6 +313,12 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, ()>
     Ok(Some(range))
 }
 
+#[utoipa::path(get, path = "/exports/{export_id}/download", tag = "exports",
+    params(("export_id" = String, Path), ("Range" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The signed bundle", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 206, description = "A byte range of it", body = Vec<u8>, content_type = "application/x-tar"),
+    ))]
 pub async fn download(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -398,7 +413,7 @@ pub async fn download(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
     url: String,
@@ -406,6 +421,8 @@ pub struct WebhookBody {
 
 /// `PUT /exports/webhook`: sets the tenant's completion webhook and answers a fresh secret, the
 /// only time it is shown.
+#[utoipa::path(put, path = "/exports/webhook", tag = "exports", request_body = WebhookBody,
+    responses((status = 200, description = "Set; the secret is shown this once (enterprise edition)", body = serde_json::Value, content_type = "application/json")))]
 pub async fn set_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -441,6 +458,8 @@ pub async fn set_webhook(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/exports/webhook", tag = "exports",
+    responses((status = 200, description = "Whether a webhook is set, and its URL", body = serde_json::Value, content_type = "application/json")))]
 pub async fn get_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -452,6 +471,8 @@ pub async fn get_webhook(
     Ok(Json(json!({ "configured": hook.is_some(), "url": hook.map(|h| h.url) })).into_response())
 }
 
+#[utoipa::path(delete, path = "/exports/webhook", tag = "exports",
+    responses((status = 204, description = "Removed")))]
 pub async fn delete_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -476,7 +497,7 @@ fn webhook_problem(e: bus_exports::SetWebhookError, tenant: &str) -> Problem {
     .tenant(tenant)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VerifyExportBody {
     export_id: String,
@@ -485,6 +506,10 @@ pub struct VerifyExportBody {
 /// `POST /integrity/verify/export`: `{ "exportId" }` verifies a stored bundle; a body of
 /// `application/x-tar` (up to the request limit) verifies an uploaded one. Both against the
 /// deployment's published signing keys.
+#[utoipa::path(post, path = "/integrity/verify/export", tag = "integrity",
+    request_body(content = VerifyExportBody, content_type = "application/json",
+        description = "A stored export by id (an uploaded bundle may be sent as application/x-tar)"),
+    responses((status = 200, description = "The verification report", body = serde_json::Value, content_type = "application/json")))]
 pub async fn verify(
     principal: Principal,
     State(state): State<GatewayState>,

@@ -181,7 +181,8 @@ fn proof_json(rec: &Value, proof: &TlogProof, cp: &StoredCheckpoint) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProofParams {
     /// Prove against the checkpoint of this size instead of the newest.
@@ -189,6 +190,10 @@ pub struct ProofParams {
 }
 
 /// `GET /audit/records/{recordId}/proof`.
+#[utoipa::path(get, path = "/audit/records/{record_id}/proof", tag = "integrity",
+    params(("record_id" = String, Path), ProofParams),
+    responses((status = 200, description = "Inclusion proof against a signed checkpoint",
+        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
 pub async fn record_proof(
     principal: Principal,
     State(db): State<PgPool>,
@@ -234,13 +239,18 @@ pub async fn record_proof(
     Ok(Json(proof_json(&rec, &proof, &cp)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SizeParams {
     size: Option<u64>,
 }
 
 /// `GET /integrity/checkpoints/{tenantId}/{sourceId}` (newest, or `?size=n`).
+#[utoipa::path(get, path = "/integrity/checkpoints/{tenant_id}/{source_id}", tag = "integrity",
+    params(("tenant_id" = String, Path), ("source_id" = String, Path), SizeParams),
+    responses((status = 200, description = "A signed checkpoint (C2SP tlog-checkpoint)",
+        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
 pub async fn checkpoint(
     principal: Principal,
     State(db): State<PgPool>,
@@ -275,7 +285,8 @@ pub async fn checkpoint(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyParams {
     from: u64,
@@ -284,6 +295,10 @@ pub struct ConsistencyParams {
 
 /// `GET /integrity/consistency/{tenantId}/{sourceId}?from=m&to=n`: proof that the tree of `n`
 /// records (default: the newest checkpoint's) extends the tree of `m`.
+#[utoipa::path(get, path = "/integrity/consistency/{tenant_id}/{source_id}", tag = "integrity",
+    params(("tenant_id" = String, Path), ("source_id" = String, Path), ConsistencyParams),
+    responses((status = 200, description = "Consistency proof between two tree sizes",
+        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
 pub async fn consistency(
     principal: Principal,
     State(db): State<PgPool>,
@@ -365,16 +380,19 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Value {
     json!({ "check": name, "ok": ok, "detail": detail.into() })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VerifyRecordBody {
     record_id: Option<String>,
     /// A record as the caller holds it (any JSON form; its canonical bytes are checked).
+    #[schema(value_type = Option<Object>)]
     record: Option<Value>,
 }
 
 /// `POST /integrity/verify/record`: re-checks a stored record (and optionally the caller's
 /// copy) end to end: digest, chain link, inclusion in the newest checkpoint, its signature.
+#[utoipa::path(post, path = "/integrity/verify/record", tag = "integrity", request_body = VerifyRecordBody,
+    responses((status = 200, description = "The verification report", body = serde_json::Value, content_type = "application/json")))]
 pub async fn verify_record(
     principal: Principal,
     State(db): State<PgPool>,
@@ -476,7 +494,7 @@ pub async fn verify_record(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VerifyRangeBody {
     source_id: String,
@@ -490,6 +508,8 @@ pub struct VerifyRangeBody {
 /// `POST /integrity/verify/range`: re-walks records `[fromIndex, toIndex)` of a partition as
 /// stored: every digest, every chain link, every leaf against the stored tree, and the tree's
 /// root against the newest signed checkpoint.
+#[utoipa::path(post, path = "/integrity/verify/range", tag = "integrity", request_body = VerifyRangeBody,
+    responses((status = 200, description = "The verification report (enterprise edition)", body = serde_json::Value, content_type = "application/json")))]
 pub async fn verify_range(
     principal: Principal,
     State(db): State<PgPool>,
@@ -652,6 +672,8 @@ pub async fn verify_range(
 
 /// `GET /integrity/keys`: every checkpoint signing key ever used, as a JWKS. Public: verifying
 /// needs no account.
+#[utoipa::path(get, path = "/integrity/keys", tag = "integrity", security(()),
+    responses((status = 200, description = "The published checkpoint signing keys (JWKS)", body = serde_json::Value, content_type = "application/json")))]
 pub async fn keys(State(bus): State<Bus>) -> Result<Response, Problem> {
     let keys = signing_keys::list(&bus.signing_keys)
         .await

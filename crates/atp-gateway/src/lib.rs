@@ -7,8 +7,10 @@ pub mod auth;
 pub mod deadline;
 pub mod exports;
 pub mod health;
+pub mod input;
 pub mod integrity;
 pub mod limits;
+pub mod openapi;
 pub mod problem;
 pub mod query;
 mod wait;
@@ -20,12 +22,15 @@ use async_nats::jetstream::Context;
 use atp_nats::registry::RegistryCache;
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+use axum::routing::get;
 use ed25519_dalek::SigningKey;
 use sqlx::PgPool;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{AuthConfig, Claims, Principal, Role};
 pub use exports::{ExportLimits, ExportsApi};
@@ -87,43 +92,55 @@ impl FromRef<GatewayState> for Waiters {
     }
 }
 
+/// The API's routes, each registered with its OpenAPI operation (paths relative to `/api/v1`).
+fn api_routes() -> OpenApiRouter<GatewayState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(append::append_one))
+        .routes(routes!(append::append_batch))
+        .routes(routes!(query::list_records))
+        .routes(routes!(query::get_record))
+        .routes(routes!(query::list_rejections))
+        .routes(routes!(integrity::record_proof))
+        .routes(routes!(query::producer_keys))
+        .routes(routes!(integrity::checkpoint))
+        .routes(routes!(integrity::consistency))
+        .routes(routes!(integrity::verify_record))
+        .routes(routes!(integrity::verify_range))
+        .routes(routes!(integrity::keys))
+        .routes(routes!(exports::verify))
+        .routes(routes!(exports::create, exports::list))
+        .routes(routes!(
+            exports::get_webhook,
+            exports::set_webhook,
+            exports::delete_webhook
+        ))
+        .routes(routes!(exports::status))
+        .routes(routes!(exports::download))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::show))
+}
+
+/// The OpenAPI document of the API, as served at `/api/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api_routes().split_for_parts().1;
+    openapi::conventions(&mut doc);
+    doc
+}
+
 pub fn router(state: GatewayState) -> Router {
     let limits = axum::middleware::from_fn_with_state(state.clone(), limits::enforce);
-    let api = Router::new()
-        .route("/audit/append", post(append::append_one))
-        .route("/audit/append:batch", post(append::append_batch))
-        .route("/audit/records", get(query::list_records))
-        .route("/audit/records/{record_id}", get(query::get_record))
-        .route("/audit/rejections", get(query::list_rejections))
+    let (api, mut doc) = api_routes().split_for_parts();
+    openapi::conventions(&mut doc);
+    let doc = Arc::new(doc);
+    let api = api
         .route(
-            "/audit/records/{record_id}/proof",
-            get(integrity::record_proof),
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
-        .route("/producers/keys", get(query::producer_keys))
-        .route(
-            "/integrity/checkpoints/{tenant_id}/{source_id}",
-            get(integrity::checkpoint),
-        )
-        .route(
-            "/integrity/consistency/{tenant_id}/{source_id}",
-            get(integrity::consistency),
-        )
-        .route("/integrity/verify/record", post(integrity::verify_record))
-        .route("/integrity/verify/range", post(integrity::verify_range))
-        .route("/integrity/keys", get(integrity::keys))
-        .route("/integrity/verify/export", post(exports::verify))
-        .route("/exports", post(exports::create).get(exports::list))
-        .route(
-            "/exports/webhook",
-            get(exports::get_webhook)
-                .put(exports::set_webhook)
-                .delete(exports::delete_webhook),
-        )
-        .route("/exports/{export_id}", get(exports::status))
-        .route("/exports/{export_id}/download", get(exports::download))
-        .route("/admin/dlq", get(admin::list))
-        .route("/admin/dlq/replay", post(admin::replay))
-        .route("/admin/dlq/{seq}", get(admin::show))
         .fallback(problem::no_route);
     Router::new()
         .nest("/api/v1", api)
@@ -139,6 +156,7 @@ pub fn router(state: GatewayState) -> Router {
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that
         // gives every answer the Problem+JSON shape wraps them.
+        .layer(axum::middleware::from_fn(input::refuse_nul))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,

@@ -24,7 +24,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_default()
         .to_owned();
     REQUEST_ID
-        .scope(id, async move { secure(shape(next.run(req).await)) })
+        .scope(id, async move { secure(shape(next.run(req).await).await) })
         .await
 }
 
@@ -51,34 +51,48 @@ fn secure(mut resp: Response) -> Response {
     resp
 }
 
-/// Gives plain-text answers from the body limit and the timeout layers the Problem+JSON shape.
-fn shape(mut resp: Response) -> Response {
-    let is_problem = resp
+/// Gives every plain error answer the Problem+JSON shape: those of the body limit and
+/// timeout layers, and axum's own (a path parameter of the wrong type, a method the route does
+/// not have), keeping their headers (`Allow`, say) and their text as the detail.
+async fn shape(resp: Response) -> Response {
+    // A handler's own JSON answer (`/readyz`'s reasons) is left as it is.
+    let already_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v == PROBLEM_JSON);
-    if !is_problem {
-        match resp.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                resp = Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "TOO_LARGE",
-                    "the request body is over the limit",
-                )
-                .into_response();
-            }
-            StatusCode::GATEWAY_TIMEOUT => {
-                resp = Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "TIMEOUT",
-                    "the request took too long; retry",
-                )
-                .into_response();
-            }
-            _ => {}
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == PROBLEM_JSON || v.starts_with("application/json"));
+    let status = resp.status();
+    if already_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let (code, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("TOO_LARGE", "the request body is over the limit".to_owned())
+        }
+        StatusCode::GATEWAY_TIMEOUT => ("TIMEOUT", "the request took too long; retry".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "METHOD_NOT_ALLOWED",
+            "the route has no such method".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "UNSUPPORTED_MEDIA_TYPE",
+            String::from_utf8_lossy(&text).into_owned(),
+        ),
+        _ if status.is_client_error() => (
+            "INVALID_REQUEST",
+            String::from_utf8_lossy(&text).into_owned(),
+        ),
+        _ => ("UNAVAILABLE", "the gateway could not answer".to_owned()),
+    };
+    let mut shaped = Problem::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
         }
     }
-    resp
+    shaped
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";

@@ -20,7 +20,8 @@ use crate::problem::Problem;
 
 pub(crate) const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RecordsParams {
     from: Option<DateTime<Utc>>,
@@ -164,6 +165,8 @@ fn with_headers(mut resp: Response, headers: Vec<(&'static str, String)>) -> Res
     resp
 }
 
+#[utoipa::path(get, path = "/audit/records", tag = "audit", params(RecordsParams),
+    responses((status = 200, description = "A page of records, newest first: `{items, nextCursor}`", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list_records(
     principal: Principal,
     State(bus): State<Bus>,
@@ -210,6 +213,9 @@ pub async fn list_records(
     Ok(with_headers(resp, headers))
 }
 
+#[utoipa::path(get, path = "/audit/records/{record_id}", tag = "audit",
+    params(("record_id" = String, Path)),
+    responses((status = 200, description = "One record", body = serde_json::Value, content_type = "application/json")))]
 pub async fn get_record(
     principal: Principal,
     State(db): State<PgPool>,
@@ -224,7 +230,8 @@ pub async fn get_record(
     Ok(Json(record_json(&r)?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RejectionsParams {
     source_id: Option<String>,
@@ -235,6 +242,8 @@ pub struct RejectionsParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/audit/rejections", tag = "audit", params(RejectionsParams),
+    responses((status = 200, description = "A page of refused submissions with their reason", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list_rejections(
     principal: Principal,
     State(db): State<PgPool>,
@@ -276,6 +285,8 @@ pub async fn list_rejections(
     Ok(Json(json!({ "items": items, "nextCursor": page.next_cursor })).into_response())
 }
 
+#[utoipa::path(get, path = "/producers/keys", tag = "audit",
+    responses((status = 200, description = "The tenant's producer keys", body = serde_json::Value, content_type = "application/json")))]
 pub async fn producer_keys(
     principal: Principal,
     State(bus): State<Bus>,

@@ -158,6 +158,9 @@ pub async fn list(js: &Context, filter: &Filter) -> Result<Vec<Entry>, DlqError>
 
 /// One letter by its ATP_DLQ sequence.
 pub async fn get(js: &Context, seq: u64) -> Result<Entry, DlqError> {
+    if seq == 0 {
+        return Err(DlqError::NotFound(seq));
+    }
     let stream = js.get_stream(streams::DLQ).await.map_err(unavailable)?;
     let msg = stream.get_raw_message(seq).await.map_err(|e| {
         if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound {

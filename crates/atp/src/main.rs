@@ -103,6 +103,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Print the HTTP API's OpenAPI document (as served at /api/v1/openapi.json).
+    Openapi,
     /// NATS identities and permissions.
     Nats {
         #[command(subcommand)]
@@ -679,6 +681,9 @@ async fn main() -> anyhow::Result<()> {
                 details,
             )
             .await?;
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&atp_gateway::openapi())?);
         }
         Command::Nats {
             action: NatsAction::InitAuth { dir },
