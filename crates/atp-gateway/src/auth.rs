@@ -3,7 +3,7 @@
 //! the issuer's JWKS with rotation). Tenant and roles come from the token's claims only.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use atp_core::edition::{Edition, EditionError, Feature};
@@ -16,6 +16,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::problem::Problem;
 
@@ -80,7 +81,14 @@ pub struct AuthConfig {
     pub audience: String,
     keys: RwLock<HashMap<String, Arc<TrustedKey>>>,
     jwks: Option<JwksSource>,
+    /// Tokens that verified, by SHA-256 of the token: presented again (a client reuses its
+    /// token for every call) they skip the signature check until they expire. Bounded; emptied
+    /// whenever the trusted keys change, so a withdrawn key stops its tokens at once.
+    verified: Mutex<HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered at most; past it the memory starts afresh.
+const VERIFIED_CAP: usize = 10_000;
 
 /// The algorithm a JWK is for: its `alg` if given, else what its key type implies. Only
 /// RS256, ES256 and EdDSA are accepted; symmetric and other keys are not.
@@ -128,12 +136,20 @@ impl AuthConfig {
             audience: audience.to_owned(),
             keys: RwLock::new(HashMap::new()),
             jwks: None,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
     fn insert(&mut self, keys: HashMap<String, Arc<TrustedKey>>) {
         if let Ok(mut k) = self.keys.write() {
             k.extend(keys);
+        }
+        self.forget_verified();
+    }
+
+    fn forget_verified(&self) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.clear();
         }
     }
 
@@ -199,6 +215,7 @@ impl AuthConfig {
         let mut keys = self.keys.write().map_err(|_| "the key cache is poisoned")?;
         keys.retain(|_, k| !k.fetched);
         keys.extend(fresh);
+        self.forget_verified();
         Ok(n)
     }
 
@@ -220,6 +237,30 @@ impl AuthConfig {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, Problem> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let remembered = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|v| v.get(&digest).cloned());
+        if let Some(claims) = remembered
+            && now <= claims.exp + LEEWAY_SECS
+            && claims.nbf.is_none_or(|nbf| nbf <= now + LEEWAY_SECS)
+        {
+            return Ok(claims);
+        }
+        let claims = self.verify_signed(token).await?;
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= VERIFIED_CAP {
+                v.clear();
+            }
+            v.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<Claims, Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthorized("the bearer token is not a JWT"))?;
         let kid = header
@@ -383,6 +424,31 @@ mod tests {
             roles: vec![Role::Auditor],
             edition: Edition::Standard,
         }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_and_forgets_its_key() {
+        let k = SigningKey::from_bytes(&[3u8; 32]);
+        let mut cfg = AuthConfig::new("atp-dev", "atp")
+            .with_ed25519_key("dev-1", &k.verifying_key().to_bytes());
+        let token = mint(&k, "dev-1", &claims(600)).unwrap();
+        cfg.verify(&token).await.unwrap();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Remembered: change its claims in memory to see the memory answer.
+        let mut remembered = cfg.verified.lock().unwrap()[&digest].clone();
+        remembered.sub = "from-memory".into();
+        cfg.verified
+            .lock()
+            .unwrap()
+            .insert(digest, remembered.clone());
+        assert_eq!(cfg.verify(&token).await.unwrap().sub, "from-memory");
+        // Past its expiry (and the leeway) memory does not answer: the token is checked again.
+        remembered.exp = 1;
+        cfg.verified.lock().unwrap().insert(digest, remembered);
+        assert_eq!(cfg.verify(&token).await.unwrap().sub, "alice");
+        // New trusted keys empty the memory.
+        cfg.insert(HashMap::new());
+        assert!(cfg.verified.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -247,7 +247,7 @@ fn rss_kib() -> u64 {
 /// Writes `n` records of one partition as the projector and integrity role would: the read
 /// model, the tiles and log state, and one signed checkpoint of the whole log. Returns the mean
 /// record size.
-async fn seed(
+pub(super) async fn seed(
     pool: &sqlx::PgPool,
     keys: &FileKeyStore,
     p: &atp_core::PartitionKey,

@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 
 pub mod export;
 pub mod integrity;
+pub mod isolation;
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Which {
@@ -33,6 +34,9 @@ pub enum Which {
     /// Packaging a 1M-record export, download time to first byte, offline verification, each
     /// beside its raw baseline.
     Export(export::ExportBench),
+    /// One tenant floods the gateway with queries: the other tenant's p99, with the per-tenant
+    /// limits on and lifted, beside the same query straight on PostgreSQL.
+    Isolation(isolation::IsolationBench),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -98,6 +102,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Ingest(b) => ingest(b).await,
         Which::Integrity(b) => integrity::run(b).await,
         Which::Export(b) => export::run(b).await,
+        Which::Isolation(b) => isolation::run(b).await,
     }
 }
 
