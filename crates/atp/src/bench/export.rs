@@ -336,34 +336,7 @@ async fn ttfb(
     let raw = t.elapsed().as_secs_f64();
 
     let issuer = crate::keys::generate();
-    let running = crate::serve::start(crate::serve::ServeConfig {
-        nats_url: nats.url(),
-        nats_credentials: crate::serve::NatsCredentials::None,
-        database_url: atp_runtime::Secret::new(db.to_owned()),
-        gateway_database_url: None,
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        roles: crate::serve::Roles::parse("gateway")?,
-        shard: atp_runtime::shard::Shard::ALL,
-        ingest: Default::default(),
-        issuer: crate::dev::ISSUER.to_owned(),
-        audience: crate::dev::AUDIENCE.to_owned(),
-        token_keys: vec![(
-            crate::dev::ISSUER_KID.to_owned(),
-            issuer.verifying_key().to_bytes(),
-        )],
-        token_jwks: None,
-        rate_limits: Default::default(),
-        attestation_key: Some(crate::keys::generate()),
-        integrity: crate::serve::IntegritySettings {
-            keys_dir: std::env::temp_dir().join("atp-bench-unused-keys"),
-            log_name: LOG_NAME.to_owned(),
-            policy: Default::default(),
-        },
-        exports: Default::default(),
-        export_limits: Default::default(),
-        metrics_listen: None,
-    })
-    .await?;
+    let running = super::gateway(&nats.url(), db, &issuer, &[]).await?;
     let addr = running.gateway_addr.context("no gateway")?;
     let token = crate::dev::mint_token(
         &issuer,

@@ -3,7 +3,6 @@
 //! limits on (the default) and, in the same run, with them lifted; beside the raw baseline of
 //! the same query straight on PostgreSQL.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -93,7 +92,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
             vec!["query=1000000".to_owned(), "append=1000000".to_owned()],
         ),
     ] {
-        let running = gateway(&nats.url(), &db, &issuer, &limits).await?;
+        let running = super::gateway(&nats.url(), &db, &issuer, &limits).await?;
         let base = format!("http://{}", running.gateway_addr.context("no gateway")?);
         eprintln!("bench: {label}: the quiet tenant alone…");
         let alone = quiet(&http, &base, &quiet_token, b.rate, b.secs).await?;
@@ -137,44 +136,6 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn gateway(
-    nats_url: &str,
-    db: &str,
-    issuer: &ed25519_dalek::SigningKey,
-    limits: &[String],
-) -> anyhow::Result<crate::serve::Running> {
-    crate::serve::start(crate::serve::ServeConfig {
-        nats_url: nats_url.to_owned(),
-        nats_credentials: crate::serve::NatsCredentials::None,
-        database_url: atp_runtime::Secret::new(db.to_owned()),
-        gateway_database_url: None,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        roles: crate::serve::Roles::parse("gateway")?,
-        shard: atp_runtime::shard::Shard::ALL,
-        ingest: Default::default(),
-        issuer: crate::dev::ISSUER.to_owned(),
-        audience: crate::dev::AUDIENCE.to_owned(),
-        token_keys: vec![(
-            crate::dev::ISSUER_KID.to_owned(),
-            issuer.verifying_key().to_bytes(),
-        )],
-        token_jwks: None,
-        rate_limits: atp_gateway::RateLimits::default()
-            .with(limits)
-            .map_err(anyhow::Error::msg)?,
-        attestation_key: Some(crate::keys::generate()),
-        integrity: crate::serve::IntegritySettings {
-            keys_dir: std::env::temp_dir().join("atp-bench-unused-keys"),
-            log_name: LOG_NAME.to_owned(),
-            policy: Default::default(),
-        },
-        exports: Default::default(),
-        export_limits: Default::default(),
-        metrics_listen: None,
-    })
-    .await
 }
 
 /// Runs `op` `rate` times a second for `secs` seconds (open loop: a slow answer does not slow

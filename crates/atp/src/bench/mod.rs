@@ -97,6 +97,46 @@ impl OtlpSink {
     }
 }
 
+/// A gateway alone, on the bench's servers, trusting `issuer`'s tokens, with these rate limits
+/// on top of the defaults.
+pub(crate) async fn gateway(
+    nats_url: &str,
+    db: &str,
+    issuer: &ed25519_dalek::SigningKey,
+    limits: &[String],
+) -> anyhow::Result<crate::serve::Running> {
+    crate::serve::start(crate::serve::ServeConfig {
+        nats_url: nats_url.to_owned(),
+        nats_credentials: crate::serve::NatsCredentials::None,
+        database_url: atp_runtime::Secret::new(db.to_owned()),
+        gateway_database_url: None,
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        roles: crate::serve::Roles::parse("gateway")?,
+        shard: atp_runtime::shard::Shard::ALL,
+        ingest: Default::default(),
+        issuer: crate::dev::ISSUER.to_owned(),
+        audience: crate::dev::AUDIENCE.to_owned(),
+        token_keys: vec![(
+            crate::dev::ISSUER_KID.to_owned(),
+            issuer.verifying_key().to_bytes(),
+        )],
+        token_jwks: None,
+        rate_limits: atp_gateway::RateLimits::default()
+            .with(limits)
+            .map_err(anyhow::Error::msg)?,
+        attestation_key: Some(crate::keys::generate()),
+        integrity: crate::serve::IntegritySettings {
+            keys_dir: std::env::temp_dir().join("atp-bench-unused-keys"),
+            log_name: "atp.bench".to_owned(),
+            policy: Default::default(),
+        },
+        exports: Default::default(),
+        export_limits: Default::default(),
+        metrics_listen: None,
+    })
+    .await
+}
+
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Ingest(b) => ingest(b).await,
