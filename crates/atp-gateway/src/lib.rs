@@ -54,6 +54,8 @@ pub struct Bus {
     pub signing_keys: async_nats::jetstream::kv::Store,
     /// Signs the attestation on submissions forwarded to ingress.
     pub attestation_key: Arc<SigningKey>,
+    /// The query answers' freshness headers, reused for a moment.
+    pub freshness: query::FreshnessCache,
 }
 
 #[derive(Clone)]

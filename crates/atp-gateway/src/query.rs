@@ -1,5 +1,8 @@
 //! `GET /audit/records`, `/audit/records/{id}`, `/audit/rejections`, `/producers/keys`.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use atp_core::Digest;
 use atp_nats::{registry, streams};
 use atp_store::projection::{self, Watermark};
@@ -89,7 +92,32 @@ pub(crate) fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
 }
 
 /// `X-Watermark` and `X-Lag` from the records watermark and the ledger's last message.
+/// How long the freshness headers are reused: every query would otherwise ask NATS and
+/// PostgreSQL again for figures that move in milliseconds and are read in seconds.
+const FRESHNESS_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Response headers: (name, value).
+type Headers = Vec<(&'static str, String)>;
+
+/// The freshness headers last computed, and when, shared by the gateway's requests.
+#[derive(Clone, Default)]
+pub struct FreshnessCache(Arc<std::sync::Mutex<Option<(Instant, Headers)>>>);
+
 async fn freshness(bus: &Bus, db: &PgPool) -> Vec<(&'static str, String)> {
+    if let Ok(cached) = bus.freshness.0.lock()
+        && let Some((at, headers)) = cached.as_ref()
+        && at.elapsed() < FRESHNESS_TTL
+    {
+        return headers.clone();
+    }
+    let headers = measure_freshness(bus, db).await;
+    if let Ok(mut cached) = bus.freshness.0.lock() {
+        *cached = Some((Instant::now(), headers.clone()));
+    }
+    headers
+}
+
+async fn measure_freshness(bus: &Bus, db: &PgPool) -> Vec<(&'static str, String)> {
     let wm: Option<Watermark> = projection::watermark(db, projection::RECORDS)
         .await
         .ok()
@@ -98,14 +126,11 @@ async fn freshness(bus: &Bus, db: &PgPool) -> Vec<(&'static str, String)> {
     if let Some(at) = wm.and_then(|w| w.last_committed_at) {
         out.push(("x-watermark", atp_core::record::timestamp(at)));
     }
-    let ledger = match bus.js.get_stream(streams::LEDGER).await {
-        Ok(mut s) => s
-            .info()
-            .await
-            .ok()
-            .map(|i| (i.state.last_sequence, i.state.last_timestamp)),
-        Err(_) => None,
-    };
+    // Fetching the stream handle already fetched its state.
+    let ledger = bus.js.get_stream(streams::LEDGER).await.ok().map(|s| {
+        let state = &s.cached_info().state;
+        (state.last_sequence, state.last_timestamp)
+    });
     if let Some((last_seq, last_ts)) = ledger {
         let projected = wm.map_or(0, |w| w.stream_seq);
         let lag = if projected >= last_seq {

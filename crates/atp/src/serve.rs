@@ -377,6 +377,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 producers,
                 signing_keys: atp_nats::signing_keys::bucket(&js).await?,
                 attestation_key: Arc::new(key),
+                freshness: Default::default(),
             },
             waiters: Waiters::start(&pool).await?,
             db: atp_store::connect_gateway(
