@@ -1,5 +1,5 @@
-//! `atp bench isolation`: one tenant floods the gateway with queries while another queries at
-//! a steady rate. How far does the quiet tenant's p99 move? Measured with the per-tenant rate
+//! `atp bench isolation`: one tenant floods a gateway (its own process) with queries while
+//! another queries at a steady rate. How far does the quiet tenant's p99 move? Measured with the per-tenant rate
 //! limits on (the default) and, in the same run, with them lifted; beside the raw baseline of
 //! the same query straight on PostgreSQL.
 
@@ -92,8 +92,8 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
             vec!["query=1000000".to_owned(), "append=1000000".to_owned()],
         ),
     ] {
-        let running = super::gateway(&nats.url(), &db, &issuer, &limits).await?;
-        let base = format!("http://{}", running.gateway_addr.context("no gateway")?);
+        let mut gateway = spawn_gateway(&nats.url(), &db, &issuer, &limits, work.path()).await?;
+        let base = gateway.base.clone();
         eprintln!("bench: {label}: the quiet tenant alone…");
         let alone = quiet(&http, &base, &quiet_token, b.rate, b.secs).await?;
         eprintln!(
@@ -101,7 +101,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
             b.flooders
         );
         let flooded = flooded(&http, &base, &quiet_token, &flood_token, &b).await?;
-        running.stop().await;
+        gateway.child.kill().await?;
         results.push((label, alone, flooded));
     }
 
@@ -136,6 +136,68 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `atp serve --roles gateway` as a child process, so the flooding client's CPU is not the
+/// gateway's runtime's.
+struct ChildGateway {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn spawn_gateway(
+    nats_url: &str,
+    db: &str,
+    issuer: &ed25519_dalek::SigningKey,
+    limits: &[String],
+    work: &std::path::Path,
+) -> anyhow::Result<ChildGateway> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let key = work.join("gateway-attestation.pem");
+    crate::keys::write_private(&key, &crate::keys::generate())?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--roles", "gateway"])
+        .env("ATP_NATS_URL", nats_url)
+        .env("ATP_DATABASE_URL", db)
+        .env("ATP_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "ATP_TOKEN_KEYS",
+            format!(
+                "{}={}",
+                crate::dev::ISSUER_KID,
+                crate::keys::public_b64(issuer)
+            ),
+        )
+        .env("ATP_GATEWAY_KEY", &key)
+        .env("ATP_LOG", "warn")
+        .env_remove("ATP_RATE_LIMITS")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .kill_on_drop(true);
+    if !limits.is_empty() {
+        cmd.env("ATP_RATE_LIMITS", limits.join(","));
+    }
+    let child = cmd.spawn().context("starting atp serve --roles gateway")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let http = reqwest::Client::new();
+    loop {
+        if http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(ChildGateway { child, base });
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the gateway did not start in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs `op` `rate` times a second for `secs` seconds (open loop: a slow answer does not slow
