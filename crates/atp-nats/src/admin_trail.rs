@@ -21,15 +21,14 @@ pub enum TrailError {
 }
 
 /// The tenant's admin-trail partition.
-pub fn partition(tenant: &TenantId) -> PartitionKey {
-    // SYSTEM_SOURCE is a valid source id by construction (a unit test of atp-core checks it).
-    let source = SourceId::new(SYSTEM_SOURCE).unwrap_or_else(|_| unreachable!());
-    PartitionKey::new(tenant.clone(), source)
+pub fn partition(tenant: &TenantId) -> Result<PartitionKey, TrailError> {
+    let source = SourceId::new(SYSTEM_SOURCE).map_err(|e| TrailError::Publish(e.to_string()))?;
+    Ok(PartitionKey::new(tenant.clone(), source))
 }
 
 /// Registers the tenant's admin-trail source if it is not yet (admin identity only).
 pub async fn ensure_source(kv: &Store, tenant: &TenantId) -> Result<(), TrailError> {
-    if registry::get(kv, &partition(tenant)).await?.is_none() {
+    if registry::get(kv, &partition(tenant)?).await?.is_none() {
         let reg = SourceRegistration::system(tenant.clone())
             .map_err(|e| TrailError::Publish(e.to_string()))?;
         registry::put(kv, &reg).await?;
@@ -47,7 +46,7 @@ pub async fn record(
     let id = ulid::Ulid::generate().to_string();
     let event = atp_core::producer::admin_event(&id, chrono::Utc::now(), action);
     let body = serde_json::to_vec(&event).map_err(|e| TrailError::Publish(e.to_string()))?;
-    let p = partition(tenant);
+    let p = partition(tenant)?;
     let mut h = HeaderMap::new();
     h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
     h.insert(

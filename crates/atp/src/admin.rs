@@ -89,6 +89,23 @@ pub async fn record_action(
     Ok(())
 }
 
+/// Records an admin action of the CLI's on a producer (`tenant:source`) on its tenant's trail.
+pub async fn record_producer_action(
+    js: &Context,
+    p: &PartitionKey,
+    action: &str,
+    attributes: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    record_action(
+        js,
+        p.tenant.as_str(),
+        action,
+        ("producer", &p.to_string()),
+        attributes,
+    )
+    .await
+}
+
 /// Registers a source (or updates its URI) and adds a key to it.
 pub async fn add_producer(
     js: &Context,

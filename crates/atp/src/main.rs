@@ -633,12 +633,13 @@ async fn main() -> anyhow::Result<()> {
             if let Some(id) = &key_id {
                 details.insert("keyId".into(), id.clone().into());
             }
+            let p = atp::admin::partition(&tenant, &source)?;
             if let Some(dir) = nats_auth_dir {
                 let auth = atp_nats::auth::AuthDir::open(&dir)?;
                 let (user, seed) = atp::admin::add_nats_producer(
                     &nats.nats_url,
                     &auth,
-                    &atp::admin::partition(&tenant, &source)?,
+                    &p,
                     nats_creds_out.as_deref(),
                 )
                 .await?;
@@ -648,15 +649,7 @@ async fn main() -> anyhow::Result<()> {
                     seed.display()
                 );
             }
-            let resource = format!("{tenant}:{source}");
-            atp::admin::record_action(
-                &js,
-                &tenant,
-                "PRODUCER_REGISTERED",
-                ("producer", &resource),
-                details,
-            )
-            .await?;
+            atp::admin::record_producer_action(&js, &p, "PRODUCER_REGISTERED", details).await?;
         }
         Command::Producer {
             action:
@@ -673,11 +666,11 @@ async fn main() -> anyhow::Result<()> {
             println!("withdrew {n} NATS identities of {p}");
             let mut details = serde_json::Map::new();
             details.insert("identities".into(), n.into());
-            atp::admin::record_action(
-                &jetstream(&nats).await?,
-                &tenant,
+            let js = jetstream(&nats).await?;
+            atp::admin::record_producer_action(
+                &js,
+                &p,
                 "PRODUCER_NATS_IDENTITY_WITHDRAWN",
-                ("producer", &p.to_string()),
                 details,
             )
             .await?;
@@ -718,15 +711,8 @@ async fn main() -> anyhow::Result<()> {
             println!("revoked {key_id}");
             let mut details = serde_json::Map::new();
             details.insert("keyId".into(), key_id.into());
-            let resource = format!("{tenant}:{source}");
-            atp::admin::record_action(
-                &js,
-                &tenant,
-                "PRODUCER_KEY_REVOKED",
-                ("producer", &resource),
-                details,
-            )
-            .await?;
+            let p = atp::admin::partition(&tenant, &source)?;
+            atp::admin::record_producer_action(&js, &p, "PRODUCER_KEY_REVOKED", details).await?;
         }
         Command::Token {
             action:
