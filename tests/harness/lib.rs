@@ -507,9 +507,12 @@ impl Stack {
             .map_or(0, |c| c.size())
     }
 
+    /// The tenant's projected records from its producers; ATP's own admin trail (recorded
+    /// asynchronously by admin actions, such as a dead-letter replay) is not counted.
     pub async fn projected_records(&self, tenant: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM records WHERE tenant_id = $1")
+        sqlx::query_scalar("SELECT count(*) FROM records WHERE tenant_id = $1 AND source_id <> $2")
             .bind(tenant)
+            .bind(atp_core::registry::SYSTEM_SOURCE)
             .fetch_one(&self.pool)
             .await
             .unwrap()
