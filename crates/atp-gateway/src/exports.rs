@@ -29,9 +29,24 @@ use crate::problem::Problem;
 use crate::query::{READERS, store_problem};
 use crate::{Bus, GatewayState};
 
-/// The gateway's side of exports.
+/// The gateway's side of exports, shared like [`Bus`].
 #[derive(Clone)]
-pub struct ExportsApi {
+pub struct ExportsApi(Arc<ExportsParts>);
+
+impl ExportsApi {
+    pub fn new(parts: ExportsParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for ExportsApi {
+    type Target = ExportsParts;
+    fn deref(&self) -> &ExportsParts {
+        &self.0
+    }
+}
+
+pub struct ExportsParts {
     pub cold: ColdStore,
     pub webhooks: async_nats::jetstream::kv::Store,
     pub limits: Arc<ExportLimits>,

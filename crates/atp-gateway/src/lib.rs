@@ -33,7 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{AuthConfig, Claims, Principal, Role};
-pub use exports::{ExportLimits, ExportsApi};
+pub use exports::{ExportLimits, ExportsApi, ExportsParts};
 pub use limits::{Limiter, RateLimits};
 pub use problem::Problem;
 pub use wait::Waiters;
@@ -44,9 +44,26 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// The longest a request may take; `Prefer: wait` is capped below it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// NATS-side dependencies of the gateway.
+/// NATS-side dependencies of the gateway, shared: axum clones the state for every request and
+/// every layer, and a deep copy of the NATS handles (with their cached stream infos) made
+/// the state's clones most of what a refused request cost.
 #[derive(Clone)]
-pub struct Bus {
+pub struct Bus(Arc<BusParts>);
+
+impl Bus {
+    pub fn new(parts: BusParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for Bus {
+    type Target = BusParts;
+    fn deref(&self) -> &BusParts {
+        &self.0
+    }
+}
+
+pub struct BusParts {
     pub js: Context,
     pub registry: RegistryCache,
     pub producers: async_nats::jetstream::kv::Store,

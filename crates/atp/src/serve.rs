@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use atp_gateway::{AuthConfig, Bus, ExportLimits, ExportsApi, GatewayState, Waiters};
+use atp_gateway::{
+    AuthConfig, Bus, BusParts, ExportLimits, ExportsApi, ExportsParts, GatewayState, Waiters,
+};
 use atp_nats::auth::Worker;
 use atp_nats::registry::RegistryCache;
 use atp_nats::streams;
@@ -371,14 +373,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         let state = GatewayState {
             limits,
             auth,
-            bus: Bus {
+            bus: Bus::new(BusParts {
                 js: js.clone(),
                 registry,
                 producers,
                 signing_keys: atp_nats::signing_keys::bucket(&js).await?,
                 attestation_key: Arc::new(key),
                 freshness: Default::default(),
-            },
+            }),
             waiters: Waiters::start(&pool).await?,
             db: atp_store::connect_gateway(
                 cfg.database_url.expose(),
@@ -388,7 +390,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             .await
             .context("connecting the gateway to PostgreSQL")?,
             ops_db: pool,
-            exports: ExportsApi {
+            exports: ExportsApi::new(ExportsParts {
                 cold: atp_runtime::export::cold::ColdStore::open(
                     &js,
                     cfg.exports.cold_store.as_deref(),
@@ -397,7 +399,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 webhooks: atp_nats::exports::webhooks(&js).await?,
                 limits: Arc::new(cfg.export_limits.clone()),
                 webhook_policy: cfg.exports.webhook.clone(),
-            },
+            }),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

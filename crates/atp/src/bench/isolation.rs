@@ -1,7 +1,8 @@
 //! `atp bench isolation`: one tenant floods a gateway (its own process) with queries while
-//! another queries at a steady rate. How far does the quiet tenant's p99 move? Measured with the per-tenant rate
-//! limits on (the default) and, in the same run, with them lifted; beside the raw baseline of
-//! the same query straight on PostgreSQL.
+//! another queries at a steady rate. How far does the quiet tenant's p99 move? Measured with the
+//! per-tenant rate limits on (the default) and, in the same run, with them lifted; the flood comes
+//! from its own process, once at the machine's normal priority and once niced, beside the raw
+//! baseline of the same query straight on PostgreSQL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use anyhow::Context as _;
 use atp_gateway::Role;
 use atp_runtime::signer::FileKeyStore;
 use hdrhistogram::Histogram;
+use tokio::io::AsyncBufReadExt as _;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct IsolationBench {
@@ -18,23 +20,53 @@ pub struct IsolationBench {
     #[arg(long, default_value_t = 50_000)]
     pub records: u64,
     /// Seconds of each phase.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 20)]
     pub secs: u64,
     /// The quiet tenant's steady query rate (per second).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     pub rate: u64,
     /// Concurrent connections of the flooding tenant, each sending as fast as it is answered.
     #[arg(long, default_value_t = 32)]
     pub flooders: usize,
+    /// The niceness of the flooding process in the second flood of each configuration: on a
+    /// shared loopback machine it stands for a flooder whose own CPU is not the gateway's.
+    #[arg(long, default_value_t = 19)]
+    pub flood_nice: u8,
 }
+
+/// The flooding client, as a process of its own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Flood {
+    /// The URL every connection asks, as fast as it is answered.
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// How long the flood lasts, from its first answer.
+    #[arg(long)]
+    pub secs: u64,
+}
+
+/// What the flooding process reports when it ends.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FloodCounts {
+    ok: u64,
+    limited: u64,
+    failed: u64,
+    secs: f64,
+}
+
+/// The line the flooding process prints once its flood is on.
+const FLOODING: &str = "flooding";
 
 const LOG_NAME: &str = "atp.bench";
 const QUERY: &str = "/api/v1/audit/records?limit=20";
 
 struct Phase {
+    label: String,
     quiet: Histogram<u64>,
-    flood_ok: u64,
-    flood_limited: u64,
+    /// The flood beside it, if any.
+    flood: Option<FloodCounts>,
 }
 
 pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
@@ -84,8 +116,8 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
     };
     let (quiet_token, flood_token) = (token(quiet_p)?, token(flood_p)?);
 
-    let mut results = Vec::new();
-    for (label, limits) in [
+    let mut phases = Vec::new();
+    for (config, limits) in [
         ("limits on (default: 100 queries/s per tenant)", Vec::new()),
         (
             "limits lifted",
@@ -94,25 +126,42 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
     ] {
         let mut gateway = spawn_gateway(&nats.url(), &db, &issuer, &limits, work.path()).await?;
         let base = gateway.base.clone();
-        eprintln!("bench: {label}: the quiet tenant alone…");
-        let alone = quiet(&http, &base, &quiet_token, b.rate, b.secs).await?;
-        eprintln!(
-            "bench: {label}: the quiet tenant beside {} flooding connections…",
-            b.flooders
-        );
-        let flooded = flooded(&http, &base, &quiet_token, &flood_token, &b).await?;
+        eprintln!("bench: {config}: the quiet tenant alone…");
+        phases.push(Phase {
+            label: format!("{config}, alone"),
+            quiet: quiet(&http, &base, &quiet_token, b.rate, b.secs).await?,
+            flood: None,
+        });
+        for nice in [0, b.flood_nice] {
+            let priority = if nice == 0 {
+                "flood at the same priority".to_owned()
+            } else {
+                format!("flood at nice {nice}")
+            };
+            eprintln!(
+                "bench: {config}: the quiet tenant beside {} flooding connections, {priority}…",
+                b.flooders
+            );
+            let (quiet, flood) =
+                flooded(&http, &base, &quiet_token, &flood_token, &b, nice).await?;
+            phases.push(Phase {
+                label: format!("{config}, {priority}"),
+                quiet,
+                flood: Some(flood),
+            });
+        }
         gateway.child.kill().await?;
-        results.push((label, alone, flooded));
     }
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`atp bench isolation --records {} --secs {} --rate {} --flooders {}` \
-         (gateway in this process; nats-server and PostgreSQL, fsync on, on loopback)\n",
-        b.records, b.secs, b.rate, b.flooders
+        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`atp bench isolation --records {} --secs {} --rate {} --flooders {} --flood-nice {}` \
+         (gateway and flooding client each in their own process; nats-server and PostgreSQL, fsync on, on loopback)\n",
+        b.records, b.secs, b.rate, b.flooders, b.flood_nice
     );
     println!(
-        "| quiet tenant's `GET {QUERY}` | p50 ms | p99 ms | p99 vs alone | flooder answered 200 | flooder answered 429 |"
+        "| quiet tenant's `GET {QUERY}`, {}/s | p50 ms | p99 ms | p99 vs alone | flooder answered 200 /s | flooder answered 429 /s |",
+        b.rate
     );
     println!("|---|---:|---:|---:|---:|---:|");
     println!(
@@ -120,19 +169,24 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         ms(&raw, 0.5),
         ms(&raw, 0.99)
     );
-    for (label, alone, flood) in &results {
+    let mut alone_p99 = 0.0;
+    for phase in &phases {
+        let p99 = ms(&phase.quiet, 0.99);
+        let (vs, ok, limited) = match &phase.flood {
+            None => {
+                alone_p99 = p99;
+                ("1.0×".to_owned(), String::new(), String::new())
+            }
+            Some(f) => (
+                format!("{:.1}×", p99 / f64::max(alone_p99, 0.001)),
+                format!("{:.0}", f.ok as f64 / f.secs),
+                format!("{:.0}", f.limited as f64 / f.secs),
+            ),
+        };
         println!(
-            "| gateway, {label}, alone | {:.2} | {:.2} | 1.0× | | |",
-            ms(&alone.quiet, 0.5),
-            ms(&alone.quiet, 0.99)
-        );
-        println!(
-            "| gateway, {label}, beside the flood | {:.2} | {:.2} | {:.1}× | {} | {} |",
-            ms(&flood.quiet, 0.5),
-            ms(&flood.quiet, 0.99),
-            ms(&flood.quiet, 0.99) / ms(&alone.quiet, 0.99).max(0.001),
-            flood.flood_ok,
-            flood.flood_limited
+            "| gateway, {} | {:.2} | {p99:.2} | {vs} | {ok} | {limited} |",
+            phase.label,
+            ms(&phase.quiet, 0.5),
         );
     }
     Ok(())
@@ -228,61 +282,120 @@ where
     Ok(h)
 }
 
+/// The quiet tenant's query, `rate` times a second for `secs` seconds.
 async fn quiet(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     rate: u64,
     secs: u64,
-) -> anyhow::Result<Phase> {
-    let quiet = paced(rate, secs, || {
+) -> anyhow::Result<Histogram<u64>> {
+    paced(rate, secs, || {
         let req = http.get(format!("{base}{QUERY}")).bearer_auth(token).send();
         async move { req.await.is_ok_and(|r| r.status().is_success()) }
     })
-    .await?;
-    Ok(Phase {
-        quiet,
-        flood_ok: 0,
-        flood_limited: 0,
-    })
+    .await
 }
 
+/// The quiet tenant's steady queries while `atp bench flood` runs as its own process at
+/// niceness `nice`.
 async fn flooded(
     http: &reqwest::Client,
     base: &str,
     quiet_token: &str,
     flood_token: &str,
     b: &IsolationBench,
-) -> anyhow::Result<Phase> {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ok, limited) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    nice: u8,
+) -> anyhow::Result<(Histogram<u64>, FloodCounts)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = if nice == 0 {
+        tokio::process::Command::new(&exe)
+    } else {
+        let mut niced = tokio::process::Command::new("nice");
+        niced.args(["-n", &nice.to_string()]).arg(&exe);
+        niced
+    };
+    // The flood outlasts the quiet tenant's phase, which starts once the flood is on.
+    cmd.args(["bench", "flood", "--url", &format!("{base}{QUERY}")])
+        .args(["--connections", &b.flooders.to_string()])
+        .args(["--secs", &(b.secs + 2).to_string()])
+        .env("ATP_BENCH_TOKEN", flood_token)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting the flooding process")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("the flooding process has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("the flood did not start in 30 s")??;
+    anyhow::ensure!(
+        first.as_deref() == Some(FLOODING),
+        "the flooding process said {first:?}"
+    );
+    let quiet = quiet(http, base, quiet_token, b.rate, b.secs).await?;
+    let last = tokio::time::timeout(Duration::from_secs(b.secs + 60), lines.next_line())
+        .await
+        .context("the flood did not end")??
+        .context("the flooding process ended without its counts")?;
+    let counts: FloodCounts = serde_json::from_str(&last)?;
+    anyhow::ensure!(child.wait().await?.success(), "the flooding process failed");
+    Ok((quiet, counts))
+}
+
+/// `atp bench flood`: `connections` loops each asking `url` as fast as it is answered, for
+/// `secs` seconds from the first answer.
+pub async fn flood(f: Flood) -> anyhow::Result<()> {
+    let token = std::env::var("ATP_BENCH_TOKEN").context("ATP_BENCH_TOKEN is not set")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(f.connections)
+        .build()?;
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let (on_tx, mut on_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..b.flooders {
-        let (http, url, token) = (
-            http.clone(),
-            format!("{base}{QUERY}"),
-            flood_token.to_owned(),
-        );
-        let (stop, ok, limited) = (stop.clone(), ok.clone(), limited.clone());
+    for _ in 0..f.connections {
+        let (http, url, token, counts) =
+            (http.clone(), f.url.clone(), token.clone(), counts.clone());
+        let (on_tx, on_rx) = (on_tx.clone(), on_tx.subscribe());
+        let secs = Duration::from_secs(f.secs);
         flood.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                        limited.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let which = match http.get(&url).bearer_auth(&token).send().await {
+                    Ok(r) if r.status().is_success() => 0,
+                    Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => 1,
+                    _ => 2,
+                };
+                counts[which].fetch_add(1, Ordering::Relaxed);
+                on_tx.send_if_modified(|on| {
+                    let first = on.is_none();
+                    if first {
+                        *on = Some(Instant::now());
                     }
-                    Ok(r) if r.status().is_success() => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
+                    first
+                });
+                if on_rx.borrow().is_some_and(|on| on.elapsed() >= secs) {
+                    break;
                 }
             }
         });
     }
-    let measured = quiet(http, base, quiet_token, b.rate, b.secs).await;
-    stop.store(true, Ordering::Relaxed);
+    let on = loop {
+        if let Some(on) = *on_rx.borrow_and_update() {
+            break on;
+        }
+        on_rx.changed().await?;
+    };
+    println!("{FLOODING}");
     while flood.join_next().await.is_some() {}
-    let mut phase = measured?;
-    phase.flood_ok = ok.load(Ordering::Relaxed);
-    phase.flood_limited = limited.load(Ordering::Relaxed);
-    Ok(phase)
+    let [ok, limited, failed] = counts.as_ref();
+    let counts = FloodCounts {
+        ok: ok.load(Ordering::Relaxed),
+        limited: limited.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        secs: on.elapsed().as_secs_f64(),
+    };
+    println!("{}", serde_json::to_string(&counts)?);
+    Ok(())
 }

@@ -37,6 +37,10 @@ pub enum Which {
     /// One tenant floods the gateway with queries: the other tenant's p99, with the per-tenant
     /// limits on and lifted, beside the same query straight on PostgreSQL.
     Isolation(isolation::IsolationBench),
+    /// The flooding client of `atp bench isolation`, run as its own process (token in
+    /// `ATP_BENCH_TOKEN`); prints a line when the flood is on, then its counts as JSON.
+    #[command(hide = true)]
+    Flood(isolation::Flood),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -143,6 +147,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Integrity(b) => integrity::run(b).await,
         Which::Export(b) => export::run(b).await,
         Which::Isolation(b) => isolation::run(b).await,
+        Which::Flood(f) => isolation::flood(f).await,
     }
 }
 
