@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use crate::Bus;
 use crate::auth::{Principal, Role};
 use crate::problem::Problem;
-use crate::query::{READERS, record_json, store_problem};
+use crate::query::{READERS, RecordView, record_view, store_problem};
 
 /// Most records one `verify/range` call re-checks.
 pub const MAX_RANGE: u64 = 100_000;
@@ -164,15 +164,15 @@ async fn inclusion(
     })
 }
 
-/// The JSON proof answer: the record (as `record_json` served it, digest re-checked), where
-/// it sits, the proof and the signed checkpoint.
-fn proof_json(rec: &Value, proof: &TlogProof, cp: &StoredCheckpoint) -> Value {
+/// The JSON proof answer: the record (as the records query serves it, digest re-checked),
+/// where it sits, the proof and the signed checkpoint.
+fn proof_json(rec: &RecordView, proof: &TlogProof, cp: &StoredCheckpoint) -> Value {
     json!({
-        "recordId": rec["recordId"],
-        "tenantId": rec["tenantId"],
-        "sourceId": rec["sourceId"],
-        "record": rec["record"],
-        "digest": rec["digest"],
+        "recordId": rec.record_id,
+        "tenantId": rec.tenant_id,
+        "sourceId": rec.source_id,
+        "record": rec.record,
+        "digest": rec.digest,
         "leafIndex": proof.index,
         "treeSize": cp.size(),
         "inclusionProof": b64_all(&proof.hashes),
@@ -209,7 +209,7 @@ pub async fn record_proof(
         .await
         .map_err(store_problem)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
-    let rec = record_json(&r)?;
+    let rec = record_view(&r)?;
     let p = partition_of(&r)?;
     let Some(cp) = checkpoint_for(&db, &p, params.tree_size).await? else {
         return Ok(match params.tree_size {
@@ -466,7 +466,7 @@ pub async fn verify_record(
                         true,
                         format!("leaf {} of the tree of {} records", proof.index, cp.size()),
                     ));
-                    proof_answer = proof_json(&record_json(&r)?, &proof, &cp);
+                    proof_answer = proof_json(&record_view(&r)?, &proof, &cp);
                 }
                 Err(e) => checks.push(check("inclusion", false, e.detail)),
             }

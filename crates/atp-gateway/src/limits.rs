@@ -3,11 +3,17 @@
 //! 429 `RATE_LIMITED` with `Retry-After` and `X-RateLimit-Limit|Remaining|Reset`; answers within
 //! it carry `X-RateLimit-Limit` and `X-RateLimit-Remaining`.
 //!
+//! A refusal is held back until the caller's next request could pass (at most
+//! [`MAX_REFUSAL_PAUSE`]), so a client retrying in a tight loop is paced at its tenant's rate
+//! instead of spending the gateway's CPU, which the other tenants share, on refusals. At most
+//! [`MAX_PAUSED_REFUSALS`] are held at once; past that, refusals are answered at once.
+//!
 //! Memory is bounded: one small state per tenant that called recently (tenants come from
 //! verified tokens, so their number is the deployment's), pruned of idle ones every minute.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -18,6 +24,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::GatewayState;
 use crate::auth::Principal;
@@ -119,7 +126,14 @@ pub struct Limiter {
     shared: HashMap<Class, Keyed>,
     own: HashMap<(String, Class), Keyed>,
     clock: DefaultClock,
+    /// Refusals being held back.
+    paused: Arc<Semaphore>,
 }
+
+/// The longest a refusal is held back.
+pub const MAX_REFUSAL_PAUSE: Duration = Duration::from_secs(1);
+/// How many refusals may be held back at once.
+pub const MAX_PAUSED_REFUSALS: usize = 4096;
 
 /// What a check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +159,15 @@ impl Limiter {
             shared,
             own,
             clock: DefaultClock::default(),
+            paused: Arc::new(Semaphore::new(MAX_PAUSED_REFUSALS)),
         }
+    }
+
+    /// How long to hold back a refusal whose caller may retry in `retry_after`, and the place
+    /// it takes among the held ones; `None` when [`MAX_PAUSED_REFUSALS`] are already held.
+    pub fn pause(&self, retry_after: Duration) -> Option<(Duration, OwnedSemaphorePermit)> {
+        let held = self.paused.clone().try_acquire_owned().ok()?;
+        Some((retry_after.min(MAX_REFUSAL_PAUSE), held))
     }
 
     pub fn check(&self, tenant: &str, class: Class) -> Verdict {
@@ -228,6 +250,9 @@ pub async fn enforce(State(state): State<GatewayState>, req: Request, next: Next
             atp_runtime::metrics::metrics()
                 .rate_limited
                 .add(1, &[atp_runtime::metrics::label("class", class.as_str())]);
+            if let Some((pause, _held)) = state.limits.pause(retry_after) {
+                tokio::time::sleep(pause).await;
+            }
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             let mut resp = Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -304,6 +329,31 @@ mod tests {
             Verdict::Allowed { .. }
         ));
         l.prune();
+    }
+
+    #[tokio::test]
+    async fn refusals_are_held_until_the_next_could_pass_and_no_more_than_the_cap_at_once() {
+        let l = Limiter::new(RateLimits::default());
+        let Some((pause, held)) = l.pause(Duration::from_millis(10)) else {
+            panic!("the first refusal is held")
+        };
+        assert_eq!(pause, Duration::from_millis(10));
+        drop(held);
+        let mut held = Vec::new();
+        for _ in 0..MAX_PAUSED_REFUSALS {
+            let (pause, h) = l.pause(Duration::from_secs(30)).expect("below the cap");
+            assert_eq!(pause, MAX_REFUSAL_PAUSE);
+            held.push(h);
+        }
+        assert!(
+            l.pause(Duration::from_millis(10)).is_none(),
+            "the cap is reached"
+        );
+        held.pop();
+        assert!(
+            l.pause(Duration::from_millis(10)).is_some(),
+            "a place is free again"
+        );
     }
 
     #[test]

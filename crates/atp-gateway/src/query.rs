@@ -50,7 +50,33 @@ pub(crate) fn store_problem(e: atp_store::StoreError) -> Problem {
 
 /// A record as the API shows it. The record itself is embedded byte for byte as stored, after
 /// checking those bytes still hash to the stored digest: altered data is never served.
-pub(crate) fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
+/// A record as the API serves it. The record itself is passed through as the stored bytes
+/// (`RawValue`), never parsed into a tree and printed again: that round trip was most of what
+/// a page of records cost the gateway.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RecordView {
+    pub record_id: String,
+    pub tenant_id: String,
+    pub source_id: String,
+    pub chain_index: i64,
+    pub digest: String,
+    pub chain_hash: String,
+    pub occurred_at: String,
+    pub committed_at: String,
+    pub record: Box<RawValue>,
+}
+
+/// A page of answers, newest first.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PageView<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+/// The record, after checking its bytes against their stored digest.
+pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
     let stored = Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
     if Digest::of(&r.record) != stored {
         tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");
@@ -78,17 +104,17 @@ pub(crate) fn record_json(r: &StoredRecord) -> Result<Value, Problem> {
             "record is not JSON",
         )
     })?;
-    Ok(json!({
-        "recordId": r.record_id,
-        "tenantId": r.tenant_id,
-        "sourceId": r.source_id,
-        "chainIndex": r.chain_index,
-        "digest": stored.to_string(),
-        "chainHash": Digest(r.chain_hash.as_slice().try_into().unwrap_or([0u8; 32])).to_string(),
-        "occurredAt": atp_core::record::timestamp(r.occurred_at),
-        "committedAt": atp_core::record::timestamp(r.committed_at),
-        "record": raw,
-    }))
+    Ok(RecordView {
+        record_id: r.record_id.clone(),
+        tenant_id: r.tenant_id.clone(),
+        source_id: r.source_id.clone(),
+        chain_index: r.chain_index,
+        digest: stored.to_string(),
+        chain_hash: Digest(r.chain_hash.as_slice().try_into().unwrap_or([0u8; 32])).to_string(),
+        occurred_at: atp_core::record::timestamp(r.occurred_at),
+        committed_at: atp_core::record::timestamp(r.committed_at),
+        record: raw,
+    })
 }
 
 /// `X-Watermark` and `X-Lag` from the records watermark and the ledger's last message.
@@ -232,9 +258,13 @@ pub async fn list_records(
     let items = page
         .items
         .iter()
-        .map(record_json)
+        .map(record_view)
         .collect::<Result<Vec<_>, _>>()?;
-    let resp = Json(json!({ "items": items, "nextCursor": page.next_cursor })).into_response();
+    let resp = Json(PageView {
+        items,
+        next_cursor: page.next_cursor,
+    })
+    .into_response();
     Ok(with_headers(resp, headers))
 }
 
@@ -252,7 +282,7 @@ pub async fn get_record(
         .await
         .map_err(store_problem)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
-    Ok(Json(record_json(&r)?).into_response())
+    Ok(Json(record_view(&r)?).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

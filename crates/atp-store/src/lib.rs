@@ -123,6 +123,9 @@ pub async fn connect_gateway(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
+        // Binding the tenant (below) is already a round trip that fails on a dead connection,
+        // which the pool then closes and replaces; a ping before it would be a second one.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if take_role {
