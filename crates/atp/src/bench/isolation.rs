@@ -1,7 +1,8 @@
 //! `atp bench isolation`: one tenant floods a gateway (its own process) with queries while
 //! another queries at a steady rate. How far does the quiet tenant's p99 move? Measured with the
 //! per-tenant rate limits on (the default) and, in the same run, with them lifted; the flood comes
-//! from its own process, once at the machine's normal priority and once niced, beside the raw
+//! from its own process: connections in a closed loop at the machine's normal priority, the
+//! same niced, and (against the limits) a niced open loop at a fixed rate. Beside the raw
 //! baseline of the same query straight on PostgreSQL.
 
 use std::sync::Arc;
@@ -32,20 +33,61 @@ pub struct IsolationBench {
     /// shared loopback machine it stands for a flooder whose own CPU is not the gateway's.
     #[arg(long, default_value_t = 19)]
     pub flood_nice: u8,
+    /// The rate of the open-loop flood (requests per second, whatever the answers), run
+    /// against the limits.
+    #[arg(long, default_value_t = 5000)]
+    pub flood_rate: u64,
 }
 
 /// The flooding client, as a process of its own.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Flood {
-    /// The URL every connection asks, as fast as it is answered.
+    /// The URL the flood asks.
     #[arg(long)]
     pub url: String,
+    /// Connections each asking again as soon as they are answered (closed loop)…
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// …or this many requests a second whatever the answers (open loop).
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// How long the flood lasts, from its first answer.
     #[arg(long)]
     pub secs: u64,
 }
+
+/// How the flooding tenant floods.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Connections each asking again as soon as they are answered.
+    Closed { connections: usize, nice: u8 },
+    /// A fixed rate of requests, whatever the answers.
+    Open { rate: u64, nice: u8 },
+}
+
+impl Shape {
+    fn label(self) -> String {
+        let nice = |n: u8| {
+            if n == 0 {
+                "at the same priority".to_owned()
+            } else {
+                format!("at nice {n}")
+            }
+        };
+        match self {
+            Shape::Closed {
+                connections,
+                nice: n,
+            } => {
+                format!("{connections} connections in a loop {}", nice(n))
+            }
+            Shape::Open { rate, nice: n } => format!("{rate}/s open loop {}", nice(n)),
+        }
+    }
+}
+
+/// Requests an open-loop flood keeps in flight at most; past it, ticks are skipped (counted).
+const OPEN_IN_FLIGHT: usize = 4096;
 
 /// What the flooding process reports when it ends.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -53,6 +95,8 @@ struct FloodCounts {
     ok: u64,
     limited: u64,
     failed: u64,
+    /// Open-loop ticks skipped because too many requests were in flight.
+    skipped: u64,
     secs: f64,
 }
 
@@ -124,6 +168,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
             vec!["query=1000000".to_owned(), "append=1000000".to_owned()],
         ),
     ] {
+        let lifted = !limits.is_empty();
         let mut gateway = spawn_gateway(&nats.url(), &db, &issuer, &limits, work.path()).await?;
         let base = gateway.base.clone();
         eprintln!("bench: {config}: the quiet tenant alone…");
@@ -132,20 +177,31 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
             quiet: quiet(&http, &base, &quiet_token, b.rate, b.secs).await?,
             flood: None,
         });
-        for nice in [0, b.flood_nice] {
-            let priority = if nice == 0 {
-                "flood at the same priority".to_owned()
-            } else {
-                format!("flood at nice {nice}")
-            };
-            eprintln!(
-                "bench: {config}: the quiet tenant beside {} flooding connections, {priority}…",
-                b.flooders
-            );
+        let mut shapes = vec![
+            Shape::Closed {
+                connections: b.flooders,
+                nice: 0,
+            },
+            Shape::Closed {
+                connections: b.flooders,
+                nice: b.flood_nice,
+            },
+        ];
+        // An open-loop flood of real queries past the gateway's capacity measures only a
+        // queue growing; it is run against the limits.
+        if !lifted {
+            shapes.push(Shape::Open {
+                rate: b.flood_rate,
+                nice: b.flood_nice,
+            });
+        }
+        for shape in shapes {
+            let label = format!("{config}, flood of {}", shape.label());
+            eprintln!("bench: {label}…");
             let (quiet, flood) =
-                flooded(&http, &base, &quiet_token, &flood_token, &b, nice).await?;
+                flooded(&http, &base, &quiet_token, &flood_token, &b, shape).await?;
             phases.push(Phase {
-                label: format!("{config}, {priority}"),
+                label,
                 quiet,
                 flood: Some(flood),
             });
@@ -155,36 +211,42 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`atp bench isolation --records {} --secs {} --rate {} --flooders {} --flood-nice {}` \
+        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`atp bench isolation --records {} --secs {} --rate {} --flooders {} --flood-nice {} --flood-rate {}` \
          (gateway and flooding client each in their own process; nats-server and PostgreSQL, fsync on, on loopback)\n",
-        b.records, b.secs, b.rate, b.flooders, b.flood_nice
+        b.records, b.secs, b.rate, b.flooders, b.flood_nice, b.flood_rate
     );
     println!(
-        "| quiet tenant's `GET {QUERY}`, {}/s | p50 ms | p99 ms | p99 vs alone | flooder answered 200 /s | flooder answered 429 /s |",
+        "| quiet tenant's `GET {QUERY}`, {}/s | p50 ms | p99 ms | p99 vs alone | flooder answered 200 /s | flooder answered 429 /s | flooder failed or skipped /s |",
         b.rate
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| raw PostgreSQL, same query, alone | {:.2} | {:.2} | | | |",
+        "| raw PostgreSQL, same query, alone | {:.2} | {:.2} | | | | |",
         ms(&raw, 0.5),
         ms(&raw, 0.99)
     );
     let mut alone_p99 = 0.0;
     for phase in &phases {
         let p99 = ms(&phase.quiet, 0.99);
-        let (vs, ok, limited) = match &phase.flood {
+        let (vs, ok, limited, other) = match &phase.flood {
             None => {
                 alone_p99 = p99;
-                ("1.0×".to_owned(), String::new(), String::new())
+                (
+                    "1.0×".to_owned(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                )
             }
             Some(f) => (
                 format!("{:.1}×", p99 / f64::max(alone_p99, 0.001)),
                 format!("{:.0}", f.ok as f64 / f.secs),
                 format!("{:.0}", f.limited as f64 / f.secs),
+                format!("{:.0}", (f.failed + f.skipped) as f64 / f.secs),
             ),
         };
         println!(
-            "| gateway, {} | {:.2} | {p99:.2} | {vs} | {ok} | {limited} |",
+            "| gateway, {} | {:.2} | {p99:.2} | {vs} | {ok} | {limited} | {other} |",
             phase.label,
             ms(&phase.quiet, 0.5),
         );
@@ -297,17 +359,18 @@ async fn quiet(
     .await
 }
 
-/// The quiet tenant's steady queries while `atp bench flood` runs as its own process at
-/// niceness `nice`.
+/// The quiet tenant's steady queries while `atp bench flood` runs as its own process, shaped
+/// and niced as `shape` says.
 async fn flooded(
     http: &reqwest::Client,
     base: &str,
     quiet_token: &str,
     flood_token: &str,
     b: &IsolationBench,
-    nice: u8,
+    shape: Shape,
 ) -> anyhow::Result<(Histogram<u64>, FloodCounts)> {
     let exe = std::env::current_exe()?;
+    let (Shape::Closed { nice, .. } | Shape::Open { nice, .. }) = shape;
     let mut cmd = if nice == 0 {
         tokio::process::Command::new(&exe)
     } else {
@@ -317,9 +380,12 @@ async fn flooded(
     };
     // The flood outlasts the quiet tenant's phase, which starts once the flood is on.
     cmd.args(["bench", "flood", "--url", &format!("{base}{QUERY}")])
-        .args(["--connections", &b.flooders.to_string()])
-        .args(["--secs", &(b.secs + 2).to_string()])
-        .env("ATP_BENCH_TOKEN", flood_token)
+        .args(["--secs", &(b.secs + 2).to_string()]);
+    match shape {
+        Shape::Closed { connections, .. } => cmd.args(["--connections", &connections.to_string()]),
+        Shape::Open { rate, .. } => cmd.args(["--rate", &rate.to_string()]),
+    };
+    cmd.env("ATP_BENCH_TOKEN", flood_token)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().context("starting the flooding process")?;
@@ -345,42 +411,31 @@ async fn flooded(
     Ok((quiet, counts))
 }
 
-/// `atp bench flood`: `connections` loops each asking `url` as fast as it is answered, for
+/// `atp bench flood`: a closed-loop flood of `connections` or an open-loop one at `rate`, for
 /// `secs` seconds from the first answer.
 pub async fn flood(f: Flood) -> anyhow::Result<()> {
     let token = std::env::var("ATP_BENCH_TOKEN").context("ATP_BENCH_TOKEN is not set")?;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(f.connections)
+        .pool_max_idle_per_host(f.rate.map_or(f.connections, |_| OPEN_IN_FLIGHT))
         .build()?;
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
-    let (on_tx, mut on_rx) = tokio::sync::watch::channel(None::<Instant>);
-    let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..f.connections {
-        let (http, url, token, counts) =
-            (http.clone(), f.url.clone(), token.clone(), counts.clone());
-        let (on_tx, on_rx) = (on_tx.clone(), on_tx.subscribe());
-        let secs = Duration::from_secs(f.secs);
-        flood.spawn(async move {
-            loop {
-                let which = match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status().is_success() => 0,
-                    Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => 1,
-                    _ => 2,
-                };
-                counts[which].fetch_add(1, Ordering::Relaxed);
-                on_tx.send_if_modified(|on| {
-                    let first = on.is_none();
-                    if first {
-                        *on = Some(Instant::now());
-                    }
-                    first
-                });
-                if on_rx.borrow().is_some_and(|on| on.elapsed() >= secs) {
-                    break;
-                }
+    let asker = Asker {
+        http,
+        url: f.url.clone(),
+        token,
+        counts: Arc::default(),
+        on: tokio::sync::watch::channel(None).0,
+        secs: Duration::from_secs(f.secs),
+    };
+    let mut on_rx = asker.on.subscribe();
+    let flooding = {
+        let asker = asker.clone();
+        tokio::spawn(async move {
+            match f.rate {
+                Some(rate) => asker.open_loop(rate).await,
+                None => asker.closed_loop(f.connections).await,
             }
-        });
-    }
+        })
+    };
     let on = loop {
         if let Some(on) = *on_rx.borrow_and_update() {
             break on;
@@ -388,14 +443,89 @@ pub async fn flood(f: Flood) -> anyhow::Result<()> {
         on_rx.changed().await?;
     };
     println!("{FLOODING}");
-    while flood.join_next().await.is_some() {}
-    let [ok, limited, failed] = counts.as_ref();
+    flooding.await?;
+    let [ok, limited, failed, skipped] = asker.counts.as_ref();
     let counts = FloodCounts {
         ok: ok.load(Ordering::Relaxed),
         limited: limited.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
+        skipped: skipped.load(Ordering::Relaxed),
         secs: on.elapsed().as_secs_f64(),
     };
     println!("{}", serde_json::to_string(&counts)?);
     Ok(())
+}
+
+/// One flooding request at a time, counted: ok, limited, failed, skipped.
+#[derive(Clone)]
+struct Asker {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    counts: Arc<[AtomicU64; 4]>,
+    /// When the first answer came.
+    on: tokio::sync::watch::Sender<Option<Instant>>,
+    secs: Duration,
+}
+
+impl Asker {
+    async fn ask(&self) {
+        let which = match self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => 0,
+            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => 1,
+            _ => 2,
+        };
+        self.counts[which].fetch_add(1, Ordering::Relaxed);
+        self.on.send_if_modified(|on| {
+            let first = on.is_none();
+            if first {
+                *on = Some(Instant::now());
+            }
+            first
+        });
+    }
+
+    fn over(&self) -> bool {
+        self.on.borrow().is_some_and(|on| on.elapsed() >= self.secs)
+    }
+
+    async fn closed_loop(&self, connections: usize) {
+        let mut flood = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let asker = self.clone();
+            flood.spawn(async move {
+                while !asker.over() {
+                    asker.ask().await;
+                }
+            });
+        }
+        while flood.join_next().await.is_some() {}
+    }
+
+    async fn open_loop(&self, rate: u64) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(OPEN_IN_FLIGHT));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut flood = tokio::task::JoinSet::new();
+        while !self.over() {
+            tick.tick().await;
+            while flood.try_join_next().is_some() {}
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                self.counts[3].fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let asker = self.clone();
+            flood.spawn(async move {
+                asker.ask().await;
+                drop(permit);
+            });
+        }
+        while flood.join_next().await.is_some() {}
+    }
 }
