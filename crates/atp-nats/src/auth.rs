@@ -35,6 +35,8 @@ pub const SYSTEM_ACCOUNT: &str = "SYS";
 /// The rendered users file the server's configuration includes.
 pub const CONF_FILE: &str = "auth.conf";
 const USERS_FILE: &str = "users.json";
+/// Held (an advisory lock) by whoever changes `users.json`.
+const LOCK_FILE: &str = ".lock";
 /// A seed file's line naming the inbox prefix the identity must use.
 const INBOX_LINE: &str = "# inbox-prefix: ";
 /// How long [`reload`] collects answers from the servers of a cluster.
@@ -338,6 +340,7 @@ impl AuthDir {
         let path = seed_out
             .map(Path::to_owned)
             .unwrap_or_else(|| self.seed_path(&identity));
+        let _lock = self.lock()?;
         let user = new_user(identity, &path)?;
         let mut users = self.users()?;
         users.push(user.clone());
@@ -349,11 +352,32 @@ impl AuthDir {
     /// closed by the server on the next [`reload`].
     pub fn remove_producer(&self, p: &PartitionKey) -> Result<usize, AuthError> {
         let identity = Identity::Producer(p.clone());
+        let _lock = self.lock()?;
         let mut users = self.users()?;
         let before = users.len();
         users.retain(|u| u.identity != identity);
         self.save(&users)?;
         Ok(before - users.len())
+    }
+
+    /// The directory's lock, held until dropped: two commands changing the users at once
+    /// (say, two `atp producer add`) would otherwise each write back what it read, and one
+    /// user would be lost.
+    fn lock(&self) -> Result<std::fs::File, AuthError> {
+        let path = self.dir.join(LOCK_FILE);
+        let io = |source| AuthError::Io {
+            what: "locking",
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
     }
 
     fn save(&self, users: &[User]) -> Result<(), AuthError> {
@@ -532,6 +556,32 @@ mod tests {
 
     fn p(t: &str, s: &str) -> PartitionKey {
         PartitionKey::new(TenantId::new(t).unwrap(), SourceId::new(s).unwrap())
+    }
+
+    #[test]
+    fn producers_added_at_once_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthDir::init(dir.path()).unwrap();
+        let before = auth.users().unwrap().len();
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let auth = auth.clone();
+                s.spawn(move || {
+                    auth.add_producer(&p("acme", &format!("src-{i}")), None)
+                        .unwrap()
+                });
+            }
+        });
+        let users = auth.users().unwrap();
+        assert_eq!(users.len(), before + 8);
+        let conf = std::fs::read_to_string(auth.conf_path()).unwrap();
+        for u in &users {
+            assert!(
+                conf.contains(&u.nkey),
+                "{} is in users.json but not in auth.conf",
+                u.nkey
+            );
+        }
     }
 
     #[test]
