@@ -87,6 +87,40 @@ pub struct Stack {
     /// The NATS identities of a single-server stack: every role connects as itself, tests as
     /// admin. A cluster stack runs without NATS authentication.
     pub auth: Option<(AuthDir, tempfile::TempDir)>,
+    /// Set by tests that provoke the server's permission checks; every other test fails if
+    /// anything it ran was refused by them (see the `Drop` below).
+    violations_expected: std::sync::atomic::AtomicBool,
+}
+
+impl Stack {
+    /// This test provokes permission violations on purpose.
+    pub fn expect_violations(&self) {
+        self.violations_expected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Least privilege is checked by every test: a role that needs more than its NATS identity
+/// allows shows up as a permission violation in the server's log, and fails the test that
+/// ran it.
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            || self
+                .violations_expected
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let Nats::One(n) = &self.nats else { return };
+        let log = std::fs::read_to_string(n.log_path()).unwrap_or_default();
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+        assert!(
+            refused.is_empty(),
+            "the server refused what a role did:\n{}",
+            refused.join("\n")
+        );
+    }
 }
 
 /// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
@@ -175,6 +209,7 @@ impl Stack {
             keys_dir: tempfile::tempdir().expect("key store dir"),
             spool: tempfile::tempdir().expect("export spool dir"),
             auth,
+            violations_expected: Default::default(),
         }
     }
 

@@ -56,6 +56,7 @@ async fn ingress_messages(stack: &Stack) -> u64 {
 #[tokio::test]
 async fn a_producer_added_to_the_running_server_publishes_only_into_its_own_partition() {
     let stack = Stack::start().await;
+    stack.expect_violations();
     let (auth, _) = stack.auth.as_ref().unwrap();
     let Nats::One(server) = &stack.nats else {
         unreachable!()
@@ -167,6 +168,7 @@ async fn each_role_connects_as_itself_with_no_more_than_it_needs() {
     assert!(!log.contains("Violation"), "{log}");
 
     // Only ingest may write the ledger; no worker may delete a stream.
+    stack.expect_violations();
     for w in Worker::ALL {
         let seed = auth.seed_path(&Identity::Worker(w));
         let (client, mut events) = connect_as(&stack.nats.url(), &seed).await.unwrap();
@@ -185,6 +187,24 @@ async fn each_role_connects_as_itself_with_no_more_than_it_needs() {
             .unwrap();
         client.flush().await.unwrap();
         told(&mut events, "Permissions Violation for Publish").await;
+        // Only ingest reads what producers sent; only the exporter and the gateway read bundles.
+        let mut unread = vec!["OBJ_ATP_EXPORT_BUNDLES"];
+        if w != Worker::Ingest {
+            unread.push(streams::INGRESS);
+        }
+        for stream in unread {
+            if stream == "OBJ_ATP_EXPORT_BUNDLES" && matches!(w, Worker::Gateway | Worker::Exporter)
+            {
+                continue;
+            }
+            client
+                .publish(format!("$JS.API.CONSUMER.CREATE.{stream}"), "{}".into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            let refusal = told(&mut events, "Permissions Violation for Publish").await;
+            assert!(refusal.contains(stream), "{w:?}: {refusal}");
+        }
     }
     assert_eq!(stack.ledger_len(&p).await, 1);
     running.stop().await;

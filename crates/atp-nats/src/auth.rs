@@ -164,7 +164,7 @@ impl Identity {
             Identity::Producer(p) => (vec![crate::subjects::ingress(p)], inbox),
             Identity::Admin | Identity::System => (vec![">".to_owned()], vec![">".to_owned()]),
             Identity::Worker(w) => {
-                let mut publish = reading_streams();
+                let mut publish = reading_streams(reads(*w));
                 publish.extend(writes(*w).iter().map(|s| (*s).to_owned()));
                 (publish, inbox)
             }
@@ -173,24 +173,68 @@ impl Identity {
     }
 }
 
-/// What every worker may ask the JetStream API: stream and consumer information, messages by
-/// sequence, and consumers of its own to read with. Not: create, update, purge or delete a
-/// stream, or delete a message.
-fn reading_streams() -> Vec<String> {
-    [
+/// What a worker may ask the JetStream API: any stream's and consumer's information, and the messages of
+/// the streams it reads (consumers of its own on them, acks, messages by sequence or subject).
+/// Not: read any other stream; create, update, purge or delete a stream; delete a message.
+fn reading_streams(streams: &[&str]) -> Vec<String> {
+    let mut subjects: Vec<String> = [
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
         "$JS.API.STREAM.NAMES",
         "$JS.API.STREAM.LIST",
-        "$JS.API.STREAM.MSG.GET.*",
-        "$JS.API.DIRECT.GET.>",
-        "$JS.API.CONSUMER.>",
-        "$JS.ACK.>",
+        // How far each role's consumers are (the gateway's lag figures).
+        "$JS.API.CONSUMER.INFO.*.*",
         "$JS.FC.>",
     ]
     .into_iter()
     .map(str::to_owned)
-    .collect()
+    .collect();
+    for s in streams {
+        subjects.extend([
+            // Create (named, filtered, or durable), info, delete, names, list, next.
+            format!("$JS.API.CONSUMER.*.{s}"),
+            format!("$JS.API.CONSUMER.*.{s}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{s}.>"),
+            format!("$JS.API.STREAM.MSG.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}.>"),
+            format!("$JS.ACK.{s}.>"),
+        ]);
+    }
+    subjects
+}
+
+/// The streams each worker reads (KV buckets and object stores by their streams' names).
+fn reads(w: Worker) -> &'static [&'static str] {
+    use crate::streams::*;
+    match w {
+        Worker::Gateway => &[
+            "KV_ATP_PRODUCERS",
+            "KV_ATP_SIGNING_KEYS",
+            "KV_ATP_EXPORT_WEBHOOKS",
+            "KV_ATP_DLQ_REPLAYS",
+            "OBJ_ATP_EXPORT_BUNDLES",
+            DLQ,
+            LEDGER,
+            REJECTED,
+        ],
+        Worker::Ingest => &[
+            INGRESS,
+            LEDGER,
+            REJECTED,
+            "KV_ATP_INGEST",
+            "KV_ATP_PRODUCERS",
+        ],
+        Worker::Projector => &[LEDGER, REJECTED],
+        Worker::Integrity => &[LEDGER, CHECKPOINTS, "KV_ATP_SIGNING_KEYS"],
+        Worker::Exporter => &[
+            EXPORTS,
+            "OBJ_ATP_EXPORT_BUNDLES",
+            "KV_ATP_EXPORT_WEBHOOKS",
+            "KV_ATP_SIGNING_KEYS",
+        ],
+    }
 }
 
 /// The subjects each worker produces.
@@ -621,6 +665,37 @@ mod tests {
                 perm.publish
             );
             assert_eq!(perm.subscribe, vec![format!("_INBOX.{}.>", w.as_str())]);
+        }
+    }
+
+    #[test]
+    fn each_worker_reads_only_its_streams() {
+        let reads = |w: Worker, stream: &str| {
+            let perm = Identity::Worker(w).permissions();
+            let direct = format!("$JS.API.DIRECT.GET.{stream}");
+            let consumer = format!("$JS.API.CONSUMER.CREATE.{stream}.>");
+            (
+                perm.publish.contains(&direct),
+                perm.publish.contains(&consumer.replace("CREATE", "*")),
+            )
+        };
+        for w in Worker::ALL {
+            let ingress = reads(w, crate::streams::INGRESS);
+            assert_eq!(ingress, (w == Worker::Ingest, w == Worker::Ingest), "{w:?}");
+            let bundles = reads(w, "OBJ_ATP_EXPORT_BUNDLES").0;
+            assert_eq!(
+                bundles,
+                matches!(w, Worker::Gateway | Worker::Exporter),
+                "{w:?}"
+            );
+            assert!(
+                !Identity::Worker(w)
+                    .permissions()
+                    .publish
+                    .iter()
+                    .any(|s| s == "$JS.API.CONSUMER.>" || s == "$JS.API.DIRECT.GET.>"),
+                "{w:?} reads every stream"
+            );
         }
     }
 
