@@ -176,7 +176,7 @@ impl Identity {
 /// What a worker may ask the JetStream API: any stream's and consumer's information, and the messages of
 /// the streams it reads (consumers of its own on them, acks, messages by sequence or subject).
 /// Not: read any other stream; create, update, purge or delete a stream; delete a message.
-fn reading_streams(streams: &[&str]) -> Vec<String> {
+fn reading_streams(reads: &[Reads]) -> Vec<String> {
     let mut subjects: Vec<String> = [
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
@@ -189,7 +189,7 @@ fn reading_streams(streams: &[&str]) -> Vec<String> {
     .into_iter()
     .map(str::to_owned)
     .collect();
-    for s in streams {
+    for s in reads.iter().map(|r| r.stream()) {
         subjects.extend([
             // Create (named, filtered, or durable), info, delete, names, list, next.
             format!("$JS.API.CONSUMER.*.{s}"),
@@ -205,34 +205,58 @@ fn reading_streams(streams: &[&str]) -> Vec<String> {
     subjects
 }
 
-/// The streams each worker reads (KV buckets and object stores by their streams' names).
-fn reads(w: Worker) -> &'static [&'static str] {
+/// What a worker reads: a stream, a KV bucket or an object store (named as the crate names
+/// them; the server knows the last two by their streams, `KV_<bucket>` and `OBJ_<store>`).
+#[derive(Debug, Clone, Copy)]
+enum Reads {
+    Stream(&'static str),
+    Bucket(&'static str),
+    Objects(&'static str),
+}
+
+impl Reads {
+    fn stream(self) -> String {
+        match self {
+            Reads::Stream(s) => s.to_owned(),
+            Reads::Bucket(b) => format!("KV_{b}"),
+            Reads::Objects(o) => format!("OBJ_{o}"),
+        }
+    }
+}
+
+/// What each worker reads.
+fn reads(w: Worker) -> &'static [Reads] {
     use crate::streams::*;
+    use Reads::{Bucket, Objects, Stream};
     match w {
         Worker::Gateway => &[
-            "KV_ATP_PRODUCERS",
-            "KV_ATP_SIGNING_KEYS",
-            "KV_ATP_EXPORT_WEBHOOKS",
-            "KV_ATP_DLQ_REPLAYS",
-            "OBJ_ATP_EXPORT_BUNDLES",
-            DLQ,
-            LEDGER,
-            REJECTED,
+            Bucket(PRODUCERS_BUCKET),
+            Bucket(SIGNING_KEYS_BUCKET),
+            Bucket(EXPORT_WEBHOOKS_BUCKET),
+            Bucket(DLQ_REPLAYS_BUCKET),
+            Objects(EXPORT_BUNDLES),
+            Stream(DLQ),
+            Stream(LEDGER),
+            Stream(REJECTED),
         ],
         Worker::Ingest => &[
-            INGRESS,
-            LEDGER,
-            REJECTED,
-            "KV_ATP_INGEST",
-            "KV_ATP_PRODUCERS",
+            Stream(INGRESS),
+            Stream(LEDGER),
+            Stream(REJECTED),
+            Bucket(INGEST_BUCKET),
+            Bucket(PRODUCERS_BUCKET),
         ],
-        Worker::Projector => &[LEDGER, REJECTED],
-        Worker::Integrity => &[LEDGER, CHECKPOINTS, "KV_ATP_SIGNING_KEYS"],
+        Worker::Projector => &[Stream(LEDGER), Stream(REJECTED)],
+        Worker::Integrity => &[
+            Stream(LEDGER),
+            Stream(CHECKPOINTS),
+            Bucket(SIGNING_KEYS_BUCKET),
+        ],
         Worker::Exporter => &[
-            EXPORTS,
-            "OBJ_ATP_EXPORT_BUNDLES",
-            "KV_ATP_EXPORT_WEBHOOKS",
-            "KV_ATP_SIGNING_KEYS",
+            Stream(EXPORTS),
+            Objects(EXPORT_BUNDLES),
+            Bucket(EXPORT_WEBHOOKS_BUCKET),
+            Bucket(SIGNING_KEYS_BUCKET),
         ],
     }
 }

@@ -34,9 +34,7 @@ pub struct ExportBench {
 const LOG_NAME: &str = "atp.bench";
 
 pub async fn run(b: ExportBench) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = super::cpus();
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let super::Servers {
         nats,

@@ -45,9 +45,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 pub async fn run(b: IntegrityBench) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = super::cpus();
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let (walk_rate, sha_rate, record_bytes) = chain_walk(b.chain_records)?;
 

@@ -66,22 +66,22 @@ enum Shape {
 }
 
 impl Shape {
+    fn nice(self) -> u8 {
+        match self {
+            Shape::Closed { nice, .. } | Shape::Open { nice, .. } => nice,
+        }
+    }
+
     fn label(self) -> String {
-        let nice = |n: u8| {
-            if n == 0 {
-                "at the same priority".to_owned()
-            } else {
-                format!("at nice {n}")
-            }
+        let priority = match self.nice() {
+            0 => "at the same priority".to_owned(),
+            n => format!("at nice {n}"),
         };
         match self {
-            Shape::Closed {
-                connections,
-                nice: n,
-            } => {
-                format!("{connections} connections in a loop {}", nice(n))
+            Shape::Closed { connections, .. } => {
+                format!("{connections} connections in a loop {priority}")
             }
-            Shape::Open { rate, nice: n } => format!("{rate}/s open loop {}", nice(n)),
+            Shape::Open { rate, .. } => format!("{rate}/s open loop {priority}"),
         }
     }
 }
@@ -114,9 +114,7 @@ struct Phase {
 }
 
 pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = super::cpus();
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let super::Servers {
         nats,
@@ -370,7 +368,7 @@ async fn flooded(
     shape: Shape,
 ) -> anyhow::Result<(Histogram<u64>, FloodCounts)> {
     let exe = std::env::current_exe()?;
-    let (Shape::Closed { nice, .. } | Shape::Open { nice, .. }) = shape;
+    let nice = shape.nice();
     let mut cmd = if nice == 0 {
         tokio::process::Command::new(&exe)
     } else {

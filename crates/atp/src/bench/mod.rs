@@ -465,9 +465,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let _ = child.wait().await;
 
     let date = chrono::Utc::now().format("%Y-%m-%d");
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = cpus();
     println!("## atp bench ingest — {date}\n");
     println!(
         "Machine: {cpus} cores. Command: `atp bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {}`. \
@@ -847,4 +845,9 @@ async fn latency_run(
         query_p99: ms(&qh, 0.99),
         achieved,
     })
+}
+
+/// The machine's CPUs, for the figures' heading (0 if it cannot say).
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
