@@ -3,6 +3,8 @@
 //! `atp serve`; and oracles that read the ledger back and re-verify every chain.
 
 // Test support: a panic with a message is exactly how a failed step should be reported.
+// Tests build raw NATS headers on purpose, hostile ones included; product code may not.
+#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;

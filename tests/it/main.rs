@@ -2,6 +2,8 @@
 
 // Test code: a panic with a message is how a failed step is reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Tests build raw NATS headers on purpose, hostile ones included; product code may not.
+#![allow(clippy::disallowed_methods)]
 
 mod admin_trail;
 mod batch;
@@ -12,6 +14,7 @@ mod editions;
 mod export;
 mod faults;
 mod gateway;
+mod hostile;
 mod ingest;
 mod integrity;
 mod metrics;

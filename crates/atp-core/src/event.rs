@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::canonical::{self, CanonicalError};
+use crate::chain::Digest;
 use crate::dsse::{self, DsseError, Envelope, SignedFields};
 use crate::names::PartitionKey;
 use crate::reason::{Reason, Rejection};
@@ -97,9 +98,84 @@ pub struct Submission<'a> {
     pub body: &'a [u8],
     /// `content-type` header, if any.
     pub content_type: Option<&'a str>,
-    /// `ce-*` headers (binary mode), names lower-cased without the `ce-` prefix.
+    /// `ce-*` headers (binary mode), names lower-cased without the `ce-` prefix, every value
+    /// as it came (a name may repeat; admission refuses that).
     pub ce_headers: Vec<(String, String)>,
+    /// Names (lower-cased) of the headers ATP reads that came more than once, in any case
+    /// (`ce-id` and `CE-ID`, two `content-type` values): such a message is ambiguous, and
+    /// dedupe and the record could read different values, so admission refuses it.
+    pub repeated: Vec<String>,
     pub channel: Channel,
+}
+
+impl<'a> Submission<'a> {
+    /// Reads the headers ATP cares about from `(name, value)` pairs as they arrived, names in
+    /// any case: `content-type` and the binary-mode `ce-*` attributes.
+    pub fn from_headers(
+        body: &'a [u8],
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        channel: Channel,
+    ) -> Self {
+        let mut content_type = None;
+        let mut ce_headers: Vec<(String, String)> = Vec::new();
+        let mut repeated: Vec<String> = Vec::new();
+        let note_repeat = |name: &str, repeated: &mut Vec<String>| {
+            if !repeated.iter().any(|r| r == name) {
+                repeated.push(name.to_owned());
+            }
+        };
+        for (name, value) in headers {
+            let lower = name.to_ascii_lowercase();
+            if lower == "content-type" {
+                if content_type.is_some() {
+                    note_repeat(&lower, &mut repeated);
+                } else {
+                    content_type = Some(value);
+                }
+            } else if let Some(attr) = lower.strip_prefix(CE_HEADER_PREFIX) {
+                if ce_headers.iter().any(|(n, _)| n == attr) {
+                    note_repeat(&lower, &mut repeated);
+                }
+                ce_headers.push((attr.to_owned(), value.to_owned()));
+            }
+        }
+        Self {
+            body,
+            content_type,
+            ce_headers,
+            repeated,
+            channel,
+        }
+    }
+}
+
+/// Binary-mode CloudEvents attributes travel as headers with this prefix (any case).
+pub const CE_HEADER_PREFIX: &str = "ce-";
+
+/// Longest `type`, `subject` or `dataschema` ATP takes: these are copied into read models and
+/// log fields, so they are bounded like the id. 1 KiB holds any reasonable URI or type name.
+pub const MAX_ATTRIBUTE_LEN: usize = 1024;
+
+/// Refuses a value ATP copies into a header, a key, a read-model column or a log field when it
+/// holds a control character (C0, DEL or C1: a newline would break a NATS header line and
+/// forge log lines) or is longer than `max` bytes.
+pub fn check_text(what: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(reject(
+            Reason::Malformed,
+            format!("{what} is {} bytes; at most {max}", value.len()),
+        ));
+    }
+    if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(reject(
+            Reason::Malformed,
+            format!(
+                "{what} holds the control character U+{:04X} at byte {at}",
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The `producer` object of a record: who signed and how the submitter authenticated.
@@ -120,6 +196,56 @@ pub struct Admitted {
     pub sequence: Option<u64>,
     pub occurred_at: DateTime<Utc>,
     pub producer: ProducerStamp,
+    /// What makes two submissions of one id the same event ([`fingerprint`]).
+    pub fingerprint: Digest,
+}
+
+/// Attributes left out of an event's [`fingerprint`]: the time (the gateway's short form stamps
+/// the time of receipt when the caller gives none, so a retry carries another), the signature
+/// (a re-signed event is the same event) and the trace context (each retry has its own).
+const NOT_CONTENT: [&str; 6] = [
+    "time",
+    "dssematerial",
+    "traceparent",
+    "tracestate",
+    "data",
+    "data_base64",
+];
+
+/// The content of an event for idempotency (ADR 0013): SHA-256 over its attributes but
+/// [`NOT_CONTENT`], in name order, and the bytes its signature covers for `data` (the canonical
+/// form of JSON `data`, the decoded `data_base64`). A repeat of the same event has the same
+/// fingerprint; the same id with another fingerprint is an [`Reason::IdempotencyConflict`].
+pub fn fingerprint(event: &Map<String, Value>, data_bytes: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut names: Vec<&String> = event
+        .keys()
+        .filter(|k| !NOT_CONTENT.contains(&k.as_str()))
+        .collect();
+    names.sort();
+    for name in names {
+        let value = event.get(name.as_str()).map(ext_string).unwrap_or_default();
+        // Length-prefixed, so no two attribute sets hash alike by shifting bytes between them.
+        for part in [name.as_bytes(), value.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    h.update((data_bytes.len() as u64).to_be_bytes());
+    h.update(data_bytes);
+    Digest(h.finalize().into())
+}
+
+/// [`fingerprint`] of an event as ATP stored it (structured form), for events recorded before.
+pub fn stored_fingerprint(event: &Value) -> Option<Digest> {
+    let obj = event.as_object()?;
+    let data_bytes = match (obj.get("data"), obj.get("data_base64")) {
+        (Some(d), None) => canonical::to_canonical(d).ok()?,
+        (None, Some(Value::String(b64))) => STANDARD.decode(b64).ok()?,
+        _ => return None,
+    };
+    Some(fingerprint(obj, &data_bytes))
 }
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
@@ -201,6 +327,13 @@ pub fn admit(
         ));
     }
 
+    if let Some(name) = sub.repeated.first() {
+        return Err(reject(
+            Reason::Malformed,
+            format!("header {name:?} is given more than once (names are case-insensitive)"),
+        ));
+    }
+
     // 1. Parse into the structured form, strictly.
     let binary = is_binary_mode(sub);
     let (event, data_value, data_bytes) = if binary {
@@ -261,8 +394,13 @@ pub fn admit(
             format!("id is {} bytes; at most {MAX_ID_LEN}", id.len()),
         ));
     }
+    // The id becomes a NATS header, a dedupe key and a read-model key: checked before any of
+    // those is built.
+    check_text("id", id, MAX_ID_LEN)?;
     let source = required(&event, "source")?;
+    check_text("source", source, MAX_ATTRIBUTE_LEN)?;
     let ty = required(&event, "type")?;
+    check_text("type", ty, MAX_ATTRIBUTE_LEN)?;
     let time_str = required(&event, "time")?;
     let occurred_at = DateTime::parse_from_rfc3339(time_str)
         .map_err(|e| {
@@ -281,6 +419,11 @@ pub fn admit(
     }
     let dataschema = string_attr(&event, "dataschema")?;
     let subject = string_attr(&event, "subject")?;
+    for (what, v) in [("dataschema", dataschema), ("subject", subject)] {
+        if let Some(v) = v {
+            check_text(what, v, MAX_ATTRIBUTE_LEN)?;
+        }
+    }
     // The SDK's own model is the second opinion on the attribute set (types, URI-reference).
     if !binary {
         check_with_sdk(&event)?;
@@ -426,7 +569,9 @@ pub fn admit(
     // 5. The audit payload.
     check_data(&data_value, reg.allow_unknown_data_fields)?;
 
+    let fingerprint = fingerprint(&event, &data_bytes);
     Ok(Admitted {
+        fingerprint,
         id: id.to_owned(),
         sequence,
         occurred_at,

@@ -27,6 +27,9 @@ pub struct RecordRef {
     pub chain_index: u64,
     pub record_id: String,
     pub digest: Digest,
+    /// The recorded event's [`crate::event::fingerprint`], when known: a repeat of the id with
+    /// another fingerprint is refused, not answered with this record.
+    pub fingerprint: Option<Digest>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,9 +120,20 @@ impl PartitionState {
         self.recent.len() as u64 == self.next_index
     }
 
-    /// Duplicate, regression or append. An exact duplicate (same id) is never a regression.
+    /// Duplicate, conflict, regression or append. A repeat of the same event (same id, same
+    /// fingerprint) is never a regression.
     pub fn decide(&self, ev: &Admitted) -> Decision {
         if let Some(r) = self.recent.get(&ev.id) {
+            if r.fingerprint.is_some_and(|f| f != ev.fingerprint) {
+                return Decision::Reject(Rejection::new(
+                    Reason::IdempotencyConflict,
+                    format!(
+                        "id {:?} was recorded at chainIndex {} (recordId {}) with other content; \
+                         a repeat must be the same event, a new event needs a new id",
+                        ev.id, r.chain_index, r.record_id
+                    ),
+                ));
+            }
             return Decision::Duplicate(r.clone());
         }
         match (ev.sequence, self.seq_hwm) {
@@ -165,6 +179,7 @@ impl PartitionState {
                 chain_index: sealed.link.index,
                 record_id: sealed.record_id.clone(),
                 digest: sealed.link.digest,
+                fingerprint: Some(ev.fingerprint),
             },
         );
         Ok(sealed)

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use atp_core::canonical::parse_submission;
 use atp_core::event::{Channel, Submission, admit};
 use atp_core::registry::SourceRegistration;
 use atp_core::trace::TraceParent;
 use atp_core::{PartitionKey, Rejection, SourceId, attestation};
+use atp_nats::headers::Headers;
 use atp_nats::{headers, subjects};
 use atp_runtime::telemetry;
 use axum::Json;
@@ -38,7 +38,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Simplified {
     source_id: String,
-    id: String,
+    /// Optional when `X-Idempotency-Key` is sent: the key is then the event's id.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     time: Option<String>,
     #[serde(default, rename = "type")]
@@ -57,6 +59,54 @@ struct Prepared {
     partition: PartitionKey,
     body: Vec<u8>,
     event_id: String,
+    /// What makes a repeat of this id the same event (ADR 0013).
+    fingerprint: atp_core::Digest,
+}
+
+/// Longest `X-Idempotency-Key`: `<tenant>:<source>:<id>` is at most 63 + 1 + 63 + 1 + 128.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// The caller's `X-Idempotency-Key`, checked: printable ASCII, at most 256 bytes. It never
+/// reaches JetStream: ATP's idempotency key is always `(tenant, source, id)` (ADR 0013).
+fn caller_key(h: &HttpHeaders, tenant: &str) -> Result<Option<String>, Problem> {
+    let Some(v) = h.get("x-idempotency-key") else {
+        return Ok(None);
+    };
+    let ok = |s: &&str| {
+        !s.is_empty()
+            && s.len() <= MAX_IDEMPOTENCY_KEY
+            && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    };
+    v.to_str()
+        .ok()
+        .filter(ok)
+        .map(|s| Some(s.to_owned()))
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "MALFORMED",
+                format!("X-Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"),
+            )
+            .tenant(tenant)
+        })
+}
+
+/// A caller's key may only name the event it comes with: its id, or its full idempotency key
+/// `<tenant>:<source>:<id>`. Anything else would let one request's key stand for another event.
+fn key_matches(key: Option<&str>, p: &Prepared, tenant: &str) -> Result<(), Problem> {
+    match key {
+        None => Ok(()),
+        Some(k) if k == p.event_id || k == format!("{}:{}", p.partition, p.event_id) => Ok(()),
+        Some(k) => Err(Problem::bad_request(
+            "IDEMPOTENCY_KEY_MISMATCH",
+            format!(
+                "X-Idempotency-Key {k:?} is neither the event's id {:?} nor its key {:?}; \
+                 ATP deduplicates by (tenant, source, id)",
+                p.event_id,
+                format!("{}:{}", p.partition, p.event_id)
+            ),
+        )
+        .tenant(tenant)),
+    }
 }
 
 fn content_type_ok(h: &HttpHeaders, batch: bool) -> Result<(), Problem> {
@@ -84,7 +134,12 @@ fn content_type_ok(h: &HttpHeaders, batch: bool) -> Result<(), Problem> {
     }
 }
 
-async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Problem> {
+async fn prepare(
+    p: &Principal,
+    bus: &Bus,
+    event: Value,
+    caller_key: Option<&str>,
+) -> Result<Prepared, Problem> {
     let tenant = p.tenant.as_str();
     let Value::Object(obj) = event else {
         return Err(
@@ -131,6 +186,15 @@ async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Pro
                         s.source_id
                     ))
                 })?;
+            let id =
+                s.id.or_else(|| caller_key.map(str::to_owned))
+                    .ok_or_else(|| {
+                        Problem::bad_request(
+                            "SCHEMA_VALIDATION_FAILED",
+                            "missing field `id` (or send X-Idempotency-Key, which then is the id)",
+                        )
+                        .tenant(tenant)
+                    })?;
             let mut data = Map::new();
             data.insert("actor".into(), s.actor);
             data.insert("action".into(), s.action);
@@ -146,7 +210,7 @@ async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Pro
                 .unwrap_or_else(|| atp_core::record::timestamp(chrono::Utc::now()));
             let ce = json!({
                 "specversion": "1.0",
-                "id": s.id,
+                "id": id,
                 "source": reg.source_uri,
                 "type": s.ty.unwrap_or_else(|| "dev.atp.audit".to_owned()),
                 "time": time,
@@ -165,6 +229,7 @@ async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Pro
         body: &body,
         content_type: Some("application/cloudevents+json"),
         ce_headers: vec![],
+        repeated: vec![],
         channel: Channel::Gateway {
             subject: p.subject.clone(),
         },
@@ -174,16 +239,46 @@ async fn prepare(p: &Principal, bus: &Bus, event: Value) -> Result<Prepared, Pro
     Ok(Prepared {
         partition,
         event_id: admitted.id,
+        fingerprint: admitted.fingerprint,
         body,
     })
 }
 
-fn idempotency_key(h: &HttpHeaders, p: &Prepared) -> String {
-    h.get("x-idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{}:{}", p.partition, p.event_id))
+/// ATP's idempotency key of an event: `<tenant>:<source>:<id>` (CONTRACT §2).
+fn idempotency_key(p: &Prepared) -> String {
+    format!("{}:{}", p.partition, p.event_id)
+}
+
+/// How a repeat is answered: the record it repeats, marked `idempotent` (200), or 409 when the
+/// id was recorded with other content.
+fn repeat_of(
+    r: &atp_store::query::StoredRecord,
+    p: &Prepared,
+    tenant: &str,
+) -> Result<Response, Problem> {
+    let stored = atp_core::record::open(&r.record, false)
+        .ok()
+        .and_then(|o| atp_core::event::stored_fingerprint(&o.record.event));
+    if stored.is_some_and(|f| f != p.fingerprint) {
+        return Err(Problem::from_rejection(&Rejection::new(
+            atp_core::Reason::IdempotencyConflict,
+            format!(
+                "id {:?} was recorded at chainIndex {} (recordId {}) with other content; \
+                 a repeat must be the same event, a new event needs a new id",
+                p.event_id, r.chain_index, r.record_id
+            ),
+        ))
+        .tenant(tenant));
+    }
+    let digest = atp_core::Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "recordId": r.record_id, "chainIndex": r.chain_index, "digest": digest.to_string(),
+            "idempotencyKey": idempotency_key(p), "idempotent": true,
+        })),
+    )
+        .into_response())
 }
 
 /// The trace a submission joins, so every record can be followed from here to the read model:
@@ -213,31 +308,36 @@ fn trace_context(h: &HttpHeaders) -> (String, Option<String>) {
 }
 
 /// Publishes to ingress; resolves to the ingress stream sequence once JetStream has it.
+///
+/// No `Nats-Msg-Id`: JetStream's duplicate window spans the whole ingress stream, so a message
+/// id is a key any tenant could take first. Repeats are ingest's to recognise, per partition
+/// (ADR 0013).
 async fn publish(
     bus: &Bus,
     principal: &Principal,
     p: &Prepared,
-    idem: &str,
     trace: &(String, Option<String>),
 ) -> Result<async_nats::jetstream::context::PublishAckFuture, Problem> {
     let subject = subjects::ingress(&p.partition);
     let sig = attestation::sign(&bus.attestation_key, &subject, &principal.subject, &p.body);
-    let mut h = HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-    h.insert(async_nats::header::NATS_MESSAGE_ID, idem);
-    h.insert(headers::GATEWAY_SUBJECT, principal.subject.as_str());
-    h.insert(
-        headers::GATEWAY_MAC,
-        base64::engine::general_purpose::STANDARD
-            .encode(sig)
-            .as_str(),
-    );
-    h.insert(headers::TRACEPARENT, trace.0.as_str());
-    if let Some(state) = &trace.1 {
-        h.insert(headers::TRACESTATE, state.as_str());
+    let mut h = Headers::new();
+    h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json")
+        .text(headers::GATEWAY_SUBJECT, &principal.subject)
+        .and_then(|h| {
+            h.text(
+                headers::GATEWAY_MAC,
+                &base64::engine::general_purpose::STANDARD.encode(sig),
+            )
+        })
+        .and_then(|h| h.text(headers::TRACEPARENT, &trace.0))
+        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+    if let Some(state) = &trace.1
+        && h.text(headers::TRACESTATE, state).is_err()
+    {
+        tracing::debug!("tracestate not forwarded: not a printable header value");
     }
     bus.js
-        .publish_with_headers(subject, h, Bytes::from(p.body.clone()))
+        .publish_with_headers(subject, h.into_map(), Bytes::from(p.body.clone()))
         .await
         .map_err(|e| Problem::unavailable("the event bus", e))
 }
@@ -284,21 +384,21 @@ pub async fn append_one(
     let tenant = principal.tenant.to_string();
     let value = parse_submission(&body)
         .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?;
-    let prepared = prepare(&principal, &bus, value).await?;
-    let idem = idempotency_key(&headers, &prepared);
+    let key = caller_key(&headers, &tenant)?;
+    let prepared = prepare(&principal, &bus, value, key.as_deref()).await?;
+    key_matches(key.as_deref(), &prepared, &tenant)?;
+    let idem = idempotency_key(&prepared);
     let wait = prefer_wait(&headers);
     let source = prepared.partition.source.to_string();
-    if wait.is_some() {
-        // A repeat answers the record it repeats, without a second submission.
-        if let Some(r) =
-            atp_store::query::record_by_event(&db, &tenant, &source, &prepared.event_id)
-                .await
-                .map_err(|e| Problem::unavailable("the read model", e))?
-        {
-            return Ok(created(&r));
-        }
+    // A repeat answers the record it repeats (or 409 for other content under its id), without a
+    // second submission. One index probe; a repeat not yet projected is ingest's to recognise.
+    if let Some(r) = atp_store::query::record_by_event(&db, &tenant, &source, &prepared.event_id)
+        .await
+        .map_err(|e| Problem::unavailable("the read model", e))?
+    {
+        return repeat_of(&r, &prepared, &tenant);
     }
-    let ack = publish(&bus, &principal, &prepared, &idem, &trace_context(&headers))
+    let ack = publish(&bus, &principal, &prepared, &trace_context(&headers))
         .await?
         .await
         .map_err(|e| Problem::unavailable("the event bus", e))?;
@@ -384,11 +484,11 @@ pub async fn append_batch(
     // One request, one trace: every item of the batch joins it.
     let trace = trace_context(&headers);
     for (index, item) in items.into_iter().enumerate() {
-        match prepare(&principal, &bus, item).await {
+        match prepare(&principal, &bus, item, None).await {
             Err(p) => results.push(json!({"index": index, "status": p.status.as_u16(), "code": p.code, "detail": p.detail})),
             Ok(prep) => {
-                let idem = format!("{}:{}", prep.partition, prep.event_id);
-                let fut = publish(&bus, &principal, &prep, &idem, &trace).await?;
+                let idem = idempotency_key(&prep);
+                let fut = publish(&bus, &principal, &prep, &trace).await?;
                 results.push(json!({"index": index, "status": 202, "idempotencyKey": idem}));
                 pending.push((index, fut));
             }

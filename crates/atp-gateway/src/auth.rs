@@ -395,6 +395,16 @@ where
         let claims = auth.verify(token.trim()).await?;
         let tenant = atp_core::TenantId::new(claims.tenant_id)
             .map_err(|_| Problem::unauthorized("bad tenant"))?;
+        // The subject is copied into ingress headers and records (`producer.auth`): a token is
+        // refused, not trusted, when it could forge a header line.
+        if claims.sub.is_empty()
+            || claims.sub.len() > 256
+            || claims.sub.chars().any(char::is_control)
+        {
+            return Err(Problem::unauthorized(
+                "the token's sub claim must be 1 to 256 characters with no control characters",
+            ));
+        }
         // The request's span (and so its log lines and trace) names the caller's tenant.
         tracing::Span::current().record("tenant.id", tenant.as_str());
         tracing::Span::current().record("edition", claims.edition.as_str());

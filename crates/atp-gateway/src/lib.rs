@@ -174,7 +174,11 @@ pub fn router(state: GatewayState) -> Router {
         .route_layer(axum::middleware::from_fn(health::observe))
         .with_state(state)
         // Innermost first. The body limit and the timeout answer on their own, so the layer that
-        // gives every answer the Problem+JSON shape wraps them.
+        // gives every answer the Problem+JSON shape wraps them. A handler that panics answers
+        // 500 `INTERNAL` (logged at ERROR) instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            problem::panicked,
+        ))
         .layer(axum::middleware::from_fn(input::refuse_nul))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

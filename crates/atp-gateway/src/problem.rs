@@ -139,15 +139,35 @@ impl Problem {
             format!("{what} is unavailable; retry later"),
         )
     }
-    /// Maps an ingest reason code to its HTTP status: size → 413, everything else → 400.
+    /// Maps an ingest reason code to its HTTP status: size → 413, another tenant → 403, an id
+    /// reused for other content → 409, ATP's own failure → 500, everything else → 400.
     pub fn from_rejection(r: &atp_core::Rejection) -> Self {
         let status = match r.reason {
             atp_core::Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             atp_core::Reason::TenantMismatch => StatusCode::FORBIDDEN,
+            atp_core::Reason::IdempotencyConflict => StatusCode::CONFLICT,
+            atp_core::Reason::Unprocessable => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, r.reason.code(), r.detail.clone())
     }
+}
+
+/// The answer when a handler panicked: 500 `INTERNAL` as Problem+JSON; the panic's message is
+/// logged at ERROR (it is ATP's defect, and may quote input), never sent to the caller.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "a request handler panicked");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "ATP failed on this request; it was logged for its operators",
+    )
+    .into_response()
 }
 
 impl IntoResponse for Problem {
@@ -177,4 +197,27 @@ impl IntoResponse for Problem {
 
 pub async fn no_route() -> Problem {
     Problem::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_problem_json_500_without_the_panic_text() {
+        let resp = panicked(Box::new("secret input quoted in a panic"));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["code"], "INTERNAL");
+        assert!(!String::from_utf8_lossy(&body).contains("secret"));
+    }
 }

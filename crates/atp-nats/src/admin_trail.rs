@@ -2,7 +2,7 @@
 //! (ADR 0010): each tenant's actions on its `atp-admin` source, platform-wide ones on tenant
 //! `atp`. They become records, chained, checkpointed and queryable like any other.
 
-use async_nats::HeaderMap;
+use crate::headers::Headers;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::Store;
 use atp_core::producer::AdminAction;
@@ -47,13 +47,11 @@ pub async fn record(
     let event = atp_core::producer::admin_event(&id, chrono::Utc::now(), action);
     let body = serde_json::to_vec(&event).map_err(|e| TrailError::Publish(e.to_string()))?;
     let p = partition(tenant)?;
-    let mut h = HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-    h.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{p}:{id}").as_str(),
-    );
-    js.publish_with_headers(subjects::ingress(&p), h, body.into())
+    let mut h = Headers::new();
+    h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json")
+        .text(headers::MSG_ID, &format!("{p}:{id}"))
+        .map_err(|e| TrailError::Publish(e.to_string()))?;
+    js.publish_with_headers(subjects::ingress(&p), h.into_map(), body.into())
         .await
         .map_err(|e| TrailError::Publish(e.to_string()))?
         .await

@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::header::{
-    NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+use crate::headers::{
+    BATCH_COMMIT, BATCH_ID, BATCH_SEQUENCE, EXPECTED_LAST_SUBJECT_SEQUENCE, Headers,
 };
+use async_nats::HeaderMap;
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
@@ -86,10 +86,9 @@ pub async fn append_atomic(js: &Context, appends: Vec<Append>) -> Result<Vec<u64
         let mut first = true;
         for mut m in a.msgs {
             if first {
-                m.headers.insert(
-                    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    a.expected_last.to_string().as_str(),
-                );
+                let mut h = Headers::from_map(std::mem::take(&mut m.headers));
+                h.num(EXPECTED_LAST_SUBJECT_SEQUENCE, a.expected_last);
+                m.headers = h.into_map();
                 first = false;
             }
             flat.push((a.subject.clone(), m));
@@ -122,13 +121,17 @@ async fn publish_batch(
     let batch_id = ulid::Ulid::generate().to_string();
     for (i, (subject, mut m)) in flat.into_iter().enumerate() {
         let seq = i + 1;
-        m.headers.insert(NATS_BATCH_ID, batch_id.as_str());
-        m.headers
-            .insert(NATS_BATCH_SEQUENCE, seq.to_string().as_str());
+        let mut h = Headers::from_map(std::mem::take(&mut m.headers));
+        // A ULID: 26 characters of Crockford base32, never refused.
+        h.text(BATCH_ID, &batch_id)
+            .map_err(|e| AppendError::Nats(e.to_string()))?
+            .num(BATCH_SEQUENCE, seq as u64);
         if seq == n {
-            m.headers.insert(NATS_BATCH_COMMIT, "1");
+            h.fixed(BATCH_COMMIT, "1");
+            m.headers = h.into_map();
             return publish_and_wait(js, subject, m).await;
         }
+        m.headers = h.into_map();
         if seq % CONFIRM_EVERY == 0 {
             let reply = client
                 .request_with_headers(subject, m.headers, m.payload)

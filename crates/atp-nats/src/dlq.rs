@@ -4,7 +4,7 @@
 //! stream and sequence) and never changes. What became of it is kept beside it: one KV entry per
 //! letter, keyed by the letter's ATP_DLQ sequence, written by each replay.
 
-use async_nats::HeaderMap;
+use crate::headers::Headers;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::Store;
 use atp_core::deadletter::{DeadLetter, DeadRole};
@@ -30,12 +30,11 @@ fn unavailable(e: impl std::fmt::Display) -> DlqError {
 /// Stores a letter and waits for JetStream to have it; returns its ATP_DLQ sequence (the first
 /// one's, when the same message was dead-lettered before within the duplicate window).
 pub async fn publish(js: &Context, letter: &DeadLetter) -> Result<u64, DlqError> {
-    let mut h = HeaderMap::new();
-    h.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        letter.msg_id().as_str(),
-    );
-    h.insert(headers::CONTENT_TYPE, "application/json");
+    let mut h = Headers::new();
+    h.text(headers::MSG_ID, &letter.msg_id())
+        .map_err(unavailable)?
+        .fixed(headers::CONTENT_TYPE, "application/json");
+    let h = h.into_map();
     let body = serde_json::to_vec(letter).map_err(unavailable)?;
     let ack = js
         .publish_with_headers(
@@ -182,7 +181,7 @@ pub async fn get(js: &Context, seq: u64) -> Result<Entry, DlqError> {
 pub async fn original(
     js: &Context,
     letter: &DeadLetter,
-) -> Result<(bytes::Bytes, Option<HeaderMap>), DlqError> {
+) -> Result<(bytes::Bytes, Option<async_nats::HeaderMap>), DlqError> {
     let stream = js.get_stream(&letter.stream).await.map_err(unavailable)?;
     let msg = stream
         .get_raw_message(letter.stream_seq)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use crate::headers::Headers;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::{Context, object_store::ObjectStore};
@@ -62,14 +62,18 @@ pub async fn publish(
             format!("completed:{export_id}"),
         ),
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-    headers.insert(crate::headers::CONTENT_TYPE, "application/json");
+    let mut headers = Headers::new();
+    headers
+        .text(crate::headers::MSG_ID, &msg_id)
+        .map_err(|e| err(msg_id.clone())(e.to_string()))?
+        .fixed(crate::headers::CONTENT_TYPE, "application/json");
     if let Some(t) = traceparent {
-        headers.insert(crate::headers::TRACEPARENT, t);
+        headers
+            .text(crate::headers::TRACEPARENT, t)
+            .map_err(|e| err(msg_id.clone())(e.to_string()))?;
     }
     let ack = js
-        .publish_with_headers(subject, headers, body.into())
+        .publish_with_headers(subject, headers.into_map(), body.into())
         .await
         .map_err(|e| err(msg_id.clone())(e.to_string()))?;
     ack.await.map_err(|e| err(msg_id)(e.to_string()))?;

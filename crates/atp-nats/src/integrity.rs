@@ -2,7 +2,7 @@
 //! `atp.checkpoint.<tenant>.<source>` (ATP_CHECKPOINTS) and alerts on
 //! `atp.alert.integrity.<tenant>.<source>` (ATP_ALERTS).
 
-use async_nats::HeaderMap;
+use crate::headers::Headers;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishAckFuture;
@@ -34,17 +34,28 @@ pub async fn publish_checkpoint(
     kid: &str,
     note: &str,
 ) -> Result<PublishAckFuture, PublishError> {
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{p}:{size}"));
-    headers.insert(KEY_ID, kid);
-    headers.insert(TREE_SIZE, size.to_string());
-    headers.insert(crate::headers::CONTENT_TYPE, "text/plain; charset=utf-8");
-    js.publish_with_headers(subjects::checkpoint(p), headers, note.to_owned().into())
-        .await
+    let mut headers = Headers::new();
+    // Partition keys are checked names and sizes numbers; the key id is ATP's own.
+    headers
+        .text(crate::headers::MSG_ID, &format!("{p}:{size}"))
+        .and_then(|h| h.text(KEY_ID, kid))
         .map_err(|e| PublishError {
             what: format!("checkpoint {p}@{size}"),
             reason: e.to_string(),
-        })
+        })?;
+    headers
+        .num(TREE_SIZE, size)
+        .fixed(crate::headers::CONTENT_TYPE, "text/plain; charset=utf-8");
+    js.publish_with_headers(
+        subjects::checkpoint(p),
+        headers.into_map(),
+        note.to_owned().into(),
+    )
+    .await
+    .map_err(|e| PublishError {
+        what: format!("checkpoint {p}@{size}"),
+        reason: e.to_string(),
+    })
 }
 
 /// An integrity alert: what the integrity worker found, naming the partition and chain index.
@@ -74,17 +85,23 @@ pub async fn publish_alert(
         what: format!("alert for {p}"),
         reason,
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{p}:{}:{}", alert.ledger_seq, alert.kind),
-    );
-    let body = serde_json::to_vec(alert).map_err(|e| err(e.to_string()))?;
-    js.publish_with_headers(subjects::alert_integrity(p), headers, body.into())
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .await
+    let mut headers = Headers::new();
+    headers
+        .text(
+            crate::headers::MSG_ID,
+            &format!("{p}:{}:{}", alert.ledger_seq, alert.kind),
+        )
         .map_err(|e| err(e.to_string()))?;
+    let body = serde_json::to_vec(alert).map_err(|e| err(e.to_string()))?;
+    js.publish_with_headers(
+        subjects::alert_integrity(p),
+        headers.into_map(),
+        body.into(),
+    )
+    .await
+    .map_err(|e| err(e.to_string()))?
+    .await
+    .map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 

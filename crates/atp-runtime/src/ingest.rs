@@ -26,10 +26,11 @@ use async_nats::jetstream::{Context, Message};
 use atp_core::event::{Admitted, Channel, Submission, admit};
 use atp_core::partition::{Decision, PartitionState, RecordRef, Stamps};
 use atp_core::policy::PolicyStamp;
-use atp_core::reason::RejectionEnvelope;
+use atp_core::reason::{RefusalFacts, RejectionEnvelope};
 use atp_core::record::{self, timestamp};
 use atp_core::registry::SourceRegistration;
 use atp_core::{PartitionKey, Reason, Rejection, SourceId, TenantId, attestation};
+use atp_nats::headers::Headers;
 use atp_nats::registry::RegistryCache;
 use atp_nats::{Append, AppendError, Outgoing, append_atomic, headers, streams, subjects};
 use base64::Engine as _;
@@ -213,12 +214,16 @@ impl Ingest {
             };
             let digest = atp_core::Digest(k.digest.as_slice().try_into().unwrap_or([0u8; 32]));
             let chain_index = u64::try_from(k.chain_index).unwrap_or(0);
+            let fingerprint = record::open(&k.record, false)
+                .ok()
+                .and_then(|o| atp_core::event::stored_fingerprint(&o.record.event));
             chain.remember(
                 k.event_id,
                 RecordRef {
                     chain_index,
                     record_id: k.record_id,
                     digest,
+                    fingerprint,
                 },
             );
         }
@@ -315,6 +320,7 @@ impl Ingest {
                     chain_index: opened.record.chain_index,
                     record_id: opened.record.record_id.clone(),
                     digest: opened.link.digest,
+                    fingerprint: atp_core::event::stored_fingerprint(&opened.record.event),
                 };
                 chain.remember(id.to_owned(), r);
             }
@@ -377,26 +383,17 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
+/// The submission as the core reads it: every value of every header, names in any case (a name
+/// given twice, or in two cases, is the core's to refuse).
 fn submission<'a>(msg: &'a Message, channel: Channel) -> Submission<'a> {
-    let mut content_type = None;
-    let mut ce_headers = Vec::new();
-    if let Some(h) = &msg.headers {
-        for (name, values) in h.iter() {
-            let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
-            let Some(v) = values.first() else { continue };
-            if lower == "content-type" {
-                content_type = Some(v.as_str());
-            } else if let Some(attr) = lower.strip_prefix(headers::CE_PREFIX) {
-                ce_headers.push((attr.to_owned(), v.as_str().to_owned()));
-            }
-        }
-    }
-    Submission {
-        body: &msg.payload,
-        content_type,
-        ce_headers,
-        channel,
-    }
+    let pairs = msg.headers.iter().flat_map(|h| {
+        h.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (AsRef::<str>::as_ref(name), v.as_str()))
+        })
+    });
+    Submission::from_headers(&msg.payload, pairs, channel)
 }
 
 fn event_id_of(sub: &Submission<'_>) -> Option<String> {
@@ -572,6 +569,11 @@ impl BatchHandler for Ingest {
 
 /// Admits every message (in parallel: admission is pure), then walks the batch in order to
 /// decide, seal and plan each partition's appends.
+///
+/// Architecture invariant: nothing a message holds can make this fail or panic for the batch.
+/// Every outcome for one message is a record, a duplicate or a rejection; a defect that makes
+/// ATP itself fail on one message (a panic in admission, a record that does not seal) becomes
+/// that message's `UNPROCESSABLE` rejection, logged at ERROR, and the batch goes on.
 fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutput, RoleError> {
     let admit_one = |i: usize| -> Option<Result<Admitted, Rejection>> {
         let loc = input.located[i].as_ref()?;
@@ -590,20 +592,25 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 ),
             )));
         };
-        let ch = match channel(
-            input.gateway_key.as_ref(),
-            msg.subject.as_str(),
-            msg.headers.as_ref(),
-            &msg.payload,
-        ) {
-            Ok(c) => c,
-            Err(r) => return Some(Err(r)),
-        };
         let reg = input
             .registrations
             .get(&loc.pkey)
             .and_then(|r| r.as_deref());
-        Some(admit(key, &submission(msg, ch), reg))
+        let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let ch = channel(
+                input.gateway_key.as_ref(),
+                msg.subject.as_str(),
+                msg.headers.as_ref(),
+                &msg.payload,
+            )?;
+            admit(key, &submission(msg, ch), reg)
+        }));
+        Some(admitted.unwrap_or_else(|panic| {
+            Err(unprocessable(
+                loc,
+                format!("admission panicked: {}", panic_text(&panic)),
+            ))
+        }))
     };
     let admissions = parallel_map(input.msgs.len(), admit_one);
 
@@ -630,97 +637,41 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 ..Plan::default()
             }
         });
-        let decision = match (&outcome, part.chain.as_ref()) {
-            (Ok(ev), Some(chain)) => chain.decide(ev),
-            (Err(rej), _) => Decision::Reject(rej.clone()),
+        let decision = match (outcome, part.chain.as_mut()) {
+            (Ok(ev), Some(chain)) => match chain.decide(&ev) {
+                Decision::Append => seal(input, loc, msg, chain, ev),
+                Decision::Duplicate(r) => Outcome::Duplicate(r),
+                Decision::Reject(rej) => Outcome::Reject(rej),
+            },
+            (Err(rej), _) => Outcome::Reject(rej),
             (Ok(_), None) => {
-                Decision::Reject(Rejection::new(Reason::Malformed, "invalid partition"))
+                Outcome::Reject(Rejection::new(Reason::Malformed, "invalid partition"))
             }
         };
-        match (decision, outcome, part.chain.as_mut()) {
-            (Decision::Append, Ok(ev), Some(chain)) => {
-                let stamps = Stamps {
-                    record_id: ulid::Ulid::generate().to_string(),
-                    received_at: loc.received_at,
-                    committed_at: input.committed_at,
-                    policy: input.policy.clone(),
-                };
-                let event_id = ev.id.clone();
-                let sealed = chain
-                    .append(ev, loc.seq, stamps)
-                    .map_err(|e| RoleError::Fatal(format!("cannot seal a record: {e}")))?;
-                let mut h = HeaderMap::new();
-                h.insert(headers::CONTENT_TYPE, "application/json");
-                h.insert(headers::INGRESS_SEQ, loc.seq.to_string().as_str());
-                h.insert(headers::EVENT_ID, event_id.as_str());
-                if let Some(hwm) = chain.seq_hwm {
-                    h.insert(headers::SEQ_HWM, hwm.to_string().as_str());
-                }
-                carry_trace(
-                    msg,
-                    &mut h,
-                    TraceAbout {
-                        tenant: &loc.tenant,
-                        event_id: &event_id,
-                        policy_version: input.policy.policy_version,
-                        outcome: "recorded",
-                    },
-                );
-                plan.records.push(Outgoing {
-                    headers: h,
-                    payload: Bytes::from(sealed.bytes),
-                });
+        match decision {
+            Outcome::Record(out) => {
+                plan.records.push(out);
                 stats.accepted += 1;
                 received.push(loc.received_at);
             }
-            (Decision::Duplicate(r), _, _) => {
+            Outcome::Duplicate(r) => {
                 tracing::debug!(partition = %loc.pkey, ingress_seq = loc.seq, chain_index = r.chain_index, "duplicate answered by its record");
                 stats.duplicates += 1;
             }
-            (Decision::Reject(rej), _, _) | (_, Err(rej), _) => {
+            Outcome::Reject(rej) => {
                 if loc.seq <= part.rejected_cursor {
                     stats.skipped += 1;
                     continue;
                 }
-                let (event_encoding, event) = RejectionEnvelope::event_from_bytes(&msg.payload);
-                let env = RejectionEnvelope {
-                    reason: rej.reason,
-                    detail: rej.detail,
-                    ingress_seq: loc.seq,
-                    tenant_id: loc.tenant.clone(),
-                    source_id: loc.source.clone(),
-                    received_at: timestamp(loc.received_at),
-                    rejected_at: timestamp(input.committed_at),
-                    event_id: event_id_of(&submission(msg, Channel::Nats)),
-                    event_encoding,
-                    event,
-                };
-                let payload =
-                    serde_json::to_vec(&env).map_err(|e| RoleError::Fatal(e.to_string()))?;
-                let mut h = HeaderMap::new();
-                h.insert(headers::CONTENT_TYPE, "application/json");
-                h.insert(headers::INGRESS_SEQ, loc.seq.to_string().as_str());
-                carry_trace(
-                    msg,
-                    &mut h,
-                    TraceAbout {
-                        tenant: &loc.tenant,
-                        event_id: env.event_id.as_deref().unwrap_or(""),
-                        policy_version: input.policy.policy_version,
-                        outcome: "rejected",
-                    },
-                );
-                plan.rejections.push(Outgoing {
-                    headers: h,
-                    payload: Bytes::from(payload),
-                });
+                let reason = rej.reason;
+                plan.rejections
+                    .push(rejection_message(input, loc, msg, rej));
                 part.rejected_cursor = loc.seq;
                 stats.rejected += 1;
-                if let Some(i) = Reason::ALL.iter().position(|r| *r == env.reason) {
+                if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
                     stats.by_reason[i] += 1;
                 }
             }
-            (Decision::Append, Ok(_), None) => {}
         }
     }
     Ok(PlanOutput {
@@ -729,6 +680,116 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
         stats,
         received,
     })
+}
+
+/// What the walk does with one message.
+enum Outcome {
+    Record(Outgoing),
+    Duplicate(RecordRef),
+    Reject(Rejection),
+}
+
+/// Seals an admitted event onto its chain and builds its ledger message. The chain moves on
+/// only once the message is built, so a refusal here leaves the partition as it was.
+fn seal(
+    input: &PlanInput,
+    loc: &Located,
+    msg: &Message,
+    chain: &mut PartitionState,
+    ev: Admitted,
+) -> Outcome {
+    let mut h = Headers::new();
+    // Admission refused control characters in the id already; this keeps the ledger message
+    // buildable even if admission ever let one through.
+    if let Err(e) = h.text(headers::EVENT_ID, &ev.id) {
+        return Outcome::Reject(unprocessable(loc, e.to_string()));
+    }
+    h.fixed(headers::CONTENT_TYPE, "application/json")
+        .num(headers::INGRESS_SEQ, loc.seq);
+    let event_id = ev.id.clone();
+    let stamps = Stamps {
+        record_id: ulid::Ulid::generate().to_string(),
+        received_at: loc.received_at,
+        committed_at: input.committed_at,
+        policy: input.policy.clone(),
+    };
+    let sealed = match chain.append(ev, loc.seq, stamps) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Reject(unprocessable(loc, format!("cannot seal a record: {e}"))),
+    };
+    if let Some(hwm) = chain.seq_hwm {
+        h.num(headers::SEQ_HWM, hwm);
+    }
+    carry_trace(
+        msg,
+        &mut h,
+        TraceAbout {
+            tenant: &loc.tenant,
+            event_id: &event_id,
+            policy_version: input.policy.policy_version,
+            outcome: "recorded",
+        },
+    );
+    Outcome::Record(Outgoing {
+        headers: h.into_map(),
+        payload: Bytes::from(sealed.bytes),
+    })
+}
+
+/// The ATP_REJECTED message for a refusal: an envelope bounded whatever was sent (the
+/// submission whole when small, else a prefix, always its SHA-256 and size).
+fn rejection_message(input: &PlanInput, loc: &Located, msg: &Message, rej: Rejection) -> Outgoing {
+    let event_id = event_id_of(&submission(msg, Channel::Nats));
+    let (env, payload) = RejectionEnvelope::bounded(
+        RefusalFacts {
+            rejection: rej,
+            ingress_seq: loc.seq,
+            tenant_id: loc.tenant.clone(),
+            source_id: loc.source.clone(),
+            received_at: timestamp(loc.received_at),
+            rejected_at: timestamp(input.committed_at),
+            event_id,
+        },
+        &msg.payload,
+    );
+    let mut h = Headers::new();
+    h.fixed(headers::CONTENT_TYPE, "application/json")
+        .num(headers::INGRESS_SEQ, loc.seq);
+    carry_trace(
+        msg,
+        &mut h,
+        TraceAbout {
+            tenant: &loc.tenant,
+            event_id: env.event_id.as_deref().unwrap_or(""),
+            policy_version: input.policy.policy_version,
+            outcome: "rejected",
+        },
+    );
+    Outgoing {
+        headers: h.into_map(),
+        payload: Bytes::from(payload),
+    }
+}
+
+/// ATP failed on one message: that message is refused as `UNPROCESSABLE` (kept on
+/// ATP_REJECTED, nothing lost), the failure is logged at ERROR and counted with the other
+/// rejections (`atp_ingest_rejections_total{reason="UNPROCESSABLE"}`, which an alert watches),
+/// and the partition goes on.
+fn unprocessable(loc: &Located, why: String) -> Rejection {
+    tracing::error!(partition = %loc.pkey, ingress_seq = loc.seq, error = %why, "ATP could not handle a submission; refused as UNPROCESSABLE");
+    Rejection::new(
+        Reason::Unprocessable,
+        "ATP failed on this submission (a defect in ATP, reported to its operators); \
+         it is kept here and nothing else was affected",
+    )
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// `f(0..n)` across the machine's cores (scoped threads; results in index order). Admission
@@ -775,7 +836,7 @@ struct Inflight {
 /// What ingest writes for a message joins the message's W3C trace. With traces on, an
 /// `ingest.record` span (child of the message's context, or a new root) is recorded and its own
 /// context is written; otherwise the message's valid context is copied as is.
-fn carry_trace(msg: &Message, out: &mut HeaderMap, about: TraceAbout<'_>) {
+fn carry_trace(msg: &Message, out: &mut Headers, about: TraceAbout<'_>) {
     let (parent, state) = telemetry::message_context(msg.headers.as_ref());
     let traceparent = if telemetry::spans_on() {
         let span = telemetry::consumer_span!(
@@ -793,11 +854,13 @@ fn carry_trace(msg: &Message, out: &mut HeaderMap, about: TraceAbout<'_>) {
     } else {
         parent
     };
-    if let Some(t) = traceparent {
-        out.insert(headers::TRACEPARENT, t.header().as_str());
-        if let Some(state) = state {
-            out.insert(headers::TRACESTATE, state);
-        }
+    if let Some(t) = traceparent
+        && out.text(headers::TRACEPARENT, &t.header()).is_ok()
+        && let Some(state) = state
+        && out.text(headers::TRACESTATE, state).is_err()
+    {
+        // Optional metadata from outside: a state we would not write is left behind.
+        tracing::debug!("tracestate not carried: not a printable header value");
     }
 }
 
@@ -933,6 +996,10 @@ impl Ingest {
                         partitions = keys.len(),
                         "another writer appended first; re-reading the partitions"
                     );
+                } else {
+                    // Not a race: JetStream refused or lost the commit. The role restarts from
+                    // its durable position with a growing pause (run_role), never in a tight loop.
+                    tracing::warn!(partitions = keys.len(), error = %e, "ingest commit failed");
                 }
                 Err(RoleError::Restart(e))
             }

@@ -57,6 +57,9 @@ pub mod names {
     pub const RATE_LIMITED: &str = "atp.gateway.rate_limited";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
+    /// Role (re)starts after a failure, by `role` and `kind` (`retry`: an outage, backed off;
+    /// `restart`: a lost race or a failed pipelined commit).
+    pub const ROLE_RESTARTS: &str = "atp.role.restarts";
     /// Seconds to answer an HTTP request, by `route`.
     pub const HTTP_SECONDS: &str = "atp.http.request.duration";
 }
@@ -85,6 +88,7 @@ pub struct Metrics {
     pub rate_limited: Counter<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
+    pub role_restarts: Counter<u64>,
 }
 
 /// Latency buckets in seconds, from 1 ms to 30 s.
@@ -213,6 +217,10 @@ impl Metrics {
             ),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
+            role_restarts: counter(
+                names::ROLE_RESTARTS,
+                "Roles restarted from their durable position after a failure, by role and kind",
+            ),
             registry,
             _provider: provider,
         }
@@ -241,6 +249,7 @@ mod tests {
             &m.dlq_letters,
             &m.rate_limited,
             &m.http_requests,
+            &m.role_restarts,
         ] {
             c.add(0, &[]);
         }

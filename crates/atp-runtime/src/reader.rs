@@ -235,40 +235,67 @@ pub trait Role: BatchHandler {
 
 /// Keeps a role running: a reader that ends with a transient error is restarted from the
 /// position the role derives anew. Returns when shutdown is asked for or on a fatal error.
+///
+/// A role that keeps failing is never restarted in a tight loop: every restart that comes within
+/// [`HEALTHY_RUN`] of the previous start doubles the pause (50 ms up to 5 s), and from the
+/// third such restart on it is logged at WARN and counted (`atp_role_restarts_total`, which an
+/// alert watches). One lost race (another writer appended first) stays an INFO line.
 pub async fn run_role<R: Role>(
     js: &Context,
     role: &mut R,
     mut shutdown: Shutdown,
 ) -> Result<(), RoleError> {
     let mut delay = RETRY_FIRST;
+    let mut in_a_row = 0u32;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let outcome = match role.start().await {
             Ok(spec) => read_stream(js, spec, shutdown.clone(), role).await,
             Err(e) => Err(e),
         };
-        match outcome {
+        if started.elapsed() >= HEALTHY_RUN {
+            // It ran well for a while: this failure is a new one, not the last one again.
+            delay = RETRY_FIRST;
+            in_a_row = 0;
+        }
+        in_a_row += 1;
+        let kind = match &outcome {
             Ok(()) => return Ok(()),
             Err(RoleError::Fatal(e)) => {
                 tracing::error!(role = R::NAME, error = %e, "role stopped");
-                return Err(RoleError::Fatal(e));
+                return outcome;
+            }
+            Err(RoleError::Restart(e)) if in_a_row < 3 => {
+                tracing::info!(role = R::NAME, reason = %e, delay_ms = delay.as_millis() as u64, "role restarting from its durable position");
+                "restart"
             }
             Err(RoleError::Restart(e)) => {
-                // Lost a race or a commit: nothing is wrong with the dependencies, so no backoff.
-                tracing::info!(role = R::NAME, reason = %e, "role restarting from its durable position");
-                if !pause(&mut shutdown, RETRY_FIRST).await {
-                    return Ok(());
-                }
+                tracing::warn!(role = R::NAME, reason = %e, restarts_in_a_row = in_a_row, delay_ms = delay.as_millis() as u64, "role keeps restarting from its durable position");
+                "restart"
             }
             Err(RoleError::Retry(e)) => {
-                tracing::warn!(role = R::NAME, error = %e, delay_ms = delay.as_millis() as u64, "role restarting");
-                if !pause(&mut shutdown, delay).await {
-                    return Ok(());
-                }
-                delay = (delay * 2).min(RETRY_MAX);
+                tracing::warn!(role = R::NAME, error = %e, restarts_in_a_row = in_a_row, delay_ms = delay.as_millis() as u64, "role restarting");
+                "retry"
             }
+        };
+        crate::metrics::metrics().role_restarts.add(
+            1,
+            &[
+                crate::metrics::label("role", R::NAME),
+                crate::metrics::label("kind", kind),
+            ],
+        );
+        if !pause(&mut shutdown, delay).await {
+            return Ok(());
         }
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }
+
+/// A role that ran this long before failing was healthy: its next restart starts the backoff
+/// afresh. 30 s is far longer than any restart loop's period (milliseconds) and far shorter than
+/// the time between genuine, unrelated failures.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);

@@ -226,6 +226,8 @@ pub struct KnownEvent {
     pub record_id: String,
     pub chain_index: i64,
     pub digest: Vec<u8>,
+    /// The record's bytes: a repeat is compared with the event they hold.
+    pub record: Vec<u8>,
 }
 
 /// Which of these idempotency keys already have a record: one round trip for a whole batch,
@@ -243,7 +245,7 @@ pub async fn known_events(
         .unzip();
     let (s, e): (Vec<String>, Vec<String>) = rest.into_iter().unzip();
     Ok(sqlx::query_as(
-        "SELECT r.tenant_id, r.source_id, r.event_id, r.record_id, r.chain_index, r.digest \
+        "SELECT r.tenant_id, r.source_id, r.event_id, r.record_id, r.chain_index, r.digest, r.record \
          FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(t, s, e) \
          JOIN records r ON r.tenant_id = k.t AND r.source_id = k.s AND r.event_id = k.e",
     )

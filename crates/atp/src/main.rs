@@ -820,15 +820,13 @@ async fn main() -> anyhow::Result<()> {
                 if !unsigned {
                     atp_core::producer::sign_structured(&mut ev, &key, &key_id)?;
                 }
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(
+                // No Nats-Msg-Id: ATP recognises repeats by (tenant, source, id) (ADR 0013).
+                let mut h = atp_nats::headers::Headers::new();
+                h.fixed(
                     atp_nats::headers::CONTENT_TYPE,
                     "application/cloudevents+json",
                 );
-                h.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("{p}:{id}").as_str(),
-                );
+                let h = h.into_map();
                 let ack = js
                     .publish_with_headers(
                         atp_nats::subjects::ingress(&p),

@@ -59,6 +59,7 @@ fn nats(body: &[u8]) -> Submission<'_> {
         body,
         content_type: Some("application/cloudevents+json"),
         ce_headers: vec![],
+        repeated: vec![],
         channel: Channel::Nats,
     }
 }
@@ -130,6 +131,7 @@ fn binary_mode_is_stored_structured_with_the_body_byte_for_byte() {
         body: data,
         content_type: Some("application/json"),
         ce_headers: headers,
+        repeated: vec![],
         channel: Channel::Nats,
     };
     let a = admit(&partition(), &sub, Some(&registration())).unwrap();
@@ -154,6 +156,7 @@ fn gateway_submissions_may_be_unsigned_and_are_attributed_to_the_token() {
         body: &body,
         content_type: None,
         ce_headers: vec![],
+        repeated: vec![],
         channel: Channel::Gateway {
             subject: "svc-billing".to_owned(),
         },
@@ -354,4 +357,87 @@ fn the_audit_schema_is_published() {
     let s = audit_data_schema();
     assert_eq!(s["additionalProperties"], json!(false), "{s}");
     assert!(s["required"].as_array().unwrap().contains(&json!("actor")));
+}
+
+#[test]
+fn control_characters_in_copied_attributes_are_malformed() {
+    for (attr, bad) in [
+        ("id", "a\nb"),
+        ("id", "a\rb"),
+        ("id", "tab\there"),
+        ("id", "nel\u{85}"),
+        ("type", "com.acme\n.x"),
+        ("subject", "x\u{7f}"),
+    ] {
+        let mut e = event("e1");
+        e.insert(attr.into(), json!(bad));
+        let r = admit_bytes(&signed(e)).unwrap_err();
+        assert_eq!(r.reason, Reason::Malformed, "{attr}={bad:?}: {r}");
+        assert!(r.detail.contains("control character"), "{r}");
+    }
+    let mut e = event("e1");
+    e.insert("type".into(), json!("t".repeat(MAX_ATTRIBUTE_LEN + 1)));
+    assert_eq!(reason_of(&signed(e)), Reason::Malformed);
+    // Printable Unicode is fine.
+    assert!(admit_bytes(&signed(event("bestellung-übermittelt-✓"))).is_ok());
+}
+
+#[test]
+fn a_binary_mode_header_given_twice_in_any_case_is_malformed() {
+    let body = br#"{"actor":{"id":"bob","type":"user"},"action":"LOGIN","resource":{"type":"S","id":"1"}}"#;
+    let pairs = [
+        ("Content-Type", "application/json"),
+        ("ce-specversion", "1.0"),
+        ("ce-id", "one"),
+        ("CE-ID", "two"),
+    ];
+    let sub = Submission::from_headers(body, pairs, Channel::Nats);
+    assert_eq!(sub.repeated, vec!["ce-id".to_owned()]);
+    let r = admit(&partition(), &sub, Some(&registration())).unwrap_err();
+    assert_eq!(r.reason, Reason::Malformed);
+    assert!(r.detail.contains("ce-id"), "{r}");
+
+    let twice = [
+        ("content-type", "application/json"),
+        ("Content-Type", "text/plain"),
+    ];
+    let sub = Submission::from_headers(body, twice, Channel::Nats);
+    assert_eq!(sub.content_type, Some("application/json"));
+    assert_eq!(sub.repeated, vec!["content-type".to_owned()]);
+}
+
+#[test]
+fn the_same_id_with_other_content_is_a_conflict_not_a_duplicate() {
+    let mut p = PartitionState::genesis(partition());
+    p.append(admit_bytes(&signed(event("e1"))).unwrap(), 1, stamps(1))
+        .unwrap();
+    // The same event again (another signature run, another time): a duplicate.
+    let mut again = event("e1");
+    again.insert("time".into(), json!("2026-11-23T11:00:00Z"));
+    assert!(matches!(
+        p.decide(&admit_bytes(&signed(again)).unwrap()),
+        Decision::Duplicate(r) if r.chain_index == 0
+    ));
+    // Other data under the same id: refused, naming the record it collides with.
+    let other = example_event(
+        "e1",
+        URI,
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+        "mallory",
+        "DELETE",
+    );
+    match p.decide(&admit_bytes(&signed(other)).unwrap()) {
+        Decision::Reject(r) => {
+            assert_eq!(r.reason, Reason::IdempotencyConflict);
+            assert!(r.detail.contains("chainIndex 0"), "{r}");
+        }
+        d => panic!("expected a conflict, got {d:?}"),
+    }
+}
+
+#[test]
+fn the_stored_fingerprint_is_the_admitted_one() {
+    let a = admit_bytes(&signed(event("e1"))).unwrap();
+    let stored = Value::Object(a.event.clone());
+    assert_eq!(stored_fingerprint(&stored), Some(a.fingerprint));
 }

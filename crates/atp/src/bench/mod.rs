@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use atp_core::{PartitionKey, SourceId, TenantId};
 use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
+use atp_nats::headers::Headers;
 use atp_nats::{headers, streams, subjects};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -282,12 +282,11 @@ async fn publish_all(
         let (js, subjects) = (js.clone(), subjects.clone());
         tasks.push(tokio::spawn(async move {
             let mut acks = futures::stream::FuturesUnordered::new();
-            for (pi, id, body) in chunk {
-                let mut h = HeaderMap::new();
-                h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-                h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            for (pi, _id, body) in chunk {
+                let mut h = Headers::new();
+                h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json");
                 let ack = js
-                    .publish_with_headers(subjects[pi].clone(), h, body.into())
+                    .publish_with_headers(subjects[pi].clone(), h.into_map(), body.into())
                     .await?
                     .into_future();
                 acks.push(ack);
@@ -608,9 +607,9 @@ async fn publish_at_rate(
     for (i, (pi, id, body)) in events.into_iter().enumerate() {
         let due = t0 + interval * i as u32;
         tokio::time::sleep_until(due.into()).await;
-        let mut h = HeaderMap::new();
-        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let mut h = Headers::new();
+        h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json");
+        let h = h.into_map();
         if let Some(sent) = sent {
             sent.lock().await.insert(id, Instant::now());
         }
