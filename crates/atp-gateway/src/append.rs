@@ -366,10 +366,12 @@ fn created(r: &atp_store::query::StoredRecord) -> Response {
 #[utoipa::path(post, path = "/audit/append", tag = "audit",
     request_body(content = serde_json::Value, content_type = "application/json",
         description = "A CloudEvent (structured mode, also as application/cloudevents+json) or the short form {sourceId, id, actor, action, resource, ...}"),
-    params(("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 30): answer once the record is queryable")),
+    params(("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 30): answer once the record is queryable"),
+        ("X-Idempotency-Key" = Option<String>, Header, description = "The event's `id` or its key `<tenant>:<source>:<id>`; in the short form it may stand in for a missing `id`")),
     responses(
+        (status = 200, description = "A repeat of a recorded event: its record, with `idempotent: true`", body = serde_json::Value, content_type = "application/json"),
         (status = 201, description = "The record (with `Prefer: wait`)", body = serde_json::Value, content_type = "application/json"),
-        (status = 202, description = "Accepted: on the ingress stream", body = serde_json::Value, content_type = "application/json"),
+        (status = 202, description = "Accepted: on the ingress stream (a 409 `IDEMPOTENCY_CONFLICT` problem when the id was recorded with other content)", body = serde_json::Value, content_type = "application/json"),
     ))]
 pub async fn append_one(
     principal: Principal,

@@ -298,7 +298,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            20,
+            21,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");
