@@ -1,6 +1,7 @@
 //! Dead letters: a message the projector cannot take is tried a bounded number of times, then
 //! dead-lettered with its diagnosis while the projector moves on; after the fix, a replay
-//! (CLI or admin API) handles it, once.
+//! (CLI or admin API) handles it, once. A database that is unwell is not a message the
+//! projector cannot take: its records wait, as lag, and none is dead-lettered.
 
 use std::process::Command;
 
@@ -39,10 +40,12 @@ async fn letters(stack: &Stack) -> Vec<atp_nats::dlq::Entry> {
 #[tokio::test]
 async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
     let stack = Stack::start().await;
-    // The "bug": the database refuses one record.
+    // The "bug": the database refuses one record as data (a check violation, SQLSTATE class
+    // 23, as a constraint added by hand would).
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id; END $$; \
+         BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id \
+         USING ERRCODE = 'check_violation'; END $$; \
          CREATE TRIGGER refuse_poison BEFORE INSERT ON records FOR EACH ROW \
          WHEN (NEW.event_id = 'poison') EXECUTE FUNCTION refuse_poison();",
     )
@@ -64,6 +67,7 @@ async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
     assert_eq!(d.role, atp_core::deadletter::DeadRole::Projector);
     assert_eq!(d.code, "PROJECTION_REFUSED");
     assert!(d.detail.contains("record poison refused"), "{}", d.detail);
+    assert!(d.detail.contains("SQLSTATE 23514"), "{}", d.detail);
     assert_eq!(d.attempts, atp_runtime::projector::MAX_ATTEMPTS);
     assert_eq!(d.stream, atp_nats::streams::LEDGER);
     assert_eq!(d.tenant_id, TENANT);
@@ -212,5 +216,90 @@ async fn unreadable_messages_are_dead_lettered_never_dropped() {
             .contains("MALFORMED_REQUEST"),
         "{out:?}"
     );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_refusing_writes_for_a_while_delays_records_and_dead_letters_none() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let p = partition(TENANT, SOURCE);
+    // One record first, so the projection has a watermark and its lag a starting point.
+    stack.publish(&p, &stack.sign(stack.event("before"))).await;
+    eventually("the first record projected", || async {
+        (stack.projected_records(TENANT).await == 1).then_some(())
+    })
+    .await;
+
+    // The outage: every insert into `records` fails as on a full disk (SQLSTATE 53100, not a
+    // refusal of the data). Each failure takes a number from a sequence, which the failed
+    // transaction's rollback does not give back: the count of tries the projector made.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE outage_tries; \
+         CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('outage_tries'); \
+         RAISE EXCEPTION 'could not extend file: No space left on device' \
+         USING ERRCODE = 'disk_full'; END $$; \
+         CREATE TRIGGER disk_full BEFORE INSERT ON records FOR EACH ROW \
+         EXECUTE FUNCTION disk_full();",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    const N: i64 = 5;
+    for i in 0..N {
+        stack
+            .publish(&p, &stack.sign(stack.event(&format!("during-{i}"))))
+            .await;
+    }
+    let tries = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outage_tries",
+        )
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap()
+    };
+    // More tries than a refused row gets before it is dead-lettered: had the outage been taken
+    // for a refusal, the rows would be going to the dead-letter queue by now.
+    let attempts = i64::from(atp_runtime::projector::MAX_ATTEMPTS);
+    eventually(
+        "the projector failing on the outage, again and again",
+        || async { (tries().await > attempts).then_some(()) },
+    )
+    .await;
+    // The outage shows as lag, growing while it lasts.
+    let lag = || async {
+        let text = api.get_public_text("/metrics").await;
+        crate::metrics::sample(&text, "atp_projector_lag_seconds{projection=\"records\"}")
+    };
+    let first = eventually("the records projection lagging", || async {
+        lag().await.filter(|l| *l > 0.0)
+    })
+    .await;
+    eventually("the lag growing", || async {
+        lag().await.filter(|l| *l > first).map(|_| ())
+    })
+    .await;
+    assert_eq!(stack.projected_records(TENANT).await, 1);
+    assert!(letters(&stack).await.is_empty(), "nothing dead-lettered");
+
+    // The disk is freed: every record goes in, none was dead-lettered, the lag is gone.
+    sqlx::raw_sql("DROP TRIGGER disk_full ON records")
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    eventually("every record projected after the outage", || async {
+        (stack.projected_records(TENANT).await == N + 1).then_some(())
+    })
+    .await;
+    assert!(letters(&stack).await.is_empty(), "nothing dead-lettered");
+    eventually("the lag back to zero", || async {
+        (lag().await == Some(0.0)).then_some(())
+    })
+    .await;
+    let metrics = api.get_public_text("/metrics").await;
+    assert!(!metrics.contains("atp_dlq_letters_total{"), "{metrics}");
     running.stop().await;
 }

@@ -529,3 +529,59 @@ async fn an_exporter_killed_mid_export_resumes_and_completes_once() {
     exporter.start_kill().unwrap();
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_attempts_fails_no_export() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let auditor = stack.token(TENANT, Role::Auditor);
+    publish_events(&stack, 3, "outage").await;
+    wait_covered(&stack, 3).await;
+    // The outage: the exporter cannot mark an export started (a full disk, SQLSTATE 53100).
+    // The gateway's admission (an INSERT) still works. Each refusal takes a number from a
+    // sequence, which the failed statement's rollback does not give back.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE export_outage_tries; \
+         CREATE FUNCTION export_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('export_outage_tries'); \
+         RAISE EXCEPTION 'could not extend file: No space left on device' \
+         USING ERRCODE = 'disk_full'; END $$; \
+         CREATE TRIGGER export_disk_full BEFORE UPDATE ON exports FOR EACH ROW \
+         EXECUTE FUNCTION export_disk_full();",
+    )
+    .execute(&stack.pool)
+    .await
+    .unwrap();
+    let id = request_export(&api, &auditor, json!({})).await;
+    // More deliveries than the exporter's attempts (the harness's `max_attempts`, 5), each
+    // failing on the database: counted by deliveries, the export would be given up on.
+    eventually(
+        "the exporter failing on the outage more often than its attempts",
+        || async {
+            let tries: i64 = sqlx::query_scalar(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM export_outage_tries",
+            )
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+            (tries > 5).then_some(())
+        },
+    )
+    .await;
+    sqlx::raw_sql("DROP TRIGGER export_disk_full ON exports")
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    let status = completed(&api, &auditor, &id).await;
+    assert_eq!(status["recordCount"], 3, "{status}");
+    assert_eq!(
+        status["attempts"], 1,
+        "only the try that reached the export counts"
+    );
+    let letters = atp_nats::dlq::list(&stack.js, &atp_nats::dlq::Filter::default())
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "nothing dead-lettered");
+    running.stop().await;
+}

@@ -5,7 +5,7 @@ use atp_gateway::Role;
 use atp_tests::*;
 
 /// The value of the first sample line starting with `series` (name and labels), if any.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())

@@ -3,6 +3,14 @@
 //! Each batch is inserted and its watermark advanced in one transaction, so the watermark is
 //! exactly what is committed and a restart resumes right after it. Inserts skip rows already
 //! present (keyed by ids inside the messages), so re-reading a batch is harmless.
+//!
+//! Failures split two ways, and the split decides whether a record can go missing from the
+//! read model. A message that is not a row (`UNPROJECTABLE`) or a row PostgreSQL refuses as
+//! data (`PROJECTION_REFUSED`: SQLSTATE class 22 or 23, [`atp_store::DbFailure`]) fails the
+//! same way every time, so after [`MAX_ATTEMPTS`] tries it is dead-lettered and the rest of
+//! the batch goes on. Every other database error is an outage: the batch is retried as is by
+//! the reader, with backoff and a WARN naming the SQLSTATE, for as long as it lasts, and shows
+//! as projector lag; it never spends a try, is never bisected and never dead-letters a row.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +32,9 @@ use crate::{RoleError, telemetry};
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
 pub const BATCH_MAX: usize = 1000;
 
+/// A store error the batch cannot get past now: retried by the reader, which logs it at WARN
+/// (the message names the SQLSTATE and whether the database was unavailable or refused the
+/// data; a refusal only comes here while its batch still has tries left).
 fn db(e: StoreError) -> RoleError {
     RoleError::Retry(e.to_string())
 }
@@ -170,8 +181,9 @@ fn record_span<P: Projection>(m: &Message) -> tracing::Span {
     span
 }
 
-/// Tries of a batch with a message that cannot be projected before that message is
-/// dead-lettered and the projector moves on (retries back off 50 ms, 100 ms, ...).
+/// Tries of a batch with a message that cannot be projected, or a row the database refuses,
+/// before that message is dead-lettered and the projector moves on (retries back off 50 ms,
+/// 100 ms, ...). Outages do not count: they are not the batch's fault.
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// A projector for one read model.
@@ -183,7 +195,8 @@ pub struct Projector<P: Projection> {
     watermark: String,
     /// Rows projected since start.
     pub projected: u64,
-    /// The stream sequence a batch keeps failing on, and how many tries it has had.
+    /// The first stream sequence of the batch that keeps failing on its data, and how many
+    /// such tries it has had.
     failing: Option<(u64, u32)>,
     _model: std::marker::PhantomData<fn() -> P>,
 }
@@ -201,13 +214,16 @@ impl<P: Projection> Projector<P> {
         }
     }
 
-    /// Counts a failed try on `seq`; true once the tries are spent.
-    fn spent(&mut self, seq: u64) -> bool {
+    /// Counts a try of the batch starting at `batch_seq` that failed on its data; true once
+    /// the tries are spent. The count is the batch's, not a message's: one batch can fail on
+    /// an unreadable message and then on a refused row, and counting those against two keys
+    /// would reset each other's count for ever, halting the partition.
+    fn spent(&mut self, batch_seq: u64) -> bool {
         let tries = match self.failing {
-            Some((s, n)) if s == seq => n + 1,
+            Some((s, n)) if s == batch_seq => n + 1,
             _ => 1,
         };
-        self.failing = Some((seq, tries));
+        self.failing = Some((batch_seq, tries));
         tries >= MAX_ATTEMPTS
     }
 
@@ -237,7 +253,9 @@ impl<P: Projection> Projector<P> {
     }
 
     /// Inserts rows one by one, each under a savepoint, dead-lettering those the database
-    /// refuses: the way past a row that fails the whole batch.
+    /// refuses: the way past a row that fails the whole batch. Only refusals are dead-lettered;
+    /// an outage on any row fails the whole try (letters already published are published again
+    /// on the next, under the same message id), so a row is never blamed for the database.
     async fn insert_each(
         &self,
         tx: &mut PgConnection,
@@ -255,7 +273,8 @@ impl<P: Projection> Projector<P> {
                 Err(e) if e.is_refusal() => {
                     exec(tx, "ROLLBACK TO SAVEPOINT atp_row").await?;
                     let detail = format!(
-                        "the database refused the row: {}",
+                        "the database refused the row (SQLSTATE {}): {}",
+                        e.sqlstate().unwrap_or_default(),
                         e.refusal().unwrap_or_default()
                     );
                     self.dead_letter(&batch[i], "PROJECTION_REFUSED", detail)
@@ -313,9 +332,10 @@ impl<P: Projection> BatchHandler for Projector<P> {
             Vec::new()
         };
         let built = build::<P>(batch, self.shard)?;
+        let batch_seq = batch.first().map_or(Ok(0), seq_of)?;
         if let Some((i, e)) = built.failed.first() {
             let seq = seq_of(&batch[*i])?;
-            if !self.spent(seq) {
+            if !self.spent(batch_seq) {
                 return Err(RoleError::Retry(format!(
                     "stream message {seq} cannot be projected: {e}"
                 )));
@@ -333,9 +353,10 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .map_err(|e| RoleError::Retry(e.to_string()))?;
         let rows = match P::insert(&mut tx, &built.rows).await {
             Ok(n) => n,
+            // Only a refusal of the data is worth finding the bad row for; an outage would
+            // fail every row alike, and bisecting it would only dead-letter healthy records.
             Err(e) if e.is_refusal() => {
-                let first = built.from.first().map_or(Ok(0), |&i| seq_of(&batch[i]))?;
-                if !self.spent(first) {
+                if !self.spent(batch_seq) {
                     return Err(db(e));
                 }
                 // The refused statement aborted the transaction: start again, row by row.
@@ -349,6 +370,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
                     .map_err(|e| RoleError::Retry(e.to_string()))?;
                 self.insert_each(&mut tx, batch, &built).await?
             }
+            // An outage: the same batch again after the reader's backoff, no try spent.
             Err(e) => return Err(db(e)),
         };
         projection::advance_watermark(&mut tx, &self.watermark, built.last, newest)

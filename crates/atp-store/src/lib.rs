@@ -17,8 +17,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database unavailable: {0}")]
+    /// A database error that is not the data's fault (see [`DbFailure::Outage`]): retry.
+    #[error("database unavailable (SQLSTATE {code}): {0}", code = sqlstate_or_none(.0))]
     Unavailable(#[source] sqlx::Error),
+    /// The database refused the data itself (see [`DbFailure::Refusal`]): the same rows will be
+    /// refused again.
+    #[error("the database refused the data (SQLSTATE {code}): {0}", code = sqlstate_or_none(.0))]
+    Refused(#[source] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(
@@ -36,25 +41,91 @@ pub enum StoreError {
     Unsafe(String),
 }
 
-impl StoreError {
-    /// The database refused the statement (a constraint, a type, a trigger), as opposed to
-    /// being unreachable: trying the same rows again will fail the same way.
-    pub fn is_refusal(&self) -> bool {
-        self.refusal().is_some()
+/// What a failed database statement says about the rows it wrote: the one place ATP decides
+/// between "this row is bad" (dead-letter it, go on) and "the database is unwell" (retry the
+/// same batch, with backoff, for as long as it takes).
+///
+/// The rule is by SQLSTATE class, and it is deliberately narrow. Only class 22 (data
+/// exception: a value too long, out of range, not valid for its type) and class 23 (integrity
+/// constraint violation: not null, check, foreign key, unique, exclusion) describe the data:
+/// sending the same rows again gets the same answer. Everything else — disk full (53100), a
+/// read-only standby (25006), deadlock (40P01), serialization (40001), statement timeout or
+/// cancel (57014), admin shutdown (57P01), too many connections (53300), a trigger's plain
+/// `RAISE` (P0001), a code this version does not know, I/O, TLS, pool timeouts, a closed
+/// pool — is an outage: the rows are fine and will go in once the database is. Getting this
+/// wrong the other way round is the expensive mistake: a healthy record dead-lettered during
+/// a disk-full incident vanishes from queries and exports until someone replays it, whereas
+/// a refusal misread as an outage only shows up as lag and a WARN naming the SQLSTATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// The database refused the data: trying the same rows again fails the same way.
+    Refusal,
+    /// The database (or the way to it) failed: not the rows' fault; retry.
+    Outage,
+}
+
+impl DbFailure {
+    /// The class of a five-character SQLSTATE.
+    pub fn of_sqlstate(code: &str) -> Self {
+        match code.get(..2) {
+            Some("22" | "23") => Self::Refusal,
+            _ => Self::Outage,
+        }
     }
 
-    /// What the database said when it refused the statement.
+    /// The class of an error sqlx returned: a refusal only when the server answered with a
+    /// class 22 or 23 SQLSTATE.
+    pub fn of(e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(d) => d.code().map_or(Self::Outage, |c| Self::of_sqlstate(&c)),
+            _ => Self::Outage,
+        }
+    }
+}
+
+/// The SQLSTATE the server answered with, if it answered.
+fn sqlstate_of(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+fn sqlstate_or_none(e: &sqlx::Error) -> String {
+    sqlstate_of(e).unwrap_or_else(|| "none".to_owned())
+}
+
+impl StoreError {
+    /// The database refused the data (SQLSTATE class 22 or 23), as opposed to being unwell or
+    /// unreachable: trying the same rows again will fail the same way. See [`DbFailure`].
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+
+    /// What the database said when it refused the data.
     pub fn refusal(&self) -> Option<&str> {
         match self {
-            Self::Unavailable(sqlx::Error::Database(e)) => Some(e.message()),
+            Self::Refused(sqlx::Error::Database(e)) => Some(e.message()),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE of a database error, for logs and letters.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Self::Unavailable(e) | Self::Refused(e) => sqlstate_of(e),
             _ => None,
         }
     }
 }
 
 impl From<sqlx::Error> for StoreError {
+    /// Every sqlx error becomes a `StoreError` here, so this is where it is classified.
     fn from(e: sqlx::Error) -> Self {
-        Self::Unavailable(e)
+        match DbFailure::of(&e) {
+            DbFailure::Refusal => Self::Refused(e),
+            DbFailure::Outage => Self::Unavailable(e),
+        }
     }
 }
 
@@ -201,4 +272,59 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), StoreError> {
         return Err(StoreError::SchemaBehind { applied, expected });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_exceptions_and_constraint_violations_are_refusals() {
+        for code in [
+            "22001", // string data right truncation
+            "22003", // numeric value out of range
+            "22021", // character not in repertoire (a NUL)
+            "22P02", // invalid text representation
+            "23502", // not null violation
+            "23503", // foreign key violation
+            "23505", // unique violation
+            "23514", // check violation
+        ] {
+            assert_eq!(DbFailure::of_sqlstate(code), DbFailure::Refusal, "{code}");
+        }
+        for code in [
+            "53100", // disk full
+            "53200", // out of memory
+            "53300", // too many connections
+            "25006", // read-only SQL transaction (a standby, default_transaction_read_only)
+            "40001", // serialization failure
+            "40P01", // deadlock detected
+            "57014", // query canceled (statement timeout)
+            "57P01", // admin shutdown
+            "08006", // connection failure
+            "42P01", // undefined table (a migration not applied yet)
+            "P0001", // a trigger's plain RAISE EXCEPTION
+            "XX000", // internal error
+            "ZZ999", // a class this version does not know
+            "2",     // malformed
+            "",
+        ] {
+            assert_eq!(DbFailure::of_sqlstate(code), DbFailure::Outage, "{code}");
+        }
+    }
+
+    #[test]
+    fn errors_without_an_answer_from_the_server_are_outages() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            sqlx::Error::Protocol("unexpected message".to_owned()),
+        ] {
+            assert_eq!(DbFailure::of(&e), DbFailure::Outage, "{e}");
+            let e = StoreError::from(e);
+            assert!(!e.is_refusal(), "{e}");
+            assert!(e.to_string().contains("SQLSTATE none"), "{e}");
+        }
+    }
 }

@@ -296,8 +296,12 @@ impl<S: CheckpointSigner> Worker<S> {
             // (deduplicated by message id) and be done.
             return self.announce(&row).await;
         }
-        let delivered = msg.info().map_or(1, |i| i.delivered as u64);
-        if delivered > self.settings.max_attempts {
+        // Tries are counted by the row (`start` adds one), not by JetStream's deliveries: a
+        // delivery that failed before `start` answered failed on the database, not on the
+        // export, and an outage longer than a few naks must not fail healthy exports (nor
+        // dead-letter them) the moment the database is back. The naks still back off.
+        let attempts = u64::try_from(row.attempts).unwrap_or(0);
+        if attempts > self.settings.max_attempts {
             let detail = format!("gave up after {} attempts", self.settings.max_attempts);
             let letter = self.letter(msg, crate::dlq::EXPORT_ATTEMPTS_EXHAUSTED, detail.clone());
             crate::dlq::dead_letter(&self.js, &letter)
@@ -309,7 +313,7 @@ impl<S: CheckpointSigner> Worker<S> {
             };
             return self.finish(&row, outcome).await;
         }
-        tracing::info!(export = %id, tenant = %row.tenant_id, attempt = delivered, "packaging export");
+        tracing::info!(export = %id, tenant = %row.tenant_id, attempt = attempts, "packaging export");
         let done = AtomicU64::new(0);
         let packaging = self.packager.package(&row, &done);
         tokio::pin!(packaging);
