@@ -91,7 +91,7 @@ async fn no_token_key_password_or_personal_field_is_logged() {
     let set: Value = http
         .put(format!("{base}/api/v1/exports/webhook"))
         .bearer_auth(&admin)
-        .json(&json!({ "url": "https://hooks.example.com/atp" }))
+        .json(&json!({ "url": "https://192.0.43.10/atp" }))
         .send()
         .await
         .unwrap()
