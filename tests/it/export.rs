@@ -85,6 +85,20 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// Every regular file under `dir`.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -159,10 +173,18 @@ async fn a_bundle_verifies_with_standard_tools_atp_verify_and_the_server() {
         out.split_whitespace().next().unwrap(),
         manifest["sha256sums"]
     );
-    let (ok, out, err) = run(Command::new("sha256sum")
-        .current_dir(&x)
-        .args(["-c", "SHA256SUMS"]));
+    let (ok, out, err) =
+        run(Command::new("sha256sum")
+            .current_dir(&x)
+            .args(["-c", "--strict", "SHA256SUMS"]));
     assert!(ok, "sha256sum -c: {out} {err}");
+    // Every file but manifest.json, manifest.sig and SHA256SUMS itself: the key too.
+    assert!(out.contains("signing-key.pem: OK"), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        walk_files(&x).len() - 3,
+        "SHA256SUMS lists every other file: {out}"
+    );
     assert_eq!(manifest["recordCount"], 10);
     assert_eq!(manifest["exportId"], id.as_str());
     assert_eq!(manifest["selection"], json!({ "action": "LOGIN" }));

@@ -5,11 +5,14 @@
 //! records/part-NNNNN.jsonl                   one record per line: its canonical bytes, "\n"
 //! proofs.jsonl                               line k proves record k: digest, inclusion proof, tlog-proof
 //! checkpoints/<tenant>/<source>.checkpoint   the signed notes the proofs are against
-//! SHA256SUMS                                 `sha256sum` lines for every file above
+//! SHA256SUMS                                 `sha256sum` lines for every file above and signing-key.pem
 //! manifest.json                              RFC 8785: what was selected, every file's hash, the keys
 //! manifest.sig                               raw 64-byte Ed25519 signature over manifest.json
 //! signing-key.pem                            the SubjectPublicKeyInfo PEM that made manifest.sig
 //! ```
+//!
+//! Bundles written before `signing-key.pem` was listed in `SHA256SUMS` (and the manifest's
+//! `files`) still verify: the key is checked against its line when it has one.
 //!
 //! Records are in record order: by source, then chain index. The archive is deterministic:
 //! the same selection over the same log gives the same bytes, which is what lets a crashed
@@ -70,7 +73,9 @@ pub struct Manifest {
     /// The filters the records were selected by, as requested.
     pub selection: serde_json::Value,
     pub record_count: u64,
-    /// Every file but `manifest.json`, `manifest.sig` and `signing-key.pem`, in archive order.
+    /// Exactly what `SHA256SUMS` lists: every file but `manifest.json`, `manifest.sig` and
+    /// `SHA256SUMS`, in archive order (so `signing-key.pem` last). Bundles written before the
+    /// key was listed leave it out of both.
     pub files: Vec<FileEntry>,
     /// SHA-256 of `SHA256SUMS`, lowercase hex.
     pub sha256sums: String,

@@ -120,14 +120,11 @@ fn bundle() -> Vec<u8> {
             created_at: "2026-11-23T10:00:00.000000Z".into(),
             selection: serde_json::json!({"action": "login"}),
             key_id: format!("{:08x}", signer.verifier().key_id()),
+            signing_key: key().verifying_key(),
         })
         .unwrap();
     let sig = key().sign(&sealed.manifest_bytes).to_bytes();
-    sealed
-        .finish(&sig, &key().verifying_key())
-        .unwrap()
-        .into_bytes()
-        .unwrap()
+    sealed.finish(&sig).unwrap().into_bytes().unwrap()
 }
 
 fn trusted() -> Trust {
@@ -204,8 +201,8 @@ fn an_intact_bundle_verifies_anchored_and_self_attested() {
     assert!(r.anchored);
     assert_eq!(r.records_verified, 9 + 20);
     assert_eq!(r.checkpoints_verified, 2);
-    // Both parts, proofs.jsonl and the two checkpoints.
-    assert_eq!(r.files_verified, 4);
+    // The part, proofs.jsonl, the two checkpoints and signing-key.pem.
+    assert_eq!(r.files_verified, 5);
     let bare = Trust {
         verifiers: vec![],
         keys: vec![key().verifying_key()],
@@ -408,4 +405,137 @@ fn strays_and_garbage_are_refused() {
     let mut all = files(&tar);
     all.retain(|(p, _)| p != PROOFS);
     assert!(!check(&rebuild(&all), &trusted()).ok);
+}
+
+/// CONTRACT §6 with the standard tools, on the bundle unpacked by `tar`: `SHA256SUMS` lists
+/// every file but the manifest, its signature and itself (the key included), and coreutils'
+/// `sha256sum -c` passes.
+#[test]
+fn sha256sum_checks_every_file_but_the_manifest_its_signature_and_itself() {
+    use std::process::Command;
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?} cannot run ({e}); CONTRACT §6 needs it installed"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("bundle.tar");
+    std::fs::write(&tar, bundle()).unwrap();
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let (ok, _, err) = run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&x));
+    assert!(ok, "tar -x: {err}");
+
+    let sums = std::fs::read_to_string(x.join(SHA256SUMS)).unwrap();
+    let mut listed: Vec<&str> = sums
+        .lines()
+        .map(|l| l.split_once("  ").unwrap().1)
+        .collect();
+    listed.sort_unstable();
+    let mut expected: Vec<String> = files(&bundle())
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| ![MANIFEST, MANIFEST_SIG, SHA256SUMS].contains(&p.as_str()))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+    assert!(listed.contains(&SIGNING_KEY));
+
+    let (ok, out, err) = run(Command::new("sha256sum")
+        .current_dir(&x)
+        .args(["-c", "--strict", SHA256SUMS]));
+    assert!(ok, "sha256sum -c: {out} {err}");
+    assert!(out.contains("signing-key.pem: OK"), "{out}");
+    // The manifest's files are the same list, in the same order.
+    let m: Manifest = serde_json::from_slice(&std::fs::read(x.join(MANIFEST)).unwrap()).unwrap();
+    let from_manifest: Vec<String> = m
+        .files
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.path))
+        .collect();
+    assert_eq!(from_manifest.concat(), sums);
+}
+
+/// A bundle issued before `signing-key.pem` was listed in `SHA256SUMS`, exactly as that writer
+/// produced it (it is `bundle()` from commit 6678cce): it still verifies.
+#[test]
+fn a_bundle_issued_before_the_key_was_listed_still_verifies() {
+    let tar = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/issued-before-signing-key-listed.tar"
+    ))
+    .unwrap();
+    let sums = &files(&tar)
+        .into_iter()
+        .find(|(p, _)| p == SHA256SUMS)
+        .unwrap()
+        .1;
+    assert!(
+        !String::from_utf8_lossy(sums).contains(SIGNING_KEY),
+        "the fixture must be of the old form"
+    );
+    let r = check(&tar, &trusted());
+    assert!(r.ok, "{:?}", r.failures);
+    assert_eq!(r.records_verified, 9 + 20);
+    assert_eq!(r.files_verified, 4);
+}
+
+/// Once listed, the key file is held to its line: the same key in other bytes (CRLF line ends
+/// verify the signature just as well) fails `FILE_HASH` and the manifest's size.
+#[test]
+fn a_listed_signing_key_is_held_to_its_hash() {
+    let tar = bundle();
+    let mut all = files(&tar);
+    let pem = &mut all.iter_mut().find(|(p, _)| p == SIGNING_KEY).unwrap().1;
+    *pem = String::from_utf8(pem.clone())
+        .unwrap()
+        .replace('\n', "\r\n")
+        .into_bytes();
+    let r = check(&rebuild(&all), &trusted());
+    let codes: Vec<_> = r
+        .failures
+        .iter()
+        .map(|f| (f.code, f.message.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (
+                "FILE_SIZE",
+                "signing-key.pem is 116 bytes; the manifest says 113"
+            ),
+            (
+                "FILE_HASH",
+                "signing-key.pem does not match its SHA256SUMS line"
+            )
+        ]
+    );
+}
+
+#[test]
+fn a_signature_by_another_key_than_the_sealed_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = BundleWriter::new(Vec::new(), dir.path(), 0)
+        .unwrap()
+        .seal(ManifestHeader {
+            export_id: "01JDEXPORT0000000000000000".into(),
+            tenant_id: "acme".into(),
+            created_at: "2026-11-23T10:00:00.000000Z".into(),
+            selection: serde_json::json!({}),
+            key_id: "00000000".into(),
+            signing_key: key().verifying_key(),
+        })
+        .unwrap();
+    let other = SigningKey::from_bytes(&[9; 32])
+        .sign(&sealed.manifest_bytes)
+        .to_bytes();
+    assert!(matches!(
+        sealed.finish(&other),
+        Err(crate::write::WriteError::Manifest(_))
+    ));
 }

@@ -6,14 +6,19 @@
 //! caller's writer as they fill), `proofs.jsonl` (the spool file, behind its header), and the
 //! rest (checkpoints, `SHA256SUMS`, the manifest, its signature and key, the end of the
 //! archive). Read in order they are the tar; nothing is copied to assemble it.
+//!
+//! `signing-key.pem` is the last entry but is listed in `SHA256SUMS` (CONTRACT §6: every file
+//! but `manifest.json`, `manifest.sig` and `SHA256SUMS` itself), so the public key is fixed
+//! when the bundle is sealed, not when it is signed: its bytes are known before the manifest
+//! that hashes them, and [`Sealed::finish`] cannot write a key other than the one listed.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::{
     CheckpointEntry, FileEntry, Hashing, MANIFEST, MANIFEST_SIG, Manifest, PART_MAX_BYTES,
@@ -39,6 +44,9 @@ pub struct ManifestHeader {
     pub created_at: String,
     pub selection: serde_json::Value,
     pub key_id: String,
+    /// The public half of the key that will sign the manifest: written as `signing-key.pem`
+    /// and listed in `SHA256SUMS` and the manifest's `files`.
+    pub signing_key: VerifyingKey,
 }
 
 /// A partition's checkpoint: the manifest entry (its `path` is filled in here) and the note.
@@ -200,6 +208,19 @@ impl<W: Write> BundleWriter<W> {
             });
         }
 
+        // The key goes into the archive last (after the signature it verifies), but its hash is
+        // listed now, with the others: `sha256sum -c SHA256SUMS` then covers every file but
+        // the manifest, its signature and the sums themselves.
+        let signing_key = header
+            .signing_key
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| WriteError::Manifest(e.to_string()))?
+            .into_bytes();
+        self.files.push(FileEntry {
+            path: SIGNING_KEY.to_owned(),
+            sha256: sha256_hex(&signing_key),
+            bytes: signing_key.len() as u64,
+        });
         let sums: String = self
             .files
             .iter()
@@ -230,6 +251,7 @@ impl<W: Write> BundleWriter<W> {
                 tail,
             },
             mtime: self.mtime,
+            signing_key: (header.signing_key, signing_key),
             manifest,
             manifest_bytes,
         })
@@ -240,24 +262,29 @@ impl<W: Write> BundleWriter<W> {
 pub struct Sealed<W: Write> {
     finished: Finished<W>,
     mtime: u64,
+    /// The manifest's signing key and `signing-key.pem`, as hashed into `SHA256SUMS`.
+    signing_key: (VerifyingKey, Vec<u8>),
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
 }
 
 impl<W: Write> Sealed<W> {
-    /// Adds `manifest.sig` (the raw signature over the manifest bytes) and `signing-key.pem`
-    /// and ends the archive.
-    pub fn finish(
-        mut self,
-        signature: &[u8; 64],
-        key: &VerifyingKey,
-    ) -> Result<Finished<W>, WriteError> {
-        let pem = key
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| WriteError::Manifest(e.to_string()))?;
+    /// Adds `manifest.sig` (the raw signature over the manifest bytes, by the key the header
+    /// named) and `signing-key.pem`, and ends the archive.
+    /// A signature by any other key is refused: the bundle would carry a key its own
+    /// `SHA256SUMS` vouches for that cannot verify its manifest (a KMS that rotated between
+    /// sealing and signing, say).
+    pub fn finish(mut self, signature: &[u8; 64]) -> Result<Finished<W>, WriteError> {
+        let (key, pem) = &self.signing_key;
+        key.verify_strict(&self.manifest_bytes, &Signature::from_bytes(signature))
+            .map_err(|_| {
+                WriteError::Manifest(
+                    "the signature is not by the signing key the bundle was sealed with".into(),
+                )
+            })?;
         let tail = &mut self.finished.tail;
         write_entry(tail, MANIFEST_SIG, signature, self.mtime)?;
-        write_entry(tail, SIGNING_KEY, pem.as_bytes(), self.mtime)?;
+        write_entry(tail, SIGNING_KEY, pem, self.mtime)?;
         // The end of an archive: two zero blocks.
         tail.extend_from_slice(&[0u8; 2 * BLOCK]);
         Ok(self.finished)

@@ -10,7 +10,6 @@ use atp_core::edition::{Edition, EditionError, Feature};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
@@ -308,7 +307,7 @@ impl AuthConfig {
 
 /// Mints a token (the dev issuer: `atp token mint`, the dev stack and tests).
 pub fn mint(key: &SigningKey, kid: &str, claims: &Claims) -> Result<String, String> {
-    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    let der = atp_runtime::signer::encode_private_key(key).map_err(|e| e.to_string())?;
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))

@@ -6,6 +6,10 @@
 //! ([`FileKeyStore`]) keeps `keyring.json` (public entries) and one `<kid>.pem` per key (PKCS#8,
 //! mode 0600) in a directory of its own; it generates the first key on first start and
 //! [`FileKeyStore::rotate`] adds the next. Private keys never leave it.
+//!
+//! Every private key ATP writes or hands to a library (these, the dev stack's issuer and
+//! producer keys, the gateway's attestation key, the JWT minter's) is encoded by
+//! [`encode_private_key`] alone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +21,10 @@ use std::time::SystemTime;
 
 use atp_core::keys::PublishedKey;
 use chrono::{DateTime, Utc};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use ed25519_dalek::pkcs8::spki::der::pem::{LineEnding, PemLabel as _};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, EncodePrivateKey as _, KeypairBytes, PrivateKeyInfoRef, SecretDocument,
+};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +38,8 @@ pub enum KeyError {
     UnknownKey(String),
     #[error("key name {0:?} is not a valid note key name (no spaces or '+')")]
     BadName(String),
+    #[error("encoding a private key as PKCS#8: {0}")]
+    Encode(String),
 }
 
 /// The keys a signer holds: the one new checkpoints use, and every key ever used.
@@ -80,7 +89,28 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
-/// Writes a private key as PKCS#8 PEM, mode 0600.
+/// A private key as PKCS#8 v1 DER (RFC 5208 `PrivateKeyInfo`, version 0, the 32-byte seed
+/// only), the one form ATP writes.
+///
+/// Why v1: ed25519-dalek's own `to_pkcs8_*` writes v2 (RFC 5958 `OneAsymmetricKey`, version 1,
+/// with the public key embedded), and OpenSSL 3.0 — Debian 12's `openssl pkey` — and Python's
+/// `cryptography` refuse that for Ed25519, so keys from `atp dev` could not be used by the
+/// tools an operator or a producer reaches for. v1 is what `openssl genpkey -algorithm
+/// ed25519` writes and what every reader accepts; the public key is derived from the seed
+/// anyway, so nothing is lost. [`read_private`] still reads both forms: v2 files written before
+/// keep loading (and a v2 public key that does not match its seed is refused).
+// The one call clippy.toml allows: `KeypairBytes` without its public key encodes as v1.
+#[allow(clippy::disallowed_methods)]
+pub fn encode_private_key(key: &SigningKey) -> Result<SecretDocument, KeyError> {
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_der()
+    .map_err(|e| KeyError::Encode(e.to_string()))
+}
+
+/// Writes a private key as PKCS#8 v1 PEM ([`encode_private_key`]), mode 0600.
 pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -89,10 +119,13 @@ pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
             .create(dir)
             .map_err(|e| io(dir, e))?;
     }
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| io(path, e))?;
+    let pem = encode_private_key(key)?
+        .to_pem(PrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
+        .map_err(|e| KeyError::Encode(e.to_string()))?;
     write_secret_file(path, pem.as_bytes())
 }
 
+/// Reads a PKCS#8 PEM private key, v1 or v2.
 pub fn read_private(path: &Path) -> Result<SigningKey, KeyError> {
     let pem = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Corrupt {
@@ -266,6 +299,25 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// RFC 8410 §10.3's example private key, byte for byte: PKCS#8 v1, as OpenSSL writes it.
+    #[test]
+    fn private_keys_are_written_as_rfc_8410_pkcs8_v1() {
+        const RFC_8410: &str = "-----BEGIN PRIVATE KEY-----\n\
+            MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+            -----END PRIVATE KEY-----\n";
+        let seed: [u8; 32] =
+            hex::decode("d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let key = SigningKey::from_bytes(&seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        write_private(&path, &key).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), RFC_8410);
+        assert_eq!(read_private(&path).unwrap(), key);
+    }
 
     #[tokio::test]
     async fn first_start_generates_a_private_key_only_its_owner_can_read() {

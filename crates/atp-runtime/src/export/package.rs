@@ -208,6 +208,7 @@ impl<S: CheckpointSigner> Packager<S> {
             created_at: record::timestamp(created_at),
             selection: row.selection.clone(),
             key_id: active.kid.clone(),
+            signing_key: public,
         };
         let (tx, rx) = mpsc::channel::<Vec<Item>>(4);
         let writer = {
@@ -232,7 +233,7 @@ impl<S: CheckpointSigner> Packager<S> {
             .await
             .map_err(|e| PackageError::Transient(format!("signing the manifest: {e}")))?;
         let finished = tokio::task::spawn_blocking(move || {
-            let finished = sealed.finish(&signature, &public)?;
+            let finished = sealed.finish(&signature)?;
             let head = finished
                 .head
                 .into_inner()
