@@ -392,6 +392,23 @@ enum NatsAction {
         #[arg(long, env = "ATP_NATS_AUTH_DIR")]
         nats_auth_dir: PathBuf,
     },
+    /// Set what one tenant's direct producers may use of the NATS servers (enforced by
+    /// nats-server on the tenant's account), and apply it by a reload. Unset values keep the
+    /// defaults: 64 connections, 256 subscriptions, 1 MiB messages.
+    TenantLimits {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[arg(long, env = "ATP_NATS_AUTH_DIR")]
+        nats_auth_dir: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[arg(long)]
+        max_subscriptions: Option<u32>,
+        #[arg(long)]
+        max_payload: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -697,6 +714,37 @@ async fn main() -> anyhow::Result<()> {
             let auth = atp_nats::auth::AuthDir::open(&nats_auth_dir)?;
             let servers = atp::admin::reload_nats(&nats.nats_url, &auth).await?;
             println!("reloaded {} servers", servers.len());
+        }
+        Command::Nats {
+            action:
+                NatsAction::TenantLimits {
+                    nats,
+                    nats_auth_dir,
+                    tenant,
+                    max_connections,
+                    max_subscriptions,
+                    max_payload,
+                },
+        } => {
+            let tenant = atp_core::TenantId::new(tenant)?;
+            let auth = atp_nats::auth::AuthDir::open(&nats_auth_dir)?;
+            let mut limits = auth
+                .tenant_limits()?
+                .get(tenant.as_str())
+                .copied()
+                .unwrap_or_default();
+            limits.max_connections = max_connections.unwrap_or(limits.max_connections);
+            limits.max_subscriptions = max_subscriptions.unwrap_or(limits.max_subscriptions);
+            limits.max_payload = max_payload.unwrap_or(limits.max_payload);
+            auth.set_tenant_limits(&tenant, limits)?;
+            let servers = atp::admin::reload_nats(&nats.nats_url, &auth).await?;
+            println!(
+                "{tenant}: {} connections, {} subscriptions, {} bytes per message; reloaded {} servers",
+                limits.max_connections,
+                limits.max_subscriptions,
+                limits.max_payload,
+                servers.len()
+            );
         }
         Command::Producer {
             action:
