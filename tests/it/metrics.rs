@@ -107,3 +107,61 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
     worker.stop().await;
     running.stop().await;
 }
+
+/// The ingest lag figure is 0 while ingest keeps up, grows while submissions wait for a stopped
+/// ingest, and returns to 0 once ingest has handled them: what `AtpIngestLag` watches.
+#[tokio::test]
+async fn the_ingest_lag_grows_while_submissions_wait_and_clears_when_handled() {
+    let stack = Stack::start().await;
+    let p = partition(TENANT, SOURCE);
+    let only = |gateway: bool, ingest: bool| Roles {
+        gateway,
+        ingest,
+        projector: false,
+        integrity: false,
+        exporter: false,
+    };
+    // One attestation key for every run, so the gateway may run without ingest.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let serve = |gateway: bool, ingest: bool| {
+        let mut cfg = stack.serve_config(only(gateway, ingest));
+        cfg.attestation_key = Some(key.clone());
+        atp::serve::start(cfg)
+    };
+    let lag = |api: Api| async move {
+        sample(
+            &api.get_public_text("/metrics").await,
+            "atp_ingest_lag_seconds",
+        )
+    };
+
+    let running = serve(true, true).await.unwrap();
+    stack.publish(&p, &stack.sign(stack.event("lag-1"))).await;
+    eventually("the first event recorded and the lag 0", || async {
+        let caught_up = stack.ledger_len(&p).await == 1;
+        (caught_up && lag(Api::new(&running)).await == Some(0.0)).then_some(())
+    })
+    .await;
+    running.stop().await;
+
+    // Ingest is down; a submission waits.
+    let gateway = serve(true, false).await.unwrap();
+    stack.publish(&p, &stack.sign(stack.event("lag-2"))).await;
+    let first = eventually("a lag while the submission waits", || async {
+        lag(Api::new(&gateway)).await.filter(|l| *l > 0.0)
+    })
+    .await;
+    eventually("the lag growing", || async {
+        lag(Api::new(&gateway)).await.filter(|l| *l > first)
+    })
+    .await;
+    gateway.stop().await;
+
+    let running = serve(true, true).await.unwrap();
+    eventually("the waiting event recorded and the lag 0 again", || async {
+        let caught_up = stack.ledger_len(&p).await == 2;
+        (caught_up && lag(Api::new(&running)).await == Some(0.0)).then_some(())
+    })
+    .await;
+    running.stop().await;
+}

@@ -46,8 +46,9 @@ pub async fn readyz(State(bus): State<Bus>, State(db): State<PgPool>) -> Respons
 }
 
 /// `GET /metrics`: every role's instruments in this process, as Prometheus text. Labels carry
-/// no tenant ids and no personal data. Projector lag is measured at scrape time, from the
-/// streams and the watermarks, so it shows a stalled projector wherever that runs.
+/// no tenant ids and no personal data. Projector and ingest lag are measured at scrape time,
+/// from the streams, the watermarks and ingest's hints, so they show a stalled role wherever
+/// that runs.
 pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl IntoResponse {
     let m = atp_runtime::metrics::metrics();
     for (projection, stream) in [
@@ -63,6 +64,9 @@ pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl I
                 &[atp_runtime::metrics::label("projection", projection)],
             );
         }
+    }
+    if let Ok(Some(lag)) = atp_nats::progress::ingest_lag(&bus.js).await {
+        m.ingest_lag_seconds.record(lag, &[]);
     }
     if let Ok(depth) = atp_nats::dlq::depth(&bus.js).await {
         m.dlq_depth.record(depth, &[]);

@@ -238,6 +238,8 @@ fn reads(w: Worker) -> &'static [Reads] {
     match w {
         Worker::Gateway => &[
             Bucket(PRODUCERS_BUCKET),
+            // Ingest's resume hints: the ingest lag figure of `/metrics`.
+            Bucket(INGEST_BUCKET),
             Bucket(SIGNING_KEYS_BUCKET),
             Bucket(EXPORT_WEBHOOKS_BUCKET),
             Bucket(DLQ_REPLAYS_BUCKET),

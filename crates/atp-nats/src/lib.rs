@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod exports;
 pub mod headers;
 pub mod integrity;
+pub mod progress;
 pub mod registry;
 pub mod signing_keys;
 pub mod streams;

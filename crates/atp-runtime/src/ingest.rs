@@ -131,6 +131,8 @@ pub struct Ingest {
     /// The previous batch's commit, still in flight while this batch is planned.
     inflight: Option<Inflight>,
     hint_written: std::time::Instant,
+    /// A handled position whose hint the rate limit held back.
+    hint_due: Option<u64>,
     /// Totals since start, for tests and the benchmark.
     pub totals: Arc<std::sync::Mutex<BatchStats>>,
 }
@@ -171,12 +173,17 @@ impl Ingest {
             parts: HashMap::new(),
             inflight: None,
             hint_written: std::time::Instant::now(),
+            hint_due: None,
             totals: Arc::default(),
         })
     }
 
     fn progress_key(&self) -> String {
-        format!("progress.{}", self.cfg.shard.label())
+        format!(
+            "{}{}",
+            atp_nats::progress::HINT_PREFIX,
+            self.cfg.shard.label()
+        )
     }
 
     /// Looks up, in the read model, the event ids of this batch that the partitions' recent-id
@@ -463,9 +470,20 @@ struct PlanOutput {
     received: Vec<chrono::DateTime<Utc>>,
 }
 
+impl Ingest {
+    /// Writes the hint held back by the rate limit, now that no message waits.
+    fn hint_idle(&mut self) {
+        if let Some(seq) = self.hint_due {
+            self.write_hint(seq);
+        }
+    }
+}
+
 impl BatchHandler for Ingest {
     async fn flush(&mut self) -> Result<(), RoleError> {
-        self.settle().await
+        self.settle().await?;
+        self.hint_idle();
+        Ok(())
     }
 
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
@@ -1007,16 +1025,28 @@ impl Ingest {
     }
 
     /// Only a hint: if this write is lost or lands late, the next start re-reads more and skips
-    /// it. Written in the background, at most every `HINT_EVERY`.
+    /// it. Written in the background, at most every `HINT_EVERY` while batches come, and once
+    /// more when ingest falls idle ([`Ingest::hint_idle`]), so that a hint behind the stream's
+    /// end means ingest is behind (the ingest lag figure, `atp_nats::progress`).
     fn store_hint(&mut self, last_seq: u64) {
-        if last_seq > 0 && self.hint_written.elapsed() >= HINT_EVERY {
-            self.hint_written = std::time::Instant::now();
-            let (kv, key) = (self.progress.clone(), self.progress_key());
-            tokio::spawn(async move {
-                if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
-                    tracing::warn!(error = %e, "could not store the ingest resume hint");
-                }
-            });
+        if last_seq == 0 {
+            return;
         }
+        if self.hint_written.elapsed() >= HINT_EVERY {
+            self.write_hint(last_seq);
+        } else {
+            self.hint_due = Some(last_seq);
+        }
+    }
+
+    fn write_hint(&mut self, last_seq: u64) {
+        self.hint_due = None;
+        self.hint_written = std::time::Instant::now();
+        let (kv, key) = (self.progress.clone(), self.progress_key());
+        tokio::spawn(async move {
+            if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
+                tracing::warn!(error = %e, "could not store the ingest resume hint");
+            }
+        });
     }
 }

@@ -57,6 +57,9 @@ pub mod names {
     pub const RATE_LIMITED: &str = "atp.gateway.rate_limited";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
+    /// Seconds the most-behind ingest shard has not moved while ingress holds messages past it.
+    /// Measured when `/metrics` is scraped.
+    pub const INGEST_LAG_SECONDS: &str = "atp.ingest.lag";
     /// Role (re)starts after a failure, by `role` and `kind` (`retry`: an outage, backed off;
     /// `restart`: a lost race or a failed pipelined commit).
     pub const ROLE_RESTARTS: &str = "atp.role.restarts";
@@ -89,6 +92,7 @@ pub struct Metrics {
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
     pub role_restarts: Counter<u64>,
+    pub ingest_lag_seconds: Gauge<f64>,
 }
 
 /// Latency buckets in seconds, from 1 ms to 30 s.
@@ -221,6 +225,13 @@ impl Metrics {
                 names::ROLE_RESTARTS,
                 "Roles restarted from their durable position after a failure, by role and kind",
             ),
+            ingest_lag_seconds: meter
+                .f64_gauge(names::INGEST_LAG_SECONDS)
+                .with_unit("s")
+                .with_description(
+                    "How long ingest has not moved while ingress holds messages past its position",
+                )
+                .build(),
             registry,
             _provider: provider,
         }
@@ -265,6 +276,7 @@ mod tests {
             h.record(0.0, &[]);
         }
         m.projector_lag_seconds.record(0.0, &[]);
+        m.ingest_lag_seconds.record(0.0, &[]);
         render()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -298,7 +310,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            21,
+            22,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");
