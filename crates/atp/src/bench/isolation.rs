@@ -37,6 +37,17 @@ pub struct IsolationBench {
     /// against the limits.
     #[arg(long, default_value_t = 5000)]
     pub flood_rate: u64,
+    /// Flood NATS directly instead of the gateway: the quiet tenant's ingress → queryable
+    /// latency beside another tenant's signed events, then garbage (`bench::ingress_isolation`).
+    #[arg(long)]
+    pub ingress: bool,
+    /// With `--ingress`: the flooding tenant's signed events a second. 2,000 is a third of what
+    /// ingest sustains on two cores (docs/benchmarks.md), a flood it can keep up with.
+    #[arg(long, default_value_t = 2000)]
+    pub nats_flood_rate: u64,
+    /// With `--ingress`: the flooding tenant's garbage messages (4 KiB, not JSON) a second.
+    #[arg(long, default_value_t = 5000)]
+    pub garbage_rate: u64,
 }
 
 /// The flooding client, as a process of its own.
@@ -316,7 +327,7 @@ async fn spawn_gateway(
 
 /// Runs `op` `rate` times a second for `secs` seconds (open loop: a slow answer does not slow
 /// the schedule), and returns the latencies in microseconds.
-async fn paced<F, Fut>(rate: u64, secs: u64, op: F) -> anyhow::Result<Histogram<u64>>
+pub(crate) async fn paced<F, Fut>(rate: u64, secs: u64, op: F) -> anyhow::Result<Histogram<u64>>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool> + Send + 'static,

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 pub mod export;
+mod ingress_isolation;
 pub mod integrity;
 pub mod isolation;
 
@@ -146,6 +147,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Ingest(b) => ingest(b).await,
         Which::Integrity(b) => integrity::run(b).await,
         Which::Export(b) => export::run(b).await,
+        Which::Isolation(b) if b.ingress => ingress_isolation::run(b).await,
         Which::Isolation(b) => isolation::run(b).await,
         Which::Flood(f) => isolation::flood(f).await,
     }
