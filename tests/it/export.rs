@@ -284,6 +284,56 @@ async fn receiver(failures: usize) -> (String, Deliveries) {
     (url, seen)
 }
 
+/// With the default policy (the harness allows loopback receivers; a deployment does not),
+/// a webhook aimed inside the deployment is refused when set: literals of every non-public
+/// kind, IPv4 hidden in IPv6, names that resolve inward, and names that do not resolve.
+#[tokio::test]
+async fn webhooks_aimed_inward_are_refused() {
+    let stack = Stack::start().await;
+    let mut cfg = stack.serve_config(Roles {
+        exporter: false,
+        ..Roles::ALL
+    });
+    cfg.exports.webhook = atp_runtime::export::WebhookPolicy::default();
+    assert!(
+        !cfg.exports.webhook.allow_private,
+        "refusing is the default"
+    );
+    let running = atp::serve::start(cfg).await.unwrap();
+    let api = Api::new(&running);
+    let admin = stack.token(TENANT, Role::Admin);
+    for url in [
+        "http://hooks.example.com/",
+        "https://127.0.0.1/",
+        "https://10.0.0.7/",
+        "https://169.254.169.254/latest/meta-data",
+        "https://100.64.1.1/",
+        "https://[::1]/",
+        "https://[fd00::1]/",
+        "https://[fe80::1]/",
+        "https://[::ffff:10.0.0.1]/",
+        "https://[64:ff9b::a9fe:a9fe]/",
+        "https://[2002:a00:1::1]/",
+        "https://localhost/",
+        "https://hooks.invalid/",
+    ] {
+        let resp = api
+            .http
+            .put(format!("{}/api/v1/exports/webhook", api.base))
+            .bearer_auth(&admin)
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{url}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "INVALID_WEBHOOK", "{url}: {body}");
+    }
+    let none = api.get_json("/api/v1/exports/webhook", &admin).await;
+    assert_eq!(none["configured"], false, "nothing was set: {none}");
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
     let stack = Stack::start().await;

@@ -448,8 +448,11 @@ pub async fn set_webhook(
     let tenant = principal.tenant.to_string();
     let Json(body) =
         body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
-    webhook::check_url(&body.url, &state.exports.webhook_policy)
-        .map_err(|e| Problem::bad_request("INVALID_WEBHOOK", e).tenant(&tenant))?;
+    // Resolved now so a URL aimed inward is refused at once; every delivery checks again and
+    // connects only to the addresses it checked (DNS can change after this).
+    webhook::vet_url(&body.url, &state.exports.webhook_policy)
+        .await
+        .map_err(|e| Problem::bad_request("INVALID_WEBHOOK", e.to_string()).tenant(&tenant))?;
     let mut secret = [0u8; 32];
     rand::fill(&mut secret);
     let hook = Webhook {

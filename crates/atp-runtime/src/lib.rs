@@ -10,6 +10,7 @@ pub mod export;
 pub mod ingest;
 pub mod integrity;
 pub mod metrics;
+pub mod outbound;
 pub mod projector;
 pub mod reader;
 pub mod replay;

@@ -5,6 +5,7 @@
 //! is inside the signed content, so a receiver that refuses signatures older than a few minutes
 //! cannot be fed a replayed delivery.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
@@ -16,6 +17,7 @@ use sha2::Sha256;
 use sqlx::PgPool;
 
 use crate::Shutdown;
+use crate::outbound::{self, TargetError};
 
 pub const SIGNATURE_HEADER: &str = "ATP-Signature";
 /// The export id: the same for every attempt, so receivers can deduplicate.
@@ -31,7 +33,8 @@ pub struct WebhookPolicy {
     pub timeout: Duration,
     /// How often due deliveries are looked for.
     pub poll: Duration,
-    /// Allow `http://` and private or loopback addresses (development and tests only).
+    /// Allow `http://` and targets that are not public addresses (development and tests only;
+    /// off by default, set only by configuration, never read from the environment here).
     pub allow_private: bool,
 }
 
@@ -76,40 +79,61 @@ pub fn backoff(policy: &WebhookPolicy, attempt: u32, jitter: f64) -> Duration {
     step / 2 + step.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
-/// Whether `url` may receive deliveries under `policy`: https to a public host, unless private
-/// targets are allowed.
-pub fn check_url(url: &str, policy: &WebhookPolicy) -> Result<(), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+/// Whether `url` may receive deliveries under `policy`, judged from the URL alone: https, and
+/// no literal address or `localhost` name that is not public, unless private targets are
+/// allowed. Names are judged by [`vet_url`], which resolves them.
+pub fn check_url(url: &str, policy: &WebhookPolicy) -> Result<(), TargetError> {
+    let u = url::Url::parse(url).map_err(|e| TargetError::NotAUrl(e.to_string()))?;
     if policy.allow_private {
         return match u.scheme() {
             "http" | "https" => Ok(()),
-            s => Err(format!("scheme {s} is not http(s)")),
+            s => Err(TargetError::Scheme(s.to_owned())),
         };
     }
     if u.scheme() != "https" {
-        return Err("webhooks must use https".to_owned());
+        return Err(TargetError::Scheme(u.scheme().to_owned()));
     }
-    let private = match u.host() {
-        Some(url::Host::Ipv4(ip)) => {
-            ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified()
+    let literal = match u.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        Some(url::Host::Domain(d)) => {
+            if d == "localhost" || d.ends_with(".localhost") {
+                return Err(TargetError::NotPublic {
+                    host: d.to_owned(),
+                    addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                });
+            }
+            return Ok(());
         }
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-        None => true,
+        None => return Err(TargetError::NoHost),
     };
-    if private {
-        return Err("webhooks must not target private or loopback addresses".to_owned());
+    if !outbound::is_global(literal) {
+        return Err(TargetError::NotPublic {
+            host: literal.to_string(),
+            addr: literal,
+        });
+    }
+    Ok(())
+}
+
+/// [`check_url`], then the host resolved: refused when any of its addresses is not public.
+/// Used when a webhook is set (so the tenant learns at once) and before each delivery; the
+/// delivery's own connection is vetted again by the client's resolver, which is what pins it.
+pub async fn vet_url(url: &str, policy: &WebhookPolicy) -> Result<(), TargetError> {
+    check_url(url, policy)?;
+    if policy.allow_private {
+        return Ok(());
+    }
+    let u = url::Url::parse(url).map_err(|e| TargetError::NotAUrl(e.to_string()))?;
+    if let Some(url::Host::Domain(d)) = u.host() {
+        outbound::resolve_public(d, u.port_or_known_default().unwrap_or(443)).await?;
     }
     Ok(())
 }
 
 /// Delivers due webhooks until shutdown.
 pub async fn run(pool: PgPool, hooks: Store, policy: WebhookPolicy, mut shutdown: Shutdown) {
-    let client = match reqwest::Client::builder()
-        .timeout(policy.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match outbound::client(policy.timeout, policy.allow_private) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client for export webhooks; deliveries stay pending");
@@ -183,8 +207,15 @@ async fn deliver(
         }
         Err(e) => return retry_or_give_up(e.to_string()),
     };
-    if let Err(e) = check_url(&hook.url, policy) {
-        return Delivery::GaveUp { error: e };
+    match vet_url(&hook.url, policy).await {
+        Ok(()) => {}
+        // A lookup that fails may work next time; anything else is the target itself.
+        Err(e @ TargetError::Unresolvable { .. }) => return retry_or_give_up(e.to_string()),
+        Err(e) => {
+            return Delivery::GaveUp {
+                error: e.to_string(),
+            };
+        }
     }
     let Some(secret) = hook.secret_bytes() else {
         return Delivery::GaveUp {
@@ -260,15 +291,44 @@ mod tests {
             "https://10.1.2.3/",
             "https://169.254.169.254/latest",
             "https://localhost:8443/",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[fe80::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://100.64.0.1/",
+            "https://0x7f.1/",
             "ftp://x/",
         ] {
             assert!(check_url(bad, &strict).is_err(), "{bad}");
         }
+        assert!(check_url("https://[2606:4700:4700::1111]/", &strict).is_ok());
         let dev = WebhookPolicy {
             allow_private: true,
             ..strict
         };
         assert!(check_url("http://127.0.0.1:9999/hook", &dev).is_ok());
         assert!(check_url("ftp://x/", &dev).is_err());
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_before_they_are_trusted() {
+        let strict = WebhookPolicy::default();
+        // `.invalid` never resolves (RFC 6761): not refused as inward, but not accepted either
+        // (a delivery retries it; setting it is refused).
+        let err = vet_url("https://hooks.invalid/atp", &strict)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::Unresolvable { .. }), "{err}");
+        // Literals are judged without a lookup.
+        let err = vet_url("https://[::ffff:169.254.169.254]/", &strict)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::NotPublic { .. }), "{err}");
+        // The escape hatch skips resolution (loopback receivers in tests and `atp dev`).
+        let dev = WebhookPolicy {
+            allow_private: true,
+            ..strict
+        };
+        assert!(vet_url("http://hooks.invalid/atp", &dev).await.is_ok());
     }
 }
