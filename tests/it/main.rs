@@ -17,6 +17,7 @@ mod integrity;
 mod metrics;
 mod nats_auth;
 mod openapi;
+mod registry;
 mod replay;
 mod secrets;
 mod streams;
