@@ -437,6 +437,19 @@ pub fn edition_problem(e: &EditionError) -> Problem {
     )
 }
 
+/// ATP's own tenants (`atp`, `atp-…`; ADR 0010) are read through tokens, never written or
+/// administered: only the auditor role is accepted for them. An issuer that gives a customer
+/// the tenant id `atp` with a producer or admin role (a sign-up that lets customers pick their
+/// tenant name, say) must not let that customer write on, export or configure ATP's trail.
+pub fn reserved_tenant_roles(tenant: &atp_core::TenantId, roles: &[Role]) -> Result<(), String> {
+    if tenant.is_reserved() && roles.iter().any(|r| *r != Role::Auditor) {
+        return Err(format!(
+            "tenant {tenant} is ATP's own: tokens for it may hold the auditor role only"
+        ));
+    }
+    Ok(())
+}
+
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -492,6 +505,8 @@ where
         let claims = auth.verify(token.trim()).await?;
         let tenant = atp_core::TenantId::new(claims.tenant_id)
             .map_err(|_| Problem::unauthorized("bad tenant"))?;
+        reserved_tenant_roles(&tenant, &claims.roles)
+            .map_err(|e| Problem::forbidden(e).tenant(tenant.as_str()))?;
         // The request's span (and so its log lines and trace) names the caller's tenant.
         tracing::Span::current().record("tenant.id", tenant.as_str());
         tracing::Span::current().record("edition", claims.edition.as_str());
@@ -723,6 +738,23 @@ mod tests {
             assert!(cfg.verify(&t).await.is_err());
         }
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn atps_own_tenant_is_read_only_through_tokens() {
+        let atp = atp_core::TenantId::new("atp").unwrap();
+        assert!(reserved_tenant_roles(&atp, &[Role::Auditor]).is_ok());
+        for roles in [
+            &[Role::Admin][..],
+            &[Role::Producer],
+            &[Role::Auditor, Role::Admin],
+        ] {
+            assert!(reserved_tenant_roles(&atp, roles).is_err(), "{roles:?}");
+        }
+        let own = atp_core::TenantId::new("atp-ops").unwrap();
+        assert!(reserved_tenant_roles(&own, &[Role::Admin]).is_err());
+        let acme = atp_core::TenantId::new("acme").unwrap();
+        assert!(reserved_tenant_roles(&acme, &[Role::Admin, Role::Producer]).is_ok());
     }
 
     #[test]
