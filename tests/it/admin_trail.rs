@@ -139,3 +139,83 @@ async fn admin_actions_are_records_on_the_admin_trail() {
     );
     running.stop().await;
 }
+
+/// Tenant `atp` is ATP's own: no customer producer can be registered under it (nor under any
+/// `atp-…` id), the dev issuer mints only auditor tokens for it, and the gateway accepts only
+/// auditors for it, so nobody writes on, exports or configures ATP's trail with a token.
+#[tokio::test]
+async fn atps_own_tenant_ids_are_reserved() {
+    let stack = Stack::start().await;
+    for tenant in ["atp", "atp-platform"] {
+        let err = atp::admin::add_producer(&stack.js, tenant, "billing", "urn:x:billing", None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{tenant}: {err}");
+    }
+    let out = Command::new(atp_binary())
+        .args([
+            "producer",
+            "add",
+            "--tenant",
+            "atp",
+            "--source",
+            "billing",
+            "--source-uri",
+            "urn:x:billing",
+        ])
+        .envs(stack.cli_env())
+        .output()
+        .expect("atp runs");
+    assert!(
+        !out.status.success(),
+        "`atp producer add --tenant atp` is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserved"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let running = atp::serve::start(stack.serve_config(Roles::ALL))
+        .await
+        .unwrap();
+    let api = Api::new(&running);
+    let read = api
+        .get("/api/v1/audit/records", &stack.token("atp", Role::Auditor))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.status(),
+        StatusCode::OK,
+        "auditors read ATP's own trail"
+    );
+    for role in [Role::Admin, Role::Producer] {
+        let resp = api
+            .get("/api/v1/audit/records", &stack.token("atp", role))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{role:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "FORBIDDEN", "{body}");
+    }
+    let append = api
+        .post("/api/v1/audit/append", &stack.token("atp", Role::Producer))
+        .json(&json!({
+            "sourceId": "atp-admin", "id": "forged", "actor": {"id": "mallory", "type": "user"},
+            "action": "SIGNING_KEY_ROTATED", "resource": {"type": "key", "id": "k"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(append.status(), StatusCode::FORBIDDEN);
+    // The customer tenant is untouched.
+    let acme = api
+        .get("/api/v1/audit/records", &stack.token(TENANT, Role::Admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acme.status(), StatusCode::OK);
+    running.stop().await;
+}

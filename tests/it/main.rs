@@ -20,6 +20,7 @@ mod integrity;
 mod metrics;
 mod nats_auth;
 mod openapi;
+mod registry;
 mod replay;
 mod secrets;
 mod streams;

@@ -12,6 +12,8 @@ pub enum NameError {
     Source(String),
     #[error("partition {0:?} must be <tenantId>:<sourceId>")]
     Partition(String),
+    #[error("tenantId {0:?} is reserved for ATP's own use (`atp` and every `atp-…` id)")]
+    Reserved(String),
 }
 
 fn valid_name(s: &str, extra: &[u8]) -> bool {
@@ -41,6 +43,24 @@ impl TenantId {
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether ATP keeps this id for itself: `atp`, the tenant of its platform-wide admin trail
+    /// (ADR 0010), and every `atp-…` id, kept free for whatever else ATP comes to need, so
+    /// that no customer ever holds an id ATP's own records are filed under.
+    pub fn is_reserved(&self) -> bool {
+        self.0 == crate::registry::SYSTEM_TENANT || self.0.starts_with("atp-")
+    }
+
+    /// A tenant id a customer may be given: valid and not reserved. Used wherever a customer
+    /// tenant comes into being (producer registration, tokens minted for customers); ATP's own
+    /// code names its tenant with [`Self::new`].
+    pub fn customer(s: impl Into<String>) -> Result<Self, NameError> {
+        let t = Self::new(s)?;
+        if t.is_reserved() {
+            return Err(NameError::Reserved(t.0));
+        }
+        Ok(t)
     }
 }
 
@@ -114,6 +134,26 @@ impl fmt::Display for PartitionKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atps_own_tenant_ids_are_reserved_for_customers_only() {
+        for own in ["atp", "atp-platform", "atp-"] {
+            let t = TenantId::new(own);
+            assert!(t.is_ok(), "ATP itself may name {own}");
+            assert!(t.unwrap().is_reserved());
+            assert_eq!(
+                TenantId::customer(own),
+                Err(NameError::Reserved(own.to_owned()))
+            );
+        }
+        for customer in ["acme", "atpx", "atp1", "xatp", "my-atp"] {
+            assert!(TenantId::customer(customer).is_ok(), "{customer}");
+        }
+        assert!(matches!(
+            TenantId::customer("Bad"),
+            Err(NameError::Tenant(_))
+        ));
+    }
 
     #[test]
     fn names_follow_the_contract_patterns() {

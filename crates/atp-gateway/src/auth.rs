@@ -68,10 +68,57 @@ struct JwksSource {
     min_interval: Duration,
     /// The last fetch a token with an unknown `kid` caused.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the keys were last fetched, or when the source was configured if never: how stale
+    /// the fetched keys are ([`AuthConfig::jwks_age`]).
+    fresh_since: Mutex<Instant>,
 }
 
-/// How long a JWKS fetch may take.
+/// How long a JWKS fetch may take, connecting included: an issuer slower than this is treated
+/// as down (the keys fetched before stay trusted).
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest JWKS accepted, counted while it is read. A set of a dozen RSA-4096 keys is about
+/// 10 KiB; 64 KiB leaves room for any real issuer and keeps a hostile or broken endpoint from
+/// making the gateway buffer without limit.
+pub const JWKS_MAX_BYTES: usize = 64 * 1024;
+
+/// Why the issuer's JWKS could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// Keys that decide who may act for every tenant travel only over TLS, except from a
+    /// loopback address (the dev stack's issuer on the same host).
+    #[error("the JWKS URL {0} must be https (http only to a loopback address such as 127.0.0.1)")]
+    Insecure(String),
+    #[error("the JWKS URL {0} is not a URL")]
+    NotAUrl(String),
+    #[error("no HTTP client for the JWKS: {0}")]
+    Client(String),
+    #[error("fetching {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    #[error("{url} answered more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} is not a JWKS document: {reason}")]
+    NotJwks { url: String, reason: String },
+    #[error("the key cache is poisoned")]
+    Poisoned,
+}
+
+/// Whether keys may be fetched from `url`: https, or http to a literal loopback address (not a
+/// name: `localhost` could be made to resolve elsewhere).
+pub fn check_jwks_url(url: &str) -> Result<(), JwksError> {
+    let u = reqwest::Url::parse(url).map_err(|_| JwksError::NotAUrl(url.to_owned()))?;
+    let loopback = || {
+        u.host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback())
+    };
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback() => Ok(()),
+        _ => Err(JwksError::Insecure(url.to_owned())),
+    }
+}
 
 /// How tokens are checked: trusted issuer, audience and verification keys by `kid`, configured
 /// (Ed25519 keys, a JWKS file) or fetched from the issuer's JWKS endpoint with rotation.
@@ -177,43 +224,55 @@ impl AuthConfig {
 
     /// Fetches keys from the issuer's JWKS endpoint (see [`Self::refresh`]); a token naming an
     /// unknown `kid` triggers a fetch at most once per `min_interval`.
-    pub fn with_jwks_url(mut self, url: &str, min_interval: Duration) -> Result<Self, String> {
+    /// Only https, or http to a loopback address ([`check_jwks_url`]); redirects are not
+    /// followed, so an https endpoint cannot hand the fetch on to plain http.
+    pub fn with_jwks_url(mut self, url: &str, min_interval: Duration) -> Result<Self, JwksError> {
+        check_jwks_url(url)?;
         let client = reqwest::Client::builder()
             .timeout(JWKS_TIMEOUT)
+            .connect_timeout(JWKS_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JwksError::Client(e.to_string()))?;
         self.jwks = Some(JwksSource {
             url: url.to_owned(),
             client,
             min_interval,
             last_fetch: tokio::sync::Mutex::new(None),
+            fresh_since: Mutex::new(Instant::now()),
         });
         Ok(self)
     }
 
+    /// How long ago the issuer's keys were last fetched (since configuration if never); `None`
+    /// without a JWKS URL. Served as a gauge, so stale keys raise an alert: a key the issuer
+    /// withdrew stays trusted until a fetch succeeds.
+    pub fn jwks_age(&self) -> Option<Duration> {
+        let src = self.jwks.as_ref()?;
+        let since = *src.fresh_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(since.elapsed())
+    }
+
     /// Fetches the JWKS now and replaces every fetched key with its keys (a key the issuer
-    /// dropped is no longer trusted); configured keys stay. Returns how many keys it holds.
-    pub async fn refresh(&self) -> Result<usize, String> {
+    /// dropped is no longer trusted); configured keys stay. Returns how many keys it holds. A
+    /// failure keeps the keys fetched before, counted in `atp_gateway_jwks_refresh_failures`.
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
         let Some(src) = &self.jwks else {
             return Ok(0);
         };
-        let body = src
-            .client
-            .get(&src.url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("fetching {}: {e}", src.url))?
-            .bytes()
-            .await
-            .map_err(|e| format!("fetching {}: {e}", src.url))?;
-        let set: JwkSet = serde_json::from_slice(&body)
-            .map_err(|e| format!("{} is not a JWKS document: {e}", src.url))?;
-        let fresh = keys_of(&set, true);
+        let fetched = fetch_jwks(src).await;
+        if fetched.is_err() {
+            atp_runtime::metrics::metrics()
+                .jwks_refresh_failures
+                .add(1, &[]);
+        }
+        let fresh = keys_of(&fetched?, true);
         let n = fresh.len();
-        let mut keys = self.keys.write().map_err(|_| "the key cache is poisoned")?;
+        let mut keys = self.keys.write().map_err(|_| JwksError::Poisoned)?;
         keys.retain(|_, k| !k.fetched);
         keys.extend(fresh);
+        drop(keys);
+        *src.fresh_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.forget_verified();
         Ok(n)
     }
@@ -305,6 +364,44 @@ impl AuthConfig {
     }
 }
 
+/// One fetch of the issuer's JWKS, read at most [`JWKS_MAX_BYTES`] (refused as soon as the
+/// answer says or shows it is longer: nothing past the cap is buffered).
+async fn fetch_jwks(src: &JwksSource) -> Result<JwkSet, JwksError> {
+    let url = &src.url;
+    let fetch = |e: reqwest::Error| JwksError::Fetch {
+        url: url.clone(),
+        reason: e.without_url().to_string(),
+    };
+    let mut resp = src
+        .client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fetch)?;
+    let too_large = || JwksError::TooLarge {
+        url: url.clone(),
+        limit: JWKS_MAX_BYTES,
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(fetch)? {
+        if body.len() + chunk.len() > JWKS_MAX_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| JwksError::NotJwks {
+        url: url.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// Mints a token (the dev issuer: `atp token mint`, the dev stack and tests).
 pub fn mint(key: &SigningKey, kid: &str, claims: &Claims) -> Result<String, String> {
     let der = atp_runtime::signer::encode_private_key(key).map_err(|e| e.to_string())?;
@@ -337,6 +434,19 @@ pub fn edition_problem(e: &EditionError) -> Problem {
         "EDITION_REQUIRED",
         e.to_string(),
     )
+}
+
+/// ATP's own tenants (`atp`, `atp-…`; ADR 0010) are read through tokens, never written or
+/// administered: only the auditor role is accepted for them. An issuer that gives a customer
+/// the tenant id `atp` with a producer or admin role (a sign-up that lets customers pick their
+/// tenant name, say) must not let that customer write on, export or configure ATP's trail.
+pub fn reserved_tenant_roles(tenant: &atp_core::TenantId, roles: &[Role]) -> Result<(), String> {
+    if tenant.is_reserved() && roles.iter().any(|r| *r != Role::Auditor) {
+        return Err(format!(
+            "tenant {tenant} is ATP's own: tokens for it may hold the auditor role only"
+        ));
+    }
+    Ok(())
 }
 
 /// The authenticated caller.
@@ -404,6 +514,8 @@ where
                 "the token's sub claim must be 1 to 256 characters with no control characters",
             ));
         }
+        reserved_tenant_roles(&tenant, &claims.roles)
+            .map_err(|e| Problem::forbidden(e).tenant(tenant.as_str()))?;
         // The request's span (and so its log lines and trace) names the caller's tenant.
         tracing::Span::current().record("tenant.id", tenant.as_str());
         tracing::Span::current().record("edition", claims.edition.as_str());
@@ -635,5 +747,110 @@ mod tests {
             assert!(cfg.verify(&t).await.is_err());
         }
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn atps_own_tenant_is_read_only_through_tokens() {
+        let atp = atp_core::TenantId::new("atp").unwrap();
+        assert!(reserved_tenant_roles(&atp, &[Role::Auditor]).is_ok());
+        for roles in [
+            &[Role::Admin][..],
+            &[Role::Producer],
+            &[Role::Auditor, Role::Admin],
+        ] {
+            assert!(reserved_tenant_roles(&atp, roles).is_err(), "{roles:?}");
+        }
+        let own = atp_core::TenantId::new("atp-ops").unwrap();
+        assert!(reserved_tenant_roles(&own, &[Role::Admin]).is_err());
+        let acme = atp_core::TenantId::new("acme").unwrap();
+        assert!(reserved_tenant_roles(&acme, &[Role::Admin, Role::Producer]).is_ok());
+    }
+
+    #[test]
+    fn keys_are_fetched_over_https_or_from_loopback_only() {
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.8.9.1/jwks.json",
+            "http://[::1]:9000/jwks.json",
+        ] {
+            assert!(check_jwks_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks.json",
+            "http://localhost/jwks.json",
+            "http://10.0.0.5/jwks.json",
+            "http://[::ffff:127.0.0.1]/jwks.json",
+            "ftp://idp.example.com/jwks.json",
+            "file:///etc/jwks.json",
+            "not a url",
+        ] {
+            assert!(
+                AuthConfig::new("i", "a")
+                    .with_jwks_url(bad, Duration::ZERO)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Serves `body` at `/jwks.json` on loopback, with or without a `Content-Length`.
+    async fn serve_jwks(body: Vec<u8>, chunked: bool) -> String {
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let body = body.clone();
+                async move {
+                    if chunked {
+                        // A stream: no Content-Length, so only counting while reading stops it.
+                        let chunks = body
+                            .chunks(4096)
+                            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                            .collect::<Vec<_>>();
+                        axum::body::Body::from_stream(futures::stream::iter(chunks))
+                    } else {
+                        axum::body::Body::from(body)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_jwks_over_the_size_cap_is_refused_and_the_old_keys_age() {
+        let (_, jwk) = issuer_key(Algorithm::ES256, "a");
+        let small = serde_json::to_vec(&serde_json::json!({ "keys": [jwk] })).unwrap();
+        let cfg = AuthConfig::new("atp-dev", "atp")
+            .with_jwks_url(&serve_jwks(small, true).await, Duration::ZERO)
+            .unwrap();
+        assert_eq!(cfg.refresh().await.unwrap(), 1);
+        assert!(cfg.jwks_age().unwrap() < Duration::from_secs(5));
+
+        // Padding past the cap: whitespace is valid JSON, so only the cap refuses it.
+        let mut big = b"{\"keys\": []".to_vec();
+        big.resize(JWKS_MAX_BYTES + 1, b' ');
+        big.push(b'}');
+        for chunked in [false, true] {
+            let cfg = AuthConfig::new("atp-dev", "atp")
+                .with_jwks_url(&serve_jwks(big.clone(), chunked).await, Duration::ZERO)
+                .unwrap();
+            let err = cfg.refresh().await.unwrap_err();
+            assert!(matches!(err, JwksError::TooLarge { .. }), "{err}");
+        }
+        // Never fetched: the age counts from configuration, and grows.
+        let cfg = AuthConfig::new("atp-dev", "atp")
+            .with_jwks_url("http://127.0.0.1:1/jwks.json", Duration::ZERO)
+            .unwrap();
+        let before = cfg.jwks_age().unwrap();
+        assert!(cfg.refresh().await.is_err());
+        assert!(
+            cfg.jwks_age().unwrap() >= before,
+            "a failure does not make keys fresh"
+        );
+        assert!(AuthConfig::new("i", "a").jwks_age().is_none());
     }
 }

@@ -48,9 +48,16 @@ pub async fn readyz(State(bus): State<Bus>, State(db): State<PgPool>) -> Respons
 /// `GET /metrics`: every role's instruments in this process, as Prometheus text. Labels carry
 /// no tenant ids and no personal data. Projector and ingest lag are measured at scrape time,
 /// from the streams, the watermarks and ingest's hints, so they show a stalled role wherever
-/// that runs.
-pub async fn metrics(State(bus): State<Bus>, State(db): State<PgPool>) -> impl IntoResponse {
+/// that runs; so is the age of the token issuer's keys.
+pub async fn metrics(
+    State(bus): State<Bus>,
+    State(db): State<PgPool>,
+    State(auth): State<std::sync::Arc<crate::auth::AuthConfig>>,
+) -> impl IntoResponse {
     let m = atp_runtime::metrics::metrics();
+    if let Some(age) = auth.jwks_age() {
+        m.jwks_age_seconds.record(age.as_secs_f64(), &[]);
+    }
     for (projection, stream) in [
         (atp_store::projection::RECORDS, atp_nats::streams::LEDGER),
         (

@@ -55,6 +55,13 @@ pub mod names {
     /// Requests refused with 429 because their tenant was over its rate, by `class`: append,
     /// query, export.
     pub const RATE_LIMITED: &str = "atp.gateway.rate_limited";
+    /// Seconds since the gateway last fetched its token issuer's JWKS (since start if never);
+    /// refreshed every 5 minutes, so more than a few of those means keys are stale and a key
+    /// the issuer withdrew is still trusted. Measured when `/metrics` is scraped; absent
+    /// without a JWKS URL.
+    pub const JWKS_AGE_SECONDS: &str = "atp.gateway.jwks.age";
+    /// Fetches of the token issuer's JWKS that failed (the keys fetched before stay trusted).
+    pub const JWKS_REFRESH_FAILURES: &str = "atp.gateway.jwks.refresh.failures";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
     /// Seconds the most-behind ingest shard has not moved while ingress holds messages past it.
@@ -89,6 +96,8 @@ pub struct Metrics {
     pub dlq_letters: Counter<u64>,
     pub dlq_depth: Gauge<u64>,
     pub rate_limited: Counter<u64>,
+    pub jwks_age_seconds: Gauge<f64>,
+    pub jwks_refresh_failures: Counter<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
     pub role_restarts: Counter<u64>,
@@ -219,6 +228,15 @@ impl Metrics {
                 names::RATE_LIMITED,
                 "Requests refused because their tenant was over its rate, by class",
             ),
+            jwks_age_seconds: meter
+                .f64_gauge(names::JWKS_AGE_SECONDS)
+                .with_unit("s")
+                .with_description("Seconds since the token issuer's JWKS was last fetched")
+                .build(),
+            jwks_refresh_failures: counter(
+                names::JWKS_REFRESH_FAILURES,
+                "Failed fetches of the token issuer's JWKS",
+            ),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
             role_restarts: counter(
@@ -259,6 +277,7 @@ mod tests {
             &m.webhook_deliveries,
             &m.dlq_letters,
             &m.rate_limited,
+            &m.jwks_refresh_failures,
             &m.http_requests,
             &m.role_restarts,
         ] {
@@ -277,6 +296,7 @@ mod tests {
         }
         m.projector_lag_seconds.record(0.0, &[]);
         m.ingest_lag_seconds.record(0.0, &[]);
+        m.jwks_age_seconds.record(0.0, &[]);
         render()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -310,7 +330,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            22,
+            24,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");

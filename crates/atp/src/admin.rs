@@ -117,7 +117,9 @@ pub async fn add_producer(
     if source == SYSTEM_SOURCE {
         anyhow::bail!("source {SYSTEM_SOURCE:?} is reserved for ATP's own admin trail");
     }
-    let p = PartitionKey::new(TenantId::new(tenant)?, SourceId::new(source)?);
+    // Registering a producer is where a customer tenant comes into being: ATP's own tenant
+    // ids are refused here (its admin trail's source is registered by `prepare`, not here).
+    let p = PartitionKey::new(TenantId::customer(tenant)?, SourceId::new(source)?);
     let kv = js
         .get_key_value(streams::PRODUCERS_BUCKET)
         .await

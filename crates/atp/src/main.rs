@@ -773,7 +773,9 @@ async fn main() -> anyhow::Result<()> {
                     edition,
                 },
         } => {
-            atp_core::TenantId::new(&tenant)?;
+            let t = atp_core::TenantId::new(&tenant)?;
+            // The dev issuer mints what the gateway would accept: ATP's own tenant for auditors only.
+            atp_gateway::auth::reserved_tenant_roles(&t, &[role]).map_err(anyhow::Error::msg)?;
             let key = atp::keys::read_private(&issuer_key)
                 .context("the dev issuer key is made by `atp dev` (ATP_DEV_ISSUER_KEY)")?;
             println!(

@@ -330,7 +330,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
                 auth = auth
                     .with_jwks_url(url, JWKS_REFETCH_MIN)
-                    .map_err(anyhow::Error::msg)?;
+                    .context("ATP_TOKEN_JWKS")?;
                 true
             }
             Some(path) => {
