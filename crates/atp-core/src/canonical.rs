@@ -35,6 +35,10 @@ impl CanonicalError {
 
 const NOT_I_JSON: &str = "i-json:";
 
+/// RFC 8785 (ECMAScript `Number::toString`) prints a number of magnitude below 10^21 without an
+/// exponent.
+const INTEGER_PRINTED_BELOW: f64 = 1e21;
+
 struct Strict(Value);
 
 struct StrictVisitor;
@@ -65,6 +69,16 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Strict(Value::Number(v.into())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Strict, E> {
+        // Every double beyond ±(2^53-1) is a whole number, and RFC 8785 prints those below
+        // 10^21 as integer literals (`9007199254740993.5` → `9007199254740994`), which the
+        // integer rule above refuses: taking them here would write canonical bytes that this
+        // parser, and so `record::open` when verifying, cannot read back. Larger ones print
+        // with an exponent (`1e+21`) and read back as the same double.
+        if v.abs() > MAX_SAFE_INTEGER as f64 && v.abs() < INTEGER_PRINTED_BELOW {
+            return Err(E::custom(format!(
+                "{NOT_I_JSON} number {v} is beyond ±(2^53-1) and its canonical form is an integer"
+            )));
+        }
         Number::from_f64(v)
             .map(|n| Strict(Value::Number(n)))
             .ok_or_else(|| E::custom(format!("{NOT_I_JSON} number {v} is not finite")))
@@ -254,6 +268,37 @@ mod tests {
                 .unwrap_err()
                 .is_i_json_violation()
         );
+    }
+
+    /// Found by `fuzz/` (target `json`): `9007954790072547.40991` is a double, but its
+    /// canonical form `9007954790072548` is an integer beyond ±(2^53-1), so ATP could seal
+    /// bytes its own strict parser refuses to read back.
+    #[test]
+    fn a_number_whose_canonical_form_is_an_unsafe_integer_is_refused() {
+        for refused in [
+            &b"9007954790072547.40991"[..],
+            b"9.007199254740992e15",
+            b"-9007199254740993.0",
+            b"1e20",
+            b"[0.5, 123456789012345678901.5e-3]",
+        ] {
+            let e = parse_strict(refused).unwrap_err();
+            assert!(e.is_i_json_violation(), "{e}");
+        }
+        // At the edges: the largest safe value written as a float, and the smallest
+        // magnitude RFC 8785 prints with an exponent, both read back as themselves.
+        for kept in [
+            &b"9007199254740991.0"[..],
+            b"-9.007199254740991e15",
+            b"1e21",
+            b"-1e300",
+        ] {
+            let v = parse_strict(kept).unwrap();
+            let canonical = to_canonical(&v).unwrap();
+            let again = parse_strict(&canonical)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&canonical)));
+            assert_eq!(again.as_f64(), v.as_f64());
+        }
     }
 
     #[test]
