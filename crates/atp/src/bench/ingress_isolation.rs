@@ -258,9 +258,9 @@ fn spawn_flood(
                     .await?
                     .into_future();
                 acks.push(ack);
-                while let Some(Some(r)) = futures::FutureExt::now_or_never(
-                    futures::StreamExt::next(&mut acks),
-                ) {
+                while let Some(Some(r)) =
+                    futures::FutureExt::now_or_never(futures::StreamExt::next(&mut acks))
+                {
                     if r.is_ok() {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
