@@ -55,6 +55,8 @@ pub mod names {
     /// Requests refused with 429 because their tenant was over its rate, by `class`: append,
     /// query, export.
     pub const RATE_LIMITED: &str = "atp.gateway.rate_limited";
+    /// Requests the gateway answered 503 because it had its limit of requests in flight.
+    pub const SHED: &str = "atp.gateway.shed";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
     /// Role (re)starts after a failure, by `role` and `kind` (`retry`: an outage, backed off;
@@ -86,6 +88,7 @@ pub struct Metrics {
     pub dlq_letters: Counter<u64>,
     pub dlq_depth: Gauge<u64>,
     pub rate_limited: Counter<u64>,
+    pub shed: Counter<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
     pub role_restarts: Counter<u64>,
@@ -215,6 +218,10 @@ impl Metrics {
                 names::RATE_LIMITED,
                 "Requests refused because their tenant was over its rate, by class",
             ),
+            shed: counter(
+                names::SHED,
+                "Requests answered 503 because the gateway had its limit in flight",
+            ),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
             role_restarts: counter(
@@ -248,6 +255,7 @@ mod tests {
             &m.webhook_deliveries,
             &m.dlq_letters,
             &m.rate_limited,
+            &m.shed,
             &m.http_requests,
             &m.role_restarts,
         ] {
@@ -298,7 +306,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            21,
+            22,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");
