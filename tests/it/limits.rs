@@ -1,7 +1,7 @@
 //! The gateway's bounded resources, on the real servers: bodies refused while they are read and
 //! never read for a stranger, load shed with 503 and `Retry-After`, request heads and idle
-//! connections timed out, range verification chunk by chunk and no scratch file left
-//! behind by `verify/export`.
+//! connections timed out, range verification chunk by chunk, no scratch file left behind by
+//! `verify/export`, and rejection pages bounded in bytes.
 //!
 //! Raw TCP where the point is what the gateway does *before* a request is complete: an HTTP
 //! client would finish sending first.
@@ -395,5 +395,65 @@ async fn verify_export_leaves_no_scratch_file_behind() {
         assert_eq!(report["verified"], false, "{report}");
     }
     assert_eq!(scratch_files(&stack), Vec::<String>::new());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejections_page_stops_at_its_byte_budget_with_a_cursor() {
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let auditor = stack.token(TENANT, Role::Auditor);
+    let p = partition(TENANT, SOURCE);
+    // Non-JSON submissions of 200 KiB are kept whole, in base64: ~270 KiB per envelope, so
+    // 20 of them are well past one page's 4 MiB.
+    let n = 20;
+    for i in 0..n {
+        let body = vec![b'a' + (i % 26) as u8; 200 * 1024];
+        stack.publish_raw(&p, body, None).await;
+    }
+    eventually("every rejection projected", || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM rejections WHERE tenant_id = $1")
+            .bind(TENANT)
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+        (count >= n as i64).then_some(())
+    })
+    .await;
+
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/audit/rejections?limit=1000&cursor={c}"),
+            None => "/api/v1/audit/rejections?limit=1000".to_owned(),
+        };
+        let resp = api.get(&path, &auditor).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.bytes().await.unwrap();
+        let page: Value = serde_json::from_slice(&bytes).unwrap();
+        let items = page["items"].as_array().unwrap();
+        for item in items {
+            assert!(
+                seen.insert(item["ingressSeq"].as_i64().unwrap()),
+                "no rejection twice"
+            );
+        }
+        pages.push((items.len(), bytes.len()));
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), n, "every rejection, across the pages");
+    assert!(pages.len() >= 2, "cut by bytes, not by limit: {pages:?}");
+    let budget = atp_store::query::REJECTION_PAGE_BYTES as usize;
+    for (items, bytes) in &pages {
+        assert!(*items < n, "{pages:?}");
+        // At most one envelope past the budget (and JSON's few bytes per item).
+        assert!(*bytes < budget + 512 * 1024, "{pages:?}");
+    }
     running.stop().await;
 }

@@ -269,15 +269,49 @@ pub struct RejectionFilter {
     pub cursor: Option<String>,
 }
 
+/// The most rejection bytes one page carries (envelopes as stored), besides `limit`: 4 MiB
+/// crosses a 100 Mbit/s link in a third of a second and is what a client parses without
+/// thinking about memory, while an envelope is at most 768 KiB (ADR 0013), so a page always
+/// holds at least five. Without it a page of 1,000 envelopes could be a gigabyte, read into
+/// the gateway's memory at once. A page cut short by it has a `nextCursor`, like one cut by
+/// `limit`.
+pub const REJECTION_PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+/// A rejection row with what the page query adds to it.
+#[derive(sqlx::FromRow)]
+struct BudgetedRejection {
+    #[sqlx(flatten)]
+    row: StoredRejection,
+    /// Rows the query's `LIMIT` let through, before the byte budget.
+    selected: i64,
+}
+
 pub async fn rejections(
     db: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     f: &RejectionFilter,
 ) -> Result<Page<StoredRejection>, StoreError> {
+    rejections_within(db, tenant, f, REJECTION_PAGE_BYTES).await
+}
+
+/// A page of rejections of at most `f.limit` rows and about `budget` bytes of envelopes: rows
+/// are taken, newest first, while the bytes before them are under the budget (so at least
+/// one, and the last may pass it by its own size). PostgreSQL applies the budget, so rows past
+/// it never leave the database.
+pub async fn rejections_within(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    f: &RejectionFilter,
+    budget: i64,
+) -> Result<Page<StoredRejection>, StoreError> {
     let limit = f.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, received_at, rejected_at, envelope \
-         FROM rejections WHERE tenant_id = ",
+        "SELECT rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, received_at, rejected_at, envelope, selected \
+         FROM (SELECT *, \
+                 sum(octet_length(envelope)) OVER (ORDER BY rejected_at DESC, rejected_seq DESC) - octet_length(envelope) AS before, \
+                 count(*) OVER () AS selected \
+               FROM (SELECT rejected_seq, tenant_id, source_id, ingress_seq, reason, detail, event_id, received_at, rejected_at, envelope \
+                     FROM rejections WHERE tenant_id = ",
     );
     qb.push_bind(tenant.to_owned());
     if let Some(v) = &f.source_id {
@@ -303,12 +337,24 @@ pub async fn rejections(
             .push(")");
     }
     qb.push(" ORDER BY rejected_at DESC, rejected_seq DESC LIMIT ")
-        .push_bind(limit + 1);
-    let items: Vec<StoredRejection> = qb.build_query_as().fetch_all(db).await?;
-    Ok(Page::of(items, limit, |r| Cursor {
+        .push_bind(limit + 1)
+        .push(") AS page) AS budgeted WHERE before < ")
+        .push_bind(budget.max(1))
+        .push(" ORDER BY rejected_at DESC, rejected_seq DESC");
+    let rows: Vec<BudgetedRejection> = qb.build_query_as().fetch_all(db).await?;
+    let selected = rows.first().map_or(0, |r| r.selected);
+    let kept = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let items: Vec<StoredRejection> = rows.into_iter().map(|r| r.row).collect();
+    let cursor = |r: &StoredRejection| Cursor {
         micros: r.rejected_at.timestamp_micros(),
         id: r.rejected_seq.to_string(),
-    }))
+    };
+    if kept < selected {
+        // Cut by the budget: the next page starts after the last row shown.
+        let next_cursor = items.last().map(|r| cursor(r).encode());
+        return Ok(Page { items, next_cursor });
+    }
+    Ok(Page::of(items, limit, cursor))
 }
 
 pub async fn rejection_by_ingress(
