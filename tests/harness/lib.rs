@@ -285,6 +285,7 @@ impl Stack {
                 },
             },
             export_limits: Default::default(),
+            gateway_limits: Default::default(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }

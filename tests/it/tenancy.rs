@@ -179,10 +179,14 @@ async fn the_gateways_database_role_sees_only_the_tenant_its_request_names() {
     two_tenants(&stack).await;
     running.stop().await;
 
-    let gateway =
-        atp_store::connect_gateway(&stack.database_url, Some(&stack.gateway_database_url), 2)
-            .await
-            .expect("the gateway's login is accepted");
+    let gateway = atp_store::connect_gateway(
+        &stack.database_url,
+        Some(&stack.gateway_database_url),
+        2,
+        atp_gateway::deadline::STATEMENT_TIMEOUT,
+    )
+    .await
+    .expect("the gateway's login is accepted");
 
     // It cannot step past row-level security: not a superuser, no BYPASSRLS, owns nothing,
     // and every tenant table forces RLS on its owner too.
@@ -254,8 +258,13 @@ async fn the_gateways_database_role_sees_only_the_tenant_its_request_names() {
     assert!(refusal.contains("row-level security"), "{refusal}");
 
     // And a gateway configured with a role that could read past it refuses to start.
-    let err = atp_store::connect_gateway(&stack.database_url, Some(&stack.database_url), 1)
-        .await
-        .unwrap_err();
+    let err = atp_store::connect_gateway(
+        &stack.database_url,
+        Some(&stack.database_url),
+        1,
+        atp_gateway::deadline::STATEMENT_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, atp_store::StoreError::Unsafe(_)), "{err}");
 }

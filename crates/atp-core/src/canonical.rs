@@ -74,10 +74,18 @@ impl<'de> Visitor<'de> for StrictVisitor {
         // integer rule above refuses: taking them here would write canonical bytes that this
         // parser, and so `record::open` when verifying, cannot read back. Larger ones print
         // with an exponent (`1e+21`) and read back as the same double.
+        //
+        // Precisely: refused when its canonical literal would be read back as an integer type
+        // (it fits u64 or i64) and so meet the integer rule. Literals past those types, such as
+        // RFC 8785's own `295147905179352830000` (2^68), are read back as this very double.
         if v.abs() > MAX_SAFE_INTEGER as f64 && v.abs() < INTEGER_PRINTED_BELOW {
-            return Err(E::custom(format!(
-                "{NOT_I_JSON} number {v} is beyond ±(2^53-1) and its canonical form is an integer"
-            )));
+            let literal = serde_json_canonicalizer::to_string(&Value::from(v)).unwrap_or_default();
+            if literal.parse::<u64>().is_ok() || literal.parse::<i64>().is_ok() {
+                return Err(E::custom(format!(
+                    "{NOT_I_JSON} number {v} is beyond ±(2^53-1) and its canonical form \
+                     {literal} is such an integer"
+                )));
+            }
         }
         Number::from_f64(v)
             .map(|n| Strict(Value::Number(n)))
@@ -279,7 +287,7 @@ mod tests {
             &b"9007954790072547.40991"[..],
             b"9.007199254740992e15",
             b"-9007199254740993.0",
-            b"1e20",
+            b"1.8e19",
             b"[0.5, 123456789012345678901.5e-3]",
         ] {
             let e = parse_strict(refused).unwrap_err();
@@ -291,6 +299,8 @@ mod tests {
             &b"9007199254740991.0"[..],
             b"-9.007199254740991e15",
             b"1e21",
+            b"1e20",
+            b"295147905179352830000",
             b"-1e300",
         ] {
             let v = parse_strict(kept).unwrap();

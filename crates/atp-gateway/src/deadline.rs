@@ -11,6 +11,19 @@ use axum::response::{IntoResponse, Response};
 
 use crate::problem::Problem;
 
+/// The budget of a read (a query, a proof, a single verification): an index lookup or a page
+/// takes milliseconds, and 10 s is what an interactive caller waits before giving up anyway.
+pub const READ: Duration = Duration::from_secs(10);
+
+/// The longest one statement of the gateway's database pool may run (PostgreSQL's
+/// `statement_timeout`). A route that times out drops its query, but PostgreSQL would go on
+/// running it for the statement timeout: a statement longer than the route's budget would
+/// spend the database's time on an answer nobody waits for, and a caller retrying after its
+/// 504 would pile such statements up. So no statement outlives a read's budget; the routes with
+/// longer budgets (`verify/range`, appends waiting for their record) run many short statements,
+/// never one long one. `/readyz` (5 s) runs only a catalog lookup.
+pub const STATEMENT_TIMEOUT: Duration = READ;
+
 /// A route's budget: an append may wait up to [`crate::append::MAX_WAIT`] for its record;
 /// reads are index lookups; verifying a range or a bundle re-hashes up to their caps.
 pub fn budget(method: &Method, route: &str) -> Duration {
@@ -24,7 +37,7 @@ pub fn budget(method: &Method, route: &str) -> Duration {
         (&Method::GET, "/api/v1/exports/{export_id}/download") => s(30),
         (_, r) if r.starts_with("/api/v1/admin/") => s(60),
         (_, "/healthz" | "/readyz" | "/metrics") => s(5),
-        _ => s(10),
+        _ => READ,
     }
 }
 

@@ -51,6 +51,9 @@ pub struct ExportsParts {
     pub webhooks: async_nats::jetstream::kv::Store,
     pub limits: Arc<ExportLimits>,
     pub webhook_policy: WebhookPolicy,
+    /// Where `verify/export` puts a stored bundle while it checks it (the export spool):
+    /// a disk the operator sized for bundles, not the host's `/tmp`.
+    pub scratch: std::path::PathBuf,
 }
 
 /// Per-tenant caps on exports queued or running at once.
@@ -541,12 +544,16 @@ pub async fn verify(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(atp_bundle::MEDIA_TYPE));
-    let dir = tempfile_dir().map_err(|e| Problem::unavailable("scratch space", e))?;
-    let path = dir.join("bundle.tar");
-    if is_tar {
-        tokio::fs::write(&path, &body)
-            .await
-            .map_err(|e| Problem::unavailable("scratch space", e))?;
+    // A slot of the verification pool before anything is fetched or hashed.
+    let _slot = match state.capacity.verify.try_enter(&tenant) {
+        Ok(slot) => slot,
+        Err(busy) => return Ok(busy.problem(&tenant)),
+    };
+    // An uploaded bundle is checked where it already is, in memory (bounded by the request
+    // limit); a stored one is fetched into a scratch file that is removed when `Bundle` drops —
+    // on every return, early ones and a timed-out request's included.
+    let bundle = if is_tar {
+        Bundle::Uploaded(body)
     } else {
         let req: VerifyExportBody = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("expected {{\"exportId\"}} or a tar: {e}")))?;
@@ -562,22 +569,28 @@ pub async fn verify(
         let key = row
             .object_key
             .unwrap_or_else(|| object_key(&tenant, &req.export_id));
+        let file = scratch_file(&state.exports.scratch)
+            .map_err(|e| Problem::unavailable("scratch space", e))?;
         state
             .exports
             .cold
-            .download(&key, &path)
+            .download(&key, file.path())
             .await
             .map_err(|e| Problem::unavailable("the cold store", e))?;
-    }
+        Bundle::Stored(Arc::new(file))
+    };
     let trust = published_trust(&state.bus).await?;
-    let checked = path.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        bundle_verify::verify(|| std::fs::File::open(&checked), &trust)
+    let checked = bundle.clone();
+    let report = tokio::task::spawn_blocking(move || match &checked {
+        Bundle::Uploaded(bytes) => {
+            bundle_verify::verify(|| Ok(std::io::Cursor::new(bytes.clone())), &trust)
+        }
+        Bundle::Stored(file) => bundle_verify::verify(|| std::fs::File::open(file.path()), &trust),
     })
     .await
     .map_err(|e| Problem::unavailable("verification", e))?
     .map_err(|e| Problem::unavailable("verification", e));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(bundle);
     let report = report?;
     if report.tenant_id.as_deref().is_some_and(|t| t != tenant) {
         return Err(Problem::new(
@@ -596,6 +609,26 @@ pub async fn verify(
     .into_response())
 }
 
+/// The bundle `verify/export` checks. A stored one's scratch file is shared with the blocking
+/// check and removed when the last holder drops it.
+#[derive(Clone)]
+enum Bundle {
+    Uploaded(Bytes),
+    Stored(Arc<tempfile::NamedTempFile>),
+}
+
+/// The prefix of `verify/export`'s scratch files.
+pub const SCRATCH_PREFIX: &str = "atp-verify-";
+
+/// A fresh scratch file in `dir`, removed when dropped.
+fn scratch_file(dir: &std::path::Path) -> std::io::Result<tempfile::NamedTempFile> {
+    std::fs::create_dir_all(dir)?;
+    tempfile::Builder::new()
+        .prefix(SCRATCH_PREFIX)
+        .suffix(".tar")
+        .tempfile_in(dir)
+}
+
 /// Every checkpoint key the deployment ever published.
 async fn published_trust(bus: &Bus) -> Result<Trust, Problem> {
     let keys = signing_keys::list(&bus.signing_keys)
@@ -608,12 +641,6 @@ async fn published_trust(bus: &Bus) -> Result<Trust, Problem> {
     })
 }
 
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("atp-verify-{}", ulid::Ulid::generate()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +649,21 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
         parse_range(&h, size)
+    }
+
+    #[test]
+    fn a_scratch_file_is_gone_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = scratch_file(dir.path()).unwrap();
+        let path = file.path().to_owned();
+        assert!(path.exists());
+        let shared = Bundle::Stored(Arc::new(file));
+        let held = shared.clone();
+        drop(shared);
+        assert!(path.exists(), "kept while the check still holds it");
+        drop(held);
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -33,6 +33,11 @@ use crate::query::{READERS, RecordView, record_view, store_problem};
 /// Most records one `verify/range` call re-checks.
 pub const MAX_RANGE: u64 = 100_000;
 
+/// Records `verify/range` reads and hashes per step: one level-0 tile (256 leaves), so each
+/// step reads one tile of leaf hashes. What a running verification holds is one chunk: at the
+/// default event limit (64 KiB, records a little larger) at most ~18 MiB, whatever the range.
+pub const RANGE_CHUNK: u64 = atp_core::tiles::TILE_WIDTH;
+
 const ANY_ROLE: [Role; 3] = [Role::Producer, Role::Auditor, Role::Admin];
 
 fn b64_all(hashes: &[Digest]) -> Vec<String> {
@@ -514,6 +519,7 @@ pub async fn verify_range(
     principal: Principal,
     State(db): State<PgPool>,
     State(bus): State<Bus>,
+    State(capacity): State<crate::capacity::Capacity>,
     body: Result<Json<VerifyRangeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
@@ -544,92 +550,56 @@ pub async fn verify_range(
         ));
     }
     let fail = |e: String| integrity_error(&tenant, e);
-    let rows = query::records_by_chain(&db, &tenant, p.source.as_str(), from.saturating_sub(1), to)
-        .await
-        .map_err(store_problem)?;
-    let mut conn = db
-        .acquire()
-        .await
-        .map_err(|e| Problem::unavailable("the read model", e))?;
-    let leaves = store::leaf_hashes(&mut conn, &p, from, to)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let root = store::prove(&mut conn, &p, &ProofPlan::root(cp.size()))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    drop(conn);
-
-    let mut first_failure: Option<Value> = None;
-    let mut prev = if from == 0 {
-        Some(chain::genesis(&p))
-    } else {
-        None
+    // A slot of the verification pool, held to the end: the hashing runs on blocking threads,
+    // at most `verify_concurrency` at once and `verify_per_tenant` of them one tenant's.
+    let _slot = match capacity.verify.try_enter(&tenant) {
+        Ok(slot) => slot,
+        Err(busy) => return Ok(busy.problem(&tenant)),
     };
-    let mut expected = from;
-    let mut checked = 0u64;
-    for r in &rows {
-        let (head, link) = match record::head(&r.record) {
-            Ok(x) => x,
-            Err(e) => {
-                note_failure(
-                    &mut first_failure,
-                    r.chain_index as u64,
-                    "record",
-                    e.to_string(),
-                );
-                break;
-            }
+    let root = {
+        let mut conn = db
+            .acquire()
+            .await
+            .map_err(|e| Problem::unavailable("the read model", e))?;
+        store::prove(&mut conn, &p, &ProofPlan::root(cp.size()))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+    };
+
+    // One chunk at a time, aligned to tiles: read its records and leaf hashes, check them on a
+    // blocking thread, drop them, read the next. Memory stays at one chunk for any range.
+    let mut walk = RangeWalk::new(&p, from);
+    let mut start = from;
+    while start < to && !walk.stopped {
+        let end = ((start / RANGE_CHUNK + 1) * RANGE_CHUNK).min(to);
+        // The first chunk also reads the record before the range: its chain hash is the first
+        // link to check.
+        let read_from = if start == from {
+            from.saturating_sub(1)
+        } else {
+            start
         };
-        if head.chain_index + 1 == from {
-            prev = Some(link.chain_hash);
-            continue;
-        }
-        if head.chain_index != expected {
-            note_failure(
-                &mut first_failure,
-                expected,
-                "sequence",
-                format!("the read model has chain index {} here", head.chain_index),
-            );
-            break;
-        }
-        if r.digest.as_slice() != link.digest.0 {
-            note_failure(
-                &mut first_failure,
-                expected,
-                "digest",
-                "the stored bytes do not hash to the stored digest".into(),
-            );
-        }
-        if prev.is_some_and(|p| p != link.prev_hash) {
-            note_failure(
-                &mut first_failure,
-                expected,
-                "chainLink",
-                "prevHash does not continue the chain".into(),
-            );
-        }
-        let i = (expected - from) as usize;
-        if leaves.get(i) != Some(&merkle::leaf_hash(&r.record)) {
-            note_failure(
-                &mut first_failure,
-                expected,
-                "leaf",
-                "the record is not the leaf the Merkle log holds".into(),
-            );
-        }
-        prev = Some(link.chain_hash);
-        expected += 1;
-        checked += 1;
+        let rows = query::records_by_chain(&db, &tenant, p.source.as_str(), read_from, end)
+            .await
+            .map_err(store_problem)?;
+        let leaves = {
+            let mut conn = db
+                .acquire()
+                .await
+                .map_err(|e| Problem::unavailable("the read model", e))?;
+            store::leaf_hashes(&mut conn, &p, start, end)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+        };
+        walk = tokio::task::spawn_blocking(move || {
+            walk.feed(&rows, &leaves, start);
+            walk
+        })
+        .await
+        .map_err(|e| Problem::unavailable("verification", e))?;
+        start = end;
     }
-    if expected < to && first_failure.is_none() {
-        note_failure(
-            &mut first_failure,
-            expected,
-            "sequence",
-            "the read model lacks this record".into(),
-        );
-    }
+    let (checked, first_failure) = walk.finish(to);
     let signed_root = cp.root().map_err(|e| fail(e.to_string()))?;
     let known = known_keys(&bus).await?;
     let signature = Checkpoint::open(&cp.note, &known);
@@ -668,6 +638,114 @@ pub async fn verify_range(
         "checkpoint": cp.note,
     }))
     .into_response())
+}
+
+/// The pure half of `verify/range`: fed the range's records chunk by chunk, in chain order,
+/// it checks each one's digest, chain link and leaf, and keeps the first failure. It carries
+/// only the last chain hash from one chunk to the next.
+#[derive(Debug)]
+struct RangeWalk {
+    from: u64,
+    expected: u64,
+    prev: Option<Digest>,
+    checked: u64,
+    first_failure: Option<Value>,
+    /// The walk cannot go on (a record that does not parse, a record out of sequence).
+    stopped: bool,
+}
+
+impl RangeWalk {
+    fn new(p: &PartitionKey, from: u64) -> Self {
+        Self {
+            from,
+            expected: from,
+            prev: (from == 0).then(|| chain::genesis(p)),
+            checked: 0,
+            first_failure: None,
+            stopped: false,
+        }
+    }
+
+    /// Checks one chunk: `rows` in chain order (the first chunk may start with the record
+    /// before the range), `leaves` the stored leaf hashes from chain index `leaves_from` on.
+    fn feed(&mut self, rows: &[StoredRecord], leaves: &[Digest], leaves_from: u64) {
+        for r in rows {
+            if self.stopped {
+                return;
+            }
+            let (head, link) = match record::head(&r.record) {
+                Ok(x) => x,
+                Err(e) => {
+                    note_failure(
+                        &mut self.first_failure,
+                        r.chain_index as u64,
+                        "record",
+                        e.to_string(),
+                    );
+                    self.stopped = true;
+                    return;
+                }
+            };
+            if head.chain_index + 1 == self.from {
+                self.prev = Some(link.chain_hash);
+                continue;
+            }
+            if head.chain_index != self.expected {
+                note_failure(
+                    &mut self.first_failure,
+                    self.expected,
+                    "sequence",
+                    format!("the read model has chain index {} here", head.chain_index),
+                );
+                self.stopped = true;
+                return;
+            }
+            if r.digest.as_slice() != link.digest.0 {
+                note_failure(
+                    &mut self.first_failure,
+                    self.expected,
+                    "digest",
+                    "the stored bytes do not hash to the stored digest".into(),
+                );
+            }
+            if self.prev.is_some_and(|p| p != link.prev_hash) {
+                note_failure(
+                    &mut self.first_failure,
+                    self.expected,
+                    "chainLink",
+                    "prevHash does not continue the chain".into(),
+                );
+            }
+            let leaf = self
+                .expected
+                .checked_sub(leaves_from)
+                .and_then(|i| leaves.get(usize::try_from(i).ok()?));
+            if leaf != Some(&merkle::leaf_hash(&r.record)) {
+                note_failure(
+                    &mut self.first_failure,
+                    self.expected,
+                    "leaf",
+                    "the record is not the leaf the Merkle log holds".into(),
+                );
+            }
+            self.prev = Some(link.chain_hash);
+            self.expected += 1;
+            self.checked += 1;
+        }
+    }
+
+    /// The records checked and the first failure, a missing record at the end included.
+    fn finish(mut self, to: u64) -> (u64, Option<Value>) {
+        if self.expected < to && self.first_failure.is_none() {
+            note_failure(
+                &mut self.first_failure,
+                self.expected,
+                "sequence",
+                "the read model lacks this record".into(),
+            );
+        }
+        (self.checked, self.first_failure)
+    }
 }
 
 /// `GET /integrity/keys`: every checkpoint signing key ever used, as a JWKS. Public: verifying

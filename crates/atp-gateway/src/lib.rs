@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod append;
 pub mod auth;
+pub mod capacity;
 pub mod deadline;
 pub mod exports;
 pub mod health;
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod query;
+pub mod server;
 mod wait;
 
 use std::sync::Arc;
@@ -33,13 +35,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{AuthConfig, Claims, Principal, Role};
+pub use capacity::{Capacity, GatewayLimits};
 pub use exports::{ExportLimits, ExportsApi, ExportsParts};
 pub use limits::{Limiter, RateLimits};
 pub use problem::Problem;
 pub use wait::Waiters;
 
-/// Largest request body: a full batch of 1000 events of 64 KiB would be 64 MiB, which no
-/// gateway should buffer; 16 MiB admits 1000 typical (1–10 KiB) events and bounds memory.
+/// Largest request body by default ([`GatewayLimits::max_body`]): a full batch of 1000 events
+/// of 64 KiB would be 64 MiB, which no gateway should buffer; 16 MiB admits 1000 typical
+/// (1–10 KiB) events and bounds memory.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// The longest a request may take; `Prefer: wait` is capped below it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,6 +92,8 @@ pub struct GatewayState {
     pub exports: exports::ExportsApi,
     /// Per-tenant rates for appends, queries and export requests.
     pub limits: Arc<Limiter>,
+    /// Requests in flight, body size and the verification pool.
+    pub capacity: Capacity,
 }
 
 impl FromRef<GatewayState> for Arc<AuthConfig> {
@@ -103,6 +109,11 @@ impl FromRef<GatewayState> for Bus {
 impl FromRef<GatewayState> for PgPool {
     fn from_ref(s: &GatewayState) -> Self {
         s.db.clone()
+    }
+}
+impl FromRef<GatewayState> for Capacity {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.capacity.clone()
     }
 }
 impl FromRef<GatewayState> for Waiters {
@@ -149,6 +160,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: GatewayState) -> Router {
     let limits = axum::middleware::from_fn_with_state(state.clone(), limits::enforce);
+    let capacity = state.capacity.clone();
+    let max_body = capacity.limits.max_body;
     let (api, mut doc) = api_routes().split_for_parts();
     openapi::conventions(&mut doc);
     let doc = Arc::new(doc);
@@ -167,8 +180,11 @@ pub fn router(state: GatewayState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(problem::no_route)
-        // Innermost: after the rate check has authenticated the caller.
+        // Innermost: after the rate check has authenticated the caller. Nothing reads a body
+        // before that: an unauthenticated or rate-limited request is answered with its body
+        // unread, so a stranger cannot make the gateway buffer anything.
         .route_layer(axum::middleware::from_fn(auth::scope_tenant))
+        .route_layer(axum::middleware::from_fn(input::refuse_nul))
         .route_layer(axum::middleware::from_fn(deadline::enforce))
         .route_layer(limits)
         .route_layer(axum::middleware::from_fn(health::observe))
@@ -179,11 +195,19 @@ pub fn router(state: GatewayState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             problem::panicked,
         ))
-        .layer(axum::middleware::from_fn(input::refuse_nul))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        // The body limit holds while the body is read: a declared length over it is refused
+        // before reading, a chunked body once it passes it. axum's extractors get the same
+        // limit (their own default, 2 MiB, would otherwise apply first).
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             REQUEST_TIMEOUT,
+        ))
+        // Load shedding before anything else is spent on the request.
+        .layer(axum::middleware::from_fn_with_state(
+            capacity,
+            capacity::shed,
         ))
         .layer(axum::middleware::from_fn(problem::request_context))
         .layer(SetSensitiveRequestHeadersLayer::new([

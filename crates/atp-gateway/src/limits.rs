@@ -250,6 +250,11 @@ pub async fn enforce(State(state): State<GatewayState>, req: Request, next: Next
             atp_runtime::metrics::metrics()
                 .rate_limited
                 .add(1, &[atp_runtime::metrics::label("class", class.as_str())]);
+            // A held refusal holds nothing (ADR 0012), not even a place among the requests in
+            // flight: a flooding tenant's pacing must not shed other tenants' requests.
+            if let Some(place) = parts.extensions.get::<crate::capacity::InFlight>() {
+                place.release();
+            }
             if let Some((pause, _held)) = state.limits.pause(retry_after) {
                 tokio::time::sleep(pause).await;
             }

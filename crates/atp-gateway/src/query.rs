@@ -298,7 +298,7 @@ pub struct RejectionsParams {
 }
 
 #[utoipa::path(get, path = "/audit/rejections", tag = "audit", params(RejectionsParams),
-    responses((status = 200, description = "A page of refused submissions with their reason", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "A page of refused submissions with their reason, newest first: `{items, nextCursor}`; at most `limit` items and about 4 MiB of them, so a page may hold fewer than `limit` and still have a `nextCursor`", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list_rejections(
     principal: Principal,
     State(db): State<PgPool>,
@@ -316,6 +316,8 @@ pub async fn list_rejections(
         limit: p.limit,
         cursor: p.cursor,
     };
+    // Bounded in rows and in bytes (`query::REJECTION_PAGE_BYTES`): a page of envelopes is
+    // read whole into memory here.
     let page = query::rejections(&db, &tenant, &filter)
         .await
         .map_err(store_problem)?;

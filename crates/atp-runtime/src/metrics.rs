@@ -62,6 +62,8 @@ pub mod names {
     pub const JWKS_AGE_SECONDS: &str = "atp.gateway.jwks.age";
     /// Fetches of the token issuer's JWKS that failed (the keys fetched before stay trusted).
     pub const JWKS_REFRESH_FAILURES: &str = "atp.gateway.jwks.refresh.failures";
+    /// Requests the gateway answered 503 because it had its limit of requests in flight.
+    pub const SHED: &str = "atp.gateway.shed";
     /// HTTP requests answered, by `route` (the template) and `status`.
     pub const HTTP_REQUESTS: &str = "atp.http.requests";
     /// Seconds the most-behind ingest shard has not moved while ingress holds messages past it.
@@ -98,6 +100,7 @@ pub struct Metrics {
     pub rate_limited: Counter<u64>,
     pub jwks_age_seconds: Gauge<f64>,
     pub jwks_refresh_failures: Counter<u64>,
+    pub shed: Counter<u64>,
     pub http_requests: Counter<u64>,
     pub http_seconds: Histogram<f64>,
     pub role_restarts: Counter<u64>,
@@ -237,6 +240,10 @@ impl Metrics {
                 names::JWKS_REFRESH_FAILURES,
                 "Failed fetches of the token issuer's JWKS",
             ),
+            shed: counter(
+                names::SHED,
+                "Requests answered 503 because the gateway had its limit in flight",
+            ),
             http_requests: counter(names::HTTP_REQUESTS, "HTTP requests, by route and status"),
             http_seconds: seconds(names::HTTP_SECONDS, "Time to answer, by route"),
             role_restarts: counter(
@@ -278,6 +285,7 @@ mod tests {
             &m.dlq_letters,
             &m.rate_limited,
             &m.jwks_refresh_failures,
+            &m.shed,
             &m.http_requests,
             &m.role_restarts,
         ] {
@@ -330,7 +338,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            24,
+            25,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");

@@ -185,12 +185,20 @@ pub async fn tenant_tx(
 /// [`GATEWAY_ROLE`]) the pool connects as that; otherwise it connects with `url` and takes on
 /// [`GATEWAY_ROLE`] on every connection. Either way it refuses a role that could read past
 /// row-level security: a superuser, one with BYPASSRLS, or a table owner.
+///
+/// `statement_timeout` bounds every statement the pool runs: the gateway passes its shortest
+/// route budget, so PostgreSQL never works on an answer the route has given up on.
 pub async fn connect_gateway(
     url: &str,
     own_url: Option<&str>,
     max_connections: u32,
+    statement_timeout: std::time::Duration,
 ) -> Result<PgPool, StoreError> {
     let take_role = own_url.is_none();
+    let set_timeout = format!(
+        "SET statement_timeout = {}",
+        statement_timeout.as_millis().max(1)
+    );
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
@@ -198,14 +206,15 @@ pub async fn connect_gateway(
         // which the pool then closes and replaces; a ping before it would be a second one.
         .test_before_acquire(false)
         .after_connect(move |conn, _| {
+            let set_timeout = set_timeout.clone();
             Box::pin(async move {
                 if take_role {
                     sqlx::query("SET ROLE atp_gateway")
                         .execute(&mut *conn)
                         .await?;
                 }
-                // No statement outlives the longest route budget by much.
-                sqlx::query("SET statement_timeout = '30s'")
+                // Milliseconds; a number this process formatted, not input.
+                sqlx::query(sqlx::AssertSqlSafe(set_timeout))
                     .execute(&mut *conn)
                     .await?;
                 bind_tenant(conn).await

@@ -201,6 +201,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             ..Default::default()
         },
         export_limits: Default::default(),
+        gateway_limits: Default::default(),
         metrics_listen: None,
     })
     .await?;

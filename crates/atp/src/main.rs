@@ -94,6 +94,8 @@ enum Command {
         integrity: Box<IntegrityArgs>,
         #[command(flatten)]
         exports: Box<ExportArgs>,
+        #[command(flatten)]
+        gateway_limits: Box<GatewayLimitArgs>,
         /// Without the gateway role, serve /metrics and /healthz here.
         #[arg(long, env = "ATP_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
@@ -297,6 +299,58 @@ struct ExportArgs {
     /// Let webhooks target http:// and private or loopback addresses (development only).
     #[arg(long, env = "ATP_WEBHOOK_ALLOW_PRIVATE")]
     webhook_allow_private: bool,
+}
+
+/// The gateway's caps (defaults and their derivations: `atp_gateway::GatewayLimits`).
+#[derive(clap::Args, Clone)]
+struct GatewayLimitArgs {
+    /// Connections served at once; more wait in the listen backlog. Keep it below the open-file
+    /// limit (`ulimit -n`) less ~40.
+    #[arg(long, env = "ATP_GATEWAY_MAX_CONNECTIONS", default_value_t = atp_gateway::GatewayLimits::default().max_connections)]
+    gateway_max_connections: usize,
+    /// Requests in flight at once; past it, 503 UNAVAILABLE with Retry-After.
+    #[arg(long, env = "ATP_GATEWAY_MAX_IN_FLIGHT", default_value_t = atp_gateway::GatewayLimits::default().max_in_flight)]
+    gateway_max_in_flight: usize,
+    /// Seconds a client has to send a request head, and the idle timeout of kept-alive
+    /// connections.
+    #[arg(long, env = "ATP_GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = atp_gateway::GatewayLimits::default().header_read_timeout.as_secs())]
+    gateway_header_timeout_secs: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "ATP_GATEWAY_MAX_BODY", default_value_t = atp_gateway::MAX_BODY)]
+    gateway_max_body: usize,
+    /// Range and bundle verifications running at once, gateway-wide.
+    #[arg(long, env = "ATP_VERIFY_CONCURRENCY", default_value_t = atp_gateway::GatewayLimits::default().verify_concurrency)]
+    verify_concurrency: usize,
+    /// Verifications one tenant may run at once.
+    #[arg(long, env = "ATP_VERIFY_TENANT_LIMIT", default_value_t = atp_gateway::GatewayLimits::default().verify_per_tenant)]
+    verify_tenant_limit: usize,
+}
+
+impl GatewayLimitArgs {
+    fn limits(&self) -> anyhow::Result<atp_gateway::GatewayLimits> {
+        let positive = [
+            ("ATP_GATEWAY_MAX_CONNECTIONS", self.gateway_max_connections),
+            ("ATP_GATEWAY_MAX_IN_FLIGHT", self.gateway_max_in_flight),
+            ("ATP_GATEWAY_MAX_BODY", self.gateway_max_body),
+            ("ATP_VERIFY_CONCURRENCY", self.verify_concurrency),
+            ("ATP_VERIFY_TENANT_LIMIT", self.verify_tenant_limit),
+        ];
+        for (name, v) in positive {
+            anyhow::ensure!(v > 0, "{name} must be at least 1");
+        }
+        anyhow::ensure!(
+            self.gateway_header_timeout_secs > 0,
+            "ATP_GATEWAY_HEADER_TIMEOUT_SECS must be at least 1"
+        );
+        Ok(atp_gateway::GatewayLimits {
+            max_connections: self.gateway_max_connections,
+            max_in_flight: self.gateway_max_in_flight,
+            header_read_timeout: Duration::from_secs(self.gateway_header_timeout_secs),
+            max_body: self.gateway_max_body,
+            verify_concurrency: self.verify_concurrency,
+            verify_per_tenant: self.verify_tenant_limit,
+        })
+    }
 }
 
 impl ExportArgs {
@@ -546,9 +600,11 @@ async fn main() -> anyhow::Result<()> {
             gateway_public_key,
             integrity,
             exports,
+            gateway_limits,
             metrics_listen,
         } => {
             let (exports, export_limits) = (*exports).settings()?;
+            let gateway_limits = gateway_limits.limits()?;
             let mut keys = Vec::new();
             for entry in token_keys.iter().filter(|e| !e.is_empty()) {
                 let (kid, b64) = entry
@@ -591,6 +647,7 @@ async fn main() -> anyhow::Result<()> {
                 integrity: integrity.settings(),
                 exports,
                 export_limits,
+                gateway_limits,
                 metrics_listen,
             })
             .await?;

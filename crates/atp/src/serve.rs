@@ -101,6 +101,8 @@ pub struct ServeConfig {
     pub exports: ExportSettings,
     /// The gateway's per-tenant caps on concurrent exports.
     pub export_limits: ExportLimits,
+    /// The gateway's caps: connections, requests in flight, body size, verification pool.
+    pub gateway_limits: atp_gateway::GatewayLimits,
     /// Where a process without the gateway role serves `/metrics` and `/healthz` (the gateway
     /// serves them on its own listener).
     pub metrics_listen: Option<SocketAddr>,
@@ -386,6 +388,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 cfg.database_url.expose(),
                 cfg.gateway_database_url.as_ref().map(Secret::expose),
                 16,
+                atp_gateway::deadline::STATEMENT_TIMEOUT,
             )
             .await
             .context("connecting the gateway to PostgreSQL")?,
@@ -399,7 +402,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 webhooks: atp_nats::exports::webhooks(&js).await?,
                 limits: Arc::new(cfg.export_limits.clone()),
                 webhook_policy: cfg.exports.webhook.clone(),
+                scratch: cfg.exports.spool_dir.clone(),
             }),
+            capacity: atp_gateway::Capacity::new(cfg.gateway_limits.clone()),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -407,12 +412,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         running.gateway_addr = Some(listener.local_addr()?);
         let mut sd = shutdown.clone();
         let app = atp_gateway::router(state);
+        let limits = cfg.gateway_limits.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = sd.wait_for(|stop| *stop).await;
-                })
-                .await;
+            let served = atp_gateway::server::serve(listener, app, &limits, async move {
+                let _ = sd.wait_for(|stop| *stop).await;
+            })
+            .await;
             (
                 "gateway",
                 served.map_err(|e| RoleError::Fatal(e.to_string())),

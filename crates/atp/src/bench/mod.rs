@@ -137,6 +137,7 @@ pub(crate) async fn gateway(
         },
         exports: Default::default(),
         export_limits: Default::default(),
+        gateway_limits: Default::default(),
         metrics_listen: None,
     })
     .await
