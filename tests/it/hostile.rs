@@ -290,3 +290,47 @@ async fn a_line_break_sent_to_the_gateway_is_refused_at_the_door() {
     assert_eq!(r.status(), StatusCode::CREATED);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_whose_subject_could_forge_a_header_is_refused() {
+    let stack = Stack::start().await;
+    let running = stack.serve(gateway_and_workers()).await;
+    let api = Api::new(&running);
+    for subject in ["svc\nAtp-Gateway-Mac: forged", "tab\there", ""] {
+        let token = atp::dev::mint_token_in(
+            &stack.issuer,
+            TENANT,
+            Role::Producer,
+            subject,
+            3600,
+            atp_core::edition::Edition::Enterprise,
+        )
+        .unwrap();
+        let r = api
+            .post("/api/v1/audit/append", &token)
+            .json(&short("forged-1", "bob"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{subject:?}");
+    }
+    // A printable subject is fine, and the event it sends is recorded.
+    let token = atp::dev::mint_token_in(
+        &stack.issuer,
+        TENANT,
+        Role::Producer,
+        "svc-billing ✓",
+        3600,
+        atp_core::edition::Edition::Enterprise,
+    )
+    .unwrap();
+    let r = api
+        .post("/api/v1/audit/append", &token)
+        .header("prefer", "wait=30")
+        .json(&short("fine-1", "bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    running.stop().await;
+}
