@@ -39,6 +39,15 @@ async fn each_refused_then_a_good_one_recorded(
     stack: &Stack,
     bad: Vec<(async_nats::HeaderMap, Vec<u8>)>,
 ) -> Vec<atp_core::reason::RejectionEnvelope> {
+    refused_then_recorded(stack, bad, 0).await
+}
+
+/// The same, on a partition that already holds `records_before` records (and no rejection).
+async fn refused_then_recorded(
+    stack: &Stack,
+    bad: Vec<(async_nats::HeaderMap, Vec<u8>)>,
+    records_before: u64,
+) -> Vec<atp_core::reason::RejectionEnvelope> {
     let p = partition(TENANT, SOURCE);
     let mut seqs = Vec::new();
     for (h, body) in bad {
@@ -55,10 +64,11 @@ async fn each_refused_then_a_good_one_recorded(
         .publish(&p, &stack.sign(stack.event("good-after")))
         .await;
     eventually("the good event after the bad ones recorded", || async {
-        (stack.ledger_len(&p).await == 1).then_some(())
+        (stack.ledger_len(&p).await == records_before + 1).then_some(())
     })
     .await;
-    assert_eq!(stack.ledger(&p).await[0].event["id"], json!("good-after"));
+    let ledger = stack.ledger(&p).await;
+    assert_eq!(ledger[ledger.len() - 1].event["id"], json!("good-after"));
     let rejections = stack.rejections(&p).await;
     let answered: Vec<u64> = rejections.iter().map(|r| r.ingress_seq).collect();
     assert_eq!(
@@ -237,7 +247,7 @@ async fn the_same_id_with_other_content_on_nats_is_refused_as_a_conflict() {
     let mut other = stack.event("dup-1");
     other["data"]["action"] = json!("DELETE");
     let other = serde_json::to_vec(&stack.sign(other)).unwrap();
-    let rejections = each_refused_then_a_good_one_recorded_after(&stack, other).await;
+    let rejections = refused_then_recorded(&stack, vec![(structured(), other)], 1).await;
     running.stop().await;
     assert_eq!(rejections[0].reason, Reason::IdempotencyConflict);
     assert!(
@@ -245,24 +255,6 @@ async fn the_same_id_with_other_content_on_nats_is_refused_as_a_conflict() {
         "{}",
         rejections[0].detail
     );
-}
-
-/// Like [`each_refused_then_a_good_one_recorded`], for a partition that already holds one
-/// record.
-async fn each_refused_then_a_good_one_recorded_after(
-    stack: &Stack,
-    bad: Vec<u8>,
-) -> Vec<atp_core::reason::RejectionEnvelope> {
-    let p = partition(TENANT, SOURCE);
-    stack.publish_raw(&p, bad, None).await;
-    stack
-        .publish(&p, &stack.sign(stack.event("good-after")))
-        .await;
-    eventually("the good event recorded", || async {
-        (stack.ledger_len(&p).await == 2).then_some(())
-    })
-    .await;
-    stack.rejections(&p).await
 }
 
 #[tokio::test]

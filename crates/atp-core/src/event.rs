@@ -237,6 +237,27 @@ pub fn fingerprint(event: &Map<String, Value>, data_bytes: &[u8]) -> Digest {
     Digest(h.finalize().into())
 }
 
+/// [`fingerprint`] of the event in a record's stored bytes (`None` if they do not open).
+pub fn record_fingerprint(record_bytes: &[u8]) -> Option<Digest> {
+    let opened = crate::record::open(record_bytes, false).ok()?;
+    stored_fingerprint(&opened.record.event)
+}
+
+/// The refusal of an id recorded before with other content (ADR 0013), naming that record.
+pub fn idempotency_conflict(
+    id: &str,
+    chain_index: impl std::fmt::Display,
+    record_id: &str,
+) -> Rejection {
+    reject(
+        Reason::IdempotencyConflict,
+        format!(
+            "id {id:?} was recorded at chainIndex {chain_index} (recordId {record_id}) with other \
+             content; a repeat must be the same event, a new event needs a new id"
+        ),
+    )
+}
+
 /// [`fingerprint`] of an event as ATP stored it (structured form), for events recorded before.
 pub fn stored_fingerprint(event: &Value) -> Option<Digest> {
     let obj = event.as_object()?;

@@ -125,13 +125,10 @@ impl PartitionState {
     pub fn decide(&self, ev: &Admitted) -> Decision {
         if let Some(r) = self.recent.get(&ev.id) {
             if r.fingerprint.is_some_and(|f| f != ev.fingerprint) {
-                return Decision::Reject(Rejection::new(
-                    Reason::IdempotencyConflict,
-                    format!(
-                        "id {:?} was recorded at chainIndex {} (recordId {}) with other content; \
-                         a repeat must be the same event, a new event needs a new id",
-                        ev.id, r.chain_index, r.record_id
-                    ),
+                return Decision::Reject(crate::event::idempotency_conflict(
+                    &ev.id,
+                    r.chain_index,
+                    &r.record_id,
                 ));
             }
             return Decision::Duplicate(r.clone());

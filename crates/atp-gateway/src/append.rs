@@ -256,19 +256,10 @@ fn repeat_of(
     p: &Prepared,
     tenant: &str,
 ) -> Result<Response, Problem> {
-    let stored = atp_core::record::open(&r.record, false)
-        .ok()
-        .and_then(|o| atp_core::event::stored_fingerprint(&o.record.event));
-    if stored.is_some_and(|f| f != p.fingerprint) {
-        return Err(Problem::from_rejection(&Rejection::new(
-            atp_core::Reason::IdempotencyConflict,
-            format!(
-                "id {:?} was recorded at chainIndex {} (recordId {}) with other content; \
-                 a repeat must be the same event, a new event needs a new id",
-                p.event_id, r.chain_index, r.record_id
-            ),
-        ))
-        .tenant(tenant));
+    if atp_core::event::record_fingerprint(&r.record).is_some_and(|f| f != p.fingerprint) {
+        let conflict =
+            atp_core::event::idempotency_conflict(&p.event_id, r.chain_index, &r.record_id);
+        return Err(Problem::from_rejection(&conflict).tenant(tenant));
     }
     let digest = atp_core::Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
     Ok((

@@ -221,9 +221,7 @@ impl Ingest {
             };
             let digest = atp_core::Digest(k.digest.as_slice().try_into().unwrap_or([0u8; 32]));
             let chain_index = u64::try_from(k.chain_index).unwrap_or(0);
-            let fingerprint = record::open(&k.record, false)
-                .ok()
-                .and_then(|o| atp_core::event::stored_fingerprint(&o.record.event));
+            let fingerprint = atp_core::event::record_fingerprint(&k.record);
             chain.remember(
                 k.event_id,
                 RecordRef {
@@ -626,7 +624,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
         Some(admitted.unwrap_or_else(|panic| {
             Err(unprocessable(
                 loc,
-                format!("admission panicked: {}", panic_text(&panic)),
+                format!("admission panicked: {}", crate::panic_message(&*panic)),
             ))
         }))
     };
@@ -800,14 +798,6 @@ fn unprocessable(loc: &Located, why: String) -> Rejection {
         "ATP failed on this submission (a defect in ATP, reported to its operators); \
          it is kept here and nothing else was affected",
     )
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// `f(0..n)` across the machine's cores (scoped threads; results in index order). Admission

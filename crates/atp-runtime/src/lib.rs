@@ -37,6 +37,16 @@ pub enum RoleError {
     Fatal(String),
 }
 
+/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), for the log line
+/// of whoever caught it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// Converts a JetStream timestamp to chrono.
 pub(crate) fn to_chrono(t: time::OffsetDateTime) -> chrono::DateTime<chrono::Utc> {
     let nanos = t.unix_timestamp_nanos();
