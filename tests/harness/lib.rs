@@ -128,6 +128,17 @@ impl Drop for Stack {
 /// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
 pub const LOG_NAME: &str = "atp.test";
 
+/// Only the ingest role, as the scenarios about ingest alone run it.
+pub fn ingest_only() -> Roles {
+    Roles {
+        gateway: false,
+        ingest: true,
+        projector: false,
+        integrity: false,
+        exporter: false,
+    }
+}
+
 pub fn partition(tenant: &str, source: &str) -> PartitionKey {
     PartitionKey::new(
         TenantId::new(tenant).unwrap(),
@@ -351,6 +362,20 @@ impl Stack {
     }
 
     /// A valid, unsigned audit event of the test source.
+    /// Registers another tenant's `crm` source at `uri`, with this stack's producer key under
+    /// `key_id`.
+    pub async fn register_tenant(&self, tenant: &str, uri: &str, key_id: &str) {
+        atp::admin::add_producer(
+            &self.js,
+            tenant,
+            SOURCE,
+            uri,
+            Some((key_id, self.producer.verifying_key().to_bytes())),
+        )
+        .await
+        .expect("producer registered");
+    }
+
     pub fn event(&self, id: &str) -> Map<String, Value> {
         atp_core::producer::example_event(id, SOURCE_URI, chrono::Utc::now(), "alice", "UPDATE")
     }

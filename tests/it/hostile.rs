@@ -13,16 +13,6 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn ingest_only() -> Roles {
-    Roles {
-        gateway: false,
-        ingest: true,
-        projector: false,
-        integrity: false,
-        exporter: false,
-    }
-}
-
 fn gateway_and_workers() -> Roles {
     Roles {
         gateway: true,

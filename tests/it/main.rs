@@ -17,6 +17,7 @@ mod gateway;
 mod hostile;
 mod ingest;
 mod integrity;
+mod lanes;
 mod limits;
 mod metrics;
 mod nats_auth;

@@ -14,15 +14,7 @@ const OTHER_KEY: &str = "globex-crm-1";
 
 /// Three records and one rejection per tenant, projected and checkpointed.
 async fn two_tenants(stack: &Stack) {
-    atp::admin::add_producer(
-        &stack.js,
-        OTHER,
-        SOURCE,
-        OTHER_URI,
-        Some((OTHER_KEY, stack.producer.verifying_key().to_bytes())),
-    )
-    .await
-    .unwrap();
+    stack.register_tenant(OTHER, OTHER_URI, OTHER_KEY).await;
     for i in 0..3 {
         stack
             .publish(

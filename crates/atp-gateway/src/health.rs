@@ -72,8 +72,11 @@ pub async fn metrics(
             );
         }
     }
-    if let Ok(Some(lag)) = atp_nats::progress::ingest_lag(&bus.js).await {
-        m.ingest_lag_seconds.record(lag, &[]);
+    if let Ok(state) = atp_nats::progress::ingress_state(&bus.js).await {
+        if let Some(lag) = state.lag {
+            m.ingest_lag_seconds.record(lag, &[]);
+        }
+        m.ingress_fill.record(state.fill, &[]);
     }
     if let Ok(depth) = atp_nats::dlq::depth(&bus.js).await {
         m.dlq_depth.record(depth, &[]);

@@ -278,8 +278,18 @@ fn writes(w: Worker) -> &'static [&'static str] {
             "atp.export.requested.>",
             "$KV.ATP_EXPORT_WEBHOOKS.>",
             "$KV.ATP_DLQ_REPLAYS.>",
+            // The oldest waiting submission's age (the ingest lag figure of `/metrics`): one
+            // message per tenant with a backlog. The gateway reads every record already.
+            "$JS.API.DIRECT.GET.ATP_INGRESS",
+            "$JS.API.DIRECT.GET.ATP_INGRESS.>",
         ],
-        Worker::Ingest => &["atp.ledger.>", "atp.rejected.>", "$KV.ATP_INGEST.>"],
+        Worker::Ingest => &[
+            "atp.ledger.>",
+            "atp.rejected.>",
+            "$KV.ATP_INGEST.>",
+            // Trimming what every lane has handled (ADR 0017).
+            "$JS.API.STREAM.PURGE.ATP_INGRESS",
+        ],
         Worker::Projector => &["atp.dlq.projector.>"],
         Worker::Integrity => &[
             "atp.checkpoint.>",
@@ -837,8 +847,17 @@ mod tests {
             )
         };
         for w in Worker::ALL {
+            // Only ingest consumes ingress; the gateway reads one message per waiting tenant
+            // for the lag figure.
             let ingress = reads(w, crate::streams::INGRESS);
-            assert_eq!(ingress, (w == Worker::Ingest, w == Worker::Ingest), "{w:?}");
+            assert_eq!(
+                ingress,
+                (
+                    matches!(w, Worker::Ingest | Worker::Gateway),
+                    w == Worker::Ingest
+                ),
+                "{w:?}"
+            );
             let bundles = reads(w, "OBJ_ATP_EXPORT_BUNDLES").0;
             assert_eq!(
                 bundles,

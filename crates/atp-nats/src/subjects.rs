@@ -23,7 +23,7 @@ pub const ALL: [(&str, &str); 8] = [
     ("dlq", DLQ),
 ];
 
-fn render(template: &str, tenant: &str, source: &str) -> String {
+pub fn render(template: &str, tenant: &str, source: &str) -> String {
     template
         .replace("{tenant}", tenant)
         .replace("{source}", source)

@@ -13,9 +13,20 @@
 //! the ledger subject's last sequence as this worker read it. A second worker that appended in
 //! between makes the batch fail whole; the worker then forgets the partition, re-reads its tail
 //! and handles the batch again, now skipping what the other worker recorded.
+//!
+//! Lanes (ADR 0017). One FIFO for every tenant would let one tenant's backlog hold up every
+//! other tenant's events. So the worker reads ATP_INGRESS in lanes that run side by side, each
+//! with its own ordered consumer and resume hint: one per registered tenant
+//! (`atp.ingress.<tenant>.*`), and the rest lane for every message no tenant lane takes
+//! (tenants not yet registered, subjects that name no valid tenant). Nothing above depends on
+//! which lane handles a message: positions are per partition, and a partition belongs to one
+//! tenant. When a tenant's lane opens it starts where the rest lane's hint says every earlier
+//! message was handled; the two may both handle a message in between, which the partition
+//! cursors and the atomic batches make harmless. What a lane has handled is trimmed from the
+//! stream, so ATP_INGRESS holds what waits and its per-subject limit budgets each partition.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -40,7 +51,7 @@ use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 
 use crate::metrics::{label, metrics};
-use crate::reader::{BatchHandler, ReadSpec, Role};
+use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown, run_role};
 pub use crate::shard::Shard;
 use crate::{RoleError, telemetry, to_chrono};
 
@@ -84,6 +95,22 @@ impl Default for IngestConfig {
     }
 }
 
+/// How often the worker looks for tenants that have no lane yet. Until a new tenant's lane
+/// opens, the rest lane handles its events, so this bounds only how soon it is isolated.
+const LANE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Which of ATP_INGRESS's messages a lane handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lane {
+    /// Every message of one tenant: `atp.ingress.<tenant>.*`.
+    Tenant(TenantId),
+    /// Every message of a tenant without a lane of its own.
+    Rest,
+}
+
+/// The tenants that have a lane of their own, which the rest lane leaves alone.
+type Laned = Arc<RwLock<HashSet<String>>>;
+
 /// What the worker knows of one partition.
 struct Part {
     /// `None` for subjects whose tokens are not valid names: those only ever get rejections.
@@ -122,11 +149,17 @@ pub struct BatchStats {
 
 pub struct Ingest {
     js: Context,
+    lane: Lane,
+    laned: Laned,
+    ingress: Stream,
     ledger: Stream,
     rejected: Stream,
     registry: RegistryCache,
+    producers: Store,
     progress: Store,
     cfg: IngestConfig,
+    /// The rest lane: the tenants whose messages it has handled, trimmed with its hint.
+    trim: HashSet<String>,
     parts: HashMap<String, Part>,
     /// The previous batch's commit, still in flight while this batch is planned.
     inflight: Option<Inflight>,
@@ -144,6 +177,10 @@ fn retry(what: &str) -> impl Fn(String) -> RoleError + '_ {
 impl Ingest {
     pub async fn new(js: Context, cfg: IngestConfig) -> Result<Self, RoleError> {
         let fatal = |e: String| RoleError::Fatal(e);
+        let ingress = js
+            .get_stream(streams::INGRESS)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
         let ledger = js
             .get_stream(streams::LEDGER)
             .await
@@ -160,16 +197,21 @@ impl Ingest {
             .get_key_value(streams::INGEST_BUCKET)
             .await
             .map_err(|e| fatal(e.to_string()))?;
-        let registry = RegistryCache::start(producers)
+        let registry = RegistryCache::start(producers.clone())
             .await
             .map_err(|e| fatal(e.to_string()))?;
         Ok(Self {
             js,
+            lane: Lane::Rest,
+            laned: Arc::default(),
+            ingress,
             ledger,
             rejected,
             registry,
+            producers,
             progress,
             cfg,
+            trim: HashSet::new(),
             parts: HashMap::new(),
             inflight: None,
             hint_written: std::time::Instant::now(),
@@ -178,12 +220,152 @@ impl Ingest {
         })
     }
 
+    /// Another lane of the same worker: shared connections, registry and totals, fresh state.
+    fn lane(&self, lane: Lane) -> Self {
+        Self {
+            js: self.js.clone(),
+            lane,
+            laned: Arc::clone(&self.laned),
+            ingress: self.ingress.clone(),
+            ledger: self.ledger.clone(),
+            rejected: self.rejected.clone(),
+            registry: self.registry.clone(),
+            producers: self.producers.clone(),
+            progress: self.progress.clone(),
+            cfg: self.cfg.clone(),
+            trim: HashSet::new(),
+            parts: HashMap::new(),
+            inflight: None,
+            hint_written: std::time::Instant::now(),
+            hint_due: None,
+            totals: Arc::clone(&self.totals),
+        }
+    }
+
     fn progress_key(&self) -> String {
-        format!(
-            "{}{}",
-            atp_nats::progress::HINT_PREFIX,
-            self.cfg.shard.label()
-        )
+        hint_key(self.cfg.shard, &self.lane)
+    }
+
+    fn is_laned(&self, tenant: &str) -> bool {
+        self.laned.read().is_ok_and(|l| l.contains(tenant))
+    }
+
+    /// Runs the role: every tenant lane and the rest lane, side by side, until shutdown or a
+    /// fatal error. Tenants registered later get their lane within [`LANE_REFRESH`].
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), RoleError> {
+        let mut lanes = tokio::task::JoinSet::new();
+        let mut open = HashSet::new();
+        // Lanes known already open first, so the rest lane leaves their tenants alone from its
+        // first batch on (were it not so, both would handle them for a while: harmless, slower).
+        if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+            tracing::warn!(error = %e, "could not open the tenant lanes yet; retrying");
+        }
+        self.spawn_lane(self.lane(Lane::Rest), &mut lanes, &shutdown);
+        let mut refresh = tokio::time::interval(LANE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown_seen = shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => {
+                    if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+                        tracing::warn!(error = %e, "could not look for new tenant lanes");
+                    }
+                }
+                done = lanes.join_next() => {
+                    let outcome = match done {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => Err(RoleError::Fatal(format!("an ingest lane failed: {e}"))),
+                        None => Ok(()),
+                    };
+                    if outcome.is_err() || *shutdown.borrow() {
+                        lanes.shutdown().await;
+                        return outcome;
+                    }
+                }
+                _ = shutdown_seen.changed() => {
+                    while lanes.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn spawn_lane(
+        &self,
+        mut lane: Ingest,
+        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
+        shutdown: &Shutdown,
+    ) {
+        use tracing::Instrument as _;
+        let js = self.js.clone();
+        let shutdown = shutdown.clone();
+        let span = match &lane.lane {
+            Lane::Tenant(t) => tracing::info_span!("lane", tenant = %t),
+            Lane::Rest => tracing::info_span!("lane", tenant = "(rest)"),
+        };
+        lanes.spawn(async move { run_role(&js, &mut lane, shutdown).await }.instrument(span));
+    }
+
+    /// Opens a lane for every tenant that has a registration or a lane hint and no lane yet.
+    /// A new lane's hint is written before the rest lane starts leaving the tenant alone, at
+    /// the rest lane's hint: every message of the tenant at or below it is handled.
+    async fn open_lanes(
+        &self,
+        open: &mut HashSet<String>,
+        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
+        shutdown: &Shutdown,
+    ) -> Result<(), String> {
+        let label = self.cfg.shard.label();
+        let mut tenants = BTreeSet::new();
+        let mut keys = self.producers.keys().await.map_err(|e| e.to_string())?;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| e.to_string())?;
+            if let Some((t, _)) = k.split_once('.') {
+                tenants.insert(t.to_owned());
+            }
+        }
+        let mut keys = self.progress.keys().await.map_err(|e| e.to_string())?;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| e.to_string())?;
+            if let Some(t) = atp_nats::progress::lane_tenant(&label, &k) {
+                tenants.insert(t.to_owned());
+            }
+        }
+        for t in tenants {
+            if open.contains(&t) {
+                continue;
+            }
+            let Ok(tenant) = TenantId::new(&t) else {
+                continue;
+            };
+            let key = atp_nats::progress::lane_key(&label, &t);
+            if self
+                .progress
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                let rest = self
+                    .progress
+                    .get(atp_nats::progress::rest_key(&label))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |v| {
+                        String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0)
+                    });
+                // Another instance of this shard (a rolling restart) may have created it: then
+                // its value stands.
+                let _ = self.progress.create(&key, rest.to_string().into()).await;
+            }
+            if let Ok(mut laned) = self.laned.write() {
+                laned.insert(t.clone());
+            }
+            open.insert(t);
+            tracing::info!(tenant = %tenant, "ingest lane opened");
+            self.spawn_lane(self.lane(Lane::Tenant(tenant)), lanes, shutdown);
+        }
+        Ok(())
     }
 
     /// Looks up, in the read model, the event ids of this batch that the partitions' recent-id
@@ -233,6 +415,27 @@ impl Ingest {
             );
         }
         Ok(())
+    }
+
+    /// The batch with the bodies of the located messages, read by sequence (the rest lane's
+    /// reader delivers headers only).
+    async fn with_bodies(
+        &self,
+        batch: &Arc<[Message]>,
+        located: &[Option<Located>],
+    ) -> Result<Arc<[Message]>, RoleError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (msg, loc) in batch.iter().zip(located) {
+            let mut msg = msg.clone();
+            if let Some(loc) = loc {
+                let full = self.ingress.direct_get(loc.seq).await.map_err(|e| {
+                    RoleError::Retry(format!("reading ingress message {}: {e}", loc.seq))
+                })?;
+                msg.message.payload = full.payload;
+            }
+            out.push(msg);
+        }
+        Ok(out.into())
     }
 
     /// Reads a partition's state from the ledger's and the rejected stream's tails.
@@ -428,13 +631,25 @@ impl Role for Ingest {
                 )));
             }
         };
+        // The rest lane reads every message but handles few (tenants without a lane): it reads
+        // headers only and fetches the bodies it needs, so a flooding tenant's bytes are not
+        // delivered twice.
+        let (filter, tail_subject, headers_only) = match &self.lane {
+            Lane::Rest => (subjects::all(subjects::INGRESS), None, true),
+            Lane::Tenant(t) => {
+                let f = subjects::tenant_all(subjects::INGRESS, t);
+                (f.clone(), Some(f), false)
+            }
+        };
         Ok(ReadSpec {
             stream: streams::INGRESS.to_owned(),
-            filter_subjects: vec![subjects::all(subjects::INGRESS)],
+            filter_subjects: vec![filter],
             start_seq: resume + 1,
             batch_max: self.cfg.batch_max.min(atp_nats::batch::MAX_BATCH),
             stop_after: None,
             stop_at_end: false,
+            tail_subject,
+            headers_only,
         })
     }
 }
@@ -500,9 +715,13 @@ impl BatchHandler for Ingest {
                 continue;
             };
             let pkey = format!("{t}.{s}");
-            if !self.cfg.shard.owns(&pkey) {
+            if !self.cfg.shard.owns(&pkey) || (self.lane == Lane::Rest && self.is_laned(t)) {
                 located.push(None);
                 continue;
+            }
+            if self.lane == Lane::Rest && !self.trim.contains(t) && self.trim.len() < REST_TRIM_MAX
+            {
+                self.trim.insert(t.to_owned());
             }
             let key = match (TenantId::new(t), SourceId::new(s)) {
                 (Ok(t), Ok(s)) => Some(PartitionKey::new(t, s)),
@@ -532,6 +751,15 @@ impl BatchHandler for Ingest {
                 key,
             }));
         }
+
+        // The rest lane read headers only: the bodies of what it handles, now.
+        let filled;
+        let batch = if self.lane == Lane::Rest && located.iter().any(Option::is_some) {
+            filled = self.with_bodies(batch, &located).await?;
+            &filled
+        } else {
+            batch
+        };
 
         // Ids older than the window: the read model knows them (it is derived from the ledger and
         // lags it by seconds, while the window covers minutes).
@@ -1029,14 +1257,96 @@ impl Ingest {
         }
     }
 
+    /// Writes the hint, then trims from ATP_INGRESS what every shard's same lane has handled.
     fn write_hint(&mut self, last_seq: u64) {
         self.hint_due = None;
         self.hint_written = std::time::Instant::now();
         let (kv, key) = (self.progress.clone(), self.progress_key());
+        let trim = Trim {
+            ingress: self.ingress.clone(),
+            progress: self.progress.clone(),
+            shard: self.cfg.shard,
+            lane: self.lane.clone(),
+            laned: Arc::clone(&self.laned),
+            rest_tenants: self.trim.iter().cloned().collect(),
+        };
         tokio::spawn(async move {
             if let Err(e) = kv.put(key, last_seq.to_string().into()).await {
                 tracing::warn!(error = %e, "could not store the ingest resume hint");
+                return;
+            }
+            if let Err(e) = trim.run(last_seq).await {
+                tracing::warn!(error = %e, "could not trim handled messages from ATP_INGRESS");
             }
         });
+    }
+}
+
+/// The rest lane trims at most this many tenants' subjects (tenants without a lane are the
+/// exception: new ones, for a few seconds, and names that are not tenant ids).
+const REST_TRIM_MAX: usize = 1024;
+
+/// A lane's hint key for a shard.
+fn hint_key(shard: Shard, lane: &Lane) -> String {
+    match lane {
+        Lane::Rest => atp_nats::progress::rest_key(&shard.label()),
+        Lane::Tenant(t) => atp_nats::progress::lane_key(&shard.label(), t.as_str()),
+    }
+}
+
+/// Removing handled messages from ATP_INGRESS, after a lane's hint is stored.
+struct Trim {
+    ingress: Stream,
+    progress: Store,
+    shard: Shard,
+    lane: Lane,
+    laned: Laned,
+    rest_tenants: Vec<String>,
+}
+
+impl Trim {
+    /// Purges, per tenant the lane handles, every message below the lowest hint of the lane
+    /// over all shards (each shard handles only its partitions; one with no hint yet stops the
+    /// trim). A tenant that has a lane of its own is never trimmed by the rest lane, which
+    /// stopped handling it when the lane opened.
+    async fn run(self, own: u64) -> Result<(), String> {
+        let mut floor = own;
+        for index in (0..self.shard.count).filter(|i| *i != self.shard.index) {
+            let other = Shard {
+                index,
+                count: self.shard.count,
+            };
+            let Some(v) = self
+                .progress
+                .get(hint_key(other, &self.lane))
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            floor = floor.min(String::from_utf8_lossy(&v).parse().unwrap_or(0));
+        }
+        let tenants = match &self.lane {
+            Lane::Tenant(t) => vec![t.to_string()],
+            Lane::Rest => {
+                let laned = self
+                    .laned
+                    .read()
+                    .map_err(|_| "the lane set is poisoned".to_owned())?;
+                self.rest_tenants
+                    .into_iter()
+                    .filter(|t| !laned.contains(t))
+                    .collect()
+            }
+        };
+        for t in tenants {
+            self.ingress
+                .purge()
+                .filter(subjects::render(subjects::INGRESS, &t, "*"))
+                .sequence(floor + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }

@@ -320,6 +320,8 @@ impl Role for IntegrityLog {
             batch_max: BATCH_MAX,
             stop_after: None,
             stop_at_end: false,
+            tail_subject: None,
+            headers_only: false,
         })
     }
 }

@@ -69,6 +69,7 @@ pub mod names {
     /// Seconds the most-behind ingest shard has not moved while ingress holds messages past it.
     /// Measured when `/metrics` is scraped.
     pub const INGEST_LAG_SECONDS: &str = "atp.ingest.lag";
+    pub const INGRESS_FILL: &str = "atp.ingress.fill";
     /// Role (re)starts after a failure, by `role` and `kind` (`retry`: an outage, backed off;
     /// `restart`: a lost race or a failed pipelined commit).
     pub const ROLE_RESTARTS: &str = "atp.role.restarts";
@@ -105,6 +106,7 @@ pub struct Metrics {
     pub http_seconds: Histogram<f64>,
     pub role_restarts: Counter<u64>,
     pub ingest_lag_seconds: Gauge<f64>,
+    pub ingress_fill: Gauge<f64>,
 }
 
 /// Latency buckets in seconds, from 1 ms to 30 s.
@@ -254,7 +256,14 @@ impl Metrics {
                 .f64_gauge(names::INGEST_LAG_SECONDS)
                 .with_unit("s")
                 .with_description(
-                    "How long ingest has not moved while ingress holds messages past its position",
+                    "Age of the oldest submission ingest has not handled yet (0 when none waits)",
+                )
+                .build(),
+            ingress_fill: meter
+                .f64_gauge(names::INGRESS_FILL)
+                .with_unit("1")
+                .with_description(
+                    "How near ATP_INGRESS is to refusing publishes: the larger of its bytes over its byte limit and its fullest partition's waiting messages over the per-partition limit",
                 )
                 .build(),
             registry,
@@ -304,6 +313,7 @@ mod tests {
         }
         m.projector_lag_seconds.record(0.0, &[]);
         m.ingest_lag_seconds.record(0.0, &[]);
+        m.ingress_fill.record(0.0, &[]);
         m.jwks_age_seconds.record(0.0, &[]);
         render()
             .lines()
@@ -338,7 +348,7 @@ mod tests {
         let families = every_family();
         assert_eq!(
             families.len(),
-            25,
+            26,
             "one family per instrument: {families:?}"
         );
         let rules = include_str!("../../../ops/prometheus/alerts.yml");

@@ -315,6 +315,8 @@ impl<P: Projection> Role for Projector<P> {
             batch_max: BATCH_MAX,
             stop_after: None,
             stop_at_end: false,
+            tail_subject: None,
+            headers_only: false,
         })
     }
 }

@@ -43,6 +43,14 @@ pub struct ReadSpec {
     pub stop_after: Option<u64>,
     /// Stop once every message that matched when reading began has been handled (replays).
     pub stop_at_end: bool,
+    /// For a reader of part of a stream: the subject (wildcards allowed) whose last message
+    /// the stall check compares with what arrived. `None` compares the stream's last sequence,
+    /// which only a reader of every subject may do (others would see a stall whenever another
+    /// subject grows).
+    pub tail_subject: Option<String>,
+    /// Deliver headers only (with `Nats-Msg-Size`): for a reader that handles few of the
+    /// messages it reads and fetches those bodies itself.
+    pub headers_only: bool,
 }
 
 /// A role's batch handler. It must be idempotent: after a failure the same batch comes again,
@@ -85,6 +93,7 @@ pub async fn read_stream<H: BatchHandler>(
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subjects: spec.filter_subjects.clone(),
+            headers_only: spec.headers_only,
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: spec.start_seq.max(1),
             },
@@ -143,7 +152,7 @@ pub async fn read_stream<H: BatchHandler>(
                 )));
             }
             _ = stall_check.tick() => {
-                let last = stream.get_info().await.map_or(0, |i| i.state.last_sequence);
+                let last = last_sequence(&stream, spec.tail_subject.as_deref()).await;
                 behind_checks = if last > received { behind_checks + 1 } else { 0 };
                 if behind_checks >= 2 {
                     return Err(RoleError::Restart(format!(
@@ -205,6 +214,21 @@ pub async fn read_stream<H: BatchHandler>(
         if spec.stop_at_end && pending == 0 {
             return Ok(());
         }
+    }
+}
+
+/// The stream's last sequence, or that of the last message on `subject`; 0 when unknown (a
+/// server that does not answer is the reconnect logic's to notice, not a stall).
+async fn last_sequence(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: Option<&str>,
+) -> u64 {
+    match subject {
+        None => stream.get_info().await.map_or(0, |i| i.state.last_sequence),
+        Some(s) => stream
+            .direct_get_last_for_subject(s)
+            .await
+            .map_or(0, |m| m.sequence),
     }
 }
 

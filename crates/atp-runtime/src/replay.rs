@@ -80,6 +80,8 @@ pub async fn replay_records(
             batch_max: crate::projector::BATCH_MAX,
             stop_after: opts.to_seq,
             stop_at_end: true,
+            tail_subject: None,
+            headers_only: false,
         },
         shutdown,
         &mut rebuild,

@@ -259,15 +259,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             ingest_cfg.gateway_key = attestation.as_ref().map(|k| k.verifying_key());
         }
         let js = connections.role(Worker::Ingest).await?;
-        let mut ingest = Ingest::new(js.clone(), ingest_cfg).await?;
+        let ingest = Ingest::new(js, ingest_cfg).await?;
         running.ingest_totals = Some(ingest.totals.clone());
         let sd = shutdown.clone();
-        tasks.spawn(async move {
-            (
-                "ingest",
-                atp_runtime::reader::run_role(&js, &mut ingest, sd).await,
-            )
-        });
+        tasks.spawn(async move { ("ingest", ingest.run(sd).await) });
     }
     if cfg.roles.projector {
         let js = connections.role(Worker::Projector).await?;

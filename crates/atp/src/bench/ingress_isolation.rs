@@ -121,25 +121,27 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         b.secs, b.rate, b.nats_flood_rate, b.garbage_rate
     );
     println!(
-        "| quiet tenant ({} signed events/s on NATS) | ingress → queryable p50 ms | p99 ms | p99 vs alone | flood acknowledged | flood answered (record or rejection) |",
+        "| quiet tenant ({} signed events/s on NATS) | ingress → queryable p50 ms | p99 ms | p99 vs alone | ingress → ledger p50 ms | p99 ms | flood acknowledged | flood answered (record or rejection) |",
         b.rate
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| raw JetStream publish → ack, same rate, alone | {:.2} | {:.2} | | | |",
+        "| raw JetStream publish → ack, same rate, alone | {:.2} | {:.2} | | | | | |",
         ms(&raw, 0.5),
         ms(&raw, 0.99)
     );
-    let alone_p99 = ms(&rows[0].1, 0.99);
-    for (label, h, flood) in &rows {
-        let p99 = ms(h, 0.99);
+    let alone_p99 = ms(&rows[0].1.queryable, 0.99);
+    for (label, q, flood) in &rows {
+        let p99 = ms(&q.queryable, 0.99);
         let (acked, answered) = flood.map_or((String::new(), String::new()), |(a, n)| {
             (a.to_string(), n.to_string())
         });
         println!(
-            "| {label} | {:.2} | {p99:.2} | {:.1}× | {acked} | {answered} |",
-            ms(h, 0.5),
-            p99 / f64::max(alone_p99, 0.001)
+            "| {label} | {:.2} | {p99:.2} | {:.1}× | {:.2} | {:.2} | {acked} | {answered} |",
+            ms(&q.queryable, 0.5),
+            p99 / f64::max(alone_p99, 0.001),
+            ms(&q.ledger, 0.5),
+            ms(&q.ledger, 0.99),
         );
     }
     Ok(())
@@ -152,8 +154,16 @@ fn kind_tag(kind: FloodKind) -> &'static str {
     }
 }
 
+/// The quiet tenant's latencies: publish → row visible in the read model, and publish → record
+/// on the ledger (ingest's part of it).
+struct Quiet {
+    queryable: Histogram<u64>,
+    ledger: Histogram<u64>,
+}
+
 /// The quiet tenant: `rate` signed events a second for `secs`, each timed from its publish to
-/// the moment its row is visible in the read model.
+/// the moment its record reaches the ledger (a core NATS subscription to its ledger subject)
+/// and to the moment its row is visible in the read model.
 async fn quiet(
     js: &async_nats::jetstream::Context,
     pool: &sqlx::PgPool,
@@ -162,8 +172,27 @@ async fn quiet(
     phase: &str,
     rate: u64,
     secs: u64,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<Quiet> {
     let n = rate * secs;
+    let mut on_ledger = js.client().subscribe(subjects::ledger(&part.0)).await?;
+    let ledger_seen: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let watcher = {
+        let seen = ledger_seen.clone();
+        tokio::spawn(async move {
+            while let Some(m) = futures::StreamExt::next(&mut on_ledger).await {
+                let at = Instant::now();
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::EVENT_ID))
+                    .map(|v| v.as_str().to_owned());
+                if let (Some(id), Ok(mut seen)) = (id, seen.lock()) {
+                    seen.push((id, at));
+                }
+            }
+        })
+    };
+    let mut all_sent: Vec<(String, Instant)> = Vec::with_capacity(n as usize);
     let events = super::sign_events(
         std::slice::from_ref(part),
         n,
@@ -201,6 +230,7 @@ async fn quiet(
             "the quiet tenant's events were not all queryable in time"
         );
         if let Ok(mut s) = sent.lock() {
+            all_sent.extend(s.iter().cloned());
             waiting.append(&mut s);
         }
         if !waiting.is_empty() {
@@ -227,7 +257,20 @@ async fn quiet(
         tokio::time::sleep(POLL).await;
     }
     publisher.await??;
-    Ok(hist)
+    watcher.abort();
+    let sent_at: std::collections::HashMap<String, Instant> = all_sent.into_iter().collect();
+    let mut ledger = Histogram::<u64>::new(3)?;
+    if let Ok(seen) = ledger_seen.lock() {
+        for (id, at) in seen.iter() {
+            if let Some(sent) = sent_at.get(id) {
+                let _ = ledger.record(at.saturating_duration_since(*sent).as_micros() as u64);
+            }
+        }
+    }
+    Ok(Quiet {
+        queryable: hist,
+        ledger,
+    })
 }
 
 /// Publishes `events` open-loop at `rate` a second from a thread and runtime of its own, so the
