@@ -3,6 +3,7 @@
 //! publishes instead of discarding acknowledged ones, and a tenant registered while ingest runs
 //! is handled from its first event.
 
+use atp::serve::Roles;
 use atp_core::Reason;
 use atp_nats::{streams, subjects};
 use atp_tests::*;
@@ -66,6 +67,82 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_event() {
     .await;
     assert_eq!(stack.verify_chain(&busy).await, BACKLOG);
     running.stop().await;
+}
+
+/// The same for the read model: 3,000 records of one tenant wait on the ledger ahead of one of
+/// another's. In its own projector lane the latter is queryable while the backlog is still being
+/// projected, and once everything is, the projection's watermark covers the whole ledger.
+#[tokio::test]
+async fn a_tenants_projection_backlog_does_not_hold_up_another_tenants_row() {
+    const BACKLOG: u64 = 3_000;
+    let stack = Stack::start().await;
+    stack.register_tenant(OTHER, OTHER_URI, KEY_ID).await;
+    let (busy, quiet) = (partition(TENANT, SOURCE), partition(OTHER, SOURCE));
+    let ingest = stack.serve(ingest_only()).await;
+    let mut acks = Vec::new();
+    for i in 0..BACKLOG {
+        let body = serde_json::to_vec(&stack.sign(stack.event(&format!("flood-{i}")))).unwrap();
+        acks.push(
+            stack
+                .js
+                .publish(subjects::ingress(&busy), body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    eventually("the backlog recorded", || async {
+        (stack.ledger_len(&busy).await == BACKLOG).then_some(())
+    })
+    .await;
+    stack
+        .publish(&quiet, &event_of(&stack, OTHER_URI, "quiet-1"))
+        .await;
+    eventually("the quiet tenant's record on the ledger", || async {
+        (stack.ledger_len(&quiet).await == 1).then_some(())
+    })
+    .await;
+    ingest.stop().await;
+
+    let projector = stack
+        .serve(Roles {
+            gateway: false,
+            ingest: false,
+            projector: true,
+            integrity: false,
+            exporter: false,
+        })
+        .await;
+    eventually("the quiet tenant's row queryable", || async {
+        (stack.projected_records(OTHER).await == 1).then_some(())
+    })
+    .await;
+    let busy_done = stack.projected_records(TENANT).await;
+    assert!(
+        (busy_done as u64) < BACKLOG,
+        "the quiet tenant's row waited for the whole backlog ({busy_done} of {BACKLOG} projected)"
+    );
+    let ledger_end = stack
+        .js
+        .get_stream(streams::LEDGER)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    eventually("the watermark at the ledger's end", || async {
+        let wm = atp_store::projection::watermark(&stack.pool, atp_store::projection::RECORDS)
+            .await
+            .unwrap()?;
+        (wm.stream_seq >= ledger_end).then_some(())
+    })
+    .await;
+    assert_eq!(stack.projected_records(TENANT).await as u64, BACKLOG);
+    projector.stop().await;
 }
 
 /// Records and rejections alike: once handled, a submission leaves ATP_INGRESS, so what the

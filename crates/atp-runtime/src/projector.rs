@@ -11,12 +11,25 @@
 //! the batch goes on. Every other database error is an outage: the batch is retried as is by
 //! the reader, with backoff and a WARN naming the SQLSTATE, for as long as it lasts, and shows
 //! as projector lag; it never spends a try, is never bisected and never dead-letters a row.
+//!
+//! Lanes (ADR 0017), as in ingest: each tenant with rows in the stream is projected by a lane
+//! of its own, with its own reader, transactions and watermark row (`records#<tenant>`), side
+//! by side with the others and with the rest lane (the projector's own row, for every tenant
+//! without a lane). A flooding tenant's batches then delay other tenants' rows by a share of
+//! the database, not by their place in one queue. The projection's watermark is the lowest of
+//! the rows; the rest lane, which reads every message, moves a lane's row along with its own
+//! when it saw nothing of the lane's tenant that the lane has not projected yet, and an idle
+//! lane moves its row to the stream's end itself.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use async_nats::jetstream::{Context, Message};
+use atp_core::TenantId;
 use atp_core::deadletter::{DeadLetter, DeadRole, Letter};
 use atp_nats::{headers, streams, subjects};
 use atp_store::StoreError;
@@ -24,7 +37,7 @@ use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Targe
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::reader::{BatchHandler, ReadSpec, Role};
+use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown, run_role};
 use crate::shard::Shard;
 use crate::{RoleError, telemetry};
 
@@ -121,6 +134,14 @@ pub struct Rows<R> {
 /// Builds the rows of a batch for the partitions `shard` owns (others are neither rows nor
 /// failures: another instance projects them).
 pub fn build<P: Projection>(batch: &[Message], shard: Shard) -> Result<Rows<P::Row>, RoleError> {
+    build_for::<P>(batch, |m| owned::<P>(shard, m))
+}
+
+/// Builds the rows of a batch for the messages `takes` accepts.
+fn build_for<P: Projection>(
+    batch: &[Message],
+    takes: impl Fn(&Message) -> bool,
+) -> Result<Rows<P::Row>, RoleError> {
     let mut out = Rows {
         rows: Vec::with_capacity(batch.len()),
         from: Vec::with_capacity(batch.len()),
@@ -130,7 +151,7 @@ pub fn build<P: Projection>(batch: &[Message], shard: Shard) -> Result<Rows<P::R
     for (i, m) in batch.iter().enumerate() {
         let seq = seq_of(m)?;
         out.last = seq;
-        if !owned::<P>(shard, m) {
+        if !takes(m) {
             continue;
         }
         match P::row(&m.payload, m.headers.as_ref(), seq) {
@@ -186,13 +207,35 @@ fn record_span<P: Projection>(m: &Message) -> tracing::Span {
 /// 100 ms, ...). Outages do not count: they are not the batch's fault.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-/// A projector for one read model.
+/// How often an idle lane checks whether it may move its watermark to the stream's end.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often the projector looks for tenants without a lane.
+const LANE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Tenants that have a lane of their own, which the rest lane leaves alone.
+type Laned = Arc<RwLock<HashSet<String>>>;
+
+/// A projector for one read model: one lane (a tenant's, or the rest).
 pub struct Projector<P: Projection> {
     js: Context,
     pool: PgPool,
     shard: Shard,
-    /// This instance's watermark row (`records`, or `records@k/n` as a shard).
+    /// The lane's tenant; `None` for the rest lane.
+    lane: Option<TenantId>,
+    laned: Laned,
+    /// This lane's watermark row (`records`, `records@k/n` as a shard, `records#acme` for a
+    /// tenant's lane).
     watermark: String,
+    /// The lane's watermark as this instance last committed or read it.
+    handled: u64,
+    /// The rest lane: the last sequence of each laned tenant's messages it has read, and where
+    /// it started (what it may assume of tenants it has read nothing of).
+    seen: HashMap<String, u64>,
+    started_at: u64,
+    /// A tenant lane: when it last checked whether it is idle at the stream's end.
+    idle_checked: Option<Instant>,
+    stream: Option<Stream>,
     /// Rows projected since start.
     pub projected: u64,
     /// The first stream sequence of the batch that keeps failing on its data, and how many
@@ -207,10 +250,213 @@ impl<P: Projection> Projector<P> {
             js,
             pool,
             shard,
+            lane: None,
+            laned: Arc::default(),
             watermark: projection::watermark_key(P::NAME, shard.index, shard.count),
+            handled: 0,
+            seen: HashMap::new(),
+            started_at: 0,
+            idle_checked: None,
+            stream: None,
             projected: 0,
             failing: None,
             _model: std::marker::PhantomData,
+        }
+    }
+
+    /// A tenant's lane of the same projection.
+    fn lane(&self, tenant: TenantId) -> Self {
+        let mut lane = Self::new(self.js.clone(), self.pool.clone(), self.shard);
+        lane.watermark = projection::lane_watermark_key(
+            P::NAME,
+            tenant.as_str(),
+            self.shard.index,
+            self.shard.count,
+        );
+        lane.lane = Some(tenant);
+        lane.laned = Arc::clone(&self.laned);
+        lane
+    }
+
+    /// Whether this lane projects the message.
+    fn takes(&self, m: &Message) -> bool {
+        if !owned::<P>(self.shard, m) {
+            return false;
+        }
+        match (&self.lane, subjects::tokens_of(P::SUBJECTS, &m.subject)) {
+            (Some(_), _) | (None, None) => true,
+            (None, Some((t, _))) => !self.laned.read().is_ok_and(|l| l.contains(t)),
+        }
+    }
+
+    fn tenant_filter(tenant: &TenantId) -> String {
+        subjects::tenant_all(P::SUBJECTS, tenant)
+    }
+
+    /// Runs the projection's lanes until shutdown or a fatal error: the rest lane, and one per
+    /// tenant with rows in the stream (new ones within [`LANE_REFRESH`]).
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), RoleError>
+    where
+        P: 'static,
+    {
+        let mut lanes = tokio::task::JoinSet::new();
+        let mut open = HashSet::new();
+        if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+            tracing::warn!(projection = P::NAME, error = %e, "could not open the tenant lanes yet; retrying");
+        }
+        let rest = Self::new(self.js.clone(), self.pool.clone(), self.shard);
+        let rest = Self {
+            laned: Arc::clone(&self.laned),
+            ..rest
+        };
+        self.spawn(rest, &mut lanes, &shutdown);
+        let mut refresh = tokio::time::interval(LANE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown_seen = shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => {
+                    if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+                        tracing::warn!(projection = P::NAME, error = %e, "could not look for new tenant lanes");
+                    }
+                }
+                done = lanes.join_next() => {
+                    let outcome = match done {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => Err(RoleError::Fatal(format!("a projector lane failed: {e}"))),
+                        None => Ok(()),
+                    };
+                    if outcome.is_err() || *shutdown.borrow() {
+                        lanes.shutdown().await;
+                        return outcome;
+                    }
+                }
+                _ = shutdown_seen.changed() => {
+                    while lanes.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        mut lane: Self,
+        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
+        shutdown: &Shutdown,
+    ) where
+        P: 'static,
+    {
+        use tracing::Instrument as _;
+        let js = self.js.clone();
+        let shutdown = shutdown.clone();
+        let span = match &lane.lane {
+            Some(t) => tracing::info_span!("lane", projection = P::NAME, tenant = %t),
+            None => tracing::info_span!("lane", projection = P::NAME, tenant = "(rest)"),
+        };
+        lanes.spawn(async move { run_role(&js, &mut lane, shutdown).await }.instrument(span));
+    }
+
+    /// Opens a lane for every tenant with messages in the stream or a lane row, and none yet.
+    /// A new lane's row is created at the rest lane's before the rest lane leaves the tenant
+    /// alone: every message of the tenant at or below it is projected.
+    async fn open_lanes(
+        &self,
+        open: &mut HashSet<String>,
+        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
+        shutdown: &Shutdown,
+    ) -> Result<(), String>
+    where
+        P: 'static,
+    {
+        let (index, count) = (self.shard.index, self.shard.count);
+        let mut tenants: std::collections::BTreeSet<String> =
+            projection::lane_tenants(&self.pool, P::NAME, index, count)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+        let stream = self
+            .js
+            .get_stream(P::STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut subjects_seen = stream
+            .info_with_subjects(subjects::all(P::SUBJECTS))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(s) = futures::StreamExt::next(&mut subjects_seen).await {
+            let (subject, _) = s.map_err(|e| e.to_string())?;
+            if let Some((t, _)) = subjects::tokens_of(P::SUBJECTS, &subject) {
+                tenants.insert(t.to_owned());
+            }
+        }
+        for t in tenants {
+            if open.contains(&t) {
+                continue;
+            }
+            let Ok(tenant) = TenantId::new(&t) else {
+                continue;
+            };
+            let key = projection::lane_watermark_key(P::NAME, &t, index, count);
+            projection::open_lane_watermark(&self.pool, &key, &self.watermark)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Ok(mut laned) = self.laned.write() {
+                laned.insert(t.clone());
+            }
+            open.insert(t);
+            self.spawn(self.lane(tenant), lanes, shutdown);
+        }
+        Ok(())
+    }
+
+    /// A tenant lane with nothing to do moves its row to the stream's end, when no message of
+    /// its tenant waits: the projection's watermark (the lowest row) is then not held back by
+    /// tenants that are quiet. Checked at most every [`IDLE_CHECK`]; a failure only delays it.
+    async fn advance_if_idle(&mut self) {
+        let Some(tenant) = &self.lane else { return };
+        if self
+            .idle_checked
+            .is_some_and(|at| at.elapsed() < IDLE_CHECK)
+        {
+            return;
+        }
+        self.idle_checked = Some(Instant::now());
+        if self.stream.is_none() {
+            self.stream = self.js.get_stream(P::STREAM).await.ok();
+        }
+        let Some(stream) = &self.stream else { return };
+        // The stream's end first: a message of the tenant published after it has a higher
+        // sequence, so the tenant's last message read next covers every one up to the end.
+        let Ok(info) = stream.get_info().await else {
+            return;
+        };
+        let end = info.state.last_sequence;
+        if end <= self.handled {
+            return;
+        }
+        let last_own = match stream
+            .direct_get_last_for_subject(Self::tenant_filter(tenant))
+            .await
+        {
+            Ok(m) => m.sequence,
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => 0,
+            Err(_) => return,
+        };
+        if last_own > self.handled {
+            return;
+        }
+        let at = crate::to_chrono(info.state.last_timestamp);
+        let Ok(mut tx) = self.pool.begin().await else {
+            return;
+        };
+        if projection::advance_watermark(&mut tx, &self.watermark, end, Some(at))
+            .await
+            .is_ok()
+            && tx.commit().await.is_ok()
+        {
+            self.handled = end;
         }
     }
 
@@ -225,6 +471,33 @@ impl<P: Projection> Projector<P> {
         };
         self.failing = Some((batch_seq, tries));
         tries >= MAX_ATTEMPTS
+    }
+
+    /// The rest lane, in its batch's transaction: every laned tenant's row that is at or past
+    /// the last message of that tenant the rest lane has read (since it started; before, its
+    /// start) moves to the batch's end, since no message of the tenant waits below it.
+    async fn advance_lanes(&self, tx: &mut PgConnection, to: u64) -> Result<(), RoleError> {
+        let laned: Vec<String> = match self.laned.read() {
+            Ok(l) => l.iter().cloned().collect(),
+            Err(_) => return Ok(()),
+        };
+        if laned.is_empty() {
+            return Ok(());
+        }
+        let (mut keys, mut lasts) = (Vec::new(), Vec::new());
+        for t in laned {
+            let last = self.seen.get(&t).copied().unwrap_or(self.started_at);
+            keys.push(projection::lane_watermark_key(
+                P::NAME,
+                &t,
+                self.shard.index,
+                self.shard.count,
+            ));
+            lasts.push(i64::try_from(last).unwrap_or(i64::MAX));
+        }
+        projection::advance_lanes(tx, &keys, &lasts, to)
+            .await
+            .map_err(db)
     }
 
     async fn dead_letter(&self, m: &Message, code: &str, detail: String) -> Result<(), RoleError> {
@@ -303,37 +576,61 @@ impl<P: Projection> Role for Projector<P> {
         let mut wm = projection::watermark_row(&self.pool, &self.watermark)
             .await
             .map_err(db)?;
-        if wm.is_none() && self.shard.count > 1 {
+        if wm.is_none() && self.shard.count > 1 && self.lane.is_none() {
             wm = projection::watermark_row(&self.pool, P::NAME)
                 .await
                 .map_err(db)?;
         }
+        self.handled = wm.map_or(0, |w| w.stream_seq);
+        self.started_at = self.handled;
+        self.seen.clear();
+        let (filter, tail_subject) = match &self.lane {
+            None => (subjects::all(P::SUBJECTS), None),
+            Some(t) => (Self::tenant_filter(t), Some(Self::tenant_filter(t))),
+        };
         Ok(ReadSpec {
             stream: P::STREAM.to_owned(),
-            filter_subjects: vec![subjects::all(P::SUBJECTS)],
-            start_seq: wm.map_or(0, |w| w.stream_seq) + 1,
+            filter_subjects: vec![filter],
+            start_seq: self.handled + 1,
             batch_max: BATCH_MAX,
             stop_after: None,
             stop_at_end: false,
-            tail_subject: None,
+            tail_subject,
             headers_only: false,
         })
     }
 }
 
 impl<P: Projection> BatchHandler for Projector<P> {
+    async fn flush(&mut self) -> Result<(), RoleError> {
+        self.advance_if_idle().await;
+        Ok(())
+    }
+
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
         // With traces on, one span per message, ended once its row is committed.
         let _spans: Vec<tracing::Span> = if telemetry::spans_on() {
             batch
                 .iter()
-                .filter(|m| owned::<P>(self.shard, m))
+                .filter(|m| self.takes(m))
                 .map(record_span::<P>)
                 .collect()
         } else {
             Vec::new()
         };
-        let built = build::<P>(batch, self.shard)?;
+        let built = build_for::<P>(batch, |m| self.takes(m))?;
+        if self.lane.is_none() {
+            // What the rest lane passes by, for moving the lanes' rows along with its own.
+            for m in batch.iter() {
+                if let Some((t, _)) = subjects::tokens_of(P::SUBJECTS, &m.subject)
+                    && !self.takes(m)
+                    && owned::<P>(self.shard, m)
+                {
+                    let seq = seq_of(m)?;
+                    self.seen.insert(t.to_owned(), seq);
+                }
+            }
+        }
         let batch_seq = batch.first().map_or(Ok(0), seq_of)?;
         if let Some((i, e)) = built.failed.first() {
             let seq = seq_of(&batch[*i])?;
@@ -378,6 +675,9 @@ impl<P: Projection> BatchHandler for Projector<P> {
         projection::advance_watermark(&mut tx, &self.watermark, built.last, newest)
             .await
             .map_err(db)?;
+        if self.lane.is_none() {
+            self.advance_lanes(&mut tx, built.last).await?;
+        }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
             .bind(format!("{}:{}", P::NAME, built.last))
@@ -388,6 +688,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .await
             .map_err(|e| RoleError::Retry(e.to_string()))?;
         self.failing = None;
+        self.handled = built.last;
         self.projected += rows;
         let m = crate::metrics::metrics();
         let projection = [crate::metrics::label("projection", P::NAME)];
@@ -410,11 +711,8 @@ pub async fn run(
     shard: Shard,
     shutdown: crate::Shutdown,
 ) -> Result<(), RoleError> {
-    let mut records = Projector::<Records>::new(js.clone(), pool.clone(), shard);
-    let mut rejections = Projector::<Rejections>::new(js.clone(), pool, shard);
-    let (a, b) = tokio::join!(
-        crate::reader::run_role(&js, &mut records, shutdown.clone()),
-        crate::reader::run_role(&js, &mut rejections, shutdown),
-    );
+    let records = Projector::<Records>::new(js.clone(), pool.clone(), shard);
+    let rejections = Projector::<Rejections>::new(js, pool, shard);
+    let (a, b) = tokio::join!(records.run(shutdown.clone()), rejections.run(shutdown));
     a.and(b)
 }

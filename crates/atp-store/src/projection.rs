@@ -265,16 +265,73 @@ pub fn watermark_key(projection: &str, index: u32, count: u32) -> String {
     }
 }
 
+/// The watermark row of one tenant's lane (ADR 0017): `records#acme`, or `records#acme@k/n`.
+/// Every message of the tenant at or below it is projected; the projector's own row then
+/// speaks for every other tenant.
+pub fn lane_watermark_key(projection: &str, tenant: &str, index: u32, count: u32) -> String {
+    watermark_key(&format!("{projection}#{tenant}"), index, count)
+}
+
+/// What a watermark row's key says: the lane's tenant (none for a projector's own row) and
+/// the shard count it was written under (1 unsharded).
+fn parse_key<'k>(key: &'k str, projection: &str) -> Option<(Option<&'k str>, u32)> {
+    let rest = key.strip_prefix(projection)?;
+    let (lane, shard) = match rest.strip_prefix('#') {
+        Some(lane) => match lane.split_once('@') {
+            Some((tenant, shard)) => (Some(tenant), Some(shard)),
+            None => (Some(lane), None),
+        },
+        None if rest.is_empty() => (None, None),
+        None => (None, Some(rest.strip_prefix('@')?)),
+    };
+    let count = match shard {
+        None => 1,
+        Some(s) => s.split_once('/')?.1.parse().ok()?,
+    };
+    Some((lane, count))
+}
+
 /// The shard count a watermark row was written under (1 for the plain row).
 fn shard_count(key: &str, projection: &str) -> Option<u32> {
-    if key == projection {
-        return Some(1);
-    }
-    let (_, n) = key
-        .strip_prefix(projection)?
-        .strip_prefix('@')?
-        .split_once('/')?;
-    n.parse().ok()
+    parse_key(key, projection).map(|(_, n)| n)
+}
+
+/// The tenants with a lane row for this shard of the projection.
+pub async fn lane_tenants(
+    pool: &PgPool,
+    projection: &str,
+    index: u32,
+    count: u32,
+) -> Result<Vec<String>, StoreError> {
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT projection FROM projection_watermarks WHERE projection LIKE $1 || '#%'",
+    )
+    .bind(projection)
+    .fetch_all(pool)
+    .await?;
+    Ok(keys
+        .iter()
+        .filter_map(|k| {
+            let (tenant, _) = parse_key(k, projection)?;
+            let tenant = tenant?;
+            (lane_watermark_key(projection, tenant, index, count) == *k).then(|| tenant.to_owned())
+        })
+        .collect())
+}
+
+/// Creates a lane's watermark row, unless it exists, at the value of the row `from` (0 when
+/// that has none).
+pub async fn open_lane_watermark(pool: &PgPool, key: &str, from: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO projection_watermarks (projection, stream_seq, last_committed_at, updated_at) \
+         SELECT $1, coalesce(max(stream_seq), 0), max(last_committed_at), now() \
+         FROM projection_watermarks WHERE projection = $2 ON CONFLICT (projection) DO NOTHING",
+    )
+    .bind(key)
+    .bind(from)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// One watermark row, exactly as written (a projector instance's own position).
@@ -297,7 +354,8 @@ pub async fn watermark_row(pool: &PgPool, key: &str) -> Result<Option<Watermark>
 pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Watermark>, StoreError> {
     let rows: Vec<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT projection, stream_seq, last_committed_at FROM projection_watermarks \
-         WHERE projection = $1 OR projection LIKE $1 || '@%' ORDER BY updated_at DESC",
+         WHERE projection = $1 OR projection LIKE $1 || '@%' OR projection LIKE $1 || '#%' \
+         ORDER BY updated_at DESC",
     )
     .bind(projection)
     .fetch_all(pool)
@@ -310,7 +368,12 @@ pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Waterma
         .filter(|r| shard_count(&r.0, projection) == Some(n))
         .collect();
     let plain = rows.iter().find(|r| r.0 == projection);
-    let considered: Vec<_> = if current.len() < n as usize {
+    // Every shard's own row must be there; tenant lanes' rows only ever hold it back.
+    let own = current
+        .iter()
+        .filter(|r| parse_key(&r.0, projection).is_some_and(|(lane, _)| lane.is_none()))
+        .count();
+    let considered: Vec<_> = if own < n as usize {
         match plain {
             Some(p) => current.into_iter().chain(std::iter::once(p)).collect(),
             None => return Ok(None),
@@ -318,13 +381,19 @@ pub async fn watermark(pool: &PgPool, projection: &str) -> Result<Option<Waterma
     } else {
         current
     };
-    Ok(considered
-        .iter()
-        .min_by_key(|r| r.1)
-        .map(|(_, s, c)| Watermark {
-            stream_seq: u64::try_from(*s).unwrap_or(0),
-            last_committed_at: *c,
-        }))
+    // Rows at the same position have projected the same messages: the newest commit time
+    // among them is the watermark's (a lane moved along while idle keeps its last own one).
+    let Some(lowest) = considered.iter().map(|r| r.1).min() else {
+        return Ok(None);
+    };
+    Ok(Some(Watermark {
+        stream_seq: u64::try_from(lowest).unwrap_or(0),
+        last_committed_at: considered
+            .iter()
+            .filter(|r| r.1 == lowest)
+            .filter_map(|r| r.2)
+            .max(),
+    }))
 }
 
 /// Moves a watermark forward (never back) inside the caller's transaction.
@@ -345,6 +414,27 @@ pub async fn advance_watermark(
     .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
     .bind(last_committed_at)
     .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves each lane row of `keys` to `to` if it is at or past its entry of `lasts` (the last
+/// message of its tenant the caller has read), inside the caller's transaction.
+pub async fn advance_lanes(
+    conn: &mut sqlx::PgConnection,
+    keys: &[String],
+    lasts: &[i64],
+    to: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE projection_watermarks w SET stream_seq = $3, updated_at = now() \
+         FROM unnest($1::text[], $2::bigint[]) AS l(key, last) \
+         WHERE w.projection = l.key AND w.stream_seq >= l.last AND w.stream_seq < $3",
+    )
+    .bind(keys)
+    .bind(lasts)
+    .bind(i64::try_from(to).unwrap_or(i64::MAX))
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -461,4 +551,23 @@ async fn rename_indexes(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreE
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_keys_name_their_lane_and_shard() {
+        assert_eq!(parse_key("records", RECORDS), Some((None, 1)));
+        assert_eq!(parse_key("records@1/3", RECORDS), Some((None, 3)));
+        let lane = lane_watermark_key(RECORDS, "acme", 0, 1);
+        assert_eq!(lane, "records#acme");
+        assert_eq!(parse_key(&lane, RECORDS), Some((Some("acme"), 1)));
+        let sharded = lane_watermark_key(RECORDS, "acme", 1, 2);
+        assert_eq!(sharded, "records#acme@1/2");
+        assert_eq!(parse_key(&sharded, RECORDS), Some((Some("acme"), 2)));
+        assert_eq!(parse_key("rejections", RECORDS), None);
+        assert_eq!(parse_key("records@x", RECORDS), None);
+    }
 }
