@@ -80,6 +80,9 @@ pub struct IngestConfig {
     /// a repeat older than the dedupe window still answers its record. Without it, duplicates
     /// are recognised within the window only (and, with `sequence`, refused for ever).
     pub dedupe_db: Option<sqlx::PgPool>,
+    /// Submissions a second one tenant's lane handles (a second's worth as burst); `None`:
+    /// as fast as the machine goes. The rest lane is not limited.
+    pub tenant_rate: Option<std::num::NonZeroU32>,
 }
 
 impl Default for IngestConfig {
@@ -91,6 +94,7 @@ impl Default for IngestConfig {
             gateway_key: None,
             policy: PolicyStamp::default(),
             dedupe_db: None,
+            tenant_rate: None,
         }
     }
 }
@@ -160,6 +164,8 @@ pub struct Ingest {
     cfg: IngestConfig,
     /// The rest lane: the tenants whose messages it has handled, trimmed with its hint.
     trim: HashSet<String>,
+    /// A tenant lane's pace, when `tenant_rate` is set.
+    pace: Option<Pace>,
     parts: HashMap<String, Part>,
     /// The previous batch's commit, still in flight while this batch is planned.
     inflight: Option<Inflight>,
@@ -210,6 +216,7 @@ impl Ingest {
             registry,
             producers,
             progress,
+            pace: None,
             cfg,
             trim: HashSet::new(),
             parts: HashMap::new(),
@@ -222,6 +229,10 @@ impl Ingest {
 
     /// Another lane of the same worker: shared connections, registry and totals, fresh state.
     fn lane(&self, lane: Lane) -> Self {
+        let pace = match (&lane, self.cfg.tenant_rate) {
+            (Lane::Tenant(_), Some(rate)) => Some(Pace::new(rate)),
+            _ => None,
+        };
         Self {
             js: self.js.clone(),
             lane,
@@ -232,6 +243,7 @@ impl Ingest {
             registry: self.registry.clone(),
             producers: self.producers.clone(),
             progress: self.progress.clone(),
+            pace,
             cfg: self.cfg.clone(),
             trim: HashSet::new(),
             parts: HashMap::new(),
@@ -239,6 +251,17 @@ impl Ingest {
             hint_written: std::time::Instant::now(),
             hint_due: None,
             totals: Arc::clone(&self.totals),
+        }
+    }
+
+    /// A paced lane takes a twentieth of its rate at a time, so its work comes in even slices
+    /// (50 ms of its rate each) instead of a second's worth at once, which every other lane would
+    /// feel as a stall.
+    fn batch_max(&self) -> usize {
+        let most = self.cfg.batch_max.min(atp_nats::batch::MAX_BATCH);
+        match (&self.pace, self.cfg.tenant_rate) {
+            (Some(_), Some(rate)) => (rate.get() as usize / 20).clamp(1, most),
+            _ => most,
         }
     }
 
@@ -645,7 +668,7 @@ impl Role for Ingest {
             stream: streams::INGRESS.to_owned(),
             filter_subjects: vec![filter],
             start_seq: resume + 1,
-            batch_max: self.cfg.batch_max.min(atp_nats::batch::MAX_BATCH),
+            batch_max: self.batch_max(),
             stop_after: None,
             stop_at_end: false,
             tail_subject,
@@ -700,6 +723,13 @@ impl BatchHandler for Ingest {
     }
 
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
+        if let Some(pace) = &mut self.pace {
+            let wait = pace.take(batch.len());
+            if !wait.is_zero() {
+                tracing::debug!(wait_ms = wait.as_millis() as u64, "tenant lane at its rate");
+                tokio::time::sleep(wait).await;
+            }
+        }
         let started = std::time::Instant::now();
         // 1. I/O first: where each message belongs, its partition's tails, its source's registration.
         let mut located = Vec::with_capacity(batch.len());
@@ -1282,6 +1312,41 @@ impl Ingest {
     }
 }
 
+/// A token bucket: `rate` a second, a second's worth of burst. Taking more than there is
+/// answers how long to wait for the debt to be repaid.
+#[derive(Debug)]
+struct Pace {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    fn new(rate: std::num::NonZeroU32) -> Self {
+        let rate = f64::from(rate.get());
+        Self {
+            rate,
+            tokens: rate,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Duration {
+        self.take_at(n, std::time::Instant::now())
+    }
+
+    fn take_at(&mut self, n: usize, now: std::time::Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate) - n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
 /// The rest lane trims at most this many tenants' subjects (tenants without a lane are the
 /// exception: new ones, for a few seconds, and names that are not tenant ids).
 const REST_TRIM_MAX: usize = 1024;
@@ -1348,5 +1413,28 @@ impl Trim {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_at_its_rate_waits_for_what_it_took_beyond_it() {
+        let rate = std::num::NonZeroU32::new(100).unwrap();
+        let mut pace = Pace::new(rate);
+        let t0 = pace.at;
+        // A second's worth at once is the burst.
+        assert_eq!(pace.take_at(100, t0), Duration::ZERO);
+        // 50 more at the same instant: half a second of debt.
+        assert_eq!(pace.take_at(50, t0), Duration::from_millis(500));
+        // A second later the debt is repaid and half a second's worth has come back.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(pace.take_at(50, t1), Duration::ZERO);
+        // Idle for long, the burst is still one second's worth.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(pace.take_at(100, t2), Duration::ZERO);
+        assert!(pace.take_at(1, t2) > Duration::ZERO);
     }
 }

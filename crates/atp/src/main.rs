@@ -44,6 +44,8 @@ struct DbArgs {
     database_url: String,
 }
 
+// Parsed once per run: the size of its largest variant (`serve`'s settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run roles: gateway, ingest, projector (all by default).
@@ -69,6 +71,11 @@ enum Command {
         /// processes with k = 0..n-1 and each partition has one owner per role.
         #[arg(long, env = "ATP_SHARD", default_value = "0/1")]
         shard: String,
+        /// Submissions a second that ingest handles for one tenant (each tenant's lane, ADR
+        /// 0017), with a second's worth as burst; past it, the tenant's backlog waits in its own
+        /// partitions' budgets. Unset: no limit but the machine's.
+        #[arg(long, env = "ATP_INGEST_TENANT_RATE")]
+        ingest_tenant_rate: Option<std::num::NonZeroU32>,
         #[arg(long, env = "ATP_TOKEN_ISSUER", default_value = dev::ISSUER)]
         token_issuer: String,
         #[arg(long, env = "ATP_TOKEN_AUDIENCE", default_value = dev::AUDIENCE)]
@@ -591,6 +598,7 @@ async fn main() -> anyhow::Result<()> {
             roles,
             listen,
             shard,
+            ingest_tenant_rate,
             token_issuer,
             token_audience,
             token_keys,
@@ -612,7 +620,10 @@ async fn main() -> anyhow::Result<()> {
                     .context("ATP_TOKEN_KEYS entries are kid=<base64 key>")?;
                 keys.push((kid.to_owned(), atp::keys::parse_public(b64)?));
             }
-            let mut ingest = IngestConfig::default();
+            let mut ingest = IngestConfig {
+                tenant_rate: ingest_tenant_rate,
+                ..IngestConfig::default()
+            };
             if let Some(pk) = gateway_public_key {
                 let bytes = atp::keys::parse_public(&pk)?;
                 ingest.gateway_key = Some(

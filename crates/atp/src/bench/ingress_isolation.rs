@@ -70,7 +70,11 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         .env("ATP_DATABASE_URL", &db)
         .env("ATP_LOG", "warn")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("ATP_INGEST_TENANT_RATE");
+    if let Some(rate) = b.tenant_rate {
+        serve.env("ATP_INGEST_TENANT_RATE", rate.to_string());
+    }
     let mut child = serve
         .kill_on_drop(true)
         .spawn()
@@ -116,9 +120,14 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "\n## Tenant isolation at the NATS ingress — {date}, {cpus} CPUs\n\n`atp bench isolation --ingress --secs {} --rate {} --nats-flood-rate {} --garbage-rate {}` \
+        "\n## Tenant isolation at the NATS ingress — {date}, {cpus} CPUs\n\n`atp bench isolation --ingress --secs {} --rate {} --nats-flood-rate {} --garbage-rate {}{}` \
          (ingest and projector in their own process; the flood from its own thread; nats-server and PostgreSQL, fsync on, on loopback)\n",
-        b.secs, b.rate, b.nats_flood_rate, b.garbage_rate
+        b.secs,
+        b.rate,
+        b.nats_flood_rate,
+        b.garbage_rate,
+        b.tenant_rate
+            .map_or(String::new(), |r| format!(" --tenant-rate {r}"))
     );
     println!(
         "| quiet tenant ({} signed events/s on NATS) | ingress → queryable p50 ms | p99 ms | p99 vs alone | ingress → ledger p50 ms | p99 ms | flood acknowledged | flood answered (record or rejection) |",

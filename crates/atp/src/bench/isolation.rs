@@ -48,6 +48,10 @@ pub struct IsolationBench {
     /// With `--ingress`: the flooding tenant's garbage messages (4 KiB, not JSON) a second.
     #[arg(long, default_value_t = 5000)]
     pub garbage_rate: u64,
+    /// With `--ingress`: ingest's per-tenant rate (`ATP_INGEST_TENANT_RATE`) for the run;
+    /// unset, none.
+    #[arg(long)]
+    pub tenant_rate: Option<std::num::NonZeroU32>,
 }
 
 /// The flooding client, as a process of its own.
