@@ -19,6 +19,24 @@ fn event_of(stack: &Stack, uri: &str, id: &str) -> Map<String, Value> {
     e
 }
 
+/// `n` signed events of the stack's own tenant, published without waiting for each answer.
+async fn publish_backlog(stack: &Stack, p: &atp_core::PartitionKey, n: u64) {
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let body = serde_json::to_vec(&stack.sign(stack.event(&format!("flood-{i}")))).unwrap();
+        acks.push(
+            stack
+                .js
+                .publish(subjects::ingress(p), body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
 async fn ingress_messages(stack: &Stack) -> u64 {
     let s = stack.js.get_stream(streams::INGRESS).await.unwrap();
     s.get_info().await.unwrap().state.messages
@@ -33,20 +51,7 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_event() {
     let stack = Stack::start().await;
     stack.register_tenant(OTHER, OTHER_URI, KEY_ID).await;
     let (busy, quiet) = (partition(TENANT, SOURCE), partition(OTHER, SOURCE));
-    let mut acks = Vec::new();
-    for i in 0..BACKLOG {
-        let body = serde_json::to_vec(&stack.sign(stack.event(&format!("flood-{i}")))).unwrap();
-        acks.push(
-            stack
-                .js
-                .publish(subjects::ingress(&busy), body.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_backlog(&stack, &busy, BACKLOG).await;
     stack
         .publish(&quiet, &event_of(&stack, OTHER_URI, "quiet-1"))
         .await;
@@ -79,20 +84,7 @@ async fn a_tenants_projection_backlog_does_not_hold_up_another_tenants_row() {
     stack.register_tenant(OTHER, OTHER_URI, KEY_ID).await;
     let (busy, quiet) = (partition(TENANT, SOURCE), partition(OTHER, SOURCE));
     let ingest = stack.serve(ingest_only()).await;
-    let mut acks = Vec::new();
-    for i in 0..BACKLOG {
-        let body = serde_json::to_vec(&stack.sign(stack.event(&format!("flood-{i}")))).unwrap();
-        acks.push(
-            stack
-                .js
-                .publish(subjects::ingress(&busy), body.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_backlog(&stack, &busy, BACKLOG).await;
     eventually("the backlog recorded", || async {
         (stack.ledger_len(&busy).await == BACKLOG).then_some(())
     })

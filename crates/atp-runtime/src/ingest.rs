@@ -51,7 +51,7 @@ use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 
 use crate::metrics::{label, metrics};
-use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown, run_role};
+use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 pub use crate::shard::Shard;
 use crate::{RoleError, telemetry, to_chrono};
 
@@ -111,6 +111,9 @@ pub enum Lane {
     /// Every message of a tenant without a lane of its own.
     Rest,
 }
+
+/// The rest lane's name in logs (tenant ids cannot hold parentheses).
+pub(crate) const REST: &str = "(rest)";
 
 /// The tenants that have a lane of their own, which the rest lane leaves alone.
 type Laned = Arc<RwLock<HashSet<String>>>;
@@ -276,68 +279,22 @@ impl Ingest {
     /// Runs the role: every tenant lane and the rest lane, side by side, until shutdown or a
     /// fatal error. Tenants registered later get their lane within [`LANE_REFRESH`].
     pub async fn run(self, shutdown: Shutdown) -> Result<(), RoleError> {
-        let mut lanes = tokio::task::JoinSet::new();
-        let mut open = HashSet::new();
+        let mut set = LaneSet::new(self.js.clone(), shutdown);
         // Lanes known already open first, so the rest lane leaves their tenants alone from its
         // first batch on (were it not so, both would handle them for a while: harmless, slower).
-        if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+        if let Err(e) = self.open_lanes(&mut set).await {
             tracing::warn!(error = %e, "could not open the tenant lanes yet; retrying");
         }
-        self.spawn_lane(self.lane(Lane::Rest), &mut lanes, &shutdown);
-        let mut refresh = tokio::time::interval(LANE_REFRESH);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shutdown_seen = shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = refresh.tick() => {
-                    if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
-                        tracing::warn!(error = %e, "could not look for new tenant lanes");
-                    }
-                }
-                done = lanes.join_next() => {
-                    let outcome = match done {
-                        Some(Ok(r)) => r,
-                        Some(Err(e)) => Err(RoleError::Fatal(format!("an ingest lane failed: {e}"))),
-                        None => Ok(()),
-                    };
-                    if outcome.is_err() || *shutdown.borrow() {
-                        lanes.shutdown().await;
-                        return outcome;
-                    }
-                }
-                _ = shutdown_seen.changed() => {
-                    while lanes.join_next().await.is_some() {}
-                    return Ok(());
-                }
-            }
-        }
+        set.spawn(REST, self.lane(Lane::Rest));
+        set.run(&self, LANE_REFRESH).await
     }
+}
 
-    fn spawn_lane(
-        &self,
-        mut lane: Ingest,
-        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
-        shutdown: &Shutdown,
-    ) {
-        use tracing::Instrument as _;
-        let js = self.js.clone();
-        let shutdown = shutdown.clone();
-        let span = match &lane.lane {
-            Lane::Tenant(t) => tracing::info_span!("lane", tenant = %t),
-            Lane::Rest => tracing::info_span!("lane", tenant = "(rest)"),
-        };
-        lanes.spawn(async move { run_role(&js, &mut lane, shutdown).await }.instrument(span));
-    }
-
+impl LaneOpener for Ingest {
     /// Opens a lane for every tenant that has a registration or a lane hint and no lane yet.
     /// A new lane's hint is written before the rest lane starts leaving the tenant alone, at
     /// the rest lane's hint: every message of the tenant at or below it is handled.
-    async fn open_lanes(
-        &self,
-        open: &mut HashSet<String>,
-        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
-        shutdown: &Shutdown,
-    ) -> Result<(), String> {
+    async fn open_lanes(&self, set: &mut LaneSet) -> Result<(), String> {
         let label = self.cfg.shard.label();
         let mut tenants = BTreeSet::new();
         let mut keys = self.producers.keys().await.map_err(|e| e.to_string())?;
@@ -354,13 +311,8 @@ impl Ingest {
                 tenants.insert(t.to_owned());
             }
         }
-        for t in tenants {
-            if open.contains(&t) {
-                continue;
-            }
-            let Ok(tenant) = TenantId::new(&t) else {
-                continue;
-            };
+        for tenant in set.unopened(tenants) {
+            let t = tenant.to_string();
             let key = atp_nats::progress::lane_key(&label, &t);
             if self
                 .progress
@@ -384,13 +336,14 @@ impl Ingest {
             if let Ok(mut laned) = self.laned.write() {
                 laned.insert(t.clone());
             }
-            open.insert(t);
             tracing::info!(tenant = %tenant, "ingest lane opened");
-            self.spawn_lane(self.lane(Lane::Tenant(tenant)), lanes, shutdown);
+            set.spawn(&t, self.lane(Lane::Tenant(tenant)));
         }
         Ok(())
     }
+}
 
+impl Ingest {
     /// Looks up, in the read model, the event ids of this batch that the partitions' recent-id
     /// windows do not hold, and remembers those that already have a record.
     async fn remember_known(

@@ -37,7 +37,7 @@ use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Targe
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown, run_role};
+use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 use crate::shard::Shard;
 use crate::{RoleError, telemetry};
 
@@ -299,118 +299,17 @@ impl<P: Projection> Projector<P> {
     where
         P: 'static,
     {
-        let mut lanes = tokio::task::JoinSet::new();
-        let mut open = HashSet::new();
-        if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
+        let mut set = LaneSet::new(self.js.clone(), shutdown);
+        if let Err(e) = self.open_lanes(&mut set).await {
             tracing::warn!(projection = P::NAME, error = %e, "could not open the tenant lanes yet; retrying");
         }
-        let rest = Self::new(self.js.clone(), self.pool.clone(), self.shard);
         let rest = Self {
             laned: Arc::clone(&self.laned),
-            ..rest
+            ..Self::new(self.js.clone(), self.pool.clone(), self.shard)
         };
-        self.spawn(rest, &mut lanes, &shutdown);
-        let mut refresh = tokio::time::interval(LANE_REFRESH);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shutdown_seen = shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = refresh.tick() => {
-                    if let Err(e) = self.open_lanes(&mut open, &mut lanes, &shutdown).await {
-                        tracing::warn!(projection = P::NAME, error = %e, "could not look for new tenant lanes");
-                    }
-                }
-                done = lanes.join_next() => {
-                    let outcome = match done {
-                        Some(Ok(r)) => r,
-                        Some(Err(e)) => Err(RoleError::Fatal(format!("a projector lane failed: {e}"))),
-                        None => Ok(()),
-                    };
-                    if outcome.is_err() || *shutdown.borrow() {
-                        lanes.shutdown().await;
-                        return outcome;
-                    }
-                }
-                _ = shutdown_seen.changed() => {
-                    while lanes.join_next().await.is_some() {}
-                    return Ok(());
-                }
-            }
-        }
+        set.spawn(crate::ingest::REST, rest);
+        set.run(&self, LANE_REFRESH).await
     }
-
-    fn spawn(
-        &self,
-        mut lane: Self,
-        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
-        shutdown: &Shutdown,
-    ) where
-        P: 'static,
-    {
-        use tracing::Instrument as _;
-        let js = self.js.clone();
-        let shutdown = shutdown.clone();
-        let span = match &lane.lane {
-            Some(t) => tracing::info_span!("lane", projection = P::NAME, tenant = %t),
-            None => tracing::info_span!("lane", projection = P::NAME, tenant = "(rest)"),
-        };
-        lanes.spawn(async move { run_role(&js, &mut lane, shutdown).await }.instrument(span));
-    }
-
-    /// Opens a lane for every tenant with messages in the stream or a lane row, and none yet.
-    /// A new lane's row is created at the rest lane's before the rest lane leaves the tenant
-    /// alone: every message of the tenant at or below it is projected.
-    async fn open_lanes(
-        &self,
-        open: &mut HashSet<String>,
-        lanes: &mut tokio::task::JoinSet<Result<(), RoleError>>,
-        shutdown: &Shutdown,
-    ) -> Result<(), String>
-    where
-        P: 'static,
-    {
-        let (index, count) = (self.shard.index, self.shard.count);
-        let mut tenants: std::collections::BTreeSet<String> =
-            projection::lane_tenants(&self.pool, P::NAME, index, count)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-        let stream = self
-            .js
-            .get_stream(P::STREAM)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut subjects_seen = stream
-            .info_with_subjects(subjects::all(P::SUBJECTS))
-            .await
-            .map_err(|e| e.to_string())?;
-        while let Some(s) = futures::StreamExt::next(&mut subjects_seen).await {
-            let (subject, _) = s.map_err(|e| e.to_string())?;
-            if let Some((t, _)) = subjects::tokens_of(P::SUBJECTS, &subject) {
-                tenants.insert(t.to_owned());
-            }
-        }
-        for t in tenants {
-            if open.contains(&t) {
-                continue;
-            }
-            let Ok(tenant) = TenantId::new(&t) else {
-                continue;
-            };
-            let key = projection::lane_watermark_key(P::NAME, &t, index, count);
-            projection::open_lane_watermark(&self.pool, &key, &self.watermark)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Ok(mut laned) = self.laned.write() {
-                laned.insert(t.clone());
-            }
-            open.insert(t);
-            self.spawn(self.lane(tenant), lanes, shutdown);
-        }
-        Ok(())
-    }
-
     /// A tenant lane with nothing to do moves its row to the stream's end, when no message of
     /// its tenant waits: the projection's watermark (the lowest row) is then not held back by
     /// tenants that are quiet. Checked at most every [`IDLE_CHECK`]; a failure only delays it.
@@ -566,6 +465,48 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> Result<(), RoleErro
         .await
         .map(|_| ())
         .map_err(|e| RoleError::Retry(e.to_string()))
+}
+
+impl<P: Projection + 'static> LaneOpener for Projector<P> {
+    /// Opens a lane for every tenant with messages in the stream or a lane row, and none yet.
+    /// A new lane's row is created at the rest lane's before the rest lane leaves the tenant
+    /// alone: every message of the tenant at or below it is projected.
+    async fn open_lanes(&self, set: &mut LaneSet) -> Result<(), String> {
+        let (index, count) = (self.shard.index, self.shard.count);
+        let mut tenants: std::collections::BTreeSet<String> =
+            projection::lane_tenants(&self.pool, P::NAME, index, count)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+        let stream = self
+            .js
+            .get_stream(P::STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut subjects_seen = stream
+            .info_with_subjects(subjects::all(P::SUBJECTS))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(s) = futures::StreamExt::next(&mut subjects_seen).await {
+            let (subject, _) = s.map_err(|e| e.to_string())?;
+            if let Some((t, _)) = subjects::tokens_of(P::SUBJECTS, &subject) {
+                tenants.insert(t.to_owned());
+            }
+        }
+        for tenant in set.unopened(tenants) {
+            let t = tenant.to_string();
+            let key = projection::lane_watermark_key(P::NAME, &t, index, count);
+            projection::open_lane_watermark(&self.pool, &key, &self.watermark)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Ok(mut laned) = self.laned.write() {
+                laned.insert(t.clone());
+            }
+            set.spawn(&t, self.lane(tenant));
+        }
+        Ok(())
+    }
 }
 
 impl<P: Projection> Role for Projector<P> {

@@ -319,6 +319,86 @@ pub async fn run_role<R: Role>(
     }
 }
 
+/// A role read in lanes (ADR 0017): it knows which lanes should run, and opens the missing
+/// ones into the set.
+pub trait LaneOpener {
+    fn open_lanes(&self, set: &mut LaneSet) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Lanes of one role running side by side, each a [`run_role`] of its own, by name.
+pub struct LaneSet {
+    js: Context,
+    shutdown: Shutdown,
+    open: std::collections::HashSet<String>,
+    tasks: tokio::task::JoinSet<Result<(), RoleError>>,
+}
+
+impl LaneSet {
+    pub fn new(js: Context, shutdown: Shutdown) -> Self {
+        Self {
+            js,
+            shutdown,
+            open: Default::default(),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// The tenants of `names` that are valid tenant ids and have no lane yet.
+    pub fn unopened(&self, names: impl IntoIterator<Item = String>) -> Vec<atp_core::TenantId> {
+        names
+            .into_iter()
+            .filter(|n| !self.open.contains(n))
+            .filter_map(|n| atp_core::TenantId::new(&n).ok())
+            .collect()
+    }
+
+    /// Starts a lane; its log lines carry `lane = <name>`.
+    pub fn spawn<R: Role + Send + 'static>(&mut self, name: &str, mut role: R) {
+        use tracing::Instrument as _;
+        let (js, shutdown) = (self.js.clone(), self.shutdown.clone());
+        let span = tracing::info_span!("lane", role = R::NAME, lane = name);
+        self.open.insert(name.to_owned());
+        self.tasks
+            .spawn(async move { run_role(&js, &mut role, shutdown).await }.instrument(span));
+    }
+
+    /// Runs until shutdown (then waits for every lane to stop) or until a lane fails for good
+    /// (then stops the others); asks `opener` for new lanes every `refresh`.
+    pub async fn run(
+        mut self,
+        opener: &impl LaneOpener,
+        refresh: Duration,
+    ) -> Result<(), RoleError> {
+        let mut tick = tokio::time::interval(refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = opener.open_lanes(&mut self).await {
+                        tracing::warn!(error = %e, "could not look for new lanes");
+                    }
+                }
+                done = self.tasks.join_next() => {
+                    let outcome = match done {
+                        Some(Ok(r)) => r,
+                        Some(Err(e)) => Err(RoleError::Fatal(format!("a lane failed: {e}"))),
+                        None => Ok(()),
+                    };
+                    if outcome.is_err() || *self.shutdown.borrow() {
+                        self.tasks.shutdown().await;
+                        return outcome;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    while self.tasks.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
 /// A role that ran this long before failing was healthy: its next restart starts the backoff
 /// afresh. 30 s is far longer than any restart loop's period (milliseconds) and far shorter than
 /// the time between genuine, unrelated failures.
