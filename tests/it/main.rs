@@ -27,4 +27,5 @@ mod replay;
 mod secrets;
 mod streams;
 mod tenancy;
+mod tidy;
 mod traces;

@@ -331,8 +331,8 @@ fn ext_string(v: &Value) -> String {
 
 /// Checks a submission against its source's registration.
 ///
-/// `registration` is `None` when the tenant has no such source. `now` bounds nothing yet; it is
-/// passed so that key validity windows can be checked without reading a clock here.
+/// `registration` is `None` when the tenant has no such source. A revoked key is refused
+/// whenever it was revoked: admission reads no clock.
 pub fn admit(
     partition: &PartitionKey,
     sub: &Submission<'_>,

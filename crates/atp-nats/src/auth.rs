@@ -172,7 +172,7 @@ impl Identity {
             Identity::Admin | Identity::System => (vec![">".to_owned()], vec![">".to_owned()]),
             Identity::Worker(w) => {
                 let mut publish = reading_streams(reads(*w));
-                publish.extend(writes(*w).iter().map(|s| (*s).to_owned()));
+                publish.extend(writes(*w));
                 (publish, inbox)
             }
         };
@@ -270,12 +270,19 @@ fn reads(w: Worker) -> &'static [Reads] {
     }
 }
 
-/// The subjects each worker produces.
-fn writes(w: Worker) -> &'static [&'static str] {
-    match w {
+/// The subjects each worker produces, built from the subject templates.
+fn writes(w: Worker) -> Vec<String> {
+    use crate::subjects::{self, all};
+    let dlq_of = |role: &str| subjects::dlq(role, "*");
+    let mut out = match w {
+        Worker::Gateway => vec![all(subjects::INGRESS), all(subjects::EXPORT_REQUESTED)],
+        Worker::Ingest => vec![all(subjects::LEDGER), all(subjects::REJECTED)],
+        Worker::Projector => vec![dlq_of("projector")],
+        Worker::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
+        Worker::Exporter => vec![all(subjects::EXPORT_COMPLETED), dlq_of("exporter")],
+    };
+    let api: &[&str] = match w {
         Worker::Gateway => &[
-            "atp.ingress.>",
-            "atp.export.requested.>",
             "$KV.ATP_EXPORT_WEBHOOKS.>",
             "$KV.ATP_DLQ_REPLAYS.>",
             // The oldest waiting submission's age (the ingest lag figure of `/metrics`): one
@@ -284,26 +291,20 @@ fn writes(w: Worker) -> &'static [&'static str] {
             "$JS.API.DIRECT.GET.ATP_INGRESS.>",
         ],
         Worker::Ingest => &[
-            "atp.ledger.>",
-            "atp.rejected.>",
             "$KV.ATP_INGEST.>",
             // Trimming what every lane has handled (ADR 0017).
             "$JS.API.STREAM.PURGE.ATP_INGRESS",
         ],
-        Worker::Projector => &["atp.dlq.projector.>"],
-        Worker::Integrity => &[
-            "atp.checkpoint.>",
-            "atp.alert.integrity.>",
-            "$KV.ATP_SIGNING_KEYS.>",
-        ],
+        Worker::Projector => &[],
+        Worker::Integrity => &["$KV.ATP_SIGNING_KEYS.>"],
         Worker::Exporter => &[
-            "atp.export.completed.>",
-            "atp.dlq.exporter.>",
             "$O.ATP_EXPORT_BUNDLES.>",
             // Replacing an object purges its old chunks.
             "$JS.API.STREAM.PURGE.OBJ_ATP_EXPORT_BUNDLES",
         ],
-    }
+    };
+    out.extend(api.iter().map(|s| (*s).to_owned()));
+    out
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -143,7 +143,7 @@ struct Plan {
     rejections: Vec<Outgoing>,
 }
 
-/// Counters for one batch, logged and (later) exported as metrics.
+/// Counters for one batch, exported as metrics (`record_batch`) and summed in `Ingest::totals`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BatchStats {
     pub accepted: u64,

@@ -48,7 +48,7 @@ struct DbArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run roles: gateway, ingest, projector (all by default).
+    /// Run roles: gateway, ingest, projector, integrity, exporter (all by default).
     Serve {
         #[command(flatten)]
         nats: NatsArgs,
@@ -1085,5 +1085,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-    let _ = Duration::ZERO;
 }
