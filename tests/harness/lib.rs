@@ -128,15 +128,14 @@ impl Drop for Stack {
 /// The log name tests run under: checkpoints have origin `atp.test/<tenant>/<source>`.
 pub const LOG_NAME: &str = "atp.test";
 
+/// The roles of a comma-separated list, as `atp serve --roles` reads it.
+pub fn roles(list: &str) -> Roles {
+    Roles::parse(list).expect("a list of roles")
+}
+
 /// Only the ingest role, as the scenarios about ingest alone run it.
 pub fn ingest_only() -> Roles {
-    Roles {
-        gateway: false,
-        ingest: true,
-        projector: false,
-        integrity: false,
-        exporter: false,
-    }
+    roles("ingest")
 }
 
 pub fn partition(tenant: &str, source: &str) -> PartitionKey {

@@ -312,10 +312,7 @@ async fn receiver(failures: usize) -> (String, Deliveries) {
 #[tokio::test]
 async fn webhooks_aimed_inward_are_refused() {
     let stack = Stack::start().await;
-    let mut cfg = stack.serve_config(Roles {
-        exporter: false,
-        ..Roles::ALL
-    });
+    let mut cfg = stack.serve_config(roles("gateway,ingest,projector,integrity"));
     cfg.exports.webhook = atp_runtime::export::WebhookPolicy::default();
     assert!(
         !cfg.exports.webhook.allow_private,
@@ -359,10 +356,7 @@ async fn webhooks_aimed_inward_are_refused() {
 #[tokio::test]
 async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
     let stack = Stack::start().await;
-    let mut cfg = stack.serve_config(Roles {
-        exporter: false,
-        ..Roles::ALL
-    });
+    let mut cfg = stack.serve_config(roles("gateway,ingest,projector,integrity"));
     cfg.export_limits.concurrent = 1;
     let running = atp::serve::start(cfg).await.unwrap();
     let api = Api::new(&running);
@@ -534,10 +528,7 @@ async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
 async fn an_exporter_killed_mid_export_resumes_and_completes_once() {
     let stack = Stack::start().await;
     let running = stack
-        .serve(Roles {
-            exporter: false,
-            ..Roles::ALL
-        })
+        .serve(roles("gateway,ingest,projector,integrity"))
         .await;
     let api = Api::new(&running);
     let auditor = stack.token(TENANT, Role::Auditor);

@@ -527,13 +527,7 @@ async fn credentials_roles_and_query_errors_get_problem_json() {
 #[tokio::test]
 async fn readyz_waits_for_a_published_signing_key() {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            integrity: false,
-            exporter: false,
-            ..Roles::ALL
-        })
-        .await;
+    let running = stack.serve(roles("gateway,ingest,projector")).await;
     let api = Api::new(&running);
     let ready = api
         .http
@@ -547,15 +541,7 @@ async fn readyz_waits_for_a_published_signing_key() {
         why["reasons"][0].as_str().unwrap().contains("signing keys"),
         "{why}"
     );
-    let integrity = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: false,
-            projector: false,
-            integrity: true,
-            exporter: false,
-        })
-        .await;
+    let integrity = stack.serve(roles("integrity")).await;
     eventually(
         "ready once the integrity role published its key",
         || async {

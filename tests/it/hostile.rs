@@ -14,13 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn gateway_and_workers() -> Roles {
-    Roles {
-        gateway: true,
-        ingest: true,
-        projector: true,
-        integrity: false,
-        exporter: false,
-    }
+    roles("gateway,ingest,projector")
 }
 
 /// Publishes every bad submission, then a good marker; once the marker is a record, every bad

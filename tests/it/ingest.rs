@@ -1,7 +1,6 @@
 //! Producers on NATS: records, rejections with their reason codes, duplicates, sequences, and
 //! two ingest workers racing on the same partitions.
 
-use atp::serve::Roles;
 use atp_core::Reason;
 use atp_core::chain::genesis;
 use atp_nats::{headers, subjects};
@@ -12,15 +11,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn a_signed_event_becomes_a_chained_record_and_is_queryable() {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest,projector")).await;
     let p = partition(TENANT, SOURCE);
     let first = stack.sign(stack.event("e-1"));
     let second = stack.sign(stack.event("e-2"));
@@ -69,15 +60,7 @@ async fn a_signed_event_becomes_a_chained_record_and_is_queryable() {
 #[tokio::test]
 async fn binary_mode_events_are_stored_structured_with_their_body() {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: false,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest")).await;
     let p = partition(TENANT, SOURCE);
     let body = br#"{"actor":{"id":"bob","type":"user"},"action":"LOGIN","resource":{"type":"Session","id":"s-9"}}"#;
     let time = chrono::Utc::now();
@@ -134,15 +117,7 @@ async fn rejected_on_nats(
     reason: Reason,
 ) -> atp_core::reason::RejectionEnvelope {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: false,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest")).await;
     let p = partition(TENANT, SOURCE);
     let seq = stack
         .publish_raw(&p, bad(&stack), Some("the-bad-one"))
@@ -298,15 +273,7 @@ async fn source_uri_mismatch_on_nats_is_rejected() {
 #[tokio::test]
 async fn revoked_keys_and_unknown_sources_are_rejected_and_projected() {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest,projector")).await;
     let p = partition(TENANT, SOURCE);
     atp::admin::revoke_key(&stack.js, TENANT, SOURCE, KEY_ID)
         .await
@@ -346,15 +313,7 @@ async fn revoked_keys_and_unknown_sources_are_rejected_and_projected() {
 #[tokio::test]
 async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
     let stack = Stack::start().await;
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: false,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest")).await;
     let p = partition(TENANT, SOURCE);
     let with_seq = |id: &str, seq: u64| {
         let mut e = stack.event(id);
@@ -408,15 +367,7 @@ async fn duplicates_answer_the_same_record_and_sequences_never_go_back() {
     running.stop().await;
 
     // After a restart the worker knows the partition again from the ledger alone.
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: false,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest")).await;
     stack
         .publish_raw(&p, serde_json::to_vec(&five).unwrap(), Some("retry-2"))
         .await;
@@ -450,23 +401,11 @@ async fn two_ingest_workers_on_the_same_partitions_never_fork_a_chain() {
         .await
         .unwrap();
     }
-    let mut cfg = stack.serve_config(Roles {
-        gateway: false,
-        ingest: true,
-        projector: false,
-        integrity: false,
-        exporter: false,
-    });
+    let mut cfg = stack.serve_config(roles("ingest"));
     // Small batches make the two workers interleave often.
     cfg.ingest.batch_max = 7;
     let a = atp::serve::start(cfg).await.unwrap();
-    let mut cfg = stack.serve_config(Roles {
-        gateway: false,
-        ingest: true,
-        projector: false,
-        integrity: false,
-        exporter: false,
-    });
+    let mut cfg = stack.serve_config(roles("ingest"));
     cfg.ingest.batch_max = 11;
     let b = atp::serve::start(cfg).await.unwrap();
 
@@ -512,13 +451,7 @@ async fn a_repeat_older_than_the_dedupe_window_still_answers_its_record() {
     let stack = Stack::start().await;
     let p = partition(TENANT, SOURCE);
     let serve = || {
-        let mut cfg = stack.serve_config(Roles {
-            gateway: false,
-            ingest: true,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        });
+        let mut cfg = stack.serve_config(roles("ingest,projector"));
         cfg.ingest.dedupe_window = std::time::Duration::ZERO;
         atp::serve::start(cfg)
     };

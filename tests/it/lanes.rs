@@ -3,7 +3,6 @@
 //! publishes instead of discarding acknowledged ones, and a tenant registered while ingest runs
 //! is handled from its first event.
 
-use atp::serve::Roles;
 use atp_core::Reason;
 use atp_nats::{streams, subjects};
 use atp_tests::*;
@@ -98,15 +97,7 @@ async fn a_tenants_projection_backlog_does_not_hold_up_another_tenants_row() {
     .await;
     ingest.stop().await;
 
-    let projector = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: false,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let projector = stack.serve(roles("projector")).await;
     eventually("the quiet tenant's row queryable", || async {
         (stack.projected_records(OTHER).await == 1).then_some(())
     })

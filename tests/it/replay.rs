@@ -1,6 +1,5 @@
 //! Rebuilding the read model from the ledger gives back exactly the rows it had.
 
-use atp::serve::Roles;
 use atp_runtime::replay::{ReplayOptions, replay_records};
 use atp_tests::*;
 
@@ -28,15 +27,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
     )
     .await
     .unwrap();
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest,projector")).await;
     let (p, q) = (partition(TENANT, SOURCE), partition("globex", "erp"));
     for i in 0..120 {
         stack
@@ -158,15 +149,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
     assert!(forced, "the rebuilt records table lost row-level security");
 
     // Live serving resumes from its watermark and keeps projecting into the swapped table.
-    let running = stack
-        .serve(Roles {
-            gateway: false,
-            ingest: true,
-            projector: true,
-            integrity: false,
-            exporter: false,
-        })
-        .await;
+    let running = stack.serve(roles("ingest,projector")).await;
     stack.publish(&p, &stack.sign(stack.event("after"))).await;
     eventually("projection continues after the swap", || async {
         (stack.projected_records(TENANT).await == 121).then_some(())

@@ -44,6 +44,21 @@ impl fmt::Debug for Digest {
 #[error("expected sha256:<64 lowercase hex>, got {0:?}")]
 pub struct DigestParseError(String);
 
+/// Stored bytes that are not a SHA-256 value (a read model row that is not what ATP wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a SHA-256 value is 32 bytes, not {0}")]
+pub struct DigestLengthError(pub usize);
+
+impl TryFrom<Vec<u8>> for Digest {
+    type Error = DigestLengthError;
+    fn try_from(bytes: Vec<u8>) -> Result<Self, Self::Error> {
+        let len = bytes.len();
+        <[u8; 32]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| DigestLengthError(len))
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -166,6 +181,14 @@ impl ChainVerifier {
 mod tests {
     use super::*;
     use crate::names::{SourceId, TenantId};
+
+    #[test]
+    fn stored_bytes_are_a_digest_only_at_32() {
+        let d = Digest::of(b"x");
+        assert_eq!(Digest::try_from(d.0.to_vec()), Ok(d));
+        assert_eq!(Digest::try_from(vec![0u8; 31]), Err(DigestLengthError(31)));
+        assert_eq!(Digest::try_from(Vec::new()), Err(DigestLengthError(0)));
+    }
 
     fn p() -> PartitionKey {
         PartitionKey::new(

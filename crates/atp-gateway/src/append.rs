@@ -261,7 +261,7 @@ fn repeat_of(
             atp_core::event::idempotency_conflict(&p.event_id, r.chain_index, &r.record_id);
         return Err(Problem::from_rejection(&conflict).tenant(tenant));
     }
-    let digest = atp_core::Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    let digest = r.digest;
     Ok((
         StatusCode::OK,
         Json(json!({
@@ -346,7 +346,7 @@ fn prefer_wait(h: &HttpHeaders) -> Option<Duration> {
 }
 
 fn created(r: &atp_store::query::StoredRecord) -> Response {
-    let digest = atp_core::Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    let digest = r.digest;
     (
         StatusCode::CREATED,
         Json(json!({ "recordId": r.record_id, "chainIndex": r.chain_index, "digest": digest.to_string() })),

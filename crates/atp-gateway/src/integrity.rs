@@ -429,7 +429,7 @@ pub async fn verify_record(
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     let p = partition_of(&r)?;
     let mut checks = Vec::new();
-    let stored_digest = Digest(r.digest.as_slice().try_into().unwrap_or([0; 32]));
+    let stored_digest = r.digest;
     let digest = Digest::of(&r.record);
     checks.push(check(
         "storedDigest",
@@ -445,7 +445,7 @@ pub async fn verify_record(
         ));
     }
     let link = record::head(&r.record).map(|(_, l)| l);
-    let stored_chain = Digest(r.chain_hash.as_slice().try_into().unwrap_or([0; 32]));
+    let stored_chain = r.chain_hash;
     checks.push(match &link {
         Ok(l) => check(
             "chainLink",
@@ -700,7 +700,7 @@ impl RangeWalk {
                 self.stopped = true;
                 return;
             }
-            if r.digest.as_slice() != link.digest.0 {
+            if r.digest != link.digest {
                 note_failure(
                     &mut self.first_failure,
                     self.expected,

@@ -77,7 +77,7 @@ struct PageView<T> {
 
 /// The record, after checking its bytes against their stored digest.
 pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
-    let stored = Digest(r.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+    let stored = r.digest;
     if Digest::of(&r.record) != stored {
         tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");
         return Err(Problem::new(
@@ -110,7 +110,7 @@ pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
         source_id: r.source_id.clone(),
         chain_index: r.chain_index,
         digest: stored.to_string(),
-        chain_hash: Digest(r.chain_hash.as_slice().try_into().unwrap_or([0u8; 32])).to_string(),
+        chain_hash: r.chain_hash.to_string(),
         occurred_at: atp_core::record::timestamp(r.occurred_at),
         committed_at: atp_core::record::timestamp(r.committed_at),
         record: raw,

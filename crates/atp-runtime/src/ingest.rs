@@ -377,7 +377,7 @@ impl Ingest {
             let Some(chain) = self.parts.get_mut(&pkey).and_then(|p| p.chain.as_mut()) else {
                 continue;
             };
-            let digest = atp_core::Digest(k.digest.as_slice().try_into().unwrap_or([0u8; 32]));
+            let digest = k.digest;
             let chain_index = u64::try_from(k.chain_index).unwrap_or(0);
             let fingerprint = atp_core::event::record_fingerprint(&k.record);
             chain.remember(

@@ -34,8 +34,9 @@ pub enum StoreError {
     BadRecord { seq: u64, reason: String },
     #[error("invalid cursor")]
     BadCursor,
-    /// Stored integrity data that contradicts itself (a missing tile, a malformed hash).
-    #[error("integrity data is inconsistent: {0}")]
+    /// Stored data that contradicts itself (a missing tile, a malformed hash, a row that does
+    /// not decode).
+    #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("refusing an unsafe database configuration: {0}")]
     Unsafe(String),
@@ -122,6 +123,11 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     /// Every sqlx error becomes a `StoreError` here, so this is where it is classified.
     fn from(e: sqlx::Error) -> Self {
+        // A row that does not decode (a digest of the wrong length) is not the database's
+        // outage but stored data that is not what ATP wrote.
+        if let sqlx::Error::ColumnDecode { .. } = e {
+            return Self::Corrupt(e.to_string());
+        }
         match DbFailure::of(&e) {
             DbFailure::Refusal => Self::Refused(e),
             DbFailure::Outage => Self::Unavailable(e),

@@ -2,6 +2,7 @@
 //!
 //! Every query takes the tenant explicitly; there is no query without one.
 
+use atp_core::Digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -101,8 +102,10 @@ pub struct StoredRecord {
     pub chain_index: i64,
     pub occurred_at: DateTime<Utc>,
     pub committed_at: DateTime<Utc>,
-    pub digest: Vec<u8>,
-    pub chain_hash: Vec<u8>,
+    #[sqlx(try_from = "Vec<u8>")]
+    pub digest: Digest,
+    #[sqlx(try_from = "Vec<u8>")]
+    pub chain_hash: Digest,
     pub ledger_seq: i64,
     pub record: Vec<u8>,
 }
@@ -293,7 +296,8 @@ pub struct KnownEvent {
     pub event_id: String,
     pub record_id: String,
     pub chain_index: i64,
-    pub digest: Vec<u8>,
+    #[sqlx(try_from = "Vec<u8>")]
+    pub digest: Digest,
     /// The record's bytes: a repeat is compared with the event they hold.
     pub record: Vec<u8>,
 }
