@@ -11,7 +11,7 @@ use atp_nats::exports::{self as bus_exports, Webhook};
 use atp_nats::signing_keys;
 use atp_runtime::export::cold::ColdStore;
 use atp_runtime::export::{WebhookPolicy, object_key, webhook};
-use atp_store::exports::{self, ExportRequest, ExportRow};
+use atp_store::exports::{self, ExportRequest, ExportRow, ExportStatus};
 use atp_store::query::Selection;
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -223,7 +223,7 @@ fn status_json(row: &ExportRow) -> Value {
     if let Some(at) = row.started_at {
         v["startedAt"] = json!(atp_core::record::timestamp(at));
     }
-    if row.status == "running" || row.status == "queued" {
+    if matches!(row.status, ExportStatus::Running | ExportStatus::Queued) {
         v["progress"] = json!({
             "recordsDone": row.records_done,
             "recordsTotal": row.records_total,
@@ -232,14 +232,14 @@ fn status_json(row: &ExportRow) -> Value {
     if let Some(at) = row.finished_at {
         v["finishedAt"] = json!(atp_core::record::timestamp(at));
     }
-    if row.status == "completed" {
+    if row.status == ExportStatus::Completed {
         v["recordCount"] = json!(row.record_count);
         v["bytes"] = json!(row.bytes);
         v["manifestSha256"] = json!(row.manifest_sha256);
         v["bundleSha256"] = json!(row.bundle_sha256);
         v["downloadUrl"] = json!(format!("/api/v1/exports/{}/download", row.export_id));
     }
-    if row.status == "failed" {
+    if row.status == ExportStatus::Failed {
         v["failure"] = json!({ "code": row.failure_code, "detail": row.failure_detail });
     }
     if let Some(s) = &row.webhook_status {
@@ -346,7 +346,7 @@ pub async fn download(
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
     let row = load(&state, &principal, &id).await?;
-    if row.status != "completed" {
+    if row.status != ExportStatus::Completed {
         let mut resp = Problem::new(
             StatusCode::CONFLICT,
             "EXPORT_NOT_READY",
@@ -354,7 +354,7 @@ pub async fn download(
         )
         .tenant(&tenant)
         .into_response();
-        if row.status != "failed" {
+        if row.status != ExportStatus::Failed {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         }
@@ -558,7 +558,7 @@ pub async fn verify(
         let req: VerifyExportBody = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("expected {{\"exportId\"}} or a tar: {e}")))?;
         let row = load(&state, &principal, &req.export_id).await?;
-        if row.status != "completed" {
+        if row.status != ExportStatus::Completed {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "EXPORT_NOT_READY",

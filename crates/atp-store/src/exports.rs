@@ -12,6 +12,56 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use crate::StoreError;
 use crate::query::Selection;
 
+/// Where an export is (the `exports.status` column and the API's `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl ExportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Completed or failed: the outcome sticks (ADR 0005).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status the table's CHECK constraint would not have let in.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown export status {0:?}")]
+pub struct UnknownExportStatus(String);
+
+impl TryFrom<String> for ExportStatus {
+    type Error = UnknownExportStatus;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Ok(match s.as_str() {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            _ => return Err(UnknownExportStatus(s)),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ExportRow {
     pub export_id: String,
@@ -20,7 +70,8 @@ pub struct ExportRow {
     pub requested_at: DateTime<Utc>,
     pub selection: serde_json::Value,
     pub format: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ExportStatus,
     pub snapshot: Option<serde_json::Value>,
     pub created_at: Option<DateTime<Utc>>,
     pub records_total: Option<i64>,
@@ -51,7 +102,7 @@ impl ExportRow {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.status == "completed" || self.status == "failed"
+        self.status.is_finished()
     }
 }
 

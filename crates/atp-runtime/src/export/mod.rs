@@ -82,7 +82,7 @@ pub fn completion(row: &ExportRow) -> Value {
         "status": row.status,
         "finishedAt": row.finished_at.map(atp_core::record::timestamp),
     });
-    if row.status == "completed" {
+    if row.status == atp_store::exports::ExportStatus::Completed {
         v["recordCount"] = json!(row.record_count);
         v["bytes"] = json!(row.bytes);
         v["manifestSha256"] = json!(row.manifest_sha256);
