@@ -1,5 +1,5 @@
-//! Dead letters: how a role gives up on a message (after its bounded attempts), and how an
-//! operator replays letters once the cause is fixed (`atp dlq replay`, the admin API).
+//! Replaying dead letters once the cause is fixed (`atp dlq replay`, the admin API). How a role
+//! gives up on a message is `crate::dead_letter`, which the roles use and this uses nothing of.
 //!
 //! Replays are idempotent: projecting a message inserts a row keyed by ids inside it (a row
 //! already there is left alone), and a failed export is re-queued under an export id derived
@@ -18,38 +18,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
-use crate::RoleError;
-use crate::metrics::{label, metrics};
+use crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED;
 use crate::projector::{Projection, Records, Rejections};
-
-/// Code of a letter for an export that failed every attempt (the exporter's give-up).
-pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
-
-/// Stores a letter (waiting for JetStream) and says so in the metrics and the log.
-pub async fn dead_letter(js: &Context, letter: &DeadLetter) -> Result<(), RoleError> {
-    let seq = dlq::publish(js, letter)
-        .await
-        .map_err(|e| RoleError::Retry(e.to_string()))?;
-    metrics().dlq_letters.add(
-        1,
-        &[
-            label("role", letter.role.as_str()),
-            label("code", letter.code.clone()),
-        ],
-    );
-    tracing::error!(
-        role = letter.role.as_str(),
-        code = %letter.code,
-        stream = %letter.stream,
-        stream_seq = letter.stream_seq,
-        dlq_seq = seq,
-        tenant.id = %letter.tenant_id,
-        trace.id = letter.trace_id.as_deref().unwrap_or(""),
-        detail = %letter.detail,
-        "message dead-lettered"
-    );
-    Ok(())
-}
 
 /// What a replay of one letter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

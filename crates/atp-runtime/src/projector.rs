@@ -421,7 +421,7 @@ impl<P: Projection> Projector<P> {
             },
             Utc::now(),
         );
-        crate::dlq::dead_letter(&self.js, &letter).await
+        crate::dead_letter::write(&self.js, &letter).await
     }
 
     /// Inserts rows one by one, each under a savepoint, dead-lettering those the database

@@ -219,7 +219,7 @@ impl<S: CheckpointSigner> Worker<S> {
                 // Only the gateway publishes here; a malformed request has no export to fail.
                 // It is dead-lettered, then terminated; until the letter is stored it stays.
                 let letter = self.letter(&msg, "MALFORMED_REQUEST", e.to_string());
-                match crate::dlq::dead_letter(&self.js, &letter).await {
+                match crate::dead_letter::write(&self.js, &letter).await {
                     Ok(()) => {
                         let _ = msg.ack_with(AckKind::Term).await;
                     }
@@ -303,12 +303,16 @@ impl<S: CheckpointSigner> Worker<S> {
         let attempts = u64::try_from(row.attempts).unwrap_or(0);
         if attempts > self.settings.max_attempts {
             let detail = format!("gave up after {} attempts", self.settings.max_attempts);
-            let letter = self.letter(msg, crate::dlq::EXPORT_ATTEMPTS_EXHAUSTED, detail.clone());
-            crate::dlq::dead_letter(&self.js, &letter)
+            let letter = self.letter(
+                msg,
+                crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED,
+                detail.clone(),
+            );
+            crate::dead_letter::write(&self.js, &letter)
                 .await
                 .map_err(|e| e.to_string())?;
             let outcome = Outcome::Failed {
-                code: crate::dlq::EXPORT_ATTEMPTS_EXHAUSTED.to_owned(),
+                code: crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED.to_owned(),
                 detail,
             };
             return self.finish(&row, outcome).await;
