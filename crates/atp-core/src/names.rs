@@ -117,11 +117,17 @@ impl PartitionKey {
     pub fn new(tenant: TenantId, source: SourceId) -> Self {
         Self { tenant, source }
     }
+    /// The key written `<tenant>:<source>` (the idempotency key's and the CLI's form).
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let (t, src) = s
             .split_once(':')
             .ok_or_else(|| NameError::Partition(s.to_owned()))?;
-        Ok(Self::new(TenantId::new(t)?, SourceId::new(src)?))
+        Self::from_ids(t, src)
+    }
+
+    /// The key of two ids as stored apart (columns, headers, subject tokens), each checked.
+    pub fn from_ids(tenant: &str, source: &str) -> Result<Self, NameError> {
+        Ok(Self::new(TenantId::new(tenant)?, SourceId::new(source)?))
     }
 }
 

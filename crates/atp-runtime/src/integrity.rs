@@ -532,7 +532,7 @@ impl<S: CheckpointSigner> Checkpointer<S> {
             .await
             .map_err(db)?;
         for r in &rows {
-            if let Ok(p) = PartitionKey::parse(&format!("{}:{}", r.tenant_id, r.source_id)) {
+            if let Ok(p) = PartitionKey::from_ids(&r.tenant_id, &r.source_id) {
                 self.board.signed(&p, r.tree_size as u64);
             }
         }

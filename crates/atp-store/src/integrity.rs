@@ -102,7 +102,7 @@ pub async fn uncheckpointed(pool: &PgPool) -> Result<Vec<(PartitionKey, LogState
         .await?;
     rows.into_iter()
         .map(|row| {
-            let p = PartitionKey::parse(&format!("{}:{}", row.tenant_id, row.source_id))
+            let p = PartitionKey::from_ids(&row.tenant_id, &row.source_id)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok((p, row.state()?))
         })

@@ -200,7 +200,7 @@ pub fn record_offline(
         ));
         return Ok(report);
     }
-    let p = PartitionKey::parse(&format!("{}:{}", head.tenant_id, head.source_id))?;
+    let p = PartitionKey::from_ids(&head.tenant_id, &head.source_id)?;
     match verify_record(&bytes, &p, head.chain_index, &proof, &known, None) {
         Ok(v) => {
             report.ok = true;

@@ -741,7 +741,7 @@ async fn checkpoint_lag(
     let committed = rows
         .into_iter()
         .filter_map(|(t, s, i, at)| {
-            let p = PartitionKey::parse(&format!("{t}:{s}")).ok()?;
+            let p = PartitionKey::from_ids(&t, &s).ok()?;
             Some((p, i as u64, at))
         })
         .collect::<Vec<_>>();
