@@ -476,7 +476,7 @@ async fn a_search_uses_the_trigram_index_through_row_level_security() {
              now() - i * interval '1 s', now(), now(), 'alice', 'user', 'READ', 'Invoice', 'inv', \
              'internal', 1, \
              'web portal ' || md5(i::text) || CASE WHEN i % 4000 = 7 THEN ' needle' ELSE '' END, \
-             '\\x00', '\\x00', i, '\\x7b7d' \
+             decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'), i, '\\x7b7d' \
          FROM generate_series(1, 200000) AS i",
     )
     .execute(&stack.pool)
