@@ -99,7 +99,7 @@ fn subjects_are_spelled_only_in_the_subjects_module() {
         // subjects; tests and benchmarks build their own messages.
         let exempt = file.ends_with("atp-runtime/src/metrics.rs")
             || file.ends_with("tests.rs")
-            || file.starts_with(root().join("crates/atp/src/bench"));
+            || file.starts_with(root().join("crates/atp-bench"));
         if file == subjects_rs || exempt {
             continue;
         }

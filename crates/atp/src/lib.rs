@@ -1,9 +1,9 @@
 //! The `atp` binary's library: `serve` (any subset of roles in one process), the dev stack,
-//! key files, and the benchmarks. Tests start ATP through [`serve::start`], the same entry
-//! point as `atp serve`.
+//! key files, and the command line ([`cli`]). Tests start ATP through [`serve::start`], the
+//! same entry point as `atp serve`. (The benchmarks are `atp-bench`, outside the product.)
 
 pub mod admin;
-pub mod bench;
+pub mod cli;
 pub mod dev;
 pub mod dlq;
 pub mod keys;

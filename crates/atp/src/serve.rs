@@ -159,7 +159,7 @@ impl Running {
 
     /// Asks every role to stop at its next batch boundary and waits for them.
     pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
         while let Some(r) = self.tasks.join_next().await {
             if let Ok((name, Err(e))) = r {
                 tracing::warn!(role = name, error = %e, "role stopped with an error");
@@ -214,12 +214,14 @@ impl Connections {
     }
 }
 
+/// Starts the configured roles. Everything that can be wrong with the configuration is found
+/// before the first connection ([`Prepared`]); then each role is one function that connects as
+/// itself and spawns its task into [`Running`], which joins every task it holds.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
+    let prepared = Prepared::check(&cfg)?;
     let connections = Connections::open(&cfg.nats_url, &cfg.nats_credentials).await?;
     // Ingest uses the read model too: for duplicates older than its in-memory window.
-    let needs_db =
-        cfg.roles.gateway || cfg.roles.projector || cfg.roles.ingest || cfg.roles.integrity;
-    let pool = if needs_db {
+    let pool = if cfg.roles.needs_database() {
         let pool = atp_store::connect(cfg.database_url.expose(), 16)
             .await
             .context("connecting to PostgreSQL")?;
@@ -228,143 +230,246 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     } else {
         None
     };
-
-    let attestation = match (cfg.attestation_key, cfg.roles.gateway && cfg.roles.ingest) {
-        (Some(k), _) => Some(k),
-        (None, true) => Some(crate::keys::generate()),
-        (None, false) if cfg.roles.gateway => bail!(
-            "the gateway needs an attestation key (ATP_GATEWAY_KEY) when ingest runs elsewhere"
-        ),
-        (None, false) => None,
-    };
-
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let (shutdown, _) = watch::channel(false);
     let mut running = Running {
         gateway_addr: None,
         metrics_addr: None,
         ingest_totals: None,
         integrity_stats: None,
-        shutdown: shutdown_tx,
+        shutdown,
         tasks: JoinSet::new(),
     };
-
+    let started = Started {
+        cfg: &cfg,
+        connections: &connections,
+        pool: pool.as_ref(),
+    };
     if cfg.roles.ingest {
-        let mut ingest_cfg = cfg.ingest.clone();
-        ingest_cfg.shard = cfg.shard;
-        if ingest_cfg.dedupe_db.is_none() {
-            ingest_cfg.dedupe_db = pool.clone();
-        }
-        if ingest_cfg.gateway_key.is_none() {
-            ingest_cfg.gateway_key = attestation.as_ref().map(|k| k.verifying_key());
-        }
-        let js = connections.role(Worker::Ingest).await?;
-        let ingest = Ingest::new(js, ingest_cfg).await?;
-        running.ingest_totals = Some(ingest.totals.clone());
-        let sd = shutdown.clone();
-        tasks.spawn(async move { ("ingest", ingest.run(sd).await) });
+        started.ingest(&mut running, &prepared).await?;
     }
     if cfg.roles.projector {
-        let js = connections.role(Worker::Projector).await?;
-        let sd = shutdown.clone();
-        let pool = pool.clone().context("the projector needs PostgreSQL")?;
-        let shard = cfg.shard;
-        tasks.spawn(async move {
+        started.projector(&mut running).await?;
+    }
+    if let (true, Some(signer)) = (cfg.roles.integrity, &prepared.signer) {
+        started.integrity(&mut running, signer.clone()).await?;
+    }
+    if let (true, Some(signer)) = (cfg.roles.exporter, &prepared.signer) {
+        started.exporter(&mut running, signer.clone()).await?;
+    }
+    if let Some(gateway) = prepared.gateway {
+        started.gateway(&mut running, gateway).await?;
+    } else if let Some(addr) = cfg.metrics_listen {
+        started.metrics(&mut running, addr).await?;
+    }
+    Ok(running)
+}
+
+impl Roles {
+    /// Whether any role of the set reads or writes PostgreSQL (the exporter opens its own).
+    fn needs_database(&self) -> bool {
+        self.gateway || self.projector || self.ingest || self.integrity
+    }
+}
+
+/// What `start` settles from the configuration alone (and the local files it names), before
+/// it connects to anything: a misconfigured role fails here, with nothing started.
+struct Prepared {
+    /// The gateway's attestation key, also trusted by an ingest in the same process.
+    attestation: Option<SigningKey>,
+    /// One key store for the roles that sign: checkpoints and export manifests.
+    signer: Option<Arc<FileKeyStore>>,
+    gateway: Option<PreparedGateway>,
+}
+
+struct PreparedGateway {
+    attestation: SigningKey,
+    auth: AuthConfig,
+    /// The issuer's JWKS is a URL, fetched at start and again every [`JWKS_REFRESH`].
+    fetch_jwks: bool,
+}
+
+impl Prepared {
+    fn check(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
+        let roles = cfg.roles;
+        let attestation = match (&cfg.attestation_key, roles.gateway && roles.ingest) {
+            (Some(k), _) => Some(k.clone()),
+            (None, true) => Some(crate::keys::generate()),
+            (None, false) if roles.gateway => bail!(
+                "the gateway needs an attestation key (ATP_GATEWAY_KEY) when ingest runs elsewhere"
+            ),
+            (None, false) => None,
+        };
+        let signer = if roles.integrity || roles.exporter {
+            let s = &cfg.integrity;
+            Some(Arc::new(
+                FileKeyStore::open_or_init(&s.keys_dir, &s.log_name, chrono::Utc::now())
+                    .context("opening the checkpoint key store")?,
+            ))
+        } else {
+            None
+        };
+        let gateway = match (&attestation, roles.gateway) {
+            (Some(key), true) => {
+                let (auth, fetch_jwks) = token_trust(cfg)?;
+                Some(PreparedGateway {
+                    attestation: key.clone(),
+                    auth,
+                    fetch_jwks,
+                })
+            }
+            _ => None,
+        };
+        Ok(Prepared {
+            attestation,
+            signer,
+            gateway,
+        })
+    }
+}
+
+/// The token keys the gateway trusts: configured Ed25519 keys, and the issuer's JWKS from a
+/// file (read now) or a URL (fetched once connected; says so in its second value).
+fn token_trust(cfg: &ServeConfig) -> anyhow::Result<(AuthConfig, bool)> {
+    let mut auth = AuthConfig::new(&cfg.issuer, &cfg.audience);
+    for (kid, k) in &cfg.token_keys {
+        auth = auth.with_ed25519_key(kid, k);
+    }
+    match cfg.token_jwks.as_deref() {
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok((
+            auth.with_jwks_url(url, JWKS_REFETCH_MIN)
+                .context("ATP_TOKEN_JWKS")?,
+            true,
+        )),
+        Some(path) => {
+            let doc = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token JWKS {path}"))?;
+            let auth = auth
+                .with_jwks(&doc)
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            Ok((auth, false))
+        }
+        None => Ok((auth, false)),
+    }
+}
+
+/// The servers a `start` has connected to, from which each role is started.
+struct Started<'a> {
+    cfg: &'a ServeConfig,
+    connections: &'a Connections,
+    pool: Option<&'a sqlx::PgPool>,
+}
+
+impl Started<'_> {
+    fn pool(&self, role: &str) -> anyhow::Result<sqlx::PgPool> {
+        self.pool
+            .cloned()
+            .with_context(|| format!("the {role} role needs PostgreSQL"))
+    }
+
+    async fn ingest(&self, running: &mut Running, prepared: &Prepared) -> anyhow::Result<()> {
+        let mut cfg = self.cfg.ingest.clone();
+        cfg.shard = self.cfg.shard;
+        if cfg.dedupe_db.is_none() {
+            cfg.dedupe_db = self.pool.cloned();
+        }
+        if cfg.gateway_key.is_none() {
+            cfg.gateway_key = prepared.attestation.as_ref().map(|k| k.verifying_key());
+        }
+        let js = self.connections.role(Worker::Ingest).await?;
+        let ingest = Ingest::new(js, cfg).await?;
+        running.ingest_totals = Some(ingest.totals.clone());
+        let sd = running.shutdown.subscribe();
+        running
+            .tasks
+            .spawn(async move { ("ingest", ingest.run(sd).await) });
+        Ok(())
+    }
+
+    async fn projector(&self, running: &mut Running) -> anyhow::Result<()> {
+        let js = self.connections.role(Worker::Projector).await?;
+        let (pool, shard) = (self.pool("projector")?, self.cfg.shard);
+        let sd = running.shutdown.subscribe();
+        running.tasks.spawn(async move {
             (
                 "projector",
                 atp_runtime::projector::run(js, pool, shard, sd).await,
             )
         });
+        Ok(())
     }
-    // One key store for the roles that sign: checkpoints and export manifests.
-    let signer = if cfg.roles.integrity || cfg.roles.exporter {
-        let s = &cfg.integrity;
-        Some(Arc::new(
-            FileKeyStore::open_or_init(&s.keys_dir, &s.log_name, chrono::Utc::now())
-                .context("opening the checkpoint key store")?,
-        ))
-    } else {
-        None
-    };
-    if cfg.roles.integrity {
-        let pool = pool
-            .clone()
-            .context("the integrity role needs PostgreSQL")?;
-        let settings = cfg.integrity.clone();
-        let signer = signer.clone().context("no key store")?;
+
+    async fn integrity(
+        &self,
+        running: &mut Running,
+        signer: Arc<FileKeyStore>,
+    ) -> anyhow::Result<()> {
+        let pool = self.pool("integrity")?;
+        let policy = self.cfg.integrity.policy;
         let stats = Arc::new(IntegrityStats::default());
         running.integrity_stats = Some(stats.clone());
-        let js = connections.role(Worker::Integrity).await?;
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
+        let js = self.connections.role(Worker::Integrity).await?;
+        let sd = running.shutdown.subscribe();
+        running.tasks.spawn(async move {
             (
                 "integrity",
-                atp_runtime::integrity::run(js, pool, signer, settings.policy, stats, sd).await,
+                atp_runtime::integrity::run(js, pool, signer, policy, stats, sd).await,
             )
         });
+        Ok(())
     }
-    if cfg.roles.exporter {
-        let signer = signer.clone().context("no key store")?;
-        let js = connections.role(Worker::Exporter).await?;
-        let (sd, url) = (shutdown.clone(), cfg.database_url.clone());
-        let settings = cfg.exports.clone();
-        tasks.spawn(async move {
+
+    async fn exporter(
+        &self,
+        running: &mut Running,
+        signer: Arc<FileKeyStore>,
+    ) -> anyhow::Result<()> {
+        let js = self.connections.role(Worker::Exporter).await?;
+        let (url, settings) = (self.cfg.database_url.clone(), self.cfg.exports.clone());
+        let sd = running.shutdown.subscribe();
+        running.tasks.spawn(async move {
             (
                 "exporter",
                 atp_runtime::export::spawn(js, url, signer, settings, sd).await,
             )
         });
+        Ok(())
     }
-    if cfg.roles.gateway {
-        let js = connections.role(Worker::Gateway).await?;
-        let pool = pool.clone().context("the gateway needs PostgreSQL")?;
-        let key = attestation.context("no attestation key")?;
-        let mut auth = AuthConfig::new(&cfg.issuer, &cfg.audience);
-        for (kid, k) in &cfg.token_keys {
-            auth = auth.with_ed25519_key(kid, k);
-        }
-        let fetch_jwks = match cfg.token_jwks.as_deref() {
-            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-                auth = auth
-                    .with_jwks_url(url, JWKS_REFETCH_MIN)
-                    .context("ATP_TOKEN_JWKS")?;
-                true
-            }
-            Some(path) => {
-                let doc = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the token JWKS {path}"))?;
-                auth = auth
-                    .with_jwks(&doc)
-                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-                false
-            }
-            None => false,
-        };
-        let auth = Arc::new(auth);
-        if fetch_jwks {
+
+    async fn gateway(
+        &self,
+        running: &mut Running,
+        prepared: PreparedGateway,
+    ) -> anyhow::Result<()> {
+        let cfg = self.cfg;
+        let js = self.connections.role(Worker::Gateway).await?;
+        let pool = self.pool("gateway")?;
+        let auth = Arc::new(prepared.auth);
+        if prepared.fetch_jwks {
             // An issuer that is down at start-up is retried: on the timer, and when a token
             // names a key the gateway does not know yet.
             if let Err(e) = auth.refresh().await {
                 tracing::error!(error = %e, "the token issuer's JWKS cannot be fetched yet");
             }
-            let (auth, mut sd) = (auth.clone(), shutdown.clone());
-            tokio::spawn(async move {
+            let (auth, mut sd) = (auth.clone(), running.shutdown.subscribe());
+            running.tasks.spawn(async move {
                 while atp_runtime::reader::pause(&mut sd, JWKS_REFRESH).await {
                     if let Err(e) = auth.refresh().await {
                         tracing::warn!(error = %e, "refreshing the token issuer's JWKS failed");
                     }
                 }
+                ("jwks-refresh", Ok(()))
             });
         }
         let producers = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
         let registry = RegistryCache::start(producers.clone()).await?;
         let limits = Arc::new(atp_gateway::Limiter::new(cfg.rate_limits.clone()));
         {
-            let (limits, mut sd) = (limits.clone(), shutdown.clone());
-            tokio::spawn(async move {
+            let (limits, mut sd) = (limits.clone(), running.shutdown.subscribe());
+            running.tasks.spawn(async move {
                 while atp_runtime::reader::pause(&mut sd, atp_gateway::limits::PRUNE_EVERY).await {
                     limits.prune();
                 }
+                ("rate-limit-prune", Ok(()))
             });
         }
         let state = GatewayState {
@@ -375,7 +480,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 registry,
                 producers,
                 signing_keys: atp_nats::signing_keys::bucket(&js).await?,
-                attestation_key: Arc::new(key),
+                attestation_key: Arc::new(prepared.attestation),
                 freshness: Default::default(),
             }),
             waiters: Waiters::start(&pool).await?,
@@ -405,10 +510,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         running.gateway_addr = Some(listener.local_addr()?);
-        let mut sd = shutdown.clone();
+        let mut sd = running.shutdown.subscribe();
         let app = atp_gateway::router(state);
         let limits = cfg.gateway_limits.clone();
-        tasks.spawn(async move {
+        running.tasks.spawn(async move {
             let served = atp_gateway::server::serve(listener, app, &limits, async move {
                 let _ = sd.wait_for(|stop| *stop).await;
             })
@@ -418,8 +523,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 served.map_err(|e| RoleError::Fatal(e.to_string())),
             )
         });
+        Ok(())
     }
-    if let (false, Some(addr)) = (cfg.roles.gateway, cfg.metrics_listen) {
+
+    /// `/metrics` and `/healthz` for a process without the gateway (which serves them itself).
+    async fn metrics(&self, running: &mut Running, addr: SocketAddr) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr} for metrics"))?;
@@ -430,8 +538,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 axum::routing::get(|| async { atp_runtime::metrics::render() }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }));
-        let mut sd = shutdown.clone();
-        tasks.spawn(async move {
+        let mut sd = running.shutdown.subscribe();
+        running.tasks.spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = sd.wait_for(|stop| *stop).await;
@@ -442,7 +550,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 served.map_err(|e| RoleError::Fatal(e.to_string())),
             )
         });
+        Ok(())
     }
-    running.tasks = tasks;
-    Ok(running)
 }

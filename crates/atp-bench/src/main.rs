@@ -1,6 +1,8 @@
-//! Benchmarks (`atp bench …`): ATP against the raw baselines, on servers this command starts.
+//! `atp-bench`: ATP against the raw baselines, on servers this command starts. Kept out of the
+//! `atp` binary and of the library the tests link; `ops/bin/bench <which>` builds both
+//! binaries and runs it.
 //!
-//! `atp bench ingest` runs ATP's ingest and projector as a child `atp serve` process (so its
+//! `atp-bench ingest` runs ATP's ingest and projector as a child `atp serve` process (so its
 //! CPU and memory are its own), drives pre-signed events at the NATS ingress from concurrent
 //! producers, and measures in the same run, on the same servers: plain JetStream publish and
 //! plain PostgreSQL bulk insert of rows shaped like ATP's.
@@ -19,13 +21,45 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
-pub mod export;
+mod export;
 mod ingress_isolation;
-pub mod integrity;
-pub mod isolation;
+mod integrity;
+mod isolation;
+
+#[derive(clap::Parser)]
+#[command(
+    name = "atp-bench",
+    about = "ATP's benchmarks, beside their raw baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _telemetry = atp_runtime::telemetry::init();
+    run(<Cli as clap::Parser>::parse().which).await
+}
+
+/// The `atp` binary the benchmarks run as ATP's own process: `ATP_BIN`, else the one beside
+/// this binary (`cargo build --release --bin atp --bin atp-bench` puts both there).
+fn atp_exe() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("ATP_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe()?;
+    let exe = me.with_file_name("atp");
+    anyhow::ensure!(
+        exe.is_file(),
+        "no atp binary at {}: build it (cargo build --release --bin atp) or set ATP_BIN",
+        exe.display()
+    );
+    Ok(exe)
+}
 
 #[derive(clap::Subcommand, Debug, Clone)]
-pub enum Which {
+enum Which {
     /// Signed events at the NATS ingress → ledger → PostgreSQL, against raw JetStream publish
     /// and raw PostgreSQL insert on the same servers.
     Ingest(IngestBench),
@@ -38,7 +72,7 @@ pub enum Which {
     /// One tenant floods the gateway with queries: the other tenant's p99, with the per-tenant
     /// limits on and lifted, beside the same query straight on PostgreSQL.
     Isolation(isolation::IsolationBench),
-    /// The flooding client of `atp bench isolation`, run as its own process (token in
+    /// The flooding client of `atp-bench isolation`, run as its own process (token in
     /// `ATP_BENCH_TOKEN`); prints a line when the flood is on, then its counts as JSON.
     #[command(hide = true)]
     Flood(isolation::Flood),
@@ -109,28 +143,28 @@ pub(crate) async fn gateway(
     db: &str,
     issuer: &ed25519_dalek::SigningKey,
     limits: &[String],
-) -> anyhow::Result<crate::serve::Running> {
-    crate::serve::start(crate::serve::ServeConfig {
+) -> anyhow::Result<atp::serve::Running> {
+    atp::serve::start(atp::serve::ServeConfig {
         nats_url: nats_url.to_owned(),
-        nats_credentials: crate::serve::NatsCredentials::None,
+        nats_credentials: atp::serve::NatsCredentials::None,
         database_url: atp_runtime::Secret::new(db.to_owned()),
         gateway_database_url: None,
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        roles: crate::serve::Roles::parse("gateway")?,
+        roles: atp::serve::Roles::parse("gateway")?,
         shard: atp_runtime::shard::Shard::ALL,
         ingest: Default::default(),
-        issuer: crate::dev::ISSUER.to_owned(),
-        audience: crate::dev::AUDIENCE.to_owned(),
+        issuer: atp::dev::ISSUER.to_owned(),
+        audience: atp::dev::AUDIENCE.to_owned(),
         token_keys: vec![(
-            crate::dev::ISSUER_KID.to_owned(),
+            atp::dev::ISSUER_KID.to_owned(),
             issuer.verifying_key().to_bytes(),
         )],
         token_jwks: None,
         rate_limits: atp_gateway::RateLimits::default()
             .with(limits)
             .map_err(anyhow::Error::msg)?,
-        attestation_key: Some(crate::keys::generate()),
-        integrity: crate::serve::IntegritySettings {
+        attestation_key: Some(atp::keys::generate()),
+        integrity: atp::serve::IntegritySettings {
             keys_dir: std::env::temp_dir().join("atp-bench-unused-keys"),
             log_name: "atp.bench".to_owned(),
             policy: Default::default(),
@@ -143,7 +177,7 @@ pub(crate) async fn gateway(
     .await
 }
 
-pub async fn run(which: Which) -> anyhow::Result<()> {
+async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Ingest(b) => ingest(b).await,
         Which::Integrity(b) => integrity::run(b).await,
@@ -334,7 +368,7 @@ impl Servers {
         let db = pg.create_database("atp").await?;
         let client = atp_nats::connect(&nats.url(), "atp-bench", None).await?;
         let js = async_nats::jetstream::new(client);
-        crate::admin::prepare(&js, &db, 1).await?;
+        atp::admin::prepare(&js, &db, 1).await?;
         let pool = atp_store::connect(&db, 4).await?;
         Ok(Self {
             nats,
@@ -354,7 +388,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         js,
         pool,
     } = Servers::start().await?;
-    let key = crate::keys::generate();
+    let key = atp::keys::generate();
     let parts = partitions(b.partitions);
     register(&js, &parts, &key).await?;
 
@@ -389,7 +423,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let raw_pg_rate = pg_baseline(&pool, b.baseline_events).await?;
 
     // --- ATP: throughput ---
-    let exe = std::env::current_exe()?;
+    let exe = atp_exe()?;
     let sink = if b.traces {
         Some(OtlpSink::start().await?)
     } else {
@@ -468,9 +502,9 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
 
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let cpus = cpus();
-    println!("## atp bench ingest — {date}\n");
+    println!("## atp-bench ingest — {date}\n");
     println!(
-        "Machine: {cpus} cores. Command: `atp bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {}`. \
+        "Machine: {cpus} cores. Command: `ops/bin/bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {}`. \
          Events: ~{event_bytes} B signed CloudEvents (Ed25519/DSSE). Servers: nats-server (file storage), PostgreSQL 15 with fsync on.\n",
         b.events, b.producers, b.partitions, b.latency_rate, b.latency_secs
     );
@@ -639,7 +673,7 @@ async fn register(
     key: &ed25519_dalek::SigningKey,
 ) -> anyhow::Result<()> {
     for (p, uri) in parts {
-        crate::admin::add_producer(
+        atp::admin::add_producer(
             js,
             p.tenant.as_str(),
             p.source.as_str(),
@@ -663,7 +697,7 @@ async fn checkpoint_lag(
     secs: u64,
     partitions_n: usize,
 ) -> anyhow::Result<integrity::Lag> {
-    let key = crate::keys::generate();
+    let key = atp::keys::generate();
     let parts = partitions(partitions_n);
     register(js, &parts, &key).await?;
 
@@ -691,7 +725,7 @@ async fn checkpoint_lag(
     .await?;
 
     let keys_dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
+    let exe = atp_exe()?;
     let mut child = tokio::process::Command::new(&exe)
         .args(["serve", "--roles", "ingest,projector,integrity"])
         .env("ATP_NATS_URL", nats.url())

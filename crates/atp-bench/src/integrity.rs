@@ -1,4 +1,4 @@
-//! `atp bench integrity`: inclusion-proof generation at 10M leaves, checkpoint lag at the
+//! `ops/bin/bench integrity`: inclusion-proof generation at 10M leaves, checkpoint lag at the
 //! spine's ingest rate, offline chain verification — each beside its raw baseline, measured in
 //! the same run on the same servers.
 
@@ -60,9 +60,9 @@ pub async fn run(b: IntegrityBench) -> anyhow::Result<()> {
     let proofs = proof_latency(&pool, b.leaves, b.proofs).await?;
     let lag = super::checkpoint_lag(&js, &nats, &db, &pool, b.rate, b.secs, b.partitions).await?;
 
-    println!("## atp bench integrity — {date}\n");
+    println!("## atp-bench integrity — {date}\n");
     println!(
-        "Machine: {cpus} cores. Command: `atp bench integrity --leaves {} --proofs {} --chain-records {} --rate {} --secs {} --partitions {}`. \
+        "Machine: {cpus} cores. Command: `ops/bin/bench integrity --leaves {} --proofs {} --chain-records {} --rate {} --secs {} --partitions {}`. \
          PostgreSQL 15 with fsync on; nats-server with file storage.\n",
         b.leaves, b.proofs, b.chain_records, b.rate, b.secs, b.partitions
     );

@@ -1,4 +1,4 @@
-//! `atp bench isolation`: one tenant floods a gateway (its own process) with queries while
+//! `ops/bin/bench isolation`: one tenant floods a gateway (its own process) with queries while
 //! another queries at a steady rate. How far does the quiet tenant's p99 move? Measured with the
 //! per-tenant rate limits on (the default) and, in the same run, with them lifted; the flood comes
 //! from its own process: connections in a closed loop at the machine's normal priority, the
@@ -164,12 +164,12 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
     })
     .await?;
 
-    let issuer = crate::keys::generate();
+    let issuer = atp::keys::generate();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
     let token = |p: &atp_core::PartitionKey| {
-        crate::dev::mint_token(&issuer, p.tenant.as_str(), Role::Auditor, "bench", 3600)
+        atp::dev::mint_token(&issuer, p.tenant.as_str(), Role::Auditor, "bench", 3600)
     };
     let (quiet_token, flood_token) = (token(quiet_p)?, token(flood_p)?);
 
@@ -224,7 +224,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`atp bench isolation --records {} --secs {} --rate {} --flooders {} --flood-nice {} --flood-rate {}` \
+        "\n## Tenant isolation under a flood — {date}, {cpus} CPUs\n\n`ops/bin/bench isolation --records {} --secs {} --rate {} --flooders {} --flood-nice {} --flood-rate {}` \
          (gateway and flooding client each in their own process; nats-server and PostgreSQL, fsync on, on loopback)\n",
         b.records, b.secs, b.rate, b.flooders, b.flood_nice, b.flood_rate
     );
@@ -285,19 +285,15 @@ async fn spawn_gateway(
         .local_addr()?
         .port();
     let key = work.join("gateway-attestation.pem");
-    crate::keys::write_private(&key, &crate::keys::generate())?;
-    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    atp::keys::write_private(&key, &atp::keys::generate())?;
+    let mut cmd = tokio::process::Command::new(super::atp_exe()?);
     cmd.args(["serve", "--roles", "gateway"])
         .env("ATP_NATS_URL", nats_url)
         .env("ATP_DATABASE_URL", db)
         .env("ATP_LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "ATP_TOKEN_KEYS",
-            format!(
-                "{}={}",
-                crate::dev::ISSUER_KID,
-                crate::keys::public_b64(issuer)
-            ),
+            format!("{}={}", atp::dev::ISSUER_KID, atp::keys::public_b64(issuer)),
         )
         .env("ATP_GATEWAY_KEY", &key)
         .env("ATP_LOG", "warn")
@@ -372,7 +368,7 @@ async fn quiet(
     .await
 }
 
-/// The quiet tenant's steady queries while `atp bench flood` runs as its own process, shaped
+/// The quiet tenant's steady queries while `atp-bench flood` runs as its own process, shaped
 /// and niced as `shape` says.
 async fn flooded(
     http: &reqwest::Client,
@@ -392,7 +388,7 @@ async fn flooded(
         niced
     };
     // The flood outlasts the quiet tenant's phase, which starts once the flood is on.
-    cmd.args(["bench", "flood", "--url", &format!("{base}{QUERY}")])
+    cmd.args(["flood", "--url", &format!("{base}{QUERY}")])
         .args(["--secs", &(b.secs + 2).to_string()]);
     match shape {
         Shape::Closed { connections, .. } => cmd.args(["--connections", &connections.to_string()]),
@@ -424,7 +420,7 @@ async fn flooded(
     Ok((quiet, counts))
 }
 
-/// `atp bench flood`: a closed-loop flood of `connections` or an open-loop one at `rate`, for
+/// `atp-bench flood`: a closed-loop flood of `connections` or an open-loop one at `rate`, for
 /// `secs` seconds from the first answer.
 pub async fn flood(f: Flood) -> anyhow::Result<()> {
     let token = std::env::var("ATP_BENCH_TOKEN").context("ATP_BENCH_TOKEN is not set")?;

@@ -1,4 +1,4 @@
-//! `atp bench export`: packaging a 1M-record selection into a bundle, time to first byte of its
+//! `ops/bin/bench export`: packaging a 1M-record selection into a bundle, time to first byte of its
 //! download through the gateway, and offline verification — each beside its raw baseline
 //! (reading the same rows from PostgreSQL, storing the same bytes in the Object Store,
 //! SHA-256 over the same file), measured in the same run on the same servers.
@@ -193,9 +193,9 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
 
     let n = b.records as f64;
     let mb = packaged.bytes as f64 / 1e6;
-    println!("## atp bench export — {date}\n");
+    println!("## atp-bench export — {date}\n");
     println!(
-        "Machine: {cpus} cores. Command: `atp bench export --records {}`. One partition of ~{record_bytes} B records, \
+        "Machine: {cpus} cores. Command: `ops/bin/bench export --records {}`. One partition of ~{record_bytes} B records, \
          PostgreSQL 15 with fsync on, nats-server with file storage. Bundle: {:.0} MB.\n",
         b.records, mb
     );
@@ -333,10 +333,10 @@ async fn ttfb(
     futures::StreamExt::next(&mut chunks).await;
     let raw = t.elapsed().as_secs_f64();
 
-    let issuer = crate::keys::generate();
+    let issuer = atp::keys::generate();
     let running = super::gateway(&nats.url(), db, &issuer, &[]).await?;
     let addr = running.gateway_addr.context("no gateway")?;
-    let token = crate::dev::mint_token(
+    let token = atp::dev::mint_token(
         &issuer,
         p.tenant.as_str(),
         atp_gateway::Role::Auditor,

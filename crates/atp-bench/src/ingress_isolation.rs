@@ -1,4 +1,4 @@
-//! `atp bench isolation --ingress`: one tenant floods NATS directly (signed events, then
+//! `ops/bin/bench isolation --ingress`: one tenant floods NATS directly (signed events, then
 //! rejectable garbage) while another publishes at a steady rate. How far does the quiet
 //! tenant's ingress → queryable p99 move, and does every flood message end as a record or a
 //! rejection? Beside the raw baseline of the same publishes on a plain JetStream stream.
@@ -39,7 +39,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         js,
         pool,
     } = super::Servers::start().await?;
-    let key = crate::keys::generate();
+    let key = atp::keys::generate();
     let parts = super::partitions(3);
     super::register(&js, &parts, &key).await?;
 
@@ -62,7 +62,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
     })
     .await?;
 
-    let exe = std::env::current_exe()?;
+    let exe = super::atp_exe()?;
     let mut serve = tokio::process::Command::new(&exe);
     serve
         .args(["serve", "--roles", "ingest,projector"])
@@ -120,7 +120,7 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "\n## Tenant isolation at the NATS ingress — {date}, {cpus} CPUs\n\n`atp bench isolation --ingress --secs {} --rate {} --nats-flood-rate {} --garbage-rate {}{}` \
+        "\n## Tenant isolation at the NATS ingress — {date}, {cpus} CPUs\n\n`ops/bin/bench isolation --ingress --secs {} --rate {} --nats-flood-rate {} --garbage-rate {}{}` \
          (ingest and projector in their own process; the flood from its own thread; nats-server and PostgreSQL, fsync on, on loopback)\n",
         b.secs,
         b.rate,

@@ -1,0 +1,168 @@
+//! The `atp` command line: the clap tree and one module per command, each with its arguments
+//! and a `run(args)`. `main` only parses and dispatches; the work is in the library's modules
+//! (`serve`, `admin`, `verify`, `dlq`, `dev`, `keys`), which the tests call directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod dev;
+mod dlq;
+mod keys;
+mod migrate;
+mod nats;
+mod openapi;
+mod producer;
+mod publish;
+mod replay;
+mod serve;
+mod streams;
+mod token;
+mod verify;
+
+#[derive(Parser)]
+#[command(name = "atp", version, about = "ATP, the Audit Trail Platform")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per run: the size of its largest variant (`serve`'s settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Run roles: gateway, ingest, projector, integrity, exporter (all by default).
+    Serve(serve::Args),
+    /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
+    Dev(dev::Args),
+    /// Print the HTTP API's OpenAPI document (as served at /api/v1/openapi.json).
+    Openapi,
+    /// NATS identities and permissions.
+    Nats {
+        #[command(subcommand)]
+        action: nats::Action,
+    },
+    /// Streams and KV buckets from streams/.
+    Streams {
+        #[command(subcommand)]
+        action: streams::Action,
+    },
+    /// Apply database migrations.
+    Migrate(migrate::Args),
+    /// The producer registry.
+    Producer {
+        #[command(subcommand)]
+        action: producer::Action,
+    },
+    /// Dev-issuer tokens.
+    Token {
+        #[command(subcommand)]
+        action: token::Action,
+    },
+    /// Rebuild a read model from the ledger into a fresh table and swap it in.
+    Replay(replay::Args),
+    /// Dead letters: messages a role gave up on, and their replay once the cause is fixed.
+    Dlq(dlq::Args),
+    /// Sign and publish sample events straight to NATS, as a producer would.
+    Publish(publish::Args),
+    /// Checkpoint signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: keys::Action,
+    },
+    /// Verify offline: `atp verify <bundle.tar> [--key …]`, or a partition's chain from the
+    /// ledger, or one record with its proof.
+    #[command(args_conflicts_with_subcommands = true)]
+    Verify(verify::Args),
+}
+
+impl Cli {
+    /// Runs the command. A command whose check fails (a bundle that does not verify, letters
+    /// that still fail) exits 1 after printing its report.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let done = ExitCode::SUCCESS;
+        match self.command {
+            Command::Serve(args) => serve::run(args).await.map(|()| done),
+            Command::Dev(args) => dev::run(args).await.map(|()| done),
+            Command::Openapi => openapi::run().map(|()| done),
+            Command::Nats { action } => nats::run(action).await.map(|()| done),
+            Command::Streams { action } => streams::run(action).await.map(|()| done),
+            Command::Migrate(args) => migrate::run(args).await.map(|()| done),
+            Command::Producer { action } => producer::run(action).await.map(|()| done),
+            Command::Token { action } => token::run(action).map(|()| done),
+            Command::Replay(args) => replay::run(args).await.map(|()| done),
+            Command::Dlq(args) => dlq::run(args).await,
+            Command::Publish(args) => publish::run(args).await.map(|()| done),
+            Command::Keys { action } => keys::run(action).await.map(|()| done),
+            Command::Verify(args) => verify::run(args).await,
+        }
+    }
+}
+
+/// Where NATS is and who ATP is there.
+#[derive(clap::Args, Clone)]
+struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "ATP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS credentials: an nkey seed file (`atp nats init-auth`, `atp producer add`) or a
+    /// user JWT `.creds` file.
+    #[arg(long, env = "ATP_NATS_CREDS")]
+    nats_creds: Option<String>,
+}
+
+impl NatsArgs {
+    async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
+        let client =
+            atp_nats::connect(&self.nats_url, "atp-cli", self.nats_creds.as_deref()).await?;
+        Ok(async_nats::jetstream::new(client))
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// PostgreSQL URL (kept out of logs).
+    #[arg(long, env = "ATP_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+/// Which source of which tenant.
+#[derive(clap::Args, Clone)]
+struct SourceArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    source: String,
+}
+
+impl SourceArgs {
+    fn partition(&self) -> anyhow::Result<atp_core::PartitionKey> {
+        crate::admin::partition(&self.tenant, &self.source)
+    }
+}
+
+/// Where checkpoint signing keys live and what they are called.
+#[derive(clap::Args, Clone)]
+struct KeyStoreArgs {
+    /// The file key store (private keys, mode 0600; created on first start).
+    #[arg(
+        long,
+        env = "ATP_CHECKPOINT_KEYS_DIR",
+        default_value = ".atp/keys/checkpoint"
+    )]
+    keys_dir: PathBuf,
+    /// The log's name: note key name and origin prefix (`<name>/<tenant>/<source>`).
+    #[arg(long, env = "ATP_LOG_NAME", default_value = crate::dev::LOG_NAME)]
+    log_name: String,
+}
+
+impl KeyStoreArgs {
+    fn open(&self) -> anyhow::Result<atp_runtime::signer::FileKeyStore> {
+        Ok(atp_runtime::signer::FileKeyStore::open_or_init(
+            &self.keys_dir,
+            &self.log_name,
+            chrono::Utc::now(),
+        )?)
+    }
+}
