@@ -8,9 +8,9 @@ use tokio::process::{Child, Command};
 
 use crate::DevstackError;
 use crate::process::{
-    POLL_INTERVAL, Watchdog, find_on_path, free_port, http_status, log_since, log_tail,
-    mentions_address_in_use, open_log, parse_version, repo_root, tcp_accepts, terminate,
-    terminate_sync, version_output,
+    Launch, POLL_INTERVAL, Watchdog, find_on_path, free_port, http_status, launch_with_port_retry,
+    log_since, log_tail, mentions_address_in_use, open_log, parse_version, repo_root, tcp_accepts,
+    terminate, terminate_sync, version_output,
 };
 
 /// Oldest nats-server ATP accepts; older ones silently ignore newer stream settings.
@@ -21,8 +21,6 @@ const MIN_NATS_SERVER_VERSION_STR: &str = "2.14.0";
 const START_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Start attempts when ports were chosen automatically (another process may grab a free port).
-const AUTO_PORT_ATTEMPTS: usize = 3;
 
 /// Options for [`NatsServer::start`].
 #[derive(Debug, Default, Clone)]
@@ -113,27 +111,12 @@ impl NatsServer {
             watchdog: None,
             temp,
         };
-        let attempts = if opts.port.is_none() {
-            AUTO_PORT_ATTEMPTS
-        } else {
-            1
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            server.port = match opts.port {
-                Some(port) => port,
-                None => free_port()?,
-            };
-            server.monitor_port = free_port()?;
-            match server.launch().await {
-                Ok(()) => break,
-                Err(Launch::PortTaken(_)) if attempt < attempts => {
-                    tracing::debug!("nats-server port race on attempt {attempt}; retrying");
-                }
-                Err(Launch::PortTaken(e) | Launch::Failed(e)) => return Err(e),
-            }
-        }
+        launch_with_port_retry("nats-server", opts.port, async |port| {
+            server.port = port;
+            server.monitor_port = free_port().map_err(Launch::Failed)?;
+            server.launch().await
+        })
+        .await?;
         tracing::debug!(
             port = server.port,
             elapsed_ms = started.elapsed().as_millis(),
@@ -191,10 +174,7 @@ impl NatsServer {
     /// and store dir.
     pub async fn restart(&mut self) -> Result<(), DevstackError> {
         self.stop().await;
-        match self.launch().await {
-            Ok(()) => Ok(()),
-            Err(Launch::PortTaken(e) | Launch::Failed(e)) => Err(e),
-        }
+        Ok(self.launch().await?)
     }
 
     /// `server_name` in the generated config, as cluster and stream info report it.
@@ -379,12 +359,6 @@ impl Drop for NatsServer {
             terminate_sync(&mut child, None, signal, STOP_GRACE);
         }
     }
-}
-
-/// Why a launch failed: the retryable free-port race, or anything else.
-enum Launch {
-    PortTaken(DevstackError),
-    Failed(DevstackError),
 }
 
 /// Quotes a value for the nats-server config format.

@@ -12,9 +12,9 @@ use tokio::process::{Child, Command};
 
 use crate::DevstackError;
 use crate::process::{
-    POLL_INTERVAL, Watchdog, display_command, find_on_path, free_port, log_since, log_tail,
-    mentions_address_in_use, open_log, parse_version, run_checked, running_as_root, target_dir,
-    tcp_accepts, terminate, terminate_sync, version_output,
+    Launch, POLL_INTERVAL, Watchdog, display_command, find_on_path, launch_with_port_retry,
+    log_since, log_tail, mentions_address_in_use, open_log, parse_version, run_checked,
+    running_as_root, target_dir, tcp_accepts, terminate, terminate_sync, version_output,
 };
 
 /// The cluster superuser created by `initdb` (trust authentication, loopback only).
@@ -30,8 +30,6 @@ const SERVICE_USER: &str = "postgres";
 const START_DEADLINE: Duration = Duration::from_secs(15);
 /// How long `stop` waits after SIGINT (fast shutdown) before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Start attempts when the port was chosen automatically.
-const AUTO_PORT_ATTEMPTS: usize = 3;
 /// Printed by the postmaster once it accepts connections (we force `lc_messages=C`).
 const READY_LINE: &str = "database system is ready to accept connections";
 
@@ -112,26 +110,11 @@ impl Postgres {
             watchdog: None,
             temp,
         };
-        let attempts = if opts.port.is_none() {
-            AUTO_PORT_ATTEMPTS
-        } else {
-            1
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            pg.port = match opts.port {
-                Some(port) => port,
-                None => free_port()?,
-            };
-            match pg.launch().await {
-                Ok(()) => break,
-                Err(Launch::PortTaken(_)) if attempt < attempts => {
-                    tracing::debug!("postgres port race on attempt {attempt}; retrying");
-                }
-                Err(Launch::PortTaken(e) | Launch::Failed(e)) => return Err(e),
-            }
-        }
+        launch_with_port_retry("postgres", opts.port, async |port| {
+            pg.port = port;
+            pg.launch().await
+        })
+        .await?;
         tracing::debug!(
             port = pg.port,
             elapsed_ms = started.elapsed().as_millis(),
@@ -220,10 +203,7 @@ impl Postgres {
     /// port and data dir.
     pub async fn restart(&mut self) -> Result<(), DevstackError> {
         self.stop().await;
-        match self.launch().await {
-            Ok(()) => Ok(()),
-            Err(Launch::PortTaken(e) | Launch::Failed(e)) => Err(e),
-        }
+        Ok(self.launch().await?)
     }
 
     /// Stops the cluster with a fast shutdown (SIGINT to the postmaster, the same as
@@ -348,12 +328,6 @@ impl Drop for Postgres {
             terminate_sync(&mut child, self.postmaster_pid.take(), signal, grace);
         }
     }
-}
-
-/// Why a launch failed: the retryable free-port race, or anything else.
-enum Launch {
-    PortTaken(DevstackError),
-    Failed(DevstackError),
 }
 
 /// Free space `/dev/shm` must have before throwaway clusters are put there.
@@ -931,7 +905,7 @@ mod tests {
         // Let the `postgres` user traverse it when we are root.
         std::fs::set_permissions(keep.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let dir = keep.path().join("cluster");
-        let port = free_port().unwrap();
+        let port = crate::free_port().unwrap();
         let opts = PostgresOptions {
             port: Some(port),
             data_dir: Some(dir.clone()),

@@ -77,6 +77,53 @@ pub fn free_port() -> Result<u16, DevstackError> {
     ))
 }
 
+/// Why a server's launch failed: the retryable free-port race, or anything else.
+pub(crate) enum Launch {
+    PortTaken(DevstackError),
+    Failed(DevstackError),
+}
+
+impl From<Launch> for DevstackError {
+    fn from(l: Launch) -> Self {
+        match l {
+            Launch::PortTaken(e) | Launch::Failed(e) => e,
+        }
+    }
+}
+
+/// Launch attempts when ports are chosen automatically (another process may grab a free port
+/// between [`free_port`] and the server binding it).
+const AUTO_PORT_ATTEMPTS: usize = 3;
+
+/// Launches a server on `fixed` (once), or on a fresh free port, again on another one when the
+/// port was taken meanwhile. `launch` gets the port to use; `what` names the server in logs.
+pub(crate) async fn launch_with_port_retry(
+    what: &str,
+    fixed: Option<u16>,
+    mut launch: impl AsyncFnMut(u16) -> Result<(), Launch>,
+) -> Result<(), DevstackError> {
+    let attempts = if fixed.is_some() {
+        1
+    } else {
+        AUTO_PORT_ATTEMPTS
+    };
+    let mut attempt = 1;
+    loop {
+        let port = match fixed {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        match launch(port).await {
+            Ok(()) => return Ok(()),
+            Err(Launch::PortTaken(_)) if attempt < attempts => {
+                tracing::debug!("{what} port race on attempt {attempt}; retrying");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Opens (appending) the server log and returns stdout/stderr handles plus the current length,
 /// so readiness checks only look at what this launch writes.
 pub(crate) fn open_log(path: &Path) -> Result<(Stdio, Stdio, u64), DevstackError> {
