@@ -97,7 +97,7 @@ fn subjects_are_spelled_only_in_the_subjects_module() {
     for file in rust_files(&root().join("crates")) {
         // Instrument names (`atp.ledger.append.conflicts`) share the dotted style, not the
         // subjects; tests and benchmarks build their own messages.
-        let exempt = file.ends_with("atp-runtime/src/metrics.rs")
+        let exempt = file.ends_with("atp-telemetry/src/metrics.rs")
             || file.ends_with("tests.rs")
             || file.starts_with(root().join("crates/atp-bench"));
         if file == subjects_rs || exempt {

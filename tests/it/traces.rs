@@ -36,7 +36,7 @@ async fn one_trace_spans_gateway_ingest_projector_and_integrity_and_exports_join
         .with_simple_exporter(exporter.clone())
         .build();
     tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(atp_runtime::telemetry::otel_layer(&provider)),
+        tracing_subscriber::registry().with(atp_telemetry::telemetry::otel_layer(&provider)),
     )
     .expect("nextest runs each test in its own process");
 

@@ -38,7 +38,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = atp_runtime::telemetry::init();
+    let _telemetry = atp_telemetry::telemetry::init();
     run(<Cli as clap::Parser>::parse().which).await
 }
 

@@ -13,7 +13,7 @@ use atp_core::trace::TraceParent;
 use atp_core::{PartitionKey, Rejection, SourceId, attestation};
 use atp_nats::headers::Headers;
 use atp_nats::{headers, subjects};
-use atp_runtime::telemetry;
+use atp_telemetry::telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};

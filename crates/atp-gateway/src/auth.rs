@@ -262,7 +262,7 @@ impl AuthConfig {
         };
         let fetched = fetch_jwks(src).await;
         if fetched.is_err() {
-            atp_runtime::metrics::metrics()
+            atp_telemetry::metrics::metrics()
                 .jwks_refresh_failures
                 .add(1, &[]);
         }

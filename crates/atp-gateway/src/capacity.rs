@@ -142,7 +142,7 @@ pub async fn shed(State(cap): State<Capacity>, mut req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let Ok(permit) = cap.in_flight.clone().try_acquire_owned() else {
-        atp_runtime::metrics::metrics().shed.add(1, &[]);
+        atp_telemetry::metrics::metrics().shed.add(1, &[]);
         return unavailable("the gateway is at its limit of requests in flight; retry shortly");
     };
     let place = InFlight(Arc::new(Mutex::new(Some(permit))));

@@ -175,7 +175,7 @@ pub async fn create(
         &principal.tenant,
         &req.export_id,
         payload,
-        atp_runtime::telemetry::traceparent_of(&tracing::Span::current())
+        atp_telemetry::telemetry::traceparent_of(&tracing::Span::current())
             .map(|t| t.header())
             .as_deref(),
     )

@@ -2,7 +2,7 @@
 
 use atp_core::trace::TraceParent;
 use atp_nats::headers;
-use atp_runtime::telemetry;
+use atp_telemetry::telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -54,7 +54,7 @@ pub async fn metrics(
     State(db): State<PgPool>,
     State(auth): State<std::sync::Arc<crate::auth::AuthConfig>>,
 ) -> impl IntoResponse {
-    let m = atp_runtime::metrics::metrics();
+    let m = atp_telemetry::metrics::metrics();
     if let Some(age) = auth.jwks_age() {
         m.jwks_age_seconds.record(age.as_secs_f64(), &[]);
     }
@@ -68,7 +68,7 @@ pub async fn metrics(
         if let Some(lag) = crate::query::projection_lag(&bus, &db, projection, stream).await {
             m.projector_lag_seconds.record(
                 lag,
-                &[atp_runtime::metrics::label("projection", projection)],
+                &[atp_telemetry::metrics::label("projection", projection)],
             );
         }
     }
@@ -82,7 +82,7 @@ pub async fn metrics(
         m.dlq_depth.record(depth, &[]);
     }
     if let Ok(Some((pending, in_progress))) = atp_nats::exports::queue(&bus.js).await {
-        let state = |s: &'static str| [atp_runtime::metrics::label("state", s)];
+        let state = |s: &'static str| [atp_telemetry::metrics::label("state", s)];
         m.export_queue.record(pending, &state("pending"));
         m.export_queue.record(in_progress, &state("in_progress"));
     }
@@ -91,7 +91,7 @@ pub async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        atp_runtime::metrics::render(),
+        atp_telemetry::metrics::render(),
     )
 }
 
@@ -156,19 +156,19 @@ pub async fn observe(
     let resp = crate::problem::TRACE_ID
         .scope(trace_id, next.run(req).instrument(span.clone()))
         .await;
-    let m = atp_runtime::metrics::metrics();
+    let m = atp_telemetry::metrics::metrics();
     let status = resp.status().as_u16();
     span.record("http.response.status_code", status);
     m.http_requests.add(
         1,
         &[
-            atp_runtime::metrics::label("route", route.clone()),
-            atp_runtime::metrics::label("status", status.to_string()),
+            atp_telemetry::metrics::label("route", route.clone()),
+            atp_telemetry::metrics::label("status", status.to_string()),
         ],
     );
     m.http_seconds.record(
         started.elapsed().as_secs_f64(),
-        &[atp_runtime::metrics::label("route", route)],
+        &[atp_telemetry::metrics::label("route", route)],
     );
     resp
 }

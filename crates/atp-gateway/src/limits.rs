@@ -247,9 +247,9 @@ pub async fn enforce(State(state): State<GatewayState>, req: Request, next: Next
             resp
         }
         Verdict::Limited { limit, retry_after } => {
-            atp_runtime::metrics::metrics()
+            atp_telemetry::metrics::metrics()
                 .rate_limited
-                .add(1, &[atp_runtime::metrics::label("class", class.as_str())]);
+                .add(1, &[atp_telemetry::metrics::label("class", class.as_str())]);
             // A held refusal holds nothing (ADR 0012), not even a place among the requests in
             // flight: a flooding tenant's pacing must not shed other tenants' requests.
             if let Some(place) = parts.extensions.get::<crate::capacity::InFlight>() {

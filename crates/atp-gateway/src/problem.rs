@@ -156,7 +156,7 @@ impl Problem {
 /// The answer when a handler panicked: 500 `INTERNAL` as Problem+JSON; the panic's message is
 /// logged at ERROR (it is ATP's defect, and may quote input), never sent to the caller.
 pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = atp_runtime::panic_message(&*panic);
+    let message = atp_telemetry::panic_message(&*panic);
     tracing::error!(panic = %message, "a request handler panicked");
     Problem::new(
         StatusCode::INTERNAL_SERVER_ERROR,

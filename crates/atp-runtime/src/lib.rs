@@ -10,7 +10,6 @@ pub mod dlq;
 pub mod export;
 pub mod ingest;
 pub mod integrity;
-pub mod metrics;
 pub mod outbound;
 pub mod projector;
 pub mod reader;
@@ -18,10 +17,11 @@ pub mod replay;
 pub mod secret;
 pub mod shard;
 pub mod signer;
-pub mod telemetry;
 
 pub use reader::Shutdown;
 pub use secret::Secret;
+// The roles report through the telemetry crate, which the gateway shares without linking them.
+use atp_telemetry::{metrics, panic_message, telemetry};
 
 /// How a failed batch is treated by the skeleton.
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +36,6 @@ pub enum RoleError {
     /// The role cannot go on (misconfiguration, lost stream): stop and report.
     #[error("fatal: {0}")]
     Fatal(String),
-}
-
-/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), for the log line
-/// of whoever caught it.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Converts a JetStream timestamp to chrono.

@@ -13,6 +13,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let _telemetry = atp_runtime::telemetry::init();
+    let _telemetry = atp_telemetry::telemetry::init();
     atp::cli::Cli::parse().run().await
 }

@@ -290,6 +290,7 @@ struct PreparedGateway {
 
 impl Prepared {
     fn check(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
+        atp_telemetry::failpoint::check_env().map_err(anyhow::Error::msg)?;
         let roles = cfg.roles;
         let attestation = match (&cfg.attestation_key, roles.gateway && roles.ingest) {
             (Some(k), _) => Some(k.clone()),
@@ -535,7 +536,7 @@ impl Started<'_> {
         let app = axum::Router::new()
             .route(
                 "/metrics",
-                axum::routing::get(|| async { atp_runtime::metrics::render() }),
+                axum::routing::get(|| async { atp_telemetry::metrics::render() }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }));
         let mut sd = running.shutdown.subscribe();

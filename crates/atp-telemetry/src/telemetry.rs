@@ -40,7 +40,13 @@ pub fn spans_on() -> bool {
 }
 
 /// The crates whose spans become OpenTelemetry spans (libraries' own spans stay out).
-const TRACED: [&str; 4] = ["atp", "atp_runtime", "atp_gateway", "atp_store"];
+const TRACED: [&str; 5] = [
+    "atp",
+    "atp_runtime",
+    "atp_gateway",
+    "atp_store",
+    "atp_telemetry",
+];
 
 /// The OpenTelemetry layer over `provider`, for ATP's own spans at INFO and above. Installing
 /// it turns per-record spans on.
@@ -118,6 +124,7 @@ pub fn init() -> Telemetry {
 /// A consumer span for handling one NATS message: `name`, the `messaging.*` attributes of the
 /// semantic conventions for the message's subject, and the extra fields given. Joined to the
 /// message's trace with [`follow`] and [`message_context`].
+#[macro_export]
 macro_rules! consumer_span {
     ($name:literal, $subject:expr $(, $($fields:tt)+)?) => {
         tracing::info_span!(
@@ -130,7 +137,7 @@ macro_rules! consumer_span {
         )
     };
 }
-pub(crate) use consumer_span;
+pub use crate::consumer_span;
 
 /// Makes `span` a child of the trace context `headers` carry, if any.
 pub fn follow_message(span: &Span, headers: Option<&async_nats::HeaderMap>) {
