@@ -5,7 +5,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use chrono::{DateTime, Utc};
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::{self, EncodePrivateKey as _, KeypairBytes, SecretDocument};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::note::{NoteError, Verifier};
@@ -83,6 +84,27 @@ impl PublishedKey {
         })
     }
 }
+
+/// A private key as PKCS#8 v1 DER (RFC 5208 `PrivateKeyInfo`, version 0, the 32-byte seed
+/// only), the one form ATP writes.
+///
+/// Why v1: ed25519-dalek's own `to_pkcs8_*` writes v2 (RFC 5958 `OneAsymmetricKey`, version 1,
+/// with the public key embedded), and OpenSSL 3.0 — Debian 12's `openssl pkey` — and Python's
+/// `cryptography` refuse that for Ed25519, so keys from `atp dev` could not be used by the
+/// tools an operator or a producer reaches for. v1 is what `openssl genpkey -algorithm
+/// ed25519` writes and what every reader accepts; the public key is derived from the seed
+/// anyway, so nothing is lost. `atp_runtime::signer::read_private` still reads both forms: v2 files written before
+/// keep loading (and a v2 public key that does not match its seed is refused).
+// The one call clippy.toml allows: `KeypairBytes` without its public key encodes as v1.
+#[allow(clippy::disallowed_methods)]
+pub fn encode_private_key(key: &SigningKey) -> Result<SecretDocument, pkcs8::Error> {
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_der()
+}
+
 
 #[cfg(test)]
 mod tests {

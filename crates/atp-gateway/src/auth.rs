@@ -404,7 +404,7 @@ async fn fetch_jwks(src: &JwksSource) -> Result<JwkSet, JwksError> {
 
 /// Mints a token (the dev issuer: `atp token mint`, the dev stack and tests).
 pub fn mint(key: &SigningKey, kid: &str, claims: &Claims) -> Result<String, String> {
-    let der = atp_runtime::signer::encode_private_key(key).map_err(|e| e.to_string())?;
+    let der = atp_core::keys::encode_private_key(key).map_err(|e| e.to_string())?;
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))

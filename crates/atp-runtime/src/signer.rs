@@ -9,7 +9,7 @@
 //!
 //! Every private key ATP writes or hands to a library (these, the dev stack's issuer and
 //! producer keys, the gateway's attestation key, the JWT minter's) is encoded by
-//! [`encode_private_key`] alone.
+//! [`atp_core::keys::encode_private_key`] alone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,9 +22,8 @@ use std::time::SystemTime;
 use atp_core::keys::PublishedKey;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::{LineEnding, PemLabel as _};
-use ed25519_dalek::pkcs8::{
-    DecodePrivateKey, EncodePrivateKey as _, KeypairBytes, PrivateKeyInfoRef, SecretDocument,
-};
+use atp_core::keys::encode_private_key;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, PrivateKeyInfoRef};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
@@ -89,27 +88,6 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
-/// A private key as PKCS#8 v1 DER (RFC 5208 `PrivateKeyInfo`, version 0, the 32-byte seed
-/// only), the one form ATP writes.
-///
-/// Why v1: ed25519-dalek's own `to_pkcs8_*` writes v2 (RFC 5958 `OneAsymmetricKey`, version 1,
-/// with the public key embedded), and OpenSSL 3.0 — Debian 12's `openssl pkey` — and Python's
-/// `cryptography` refuse that for Ed25519, so keys from `atp dev` could not be used by the
-/// tools an operator or a producer reaches for. v1 is what `openssl genpkey -algorithm
-/// ed25519` writes and what every reader accepts; the public key is derived from the seed
-/// anyway, so nothing is lost. [`read_private`] still reads both forms: v2 files written before
-/// keep loading (and a v2 public key that does not match its seed is refused).
-// The one call clippy.toml allows: `KeypairBytes` without its public key encodes as v1.
-#[allow(clippy::disallowed_methods)]
-pub fn encode_private_key(key: &SigningKey) -> Result<SecretDocument, KeyError> {
-    KeypairBytes {
-        secret_key: key.to_bytes(),
-        public_key: None,
-    }
-    .to_pkcs8_der()
-    .map_err(|e| KeyError::Encode(e.to_string()))
-}
-
 /// Writes a private key as PKCS#8 v1 PEM ([`encode_private_key`]), mode 0600.
 pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     if let Some(dir) = path.parent() {
@@ -119,7 +97,8 @@ pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
             .create(dir)
             .map_err(|e| io(dir, e))?;
     }
-    let pem = encode_private_key(key)?
+    let pem = encode_private_key(key)
+        .map_err(|e| KeyError::Encode(e.to_string()))?
         .to_pem(PrivateKeyInfoRef::PEM_LABEL, LineEnding::LF)
         .map_err(|e| KeyError::Encode(e.to_string()))?;
     write_secret_file(path, pem.as_bytes())

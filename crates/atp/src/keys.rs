@@ -1,5 +1,5 @@
 //! Ed25519 key files: PKCS#8 v1 PEM private keys written 0600 (see
-//! [`atp_runtime::signer::encode_private_key`] for why v1), public keys as raw base64.
+//! [`atp_core::keys::encode_private_key`] for why v1), public keys as raw base64.
 
 use std::path::Path;
 
