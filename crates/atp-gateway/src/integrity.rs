@@ -65,6 +65,17 @@ fn integrity_error(tenant: &str, detail: String) -> Problem {
     Problem::new(ProblemCode::IntegrityError, detail).tenant(tenant)
 }
 
+/// The stored hashes a proof is built from could not be read. A missing or malformed tile
+/// means the proof cannot be checked, and an unchecked proof is never served: 500
+/// `INTEGRITY_ERROR`, logged at ERROR (ADR 0004). A database outage is only that: 503, with a
+/// WARN, so a blip neither pages anyone nor tells the caller that a retry is useless.
+fn tiles_problem(tenant: &str, e: atp_store::StoreError) -> Problem {
+    match e {
+        e @ atp_store::StoreError::Corrupt(_) => integrity_error(tenant, e.to_string()),
+        other => Problem::store("the read model", other).tenant(tenant),
+    }
+}
+
 /// Not yet covered by a checkpoint: checkpoints follow within the configured interval.
 fn pending(tenant: &str, detail: String) -> Response {
     let mut resp = Problem::new(ProblemCode::ProofPending, detail)
@@ -139,7 +150,7 @@ async fn inclusion(
         .map_err(|e| Problem::unavailable("the read model", e))?;
     let hashes = store::prove(&mut conn, p, &plan)
         .await
-        .map_err(|e| integrity_error(tenant, e.to_string()))?;
+        .map_err(|e| tiles_problem(tenant, e))?;
     let root = cp
         .root()
         .map_err(|e| integrity_error(tenant, e.to_string()))?;
@@ -339,7 +350,7 @@ pub async fn consistency(
     ];
     let proved = store::prove_all(&mut conn, &p, &plans)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| tiles_problem(&tenant, e))?;
     let [proof, from_root, to_root] = <[Vec<Digest>; 3]>::try_from(proved)
         .map_err(|_| fail("one answer per plan expected".into()))?;
     let roots = [from_root, to_root]
@@ -562,7 +573,7 @@ pub async fn verify_range(
             .map_err(|e| Problem::unavailable("the read model", e))?;
         store::prove(&mut conn, &p, &ProofPlan::root(cp.size()))
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| tiles_problem(&tenant, e))?
     };
 
     // One chunk at a time, aligned to tiles: read its records and leaf hashes, check them on a
@@ -588,7 +599,7 @@ pub async fn verify_range(
                 .map_err(|e| Problem::unavailable("the read model", e))?;
             store::leaf_hashes(&mut conn, &p, start, end)
                 .await
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| tiles_problem(&tenant, e))?
         };
         walk = tokio::task::spawn_blocking(move || {
             walk.feed(&rows, &leaves, start);
