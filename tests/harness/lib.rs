@@ -32,6 +32,9 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
+mod refusals;
+pub use refusals::*;
+
 pub const TENANT: &str = "acme";
 pub const SOURCE: &str = "crm";
 pub const SOURCE_URI: &str = "https://crm.acme.example/core";

@@ -269,3 +269,33 @@ fn every_invariant_names_its_test() {
         "invariants that name no test: {untested:?}"
     );
 }
+
+/// A Problem+JSON code is spelled once, in `atp_gateway::problem::ProblemCode` (with its status
+/// and title): no other shipped gateway code writes one as a string literal.
+#[test]
+fn problem_codes_are_spelled_only_by_the_problem_code_enum() {
+    let dir = root().join("crates/atp-gateway/src");
+    let problem_rs = dir.join("problem.rs");
+    let mut found = Vec::new();
+    for file in rust_files(&dir) {
+        if file == problem_rs {
+            continue;
+        }
+        let text = read(&file);
+        for (n, line) in shipped(&text).lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for code in atp_gateway::problem::ProblemCode::ALL {
+                if line.contains(&format!("\"{}\"", code.code())) {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "problem code literals outside ProblemCode:\n{}",
+        found.join("\n")
+    );
+}

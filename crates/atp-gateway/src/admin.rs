@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::GatewayState;
 use crate::auth::{Principal, Role};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// At most this many letters per answer (and per replay request).
 const MAX_LETTERS: usize = 500;
@@ -49,8 +49,8 @@ pub async fn list(
 ) -> Result<Response, Problem> {
     principal.require(&[Role::Admin])?;
     let tenant = principal.tenant.to_string();
-    let Query(p) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(p) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let filter = Filter {
         tenant: Some(tenant.clone()),
         role: p.role,
@@ -113,10 +113,10 @@ pub async fn replay(
     principal.require(&[Role::Admin])?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
-        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+        body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;
     if body.seqs.len() > MAX_LETTERS {
-        return Err(Problem::bad_request(
-            "INVALID_REQUEST",
+        return Err(Problem::new(
+            ProblemCode::InvalidRequest,
             format!("at most {MAX_LETTERS} letters per replay"),
         )
         .tenant(&tenant));

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
 use crate::auth::{Principal, Role};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 use crate::{Bus, Waiters};
 
 /// Most events in one `append:batch` (CONTRACT §5).
@@ -82,8 +82,7 @@ fn caller_key(h: &HttpHeaders, tenant: &str) -> Result<Option<String>, Problem> 
         .filter(ok)
         .map(|s| Some(s.to_owned()))
         .ok_or_else(|| {
-            Problem::bad_request(
-                "MALFORMED",
+            Problem::new(ProblemCode::Malformed,
                 format!("X-Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"),
             )
             .tenant(tenant)
@@ -96,8 +95,8 @@ fn key_matches(key: Option<&str>, p: &Prepared, tenant: &str) -> Result<(), Prob
     match key {
         None => Ok(()),
         Some(k) if k == p.event_id || k == format!("{}:{}", p.partition, p.event_id) => Ok(()),
-        Some(k) => Err(Problem::bad_request(
-            "IDEMPOTENCY_KEY_MISMATCH",
+        Some(k) => Err(Problem::new(
+            ProblemCode::IdempotencyKeyMismatch,
             format!(
                 "X-Idempotency-Key {k:?} is neither the event's id {:?} nor its key {:?}; \
                  ATP deduplicates by (tenant, source, id)",
@@ -127,8 +126,7 @@ fn content_type_ok(h: &HttpHeaders, batch: bool) -> Result<(), Problem> {
         Ok(())
     } else {
         Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
+            ProblemCode::UnsupportedMediaType,
             format!("content-type {ct:?} is not accepted here"),
         ))
     }
@@ -143,10 +141,10 @@ async fn prepare(
     let tenant = p.tenant.as_str();
     let Value::Object(obj) = event else {
         return Err(
-            Problem::bad_request("MALFORMED", "an event must be a JSON object").tenant(tenant),
+            Problem::new(ProblemCode::Malformed, "an event must be a JSON object").tenant(tenant),
         );
     };
-    let unknown = |what: String| Problem::bad_request("UNKNOWN_SOURCE", what).tenant(tenant);
+    let unknown = |what: String| Problem::new(ProblemCode::UnknownSource, what).tenant(tenant);
     let (registration, body): (std::sync::Arc<SourceRegistration>, Vec<u8>) =
         if obj.contains_key("specversion") {
             let uri = obj
@@ -165,14 +163,14 @@ async fn prepare(
                     ))
                 })?;
             let body = serde_json::to_vec(&Value::Object(obj))
-                .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+                .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()))?;
             (reg, body)
         } else {
             let s: Simplified = serde_json::from_value(Value::Object(obj)).map_err(|e| {
-                Problem::bad_request("SCHEMA_VALIDATION_FAILED", e.to_string()).tenant(tenant)
+                Problem::new(ProblemCode::SchemaValidationFailed, e.to_string()).tenant(tenant)
             })?;
             let source = SourceId::new(&s.source_id).map_err(|e| {
-                Problem::bad_request("SCHEMA_VALIDATION_FAILED", e.to_string()).tenant(tenant)
+                Problem::new(ProblemCode::SchemaValidationFailed, e.to_string()).tenant(tenant)
             })?;
             let key = PartitionKey::new(p.tenant.clone(), source);
             let reg = bus
@@ -189,8 +187,8 @@ async fn prepare(
             let id =
                 s.id.or_else(|| caller_key.map(str::to_owned))
                     .ok_or_else(|| {
-                        Problem::bad_request(
-                            "SCHEMA_VALIDATION_FAILED",
+                        Problem::new(
+                            ProblemCode::SchemaValidationFailed,
                             "missing field `id` (or send X-Idempotency-Key, which then is the id)",
                         )
                         .tenant(tenant)
@@ -218,7 +216,7 @@ async fn prepare(
                 "data": data,
             });
             let body = serde_json::to_vec(&ce)
-                .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+                .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()))?;
             (reg, body)
         };
     let partition = PartitionKey::new(
@@ -321,7 +319,7 @@ async fn publish(
             )
         })
         .and_then(|h| h.text(headers::TRACEPARENT, &trace.0))
-        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()))?;
+        .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()))?;
     if let Some(state) = &trace.1
         && h.text(headers::TRACESTATE, state).is_err()
     {
@@ -376,7 +374,7 @@ pub async fn append_one(
     content_type_ok(&headers, false)?;
     let tenant = principal.tenant.to_string();
     let value = parse_submission(&body)
-        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?;
+        .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()).tenant(&tenant))?;
     let key = caller_key(&headers, &tenant)?;
     let prepared = prepare(&principal, &bus, value, key.as_deref()).await?;
     key_matches(key.as_deref(), &prepared, &tenant)?;
@@ -387,7 +385,7 @@ pub async fn append_one(
     // second submission. One index probe; a repeat not yet projected is ingest's to recognise.
     if let Some(r) = atp_store::query::record_by_event(&db, &tenant, &source, &prepared.event_id)
         .await
-        .map_err(|e| Problem::unavailable("the read model", e))?
+        .map_err(Problem::from)?
     {
         return repeat_of(&r, &prepared, &tenant);
     }
@@ -415,18 +413,25 @@ pub async fn append_one(
                 }
             })
             .await
-            .map_err(|e| Problem::unavailable("the read model", e))?;
+            .map_err(Problem::from)?;
         match outcome {
             Some(Ok(r)) => return Ok(created(&r)),
             Some(Err(rej)) => {
-                let reason = atp_core::Reason::ALL
+                match atp_core::Reason::ALL
                     .into_iter()
-                    .find(|r| r.code() == rej.reason);
-                return Err(match reason {
-                    Some(reason) => Problem::from_rejection(&Rejection::new(reason, rej.detail)),
-                    None => Problem::bad_request(&rej.reason, rej.detail),
+                    .find(|r| r.code() == rej.reason)
+                {
+                    Some(reason) => {
+                        return Err(Problem::from_rejection(&Rejection::new(reason, rej.detail))
+                            .tenant(&tenant));
+                    }
+                    // A reason this gateway does not know (a newer ingest wrote it) has no code
+                    // to answer with: the submission is answered as accepted, as when the wait
+                    // runs out, and its rejection is on `GET /audit/rejections`.
+                    None => {
+                        tracing::warn!(reason = %rej.reason, "a rejection reason this gateway does not know");
+                    }
                 }
-                .tenant(&tenant));
             }
             None => {}
         }
@@ -455,16 +460,16 @@ pub async fn append_batch(
     content_type_ok(&headers, true)?;
     let tenant = principal.tenant.to_string();
     let Value::Array(items) = parse_submission(&body)
-        .map_err(|e| Problem::bad_request("MALFORMED", e.to_string()).tenant(&tenant))?
+        .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()).tenant(&tenant))?
     else {
         return Err(
-            Problem::bad_request("MALFORMED", "a batch is a JSON array of events").tenant(&tenant),
+            Problem::new(ProblemCode::Malformed, "a batch is a JSON array of events")
+                .tenant(&tenant),
         );
     };
     if items.len() > MAX_BATCH_ITEMS {
         return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TOO_LARGE",
+            ProblemCode::TooLarge,
             format!(
                 "{} events; a batch holds at most {MAX_BATCH_ITEMS}",
                 items.len()
@@ -478,7 +483,7 @@ pub async fn append_batch(
     let trace = trace_context(&headers);
     for (index, item) in items.into_iter().enumerate() {
         match prepare(&principal, &bus, item, None).await {
-            Err(p) => results.push(json!({"index": index, "status": p.status.as_u16(), "code": p.code, "detail": p.detail})),
+            Err(p) => results.push(item_refused(index, &p)),
             Ok(prep) => {
                 let idem = idempotency_key(&prep);
                 let fut = publish(&bus, &principal, &prep, &trace).await?;
@@ -492,7 +497,10 @@ pub async fn append_batch(
             Ok(ack) => results[index]["ingressSeq"] = json!(ack.sequence),
             Err(e) => {
                 tracing::warn!(error = %e, "batch item not acknowledged by JetStream");
-                results[index] = json!({"index": index, "status": 503, "code": "UNAVAILABLE", "detail": "not stored; retry this item"});
+                results[index] = item_refused(
+                    index,
+                    &Problem::new(ProblemCode::Unavailable, "not stored; retry this item"),
+                );
             }
         }
     }
@@ -503,4 +511,10 @@ pub async fn append_batch(
         StatusCode::MULTI_STATUS
     };
     Ok((status, Json(json!({ "results": results }))).into_response())
+}
+
+/// A batch item's result when it was not taken: the status, code and detail its own request
+/// would have been answered with.
+fn item_refused(index: usize, p: &Problem) -> Value {
+    json!({"index": index, "status": p.status().as_u16(), "code": p.code, "detail": p.detail})
 }

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// Clock skew tolerated on `exp` and `nbf`: enough for NTP-disciplined hosts, small enough that
 /// an expired token is refused within a minute.
@@ -429,11 +429,7 @@ pub async fn scope_tenant(
 
 /// A feature refused for the tenant's edition.
 pub fn edition_problem(e: &EditionError) -> Problem {
-    Problem::new(
-        axum::http::StatusCode::FORBIDDEN,
-        "EDITION_REQUIRED",
-        e.to_string(),
-    )
+    Problem::new(ProblemCode::EditionRequired, e.to_string())
 }
 
 /// ATP's own tenants (`atp`, `atp-…`; ADR 0010) are read through tokens, never written or

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// The gateway's caps. Operators change them with the request mix and the host's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,8 +119,7 @@ impl InFlight {
 
 /// The 503 a shed request gets.
 pub fn unavailable(detail: &str) -> Response {
-    let mut resp =
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", detail).into_response();
+    let mut resp = Problem::new(ProblemCode::Unavailable, detail).into_response();
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(SHED_RETRY_AFTER_SECS),
@@ -167,8 +166,7 @@ impl Busy {
     pub fn problem(self, tenant: &str) -> Response {
         let mut resp = match self {
             Busy::Tenant => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
+                ProblemCode::RateLimited,
                 "the tenant's verifications already run at its limit; retry when one ends",
             )
             .tenant(tenant)

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// The budget of a read (a query, a proof, a single verification): an index lookup or a page
 /// takes milliseconds, and 10 s is what an interactive caller waits before giving up anyway.
@@ -51,8 +51,7 @@ pub async fn enforce(req: Request, next: Next) -> Response {
     match tokio::time::timeout(budget, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => Problem::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "TIMEOUT",
+            ProblemCode::Timeout,
             format!(
                 "the request took longer than this route's {} s",
                 budget.as_secs()

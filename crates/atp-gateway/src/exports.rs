@@ -25,8 +25,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Principal, Role};
-use crate::problem::Problem;
-use crate::query::{READERS, store_problem};
+use crate::problem::{Problem, ProblemCode};
+use crate::query::READERS;
 use crate::{Bus, GatewayState};
 
 /// The gateway's side of exports, shared like [`Bus`].
@@ -113,19 +113,18 @@ pub async fn create(
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
-        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+        body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;
     if body.tenant_id.as_ref().is_some_and(|t| *t != tenant) {
         return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "CROSS_TENANT",
+            ProblemCode::CrossTenant,
             "an export can only select the caller's own tenant",
         )
         .tenant(&tenant));
     }
     let format = body.format.unwrap_or_else(|| "tar".to_owned());
     if format != "tar" {
-        return Err(Problem::bad_request(
-            "INVALID_REQUEST",
+        return Err(Problem::new(
+            ProblemCode::InvalidRequest,
             format!("format {format:?} is not offered; use \"tar\""),
         )
         .tenant(&tenant));
@@ -142,11 +141,10 @@ pub async fn create(
     let cap = state.exports.limits.cap(&tenant);
     let lock = exports::lock_tenant(&state.db, &tenant)
         .await
-        .map_err(|e| Problem::unavailable("the export registry", e))?;
+        .map_err(|e| Problem::store("the export registry", e))?;
     if lock.active >= cap {
         let mut resp = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "EXPORT_LIMIT",
+            ProblemCode::ExportLimit,
             format!(
                 "{} exports are already queued or running; the limit is {cap}",
                 lock.active
@@ -183,7 +181,7 @@ pub async fn create(
     .map_err(|e| Problem::unavailable("the export queue", e))?;
     lock.admit(&req)
         .await
-        .map_err(|e| Problem::unavailable("the export registry", e))?;
+        .map_err(|e| Problem::store("the export registry", e))?;
     let location = format!("/api/v1/exports/{}", req.export_id);
     let mut resp = (
         StatusCode::ACCEPTED,
@@ -205,7 +203,7 @@ async fn load(state: &GatewayState, principal: &Principal, id: &str) -> Result<E
     let tenant = principal.tenant.as_str();
     exports::get(&state.db, tenant, id)
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no export {id:?}")).tenant(tenant))
 }
 
@@ -271,11 +269,11 @@ pub async fn list(
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
-    let axum::extract::Query(p) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let axum::extract::Query(p) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let rows = exports::list(&state.db, &tenant, p.limit.unwrap_or(20))
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from)?;
     Ok(Json(json!({ "items": rows.iter().map(status_json).collect::<Vec<_>>() })).into_response())
 }
 
@@ -348,8 +346,7 @@ pub async fn download(
     let row = load(&state, &principal, &id).await?;
     if row.status != ExportStatus::Completed {
         let mut resp = Problem::new(
-            StatusCode::CONFLICT,
-            "EXPORT_NOT_READY",
+            ProblemCode::ExportNotReady,
             format!("export {id} is {}", row.status),
         )
         .tenant(&tenant)
@@ -372,8 +369,7 @@ pub async fn download(
         .map_err(|e| Problem::unavailable("the cold store", e))?
         .ok_or_else(|| {
             Problem::new(
-                StatusCode::GONE,
-                "EXPORT_EXPIRED",
+                ProblemCode::ExportExpired,
                 format!("the bundle of export {id} is no longer stored"),
             )
             .tenant(&tenant)
@@ -383,8 +379,7 @@ pub async fn download(
         Ok(None) => (StatusCode::OK, 0..size),
         Err(()) => {
             let mut resp = Problem::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "RANGE_NOT_SATISFIABLE",
+                ProblemCode::RangeNotSatisfiable,
                 format!("the bundle is {size} bytes"),
             )
             .tenant(&tenant)
@@ -450,12 +445,12 @@ pub async fn set_webhook(
     principal.require_feature(Feature::ExportWebhooks)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
-        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+        body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;
     // Resolved now so a URL aimed inward is refused at once; every delivery checks again and
     // connects only to the addresses it checked (DNS can change after this).
     webhook::vet_url(&body.url, &state.exports.webhook_policy)
         .await
-        .map_err(|e| Problem::bad_request("INVALID_WEBHOOK", e.to_string()).tenant(&tenant))?;
+        .map_err(|e| Problem::new(ProblemCode::InvalidWebhook, e.to_string()).tenant(&tenant))?;
     let mut secret = [0u8; 32];
     rand::fill(&mut secret);
     let hook = Webhook {
@@ -539,7 +534,7 @@ pub async fn verify(
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
-    let bad = |d: String| Problem::bad_request("INVALID_REQUEST", d).tenant(&tenant);
+    let bad = |d: String| Problem::new(ProblemCode::InvalidRequest, d).tenant(&tenant);
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -560,8 +555,7 @@ pub async fn verify(
         let row = load(&state, &principal, &req.export_id).await?;
         if row.status != ExportStatus::Completed {
             return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "EXPORT_NOT_READY",
+                ProblemCode::ExportNotReady,
                 format!("export {} is {}", req.export_id, row.status),
             )
             .tenant(&tenant));
@@ -594,8 +588,7 @@ pub async fn verify(
     let report = report?;
     if report.tenant_id.as_deref().is_some_and(|t| t != tenant) {
         return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "CROSS_TENANT",
+            ProblemCode::CrossTenant,
             "the bundle belongs to another tenant",
         )
         .tenant(&tenant));

@@ -7,12 +7,12 @@
 //! refused 401 by its handler before any extractor touches the body.
 
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Principal;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// Whether a body read failed because it passed the request limit (an error of
 /// `http_body_util::Limited`, somewhere in the chain) rather than because the client broke off.
@@ -30,14 +30,14 @@ pub fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The answer to a body that could not be read: 413 `TOO_LARGE` past the limit, else 400.
 pub fn unreadable(e: &axum::Error) -> Response {
     if over_limit(e) {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "TOO_LARGE",
-            "the request body is over the limit",
-        )
-        .into_response();
+        return Problem::new(ProblemCode::TooLarge, "the request body is over the limit")
+            .into_response();
     }
-    Problem::bad_request("INVALID_REQUEST", "the request body could not be read").into_response()
+    Problem::new(
+        ProblemCode::InvalidRequest,
+        "the request body could not be read",
+    )
+    .into_response()
 }
 
 pub async fn refuse_nul(req: Request, next: Next) -> Response {
@@ -71,8 +71,8 @@ pub async fn refuse_nul(req: Request, next: Next) -> Response {
 }
 
 fn refused(detail: &str) -> Response {
-    Problem::bad_request(
-        "INVALID_REQUEST",
+    Problem::new(
+        ProblemCode::InvalidRequest,
         format!("{detail}, which ATP cannot store"),
     )
     .into_response()

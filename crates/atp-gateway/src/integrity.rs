@@ -17,7 +17,7 @@ use atp_store::integrity::{self as store, StoredCheckpoint};
 use atp_store::query::{self, StoredRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -27,8 +27,8 @@ use sqlx::PgPool;
 
 use crate::Bus;
 use crate::auth::{Principal, Role};
-use crate::problem::Problem;
-use crate::query::{READERS, RecordView, record_view, store_problem};
+use crate::problem::{Problem, ProblemCode};
+use crate::query::{READERS, RecordView, record_view};
 
 /// Most records one `verify/range` call re-checks.
 pub const MAX_RANGE: u64 = 100_000;
@@ -62,12 +62,23 @@ fn text(body: String) -> Response {
 
 fn integrity_error(tenant: &str, detail: String) -> Problem {
     tracing::error!(tenant.id = tenant, detail = %detail, "integrity check failed while answering");
-    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTEGRITY_ERROR", detail).tenant(tenant)
+    Problem::new(ProblemCode::IntegrityError, detail).tenant(tenant)
+}
+
+/// The stored hashes a proof is built from could not be read. A missing or malformed tile
+/// means the proof cannot be checked, and an unchecked proof is never served: 500
+/// `INTEGRITY_ERROR`, logged at ERROR (ADR 0004). A database outage is only that: 503, with a
+/// WARN, so a blip neither pages anyone nor tells the caller that a retry is useless.
+fn tiles_problem(tenant: &str, e: atp_store::StoreError) -> Problem {
+    match e {
+        e @ atp_store::StoreError::Corrupt(_) => integrity_error(tenant, e.to_string()),
+        other => Problem::store("the read model", other).tenant(tenant),
+    }
 }
 
 /// Not yet covered by a checkpoint: checkpoints follow within the configured interval.
 fn pending(tenant: &str, detail: String) -> Response {
-    let mut resp = Problem::new(StatusCode::CONFLICT, "PROOF_PENDING", detail)
+    let mut resp = Problem::new(ProblemCode::ProofPending, detail)
         .tenant(tenant)
         .into_response();
     resp.headers_mut()
@@ -84,14 +95,13 @@ fn own_partition(
     let me = principal.tenant.as_str();
     if tenant != me {
         return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "TENANT_MISMATCH",
+            ProblemCode::TenantMismatch,
             "the path names another tenant than the token's",
         )
         .tenant(me));
     }
     let source = SourceId::new(source)
-        .map_err(|e| Problem::bad_request("INVALID_QUERY", e.to_string()).tenant(me))?;
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.to_string()).tenant(me))?;
     Ok(PartitionKey::new(principal.tenant.clone(), source))
 }
 
@@ -120,7 +130,7 @@ async fn checkpoint_for(
     p: &PartitionKey,
     size: Option<u64>,
 ) -> Result<Option<StoredCheckpoint>, Problem> {
-    store::checkpoint(db, p, size).await.map_err(store_problem)
+    store::checkpoint(db, p, size).await.map_err(Problem::from)
 }
 
 /// An inclusion proof for `r` against `cp`, checked before it is returned.
@@ -140,7 +150,7 @@ async fn inclusion(
         .map_err(|e| Problem::unavailable("the read model", e))?;
     let hashes = store::prove(&mut conn, p, &plan)
         .await
-        .map_err(|e| integrity_error(tenant, e.to_string()))?;
+        .map_err(|e| tiles_problem(tenant, e))?;
     let root = cp
         .root()
         .map_err(|e| integrity_error(tenant, e.to_string()))?;
@@ -208,11 +218,11 @@ pub async fn record_proof(
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
-    let Query(params) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(params) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let r = query::record(&db, &tenant, &record_id)
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     let rec = record_view(&r)?;
     let p = partition_of(&r)?;
@@ -265,8 +275,8 @@ pub async fn checkpoint(
 ) -> Result<Response, Problem> {
     principal.require(&ANY_ROLE)?;
     let p = own_partition(&principal, &tenant, &source)?;
-    let Query(params) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(params) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let cp = checkpoint_for(&db, &p, params.size)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no checkpoint for {p}")).tenant(&tenant))?;
@@ -312,15 +322,15 @@ pub async fn consistency(
 ) -> Result<Response, Problem> {
     principal.require(&ANY_ROLE)?;
     let p = own_partition(&principal, &tenant, &source)?;
-    let Query(params) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(params) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let newest = checkpoint_for(&db, &p, None)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no checkpoint for {p}")).tenant(&tenant))?;
     let to = params.to.unwrap_or(newest.size());
     if params.from == 0 || params.from > to || to > newest.size() {
-        return Err(Problem::bad_request(
-            "INVALID_QUERY",
+        return Err(Problem::new(
+            ProblemCode::InvalidQuery,
             format!(
                 "need 0 < from ≤ to ≤ {} (the newest checkpoint's size)",
                 newest.size()
@@ -340,7 +350,7 @@ pub async fn consistency(
     ];
     let proved = store::prove_all(&mut conn, &p, &plans)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| tiles_problem(&tenant, e))?;
     let [proof, from_root, to_root] = <[Vec<Digest>; 3]>::try_from(proved)
         .map_err(|_| fail("one answer per plan expected".into()))?;
     let roots = [from_root, to_root]
@@ -407,8 +417,8 @@ pub async fn verify_record(
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
-        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
-    let bad = |d: String| Problem::bad_request("INVALID_REQUEST", d).tenant(&tenant);
+        body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;
+    let bad = |d: String| Problem::new(ProblemCode::InvalidRequest, d).tenant(&tenant);
     let given = body
         .record
         .as_ref()
@@ -425,7 +435,7 @@ pub async fn verify_record(
     };
     let r = query::record(&db, &tenant, &record_id)
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     let p = partition_of(&r)?;
     let mut checks = Vec::new();
@@ -526,7 +536,7 @@ pub async fn verify_range(
     principal.require_feature(Feature::RangeVerification)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
-        body.map_err(|e| Problem::bad_request("INVALID_REQUEST", e.body_text()).tenant(&tenant))?;
+        body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;
     let p = own_partition(&principal, &tenant, &body.source_id)?;
     let Some(cp) = checkpoint_for(&db, &p, None).await? else {
         return Ok(pending(&tenant, format!("no checkpoint for {p} yet")));
@@ -534,8 +544,8 @@ pub async fn verify_range(
     let to = body.to_index.unwrap_or(cp.size());
     let from = body.from_index;
     if from >= to || to - from > MAX_RANGE {
-        return Err(Problem::bad_request(
-            "INVALID_REQUEST",
+        return Err(Problem::new(
+            ProblemCode::InvalidRequest,
             format!("need fromIndex < toIndex and at most {MAX_RANGE} records per call"),
         )
         .tenant(&tenant));
@@ -563,7 +573,7 @@ pub async fn verify_range(
             .map_err(|e| Problem::unavailable("the read model", e))?;
         store::prove(&mut conn, &p, &ProofPlan::root(cp.size()))
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| tiles_problem(&tenant, e))?
     };
 
     // One chunk at a time, aligned to tiles: read its records and leaf hashes, check them on a
@@ -581,7 +591,7 @@ pub async fn verify_range(
         };
         let rows = query::records_by_chain(&db, &tenant, p.source.as_str(), read_from, end)
             .await
-            .map_err(store_problem)?;
+            .map_err(Problem::from)?;
         let leaves = {
             let mut conn = db
                 .acquire()
@@ -589,7 +599,7 @@ pub async fn verify_range(
                 .map_err(|e| Problem::unavailable("the read model", e))?;
             store::leaf_hashes(&mut conn, &p, start, end)
                 .await
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| tiles_problem(&tenant, e))?
         };
         walk = tokio::task::spawn_blocking(move || {
             walk.feed(&rows, &leaves, start);

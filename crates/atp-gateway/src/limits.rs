@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::GatewayState;
 use crate::auth::Principal;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 /// What a request spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,8 +260,7 @@ pub async fn enforce(State(state): State<GatewayState>, req: Request, next: Next
             }
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             let mut resp = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
+                ProblemCode::RateLimited,
                 format!(
                     "over the tenant's {} rate of {limit}/s; retry in {secs} s",
                     class.as_str()

@@ -17,8 +17,8 @@ pub struct ProblemDoc {
     pub title: String,
     pub status: u16,
     pub detail: String,
-    /// A stable machine-readable code (`SCHEMA_VALIDATION_FAILED`, `RATE_LIMITED`, ...).
-    pub code: String,
+    /// A stable machine-readable code.
+    pub code: crate::problem::ProblemCode,
     /// The request's W3C trace id.
     #[serde(rename = "traceId")]
     pub trace_id: String,

@@ -9,7 +9,7 @@ use atp_store::projection::{self, Watermark};
 use atp_store::query::{self, RecordFilter, RejectionFilter, Selection, StoredRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use crate::Bus;
 use crate::auth::{Principal, Role};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 
 pub(crate) const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
 
@@ -37,15 +37,6 @@ pub struct RecordsParams {
     q: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
-}
-
-pub(crate) fn store_problem(e: atp_store::StoreError) -> Problem {
-    match e {
-        atp_store::StoreError::BadCursor => {
-            Problem::bad_request("INVALID_CURSOR", "the cursor is not one this API issued")
-        }
-        other => Problem::unavailable("the read model", other),
-    }
 }
 
 /// A record as the API shows it. The record itself is embedded byte for byte as stored, after
@@ -81,8 +72,7 @@ pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
     if Digest::of(&r.record) != stored {
         tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");
         return Err(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTEGRITY_ERROR",
+            ProblemCode::IntegrityError,
             format!(
                 "record {} does not match its digest; it is withheld",
                 r.record_id
@@ -90,20 +80,10 @@ pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
         )
         .tenant(&r.tenant_id));
     }
-    let text = String::from_utf8(r.record.clone()).map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTEGRITY_ERROR",
-            "record is not UTF-8",
-        )
-    })?;
-    let raw = RawValue::from_string(text).map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTEGRITY_ERROR",
-            "record is not JSON",
-        )
-    })?;
+    let text = String::from_utf8(r.record.clone())
+        .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not UTF-8"))?;
+    let raw = RawValue::from_string(text)
+        .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not JSON"))?;
     Ok(RecordView {
         record_id: r.record_id.clone(),
         tenant_id: r.tenant_id.clone(),
@@ -226,13 +206,13 @@ pub async fn list_records(
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
     let tenant = principal.tenant.to_string();
-    let Query(p) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(p) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     if p.limit
         .is_some_and(|l| !(1..=query::MAX_LIMIT).contains(&l))
     {
-        return Err(Problem::bad_request(
-            "INVALID_QUERY",
+        return Err(Problem::new(
+            ProblemCode::InvalidQuery,
             format!("limit must be 1..={}", query::MAX_LIMIT),
         )
         .tenant(&tenant));
@@ -254,7 +234,7 @@ pub async fn list_records(
     let headers = freshness(&bus, &db).await;
     let page = query::records(&db, &tenant, &filter)
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from)?;
     let items = page
         .items
         .iter()
@@ -280,7 +260,7 @@ pub async fn get_record(
     let tenant = principal.tenant.to_string();
     let r = query::record(&db, &tenant, &record_id)
         .await
-        .map_err(store_problem)?
+        .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
     Ok(Json(record_view(&r)?).into_response())
 }
@@ -306,8 +286,8 @@ pub async fn list_rejections(
 ) -> Result<Response, Problem> {
     principal.require(&[Role::Producer, Role::Auditor, Role::Admin])?;
     let tenant = principal.tenant.to_string();
-    let Query(p) =
-        params.map_err(|e| Problem::bad_request("INVALID_QUERY", e.body_text()).tenant(&tenant))?;
+    let Query(p) = params
+        .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
     let filter = RejectionFilter {
         source_id: p.source_id,
         reason: p.reason,
@@ -320,7 +300,7 @@ pub async fn list_rejections(
     // read whole into memory here.
     let page = query::rejections(&db, &tenant, &filter)
         .await
-        .map_err(store_problem)?;
+        .map_err(Problem::from)?;
     let items: Vec<Value> = page
         .items
         .iter()
