@@ -63,7 +63,7 @@ impl Headers {
     /// A value that came from outside ATP (an id, a token subject, a trace state): refused when
     /// it holds any control character or is longer than [`MAX_VALUE_LEN`].
     pub fn text(&mut self, name: &'static str, value: &str) -> Result<&mut Self, BadHeader> {
-        check_value(name, value)?;
+        check(name, value)?;
         let v: HeaderValue = value.parse().map_err(|_| BadHeader {
             name,
             why: "a line break",
@@ -81,7 +81,7 @@ impl Headers {
     /// A value fixed in ATP's code. Checked like any other, but a bad constant writes an empty
     /// value instead of panicking (a unit test checks every constant ATP uses).
     pub fn fixed(&mut self, name: &'static str, value: &'static str) -> &mut Self {
-        let v = match check_value(name, value) {
+        let v = match check(name, value) {
             Ok(()) => value.parse().unwrap_or_default(),
             Err(_) => HeaderValue::default(),
         };
@@ -107,7 +107,9 @@ impl Headers {
     }
 }
 
-fn check_value(name: &'static str, value: &str) -> Result<(), BadHeader> {
+/// Whether [`Headers::text`] would write `value`, for a caller that must know before it
+/// commits to writing it.
+pub fn check(name: &'static str, value: &str) -> Result<(), BadHeader> {
     if value.len() > MAX_VALUE_LEN {
         return Err(BadHeader {
             name,
