@@ -58,7 +58,7 @@ use futures::StreamExt;
 use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 pub use crate::shard::Shard;
-use crate::{RoleError, telemetry, to_chrono};
+use crate::{Classify, RoleError, telemetry, to_chrono};
 
 /// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
 /// cheap, and it keeps a KV write off every batch.
@@ -186,36 +186,31 @@ pub struct Ingest {
     pub totals: Arc<std::sync::Mutex<BatchStats>>,
 }
 
-fn retry(what: &str) -> impl Fn(String) -> RoleError + '_ {
-    move |e| RoleError::Retry(format!("{what}: {e}"))
-}
-
 impl Ingest {
     pub async fn new(js: Context, cfg: IngestConfig) -> Result<Self, RoleError> {
-        let fatal = |e: String| RoleError::Fatal(e);
         let ingress = js
             .get_stream(streams::INGRESS)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_INGRESS")?;
         let ledger = js
             .get_stream(streams::LEDGER)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_LEDGER")?;
         let rejected = js
             .get_stream(streams::REJECTED)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_REJECTED")?;
         let producers = js
             .get_key_value(streams::PRODUCERS_BUCKET)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening the producer registry")?;
         let progress = js
             .get_key_value(streams::INGEST_BUCKET)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening the ingest progress bucket")?;
         let registry = RegistryCache::start(producers.clone())
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("loading the producer registry")?;
         Ok(Self {
             js,
             lane: Lane::Rest,
@@ -380,7 +375,7 @@ impl Ingest {
         }
         let known = atp_store::query::known_events(db, &keys)
             .await
-            .map_err(|e| RoleError::Retry(format!("duplicate look-up in the read model: {e}")))?;
+            .or_retry("duplicate look-up in the read model")?;
         for k in known {
             let pkey = format!("{}.{}", k.tenant_id, k.source_id);
             let Some(chain) = self
@@ -418,7 +413,7 @@ impl Ingest {
             let mut msg = msg.clone();
             if let Some(loc) = loc {
                 let full = self.ingress.direct_get(loc.seq).await.map_err(|e| {
-                    RoleError::Retry(format!("reading ingress message {}: {e}", loc.seq))
+                    RoleError::retry(format!("reading ingress message {}", loc.seq), e)
                 })?;
                 msg.message.payload = full.payload;
             }
@@ -460,7 +455,7 @@ impl Ingest {
             Some((seq, headers, payload, time)) => {
                 let opened = record::open(&payload, false).map_err(|e| {
                     tracing::error!(partition = %key, ledger_seq = seq, error = %e, "ledger tail does not parse");
-                    RoleError::Fatal(format!("ledger tail of {key} at {seq} does not parse: {e}"))
+                    RoleError::fatal(format!("ledger tail of {key} at {seq} does not parse"), e)
                 })?;
                 let state = PartitionState::resume(
                     key.clone(),
@@ -503,16 +498,16 @@ impl Ingest {
                 ..Default::default()
             })
             .await
-            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            .or_retry("reading a partition tail")?;
         let mut msgs = consumer
             .messages()
             .await
-            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            .or_retry("reading a partition tail")?;
         while let Some(m) = tokio::time::timeout(Duration::from_secs(10), msgs.next())
             .await
-            .map_err(|_| RoleError::Retry("timed out reading a partition tail".to_owned()))?
+            .or_retry("reading a partition tail")?
         {
-            let m = m.map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            let m = m.or_retry("reading a partition tail")?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(until_seq);
             if let Ok(opened) = record::open(&m.payload, false)
                 && let Some(id) = opened.record.event.get("id").and_then(|v| v.as_str())
@@ -574,9 +569,10 @@ async fn last_on(
     match stream.direct_get_last_for_subject(subject).await {
         Ok(m) => Ok(Some((m.sequence, m.headers, m.payload, m.time))),
         Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-        Err(e) => Err(RoleError::Retry(format!(
-            "reading the tail of {subject}: {e}"
-        ))),
+        Err(e) => Err(RoleError::retry(
+            format!("reading the tail of {subject}"),
+            e,
+        )),
     }
 }
 
@@ -618,11 +614,7 @@ impl Role for Ingest {
         let resume = match self.progress.get(self.progress_key()).await {
             Ok(Some(v)) => String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0),
             Ok(None) => 0,
-            Err(e) => {
-                return Err(RoleError::Retry(format!(
-                    "reading the ingest resume hint: {e}"
-                )));
-            }
+            Err(e) => return Err(RoleError::retry("reading the ingest resume hint", e)),
         };
         // The rest lane reads every message but handles few (tenants without a lane): it reads
         // headers only and fetches the bodies it needs, so a flooding tenant's bytes are not
@@ -706,9 +698,7 @@ impl BatchHandler for Ingest {
         let mut registrations: HashMap<String, Option<Arc<SourceRegistration>>> = HashMap::new();
         let mut last_seq = 0;
         for msg in batch.iter() {
-            let info = msg
-                .info()
-                .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
+            let info = msg.info().or_retry("message without info")?;
             last_seq = info.stream_sequence;
             let Some((t, s)) = subjects::tokens_of(subjects::INGRESS, msg.subject.as_str()) else {
                 located.push(None);
@@ -737,7 +727,7 @@ impl BatchHandler for Ingest {
                         .registry
                         .lookup(k)
                         .await
-                        .map_err(|e| RoleError::Retry(e.to_string()))?,
+                        .or_retry("looking up a source's registration")?,
                     None => None,
                 };
                 registrations.insert(pkey.clone(), reg);
@@ -784,7 +774,7 @@ impl BatchHandler for Ingest {
             (parts, out)
         })
         .await
-        .map_err(|e| RoleError::Retry(format!("planning failed: {e}")))?;
+        .or_retry("planning failed")?;
         self.parts = parts;
         let PlanOutput {
             plans,
@@ -919,7 +909,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                     // Cannot happen: admission's id was checked before it was sealed. Were it
                     // to, the restart forgets the sealed record (never written) with the
                     // partition's state, and re-reads the partition from the ledger.
-                    .map_err(|e| RoleError::Restart(format!("building a ledger message: {e}")))?;
+                    .or_restart("building a ledger message")?;
                 plan.records.push(out);
                 stats.accepted += 1;
                 received.push(loc.received_at);
@@ -1180,8 +1170,11 @@ impl Ingest {
             return Ok(());
         };
         let outcome = match task.await {
-            Ok(r) => r.map_err(|e| (matches!(e, AppendError::WrongLastSequence), e.to_string())),
-            Err(e) => Err((false, format!("commit task failed: {e}"))),
+            Ok(r) => r.map_err(|e| {
+                let conflict = matches!(e, AppendError::WrongLastSequence);
+                (conflict, RoleError::restart("committing a batch", e))
+            }),
+            Err(e) => Err((false, RoleError::restart("the commit task failed", e))),
         };
         match outcome {
             Ok((rejected_tails, ledger_tails)) => {
@@ -1223,7 +1216,7 @@ impl Ingest {
                     // its durable position with a growing pause (run_role), never in a tight loop.
                     tracing::warn!(partitions = keys.len(), error = %e, "ingest commit failed");
                 }
-                Err(RoleError::Restart(e))
+                Err(e)
             }
         }
     }
