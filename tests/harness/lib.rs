@@ -3,8 +3,6 @@
 //! `atp serve`; and oracles that read the ledger back and re-verify every chain.
 
 // Test support: a panic with a message is exactly how a failed step should be reported.
-// Tests build raw NATS headers on purpose, hostile ones included; product code may not.
-#![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -24,7 +22,8 @@ use atp_core::{PartitionKey, SourceId, TenantId};
 use atp_devstack::{NatsCluster, NatsOptions, NatsServer, Postgres, PostgresOptions};
 use atp_gateway::Role;
 use atp_nats::auth::{AuthDir, Identity};
-use atp_nats::{headers, streams, subjects};
+use atp_nats::headers::IngressHeaders;
+use atp_nats::{streams, subjects};
 use atp_runtime::Secret;
 use atp_runtime::ingest::IngestConfig;
 use ed25519_dalek::SigningKey;
@@ -390,19 +389,18 @@ impl Stack {
     /// Publishes raw bytes to a partition's ingress subject, as a direct producer; returns the
     /// ingress sequence.
     pub async fn publish_raw(&self, p: &PartitionKey, body: Vec<u8>, msg_id: Option<&str>) -> u64 {
-        let mut h = HeaderMap::new();
+        let mut h = IngressHeaders::structured();
         if let Some(id) = msg_id {
-            h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+            h.msg_id(id).unwrap();
         }
         self.publish_with(p, h, body).await
     }
 
-    /// Publishes a CloudEvent's bytes to a partition's ingress subject with `h` (plus its
-    /// content type); returns the ingress sequence.
-    async fn publish_with(&self, p: &PartitionKey, mut h: HeaderMap, body: Vec<u8>) -> u64 {
-        h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
+    /// Publishes a CloudEvent's bytes to a partition's ingress subject with `h`; returns the
+    /// ingress sequence.
+    async fn publish_with(&self, p: &PartitionKey, h: IngressHeaders, body: Vec<u8>) -> u64 {
         self.js
-            .publish_with_headers(subjects::ingress(p), h, body.into())
+            .publish_with_headers(subjects::ingress(p), h.into_map(), body.into())
             .await
             .unwrap()
             .await
@@ -418,8 +416,8 @@ impl Stack {
         event: &Map<String, Value>,
         traceparent: &str,
     ) -> u64 {
-        let mut h = HeaderMap::new();
-        h.insert(headers::TRACEPARENT, traceparent);
+        let mut h = IngressHeaders::structured();
+        h.traceparent(traceparent).unwrap();
         self.publish_with(p, h, serde_json::to_vec(event).unwrap())
             .await
     }
@@ -435,12 +433,11 @@ impl Stack {
     ) -> Duration {
         let started = std::time::Instant::now();
         loop {
-            let mut h = HeaderMap::new();
-            h.insert(headers::CONTENT_TYPE, "application/cloudevents+json");
-            h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+            let mut h = IngressHeaders::structured();
+            h.msg_id(msg_id).unwrap();
             let sent = self
                 .js
-                .publish_with_headers(subjects::ingress(p), h, body.to_vec().into())
+                .publish_with_headers(subjects::ingress(p), h.into_map(), body.to_vec().into())
                 .await;
             if let Ok(ack) = sent
                 && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), ack).await

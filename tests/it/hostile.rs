@@ -7,6 +7,7 @@
 use atp::serve::Roles;
 use atp_core::Reason;
 use atp_gateway::Role;
+use atp_nats::headers::IngressHeaders;
 use atp_nats::subjects;
 use atp_tests::*;
 use base64::Engine as _;
@@ -69,9 +70,7 @@ fn short(id: &str, actor: &str) -> Value {
 }
 
 fn structured() -> async_nats::HeaderMap {
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("content-type", "application/cloudevents+json");
-    h
+    IngressHeaders::structured().into_map()
 }
 
 #[tokio::test]

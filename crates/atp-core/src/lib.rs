@@ -1,6 +1,6 @@
 //! ATP's pure domain core: names, canonical bytes, digests, hash chains, signed CloudEvents,
-//! policy stamping, records, reason codes, and the integrity layer: Merkle logs stored as
-//! tiles, proofs, signed notes and checkpoints.
+//! policy stamping, records, reason codes, what ingest does with each message, and the
+//! integrity layer: Merkle logs stored as tiles, proofs, signed notes and checkpoints.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no async runtime, no
 //! sqlx and no async-nats. Everything here is a function of its arguments, so it is tested
@@ -14,6 +14,7 @@ pub mod deadletter;
 pub mod dsse;
 pub mod edition;
 pub mod event;
+pub mod ingest;
 pub mod keys;
 pub mod merkle;
 pub mod names;

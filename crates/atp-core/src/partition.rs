@@ -43,8 +43,6 @@ pub struct PartitionState {
     pub seq_hwm: Option<u64>,
     /// Highest ATP_INGRESS sequence whose record is on the ledger.
     pub ledger_cursor: u64,
-    /// Highest ATP_INGRESS sequence whose rejection is on ATP_REJECTED.
-    pub rejected_cursor: u64,
     recent: HashMap<String, RecordRef>,
     recent_order: VecDeque<String>,
 }
@@ -76,7 +74,6 @@ impl PartitionState {
             prev_hash,
             seq_hwm: None,
             ledger_cursor: 0,
-            rejected_cursor: 0,
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
         }

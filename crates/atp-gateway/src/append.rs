@@ -11,14 +11,13 @@ use atp_core::event::{Channel, Submission, admit};
 use atp_core::registry::SourceRegistration;
 use atp_core::trace::TraceParent;
 use atp_core::{PartitionKey, Rejection, SourceId, attestation};
-use atp_nats::headers::Headers;
+use atp_nats::headers::IngressHeaders;
 use atp_nats::{headers, subjects};
 use atp_telemetry::telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap as HttpHeaders, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -309,19 +308,12 @@ async fn publish(
 ) -> Result<async_nats::jetstream::context::PublishAckFuture, Problem> {
     let subject = subjects::ingress(&p.partition);
     let sig = attestation::sign(&bus.attestation_key, &subject, &principal.subject, &p.body);
-    let mut h = Headers::new();
-    h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json")
-        .text(headers::GATEWAY_SUBJECT, &principal.subject)
-        .and_then(|h| {
-            h.text(
-                headers::GATEWAY_MAC,
-                &base64::engine::general_purpose::STANDARD.encode(sig),
-            )
-        })
-        .and_then(|h| h.text(headers::TRACEPARENT, &trace.0))
+    let mut h = IngressHeaders::structured();
+    h.attested(&principal.subject, &sig)
+        .and_then(|h| h.traceparent(&trace.0))
         .map_err(|e| Problem::new(ProblemCode::Malformed, e.to_string()))?;
     if let Some(state) = &trace.1
-        && h.text(headers::TRACESTATE, state).is_err()
+        && h.tracestate(state).is_err()
     {
         tracing::debug!("tracestate not forwarded: not a printable header value");
     }

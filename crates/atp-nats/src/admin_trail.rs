@@ -2,7 +2,7 @@
 //! (ADR 0010): each tenant's actions on its `atp-admin` source, platform-wide ones on tenant
 //! `atp`. They become records, chained, checkpointed and queryable like any other.
 
-use crate::headers::Headers;
+use crate::headers::IngressHeaders;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::Store;
 use atp_core::producer::AdminAction;
@@ -10,7 +10,7 @@ use atp_core::registry::{SYSTEM_SOURCE, SourceRegistration};
 use atp_core::{PartitionKey, SourceId, TenantId};
 
 use crate::registry::{self, RegistryError};
-use crate::{headers, subjects};
+use crate::subjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrailError {
@@ -47,9 +47,8 @@ pub async fn record(
     let event = atp_core::producer::admin_event(&id, chrono::Utc::now(), action);
     let body = serde_json::to_vec(&event).map_err(|e| TrailError::Publish(e.to_string()))?;
     let p = partition(tenant)?;
-    let mut h = Headers::new();
-    h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json")
-        .text(headers::MSG_ID, &format!("{p}:{id}"))
+    let mut h = IngressHeaders::structured();
+    h.msg_id(&format!("{p}:{id}"))
         .map_err(|e| TrailError::Publish(e.to_string()))?;
     js.publish_with_headers(subjects::ingress(&p), h.into_map(), body.into())
         .await

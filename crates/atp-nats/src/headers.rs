@@ -15,6 +15,9 @@ pub const GATEWAY_MAC: &str = "Atp-Gateway-Mac";
 /// On a ledger message: the event's CloudEvents id (so tails can be read without parsing).
 pub const EVENT_ID: &str = "Atp-Event-Id";
 pub const CONTENT_TYPE: &str = "Content-Type";
+/// The content type of a structured-mode CloudEvent: what every submission ATP itself
+/// publishes is.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 /// W3C Trace Context, as a producer or the gateway set it on an ingress message; ingest copies
 /// both onto the ledger or rejected message it writes for it.
 pub const TRACEPARENT: &str = "traceparent";
@@ -63,7 +66,7 @@ impl Headers {
     /// A value that came from outside ATP (an id, a token subject, a trace state): refused when
     /// it holds any control character or is longer than [`MAX_VALUE_LEN`].
     pub fn text(&mut self, name: &'static str, value: &str) -> Result<&mut Self, BadHeader> {
-        check_value(name, value)?;
+        check(name, value)?;
         let v: HeaderValue = value.parse().map_err(|_| BadHeader {
             name,
             why: "a line break",
@@ -81,7 +84,7 @@ impl Headers {
     /// A value fixed in ATP's code. Checked like any other, but a bad constant writes an empty
     /// value instead of panicking (a unit test checks every constant ATP uses).
     pub fn fixed(&mut self, name: &'static str, value: &'static str) -> &mut Self {
-        let v = match check_value(name, value) {
+        let v = match check(name, value) {
             Ok(()) => value.parse().unwrap_or_default(),
             Err(_) => HeaderValue::default(),
         };
@@ -107,7 +110,71 @@ impl Headers {
     }
 }
 
-fn check_value(name: &'static str, value: &str) -> Result<(), BadHeader> {
+/// The headers of one submission on `atp.ingress.<tenant>.<source>`, as every publisher in ATP
+/// writes them (the gateway, the admin trail, `atp publish`, the benchmarks, the test harness),
+/// so that what ingest reads is written in one place: a structured-mode CloudEvent, plus what
+/// the publisher has to add. Values that came from outside are checked as [`Headers::text`]
+/// checks them.
+///
+/// No `Nats-Msg-Id` unless asked for: JetStream's duplicate window spans the whole ingress
+/// stream, so such an id is a key any tenant could take first, and ingest recognises repeats per
+/// partition by itself (ADR 0013).
+#[derive(Debug, Clone)]
+pub struct IngressHeaders(Headers);
+
+impl IngressHeaders {
+    /// A structured-mode CloudEvent (`Content-Type: application/cloudevents+json`).
+    pub fn structured() -> Self {
+        let mut h = Headers::new();
+        h.fixed(CONTENT_TYPE, CLOUDEVENTS_JSON);
+        Self(h)
+    }
+
+    /// The gateway's attestation: the authenticated token subject, and the gateway's signature
+    /// over the ingress subject, that token subject and the body
+    /// (`atp_core::attestation::sign`). Ingest refuses a submission that carries one of the two
+    /// without the other, or a signature that does not verify.
+    pub fn attested(
+        &mut self,
+        token_subject: &str,
+        signature: &[u8],
+    ) -> Result<&mut Self, BadHeader> {
+        use base64::Engine as _;
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature);
+        self.0
+            .text(GATEWAY_SUBJECT, token_subject)?
+            .text(GATEWAY_MAC, &signature)?;
+        Ok(self)
+    }
+
+    /// The W3C `traceparent` the submission's trace continues from.
+    pub fn traceparent(&mut self, traceparent: &str) -> Result<&mut Self, BadHeader> {
+        self.0.text(TRACEPARENT, traceparent)?;
+        Ok(self)
+    }
+
+    /// The W3C `tracestate` that goes with the `traceparent`.
+    pub fn tracestate(&mut self, tracestate: &str) -> Result<&mut Self, BadHeader> {
+        self.0.text(TRACESTATE, tracestate)?;
+        Ok(self)
+    }
+
+    /// A JetStream message id, for a publisher that retries through an outage and wants a
+    /// retry of a stored message not stored twice (see the type's note on why ATP's own
+    /// submissions through the gateway carry none).
+    pub fn msg_id(&mut self, id: &str) -> Result<&mut Self, BadHeader> {
+        self.0.text(MSG_ID, id)?;
+        Ok(self)
+    }
+
+    pub fn into_map(self) -> HeaderMap {
+        self.0.into_map()
+    }
+}
+
+/// Whether [`Headers::text`] would write `value`, for a caller that must know before it
+/// commits to writing it.
+pub fn check(name: &'static str, value: &str) -> Result<(), BadHeader> {
     if value.len() > MAX_VALUE_LEN {
         return Err(BadHeader {
             name,
@@ -178,6 +245,42 @@ mod tests {
         assert!(h.text(EVENT_ID, &"x".repeat(MAX_VALUE_LEN + 1)).is_err());
         h.text(EVENT_ID, "order-4711 ✓").unwrap();
         assert_eq!(h.map().get(EVENT_ID).unwrap().as_str(), "order-4711 ✓");
+    }
+
+    #[test]
+    fn a_submission_carries_what_its_publisher_adds_and_nothing_else() {
+        let plain = IngressHeaders::structured().into_map();
+        assert_eq!(plain.get(CONTENT_TYPE).unwrap().as_str(), CLOUDEVENTS_JSON);
+        assert_eq!(plain.iter().count(), 1, "{plain:?}");
+
+        let mut h = IngressHeaders::structured();
+        h.attested("svc-crm", &[0xfb; 4])
+            .unwrap()
+            .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap()
+            .tracestate("vendor=1")
+            .unwrap()
+            .msg_id("acme.crm:e1")
+            .unwrap();
+        let m = h.into_map();
+        assert_eq!(m.get(GATEWAY_SUBJECT).unwrap().as_str(), "svc-crm");
+        assert_eq!(m.get(GATEWAY_MAC).unwrap().as_str(), "+/v7+w==");
+        assert_eq!(m.get(TRACESTATE).unwrap().as_str(), "vendor=1");
+        assert_eq!(m.get(MSG_ID).unwrap().as_str(), "acme.crm:e1");
+        assert_eq!(m.get(CONTENT_TYPE).unwrap().as_str(), CLOUDEVENTS_JSON);
+    }
+
+    #[test]
+    fn a_submission_refuses_values_that_would_break_its_headers() {
+        let mut h = IngressHeaders::structured();
+        assert_eq!(
+            h.attested("svc\r\nAtp-Gateway-Mac: x", b"sig")
+                .unwrap_err()
+                .name,
+            GATEWAY_SUBJECT
+        );
+        assert_eq!(h.tracestate("a\nb").unwrap_err().name, TRACESTATE);
+        assert!(h.into_map().get(GATEWAY_MAC).is_none());
     }
 
     #[test]

@@ -5,8 +5,8 @@ use async_nats::jetstream::Context;
 use atp_core::deadletter::DeadLetter;
 use atp_nats::dlq;
 
-use crate::RoleError;
 use crate::metrics::{label, metrics};
+use crate::{Classify, RoleError};
 
 /// Code of a letter for an export that failed every attempt (the exporter's give-up).
 pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
@@ -15,7 +15,7 @@ pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
 pub async fn write(js: &Context, letter: &DeadLetter) -> Result<(), RoleError> {
     let seq = dlq::publish(js, letter)
         .await
-        .map_err(|e| RoleError::Retry(e.to_string()))?;
+        .or_retry("publishing a dead letter")?;
     metrics().dlq_letters.add(
         1,
         &[

@@ -1,6 +1,10 @@
 //! The ingest role: ATP_INGRESS → verify, validate, canonicalise, stamp, chain → ATP_LEDGER
 //! (accepted) or ATP_REJECTED (refused).
 //!
+//! What happens to each message (skipped, answered by its record, refused, sealed) is decided by
+//! [`atp_core::ingest`], a pure function of the partition's state and the message's admission;
+//! this module reads the messages and partition tails in, and writes the outcomes out.
+//!
 //! Exactly-once without a side store. Ingress is read in order from a resume hint. For each
 //! partition the worker knows, from the ledger's tail alone, the highest ingress sequence
 //! already recorded (`Atp-Ingress-Seq` on the last ledger message) and, from ATP_REJECTED's
@@ -35,13 +39,14 @@ use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use async_nats::jetstream::{Context, Message};
 use atp_core::event::{Admitted, Channel, Submission, admit};
-use atp_core::partition::{Decision, PartitionState, RecordRef, Stamps};
+use atp_core::ingest::{Partition, Step};
+use atp_core::partition::{PartitionState, RecordRef, Stamps};
 use atp_core::policy::PolicyStamp;
 use atp_core::reason::{RefusalFacts, RejectionEnvelope};
 use atp_core::record::{self, timestamp};
 use atp_core::registry::SourceRegistration;
-use atp_core::{PartitionKey, Reason, Rejection, SourceId, TenantId, attestation};
-use atp_nats::headers::Headers;
+use atp_core::{PartitionKey, Reason, Rejection, SealedRecord, SourceId, TenantId, attestation};
+use atp_nats::headers::{BadHeader, Headers};
 use atp_nats::registry::RegistryCache;
 use atp_nats::{Append, AppendError, Outgoing, append_atomic, headers, streams, subjects};
 use base64::Engine as _;
@@ -53,7 +58,7 @@ use futures::StreamExt;
 use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 pub use crate::shard::Shard;
-use crate::{RoleError, telemetry, to_chrono};
+use crate::{Classify, RoleError, telemetry, to_chrono};
 
 /// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
 /// cheap, and it keeps a KV write off every batch.
@@ -118,21 +123,14 @@ pub(crate) const REST: &str = "(rest)";
 /// The tenants that have a lane of their own, which the rest lane leaves alone.
 type Laned = Arc<RwLock<HashSet<String>>>;
 
-/// What the worker knows of one partition.
+/// What the worker knows of one partition: what the core decides on, and where the
+/// partition's subjects end (which its next appends expect).
 struct Part {
-    /// `None` for subjects whose tokens are not valid names: those only ever get rejections.
-    chain: Option<PartitionState>,
+    state: Partition,
     /// Stream sequence of the last message on the partition's ledger subject (0 = none).
     ledger_tail: u64,
-    /// Highest ingress sequence already refused, and the rejected subject's last sequence.
-    rejected_cursor: u64,
+    /// Stream sequence of the last message on the partition's rejected subject (0 = none).
     rejected_tail: u64,
-}
-
-impl Part {
-    fn ledger_cursor(&self) -> u64 {
-        self.chain.as_ref().map_or(0, |c| c.ledger_cursor)
-    }
 }
 
 #[derive(Default)]
@@ -152,6 +150,15 @@ pub struct BatchStats {
     pub skipped: u64,
     /// Rejections per reason, indexed like [`Reason::ALL`].
     pub by_reason: [u64; Reason::ALL.len()],
+}
+
+impl BatchStats {
+    fn count_rejection(&mut self, reason: Reason) {
+        self.rejected += 1;
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.by_reason[i] += 1;
+        }
+    }
 }
 
 pub struct Ingest {
@@ -179,36 +186,31 @@ pub struct Ingest {
     pub totals: Arc<std::sync::Mutex<BatchStats>>,
 }
 
-fn retry(what: &str) -> impl Fn(String) -> RoleError + '_ {
-    move |e| RoleError::Retry(format!("{what}: {e}"))
-}
-
 impl Ingest {
     pub async fn new(js: Context, cfg: IngestConfig) -> Result<Self, RoleError> {
-        let fatal = |e: String| RoleError::Fatal(e);
         let ingress = js
             .get_stream(streams::INGRESS)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_INGRESS")?;
         let ledger = js
             .get_stream(streams::LEDGER)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_LEDGER")?;
         let rejected = js
             .get_stream(streams::REJECTED)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening ATP_REJECTED")?;
         let producers = js
             .get_key_value(streams::PRODUCERS_BUCKET)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening the producer registry")?;
         let progress = js
             .get_key_value(streams::INGEST_BUCKET)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("opening the ingest progress bucket")?;
         let registry = RegistryCache::start(producers.clone())
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .or_fatal("loading the producer registry")?;
         Ok(Self {
             js,
             lane: Lane::Rest,
@@ -358,7 +360,9 @@ impl Ingest {
             let Some(part) = self.parts.get(&loc.pkey) else {
                 continue;
             };
-            let Some(chain) = &part.chain else { continue };
+            let Some(chain) = &part.state.chain else {
+                continue;
+            };
             if loc.seq <= chain.ledger_cursor || chain.knows_every_id() {
                 continue;
             }
@@ -371,10 +375,14 @@ impl Ingest {
         }
         let known = atp_store::query::known_events(db, &keys)
             .await
-            .map_err(|e| RoleError::Retry(format!("duplicate look-up in the read model: {e}")))?;
+            .or_retry("duplicate look-up in the read model")?;
         for k in known {
             let pkey = format!("{}.{}", k.tenant_id, k.source_id);
-            let Some(chain) = self.parts.get_mut(&pkey).and_then(|p| p.chain.as_mut()) else {
+            let Some(chain) = self
+                .parts
+                .get_mut(&pkey)
+                .and_then(|p| p.state.chain.as_mut())
+            else {
                 continue;
             };
             let digest = k.digest;
@@ -405,7 +413,7 @@ impl Ingest {
             let mut msg = msg.clone();
             if let Some(loc) = loc {
                 let full = self.ingress.direct_get(loc.seq).await.map_err(|e| {
-                    RoleError::Retry(format!("reading ingress message {}: {e}", loc.seq))
+                    RoleError::retry(format!("reading ingress message {}", loc.seq), e)
                 })?;
                 msg.message.payload = full.payload;
             }
@@ -431,9 +439,11 @@ impl Ingest {
             };
         let Some(key) = key else {
             return Ok(Part {
-                chain: None,
+                state: Partition {
+                    chain: None,
+                    rejected_cursor,
+                },
                 ledger_tail: 0,
-                rejected_cursor,
                 rejected_tail,
             });
         };
@@ -445,7 +455,7 @@ impl Ingest {
             Some((seq, headers, payload, time)) => {
                 let opened = record::open(&payload, false).map_err(|e| {
                     tracing::error!(partition = %key, ledger_seq = seq, error = %e, "ledger tail does not parse");
-                    RoleError::Fatal(format!("ledger tail of {key} at {seq} does not parse: {e}"))
+                    RoleError::fatal(format!("ledger tail of {key} at {seq} does not parse"), e)
                 })?;
                 let state = PartitionState::resume(
                     key.clone(),
@@ -464,9 +474,11 @@ impl Ingest {
                 .await?;
         }
         Ok(Part {
-            chain: Some(chain),
+            state: Partition {
+                chain: Some(chain),
+                rejected_cursor,
+            },
             ledger_tail,
-            rejected_cursor,
             rejected_tail,
         })
     }
@@ -486,16 +498,16 @@ impl Ingest {
                 ..Default::default()
             })
             .await
-            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            .or_retry("reading a partition tail")?;
         let mut msgs = consumer
             .messages()
             .await
-            .map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            .or_retry("reading a partition tail")?;
         while let Some(m) = tokio::time::timeout(Duration::from_secs(10), msgs.next())
             .await
-            .map_err(|_| RoleError::Retry("timed out reading a partition tail".to_owned()))?
+            .or_retry("reading a partition tail")?
         {
-            let m = m.map_err(|e| retry("reading a partition tail")(e.to_string()))?;
+            let m = m.or_retry("reading a partition tail")?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(until_seq);
             if let Ok(opened) = record::open(&m.payload, false)
                 && let Some(id) = opened.record.event.get("id").and_then(|v| v.as_str())
@@ -557,9 +569,10 @@ async fn last_on(
     match stream.direct_get_last_for_subject(subject).await {
         Ok(m) => Ok(Some((m.sequence, m.headers, m.payload, m.time))),
         Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
-        Err(e) => Err(RoleError::Retry(format!(
-            "reading the tail of {subject}: {e}"
-        ))),
+        Err(e) => Err(RoleError::retry(
+            format!("reading the tail of {subject}"),
+            e,
+        )),
     }
 }
 
@@ -601,11 +614,7 @@ impl Role for Ingest {
         let resume = match self.progress.get(self.progress_key()).await {
             Ok(Some(v)) => String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0),
             Ok(None) => 0,
-            Err(e) => {
-                return Err(RoleError::Retry(format!(
-                    "reading the ingest resume hint: {e}"
-                )));
-            }
+            Err(e) => return Err(RoleError::retry("reading the ingest resume hint", e)),
         };
         // The rest lane reads every message but handles few (tenants without a lane): it reads
         // headers only and fetches the bodies it needs, so a flooding tenant's bytes are not
@@ -689,9 +698,7 @@ impl BatchHandler for Ingest {
         let mut registrations: HashMap<String, Option<Arc<SourceRegistration>>> = HashMap::new();
         let mut last_seq = 0;
         for msg in batch.iter() {
-            let info = msg
-                .info()
-                .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
+            let info = msg.info().or_retry("message without info")?;
             last_seq = info.stream_sequence;
             let Some((t, s)) = subjects::tokens_of(subjects::INGRESS, msg.subject.as_str()) else {
                 located.push(None);
@@ -720,7 +727,7 @@ impl BatchHandler for Ingest {
                         .registry
                         .lookup(k)
                         .await
-                        .map_err(|e| RoleError::Retry(e.to_string()))?,
+                        .or_retry("looking up a source's registration")?,
                     None => None,
                 };
                 registrations.insert(pkey.clone(), reg);
@@ -767,7 +774,7 @@ impl BatchHandler for Ingest {
             (parts, out)
         })
         .await
-        .map_err(|e| RoleError::Retry(format!("planning failed: {e}")))?;
+        .or_retry("planning failed")?;
         self.parts = parts;
         let PlanOutput {
             plans,
@@ -794,8 +801,9 @@ impl BatchHandler for Ingest {
     }
 }
 
-/// Admits every message (in parallel: admission is pure), then walks the batch in order to
-/// decide, seal and plan each partition's appends.
+/// Admits every message (in parallel: admission is pure), then walks the batch in order, asks
+/// the core what each message's step is ([`Partition::step`]) and turns the steps into each
+/// partition's appends.
 ///
 /// Architecture invariant: nothing a message holds can make this fail or panic for the batch.
 /// Every outcome for one message is a record, a duplicate or a rejection; a defect that makes
@@ -805,9 +813,8 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
     let admit_one = |i: usize| -> Option<Result<Admitted, Rejection>> {
         let loc = input.located[i].as_ref()?;
         let msg = &input.msgs[i];
-        // Recorded before a restart: handled, whatever its outcome was. Skipped before paying
-        // for a signature check.
-        if loc.seq <= parts.get(&loc.pkey).map_or(0, Part::ledger_cursor) {
+        // Handled before a restart: no signature check paid for it.
+        if !parts.get(&loc.pkey)?.state.needs_admission(loc.seq) {
             return None;
         }
         let Some(key) = &loc.key else {
@@ -832,12 +839,20 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
             )?;
             admit(key, &submission(msg, ch), reg)
         }));
-        Some(admitted.unwrap_or_else(|panic| {
-            Err(unprocessable(
+        Some(match admitted {
+            // Admission refuses ids that could not be a header value already; this keeps the
+            // ledger message buildable, before the event gets a chain position, even if
+            // admission ever let one through.
+            Ok(Ok(ev)) => match headers::check(headers::EVENT_ID, &ev.id) {
+                Ok(()) => Ok(ev),
+                Err(e) => Err(unprocessable(loc, &e.to_string())),
+            },
+            Ok(refused) => refused,
+            Err(panic) => Err(unprocessable(
                 loc,
-                format!("admission panicked: {}", crate::panic_message(&*panic)),
-            ))
-        }))
+                &format!("admission panicked: {}", crate::panic_message(&*panic)),
+            )),
+        })
     };
     let admissions = parallel_map(input.msgs.len(), admit_one);
 
@@ -852,7 +867,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
         let Some(part) = parts.get_mut(&loc.pkey) else {
             continue;
         };
-        let Some(outcome) = admission else {
+        let Some(admission) = admission else {
             stats.skipped += 1;
             continue;
         };
@@ -864,40 +879,40 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 ..Plan::default()
             }
         });
-        let decision = match (outcome, part.chain.as_mut()) {
-            (Ok(ev), Some(chain)) => match chain.decide(&ev) {
-                Decision::Append => seal(input, loc, msg, chain, ev),
-                Decision::Duplicate(r) => Outcome::Duplicate(r),
-                Decision::Reject(rej) => Outcome::Reject(rej),
-            },
-            (Err(rej), _) => Outcome::Reject(rej),
-            (Ok(_), None) => {
-                Outcome::Reject(Rejection::new(Reason::Malformed, "invalid partition"))
-            }
+        let stamps = || Stamps {
+            record_id: ulid::Ulid::generate().to_string(),
+            received_at: loc.received_at,
+            committed_at: input.committed_at,
+            policy: input.policy.clone(),
         };
-        match decision {
-            Outcome::Record(out) => {
-                plan.records.push(out);
-                stats.accepted += 1;
-                received.push(loc.received_at);
-            }
-            Outcome::Duplicate(r) => {
+        let step = part.state.step(loc.seq, admission, stamps);
+        if let Step::Unprocessable { defect, .. } = &step {
+            log_unprocessable(loc, defect);
+        }
+        match step {
+            Step::Skip(_) => stats.skipped += 1,
+            Step::Duplicate(r) => {
                 tracing::debug!(partition = %loc.pkey, ingress_seq = loc.seq, chain_index = r.chain_index, "duplicate answered by its record");
                 stats.duplicates += 1;
             }
-            Outcome::Reject(rej) => {
-                if loc.seq <= part.rejected_cursor {
-                    stats.skipped += 1;
-                    continue;
-                }
-                let reason = rej.reason;
+            Step::Reject(rejection) | Step::Unprocessable { rejection, .. } => {
+                stats.count_rejection(rejection.reason);
                 plan.rejections
-                    .push(rejection_message(input, loc, msg, rej));
-                part.rejected_cursor = loc.seq;
-                stats.rejected += 1;
-                if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
-                    stats.by_reason[i] += 1;
-                }
+                    .push(rejection_message(input, loc, msg, rejection));
+            }
+            Step::Append {
+                record,
+                event_id,
+                seq_hwm,
+            } => {
+                let out = record_message(input, loc, msg, &event_id, record, seq_hwm)
+                    // Cannot happen: admission's id was checked before it was sealed. Were it
+                    // to, the restart forgets the sealed record (never written) with the
+                    // partition's state, and re-reads the partition from the ledger.
+                    .or_restart("building a ledger message")?;
+                plan.records.push(out);
+                stats.accepted += 1;
+                received.push(loc.received_at);
             }
         }
     }
@@ -909,42 +924,20 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
     })
 }
 
-/// What the walk does with one message.
-enum Outcome {
-    Record(Outgoing),
-    Duplicate(RecordRef),
-    Reject(Rejection),
-}
-
-/// Seals an admitted event onto its chain and builds its ledger message. The chain moves on
-/// only once the message is built, so a refusal here leaves the partition as it was.
-fn seal(
+/// The ATP_LEDGER message for a sealed record.
+fn record_message(
     input: &PlanInput,
     loc: &Located,
     msg: &Message,
-    chain: &mut PartitionState,
-    ev: Admitted,
-) -> Outcome {
+    event_id: &str,
+    record: SealedRecord,
+    seq_hwm: Option<u64>,
+) -> Result<Outgoing, BadHeader> {
     let mut h = Headers::new();
-    // Admission refused control characters in the id already; this keeps the ledger message
-    // buildable even if admission ever let one through.
-    if let Err(e) = h.text(headers::EVENT_ID, &ev.id) {
-        return Outcome::Reject(unprocessable(loc, e.to_string()));
-    }
-    h.fixed(headers::CONTENT_TYPE, "application/json")
+    h.text(headers::EVENT_ID, event_id)?
+        .fixed(headers::CONTENT_TYPE, "application/json")
         .num(headers::INGRESS_SEQ, loc.seq);
-    let event_id = ev.id.clone();
-    let stamps = Stamps {
-        record_id: ulid::Ulid::generate().to_string(),
-        received_at: loc.received_at,
-        committed_at: input.committed_at,
-        policy: input.policy.clone(),
-    };
-    let sealed = match chain.append(ev, loc.seq, stamps) {
-        Ok(s) => s,
-        Err(e) => return Outcome::Reject(unprocessable(loc, format!("cannot seal a record: {e}"))),
-    };
-    if let Some(hwm) = chain.seq_hwm {
+    if let Some(hwm) = seq_hwm {
         h.num(headers::SEQ_HWM, hwm);
     }
     carry_trace(
@@ -952,14 +945,14 @@ fn seal(
         &mut h,
         TraceAbout {
             tenant: &loc.tenant,
-            event_id: &event_id,
+            event_id,
             policy_version: input.policy.policy_version,
             outcome: "recorded",
         },
     );
-    Outcome::Record(Outgoing {
+    Ok(Outgoing {
         headers: h.into_map(),
-        payload: Bytes::from(sealed.bytes),
+        payload: Bytes::from(record.bytes),
     })
 }
 
@@ -1002,13 +995,13 @@ fn rejection_message(input: &PlanInput, loc: &Located, msg: &Message, rej: Rejec
 /// ATP_REJECTED, nothing lost), the failure is logged at ERROR and counted with the other
 /// rejections (`atp_ingest_rejections_total{reason="UNPROCESSABLE"}`, which an alert watches),
 /// and the partition goes on.
-fn unprocessable(loc: &Located, why: String) -> Rejection {
-    tracing::error!(partition = %loc.pkey, ingress_seq = loc.seq, error = %why, "ATP could not handle a submission; refused as UNPROCESSABLE");
-    Rejection::new(
-        Reason::Unprocessable,
-        "ATP failed on this submission (a defect in ATP, reported to its operators); \
-         it is kept here and nothing else was affected",
-    )
+fn unprocessable(loc: &Located, defect: &str) -> Rejection {
+    log_unprocessable(loc, defect);
+    atp_core::ingest::unprocessable()
+}
+
+fn log_unprocessable(loc: &Located, defect: &str) {
+    tracing::error!(partition = %loc.pkey, ingress_seq = loc.seq, error = %defect, "ATP could not handle a submission; refused as UNPROCESSABLE");
 }
 
 /// `f(0..n)` across the machine's cores (scoped threads; results in index order). Admission
@@ -1177,8 +1170,11 @@ impl Ingest {
             return Ok(());
         };
         let outcome = match task.await {
-            Ok(r) => r.map_err(|e| (matches!(e, AppendError::WrongLastSequence), e.to_string())),
-            Err(e) => Err((false, format!("commit task failed: {e}"))),
+            Ok(r) => r.map_err(|e| {
+                let conflict = matches!(e, AppendError::WrongLastSequence);
+                (conflict, RoleError::restart("committing a batch", e))
+            }),
+            Err(e) => Err((false, RoleError::restart("the commit task failed", e))),
         };
         match outcome {
             Ok((rejected_tails, ledger_tails)) => {
@@ -1220,7 +1216,7 @@ impl Ingest {
                     // its durable position with a growing pause (run_role), never in a tight loop.
                     tracing::warn!(partitions = keys.len(), error = %e, "ingest commit failed");
                 }
-                Err(RoleError::Restart(e))
+                Err(e)
             }
         }
     }

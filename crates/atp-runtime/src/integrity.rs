@@ -35,9 +35,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::RoleError;
 use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown};
 use crate::signer::CheckpointSigner;
+use crate::{Classify, Handling, RoleError};
 
 /// Ledger messages per batch: a transaction of tiles for up to this many leaves.
 pub const BATCH_MAX: usize = 1000;
@@ -64,10 +64,6 @@ pub struct IntegrityStats {
     pub leaves: AtomicU64,
     pub checkpoints: AtomicU64,
     pub alerts: AtomicU64,
-}
-
-fn db(e: impl std::fmt::Display) -> RoleError {
-    RoleError::Retry(e.to_string())
 }
 
 /// What the log has committed and the checkpointer has yet to sign, per partition.
@@ -201,8 +197,15 @@ impl IntegrityLog {
 
     /// Loads a partition's log from its stored state and right-edge tiles.
     async fn load(&self, p: &PartitionKey) -> Result<Part, RoleError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        let Some(state) = store::log_state_of(&mut conn, p).await.map_err(db)? else {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .or_retry("connecting to the database")?;
+        let Some(state) = store::log_state_of(&mut conn, p)
+            .await
+            .or_retry("reading a partition's log state")?
+        else {
             return Ok(Part {
                 walk: ChainWalk::new(p.clone()),
                 ledger_seq: 0,
@@ -214,15 +217,17 @@ impl IntegrityLog {
         };
         let mut edge = store::read_tiles(&mut conn, p, &tiles::edge_tiles(state.tree_size))
             .await
-            .map_err(db)?;
-        let log = TileLog::resume(state.tree_size, |id| edge.remove(&id)).map_err(|e| {
-            RoleError::Fatal(format!("stored Merkle log of {p} is incomplete: {e}"))
-        })?;
+            .or_retry("reading a partition's edge tiles")?;
+        let log = TileLog::resume(state.tree_size, |id| edge.remove(&id))
+            .map_err(|e| RoleError::fatal(format!("stored Merkle log of {p} is incomplete"), e))?;
         if log.root() != state.root {
-            return Err(RoleError::Fatal(format!(
-                "stored tiles of {p} do not give the stored root at size {}: rebuild the integrity read model",
-                state.tree_size
-            )));
+            return Err(RoleError::new(
+                Handling::Fatal,
+                format!(
+                    "stored tiles of {p} do not give the stored root at size {}: rebuild the integrity read model",
+                    state.tree_size
+                ),
+            ));
         }
         Ok(Part {
             walk: ChainWalk::resume(p.clone(), state.chain_hash, log),
@@ -260,7 +265,7 @@ impl IntegrityLog {
         };
         nats_integrity::publish_alert(&self.js, p, &alert)
             .await
-            .map_err(|e| RoleError::Restart(e.to_string()))
+            .or_restart("publishing an integrity alert")
     }
 
     /// Walks one message into its partition's log (or halts the partition); returns the
@@ -269,7 +274,7 @@ impl IntegrityLog {
         let (seq, at) = m
             .info()
             .map(|i| (i.stream_sequence, crate::to_chrono(i.published)))
-            .map_err(|e| RoleError::Retry(format!("message without info: {e}")))?;
+            .or_retry("message without info")?;
         let Some(p) = subjects::partition_of(subjects::LEDGER, &m.subject) else {
             tracing::error!(subject = %m.subject, ledger_seq = seq, "ledger message on a subject that names no partition");
             return Ok(seq);
@@ -312,7 +317,7 @@ impl Role for IntegrityLog {
         self.parts.clear();
         let wm = projection::watermark_row(&self.pool, store::WATERMARK)
             .await
-            .map_err(db)?;
+            .or_retry("reading the integrity watermark")?;
         Ok(ReadSpec {
             stream: streams::LEDGER.to_owned(),
             filter_subjects: vec![subjects::all(subjects::LEDGER)],
@@ -377,9 +382,7 @@ impl BatchHandler for IntegrityLog {
             tx.commit().await?;
             Ok::<_, atp_store::StoreError>(())
         };
-        commit
-            .await
-            .map_err(|e| RoleError::Restart(format!("committing the Merkle log: {e}")))?;
+        commit.await.or_restart("committing the Merkle log")?;
         for u in &updates {
             let Some(part) = self.parts.get_mut(&u.partition) else {
                 continue;
@@ -474,10 +477,18 @@ impl<S: CheckpointSigner> Checkpointer<S> {
     }
 
     async fn issue_due(&mut self) -> Result<(), RoleError> {
-        let ring = self.signer.keyring().await.map_err(db)?;
+        let ring = self
+            .signer
+            .keyring()
+            .await
+            .or_retry("reading the signing keys")?;
         if self.published_kid.as_deref() != Some(ring.active.kid.as_str()) {
-            let kv = signing_keys::bucket(&self.js).await.map_err(db)?;
-            signing_keys::publish(&kv, &ring.all).await.map_err(db)?;
+            let kv = signing_keys::bucket(&self.js)
+                .await
+                .or_retry("opening the signing keys bucket")?;
+            signing_keys::publish(&kv, &ring.all)
+                .await
+                .or_retry("publishing the signing keys")?;
             tracing::info!(kid = %ring.active.kid, verifier_key = %ring.active.verifier_key, "checkpoint signing key published");
             self.published_kid = Some(ring.active.kid.clone());
         }
@@ -487,7 +498,7 @@ impl<S: CheckpointSigner> Checkpointer<S> {
         }
         let key = &ring.active;
         let key_id = u32::from_str_radix(&key.kid, 16)
-            .map_err(|e| RoleError::Fatal(format!("key id {}: {e}", key.kid)))?;
+            .map_err(|e| RoleError::fatal(format!("key id {}", key.kid), e))?;
         let mut acks = Vec::with_capacity(due.len());
         let mut rows = Vec::with_capacity(due.len());
         let waited: Vec<Option<DateTime<Utc>>> = due
@@ -505,12 +516,12 @@ impl<S: CheckpointSigner> Checkpointer<S> {
                 .signer
                 .sign(&key.kid, body.as_bytes())
                 .await
-                .map_err(db)?;
+                .or_retry("signing a checkpoint")?;
             let note = format!("{body}\n{}", format_signature_line(&key.name, key_id, &sig));
             acks.push(
                 nats_integrity::publish_checkpoint(&self.js, &p, size, &key.kid, &note)
                     .await
-                    .map_err(db)?,
+                    .or_retry("publishing a checkpoint")?,
             );
             rows.push(StoredCheckpoint {
                 tenant_id: p.tenant.to_string(),
@@ -526,11 +537,11 @@ impl<S: CheckpointSigner> Checkpointer<S> {
             futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
                 .await
         {
-            ack.map_err(db)?;
+            ack.or_retry("publishing a checkpoint")?;
         }
         store::insert_checkpoints(&self.pool, &rows)
             .await
-            .map_err(db)?;
+            .or_retry("storing checkpoints")?;
         for r in &rows {
             if let Ok(p) = PartitionKey::from_ids(&r.tenant_id, &r.source_id) {
                 self.board.signed(&p, r.tree_size as u64);

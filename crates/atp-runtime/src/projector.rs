@@ -39,23 +39,16 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 use crate::shard::Shard;
-use crate::{RoleError, telemetry};
+use crate::{Classify, RoleError, telemetry};
 
 /// Rows per transaction: UNNEST inserts level off around 1000 rows (LIMITS.md), and a batch of
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
 pub const BATCH_MAX: usize = 1000;
 
-/// A store error the batch cannot get past now: retried by the reader, which logs it at WARN
-/// (the message names the SQLSTATE and whether the database was unavailable or refused the
-/// data; a refusal only comes here while its batch still has tries left).
-fn db(e: StoreError) -> RoleError {
-    RoleError::Retry(e.to_string())
-}
-
 fn seq_of(m: &Message) -> Result<u64, RoleError> {
     m.info()
         .map(|i| i.stream_sequence)
-        .map_err(|e| RoleError::Retry(format!("message without info: {e}")))
+        .or_retry("message without info")
 }
 
 fn ingress_seq_of(headers: Option<&HeaderMap>) -> Option<u64> {
@@ -396,7 +389,7 @@ impl<P: Projection> Projector<P> {
         }
         projection::advance_lanes(tx, &keys, &lasts, to)
             .await
-            .map_err(db)
+            .or_retry("advancing the lanes' watermarks")
     }
 
     async fn dead_letter(&self, m: &Message, code: &str, detail: String) -> Result<(), RoleError> {
@@ -452,7 +445,7 @@ impl<P: Projection> Projector<P> {
                     self.dead_letter(&batch[i], "PROJECTION_REFUSED", detail)
                         .await?;
                 }
-                Err(e) => return Err(db(e)),
+                Err(e) => return Err(RoleError::retry("inserting a row", e)),
             }
         }
         Ok(inserted)
@@ -464,7 +457,7 @@ async fn exec(conn: &mut PgConnection, sql: &'static str) -> Result<(), RoleErro
         .execute(conn)
         .await
         .map(|_| ())
-        .map_err(|e| RoleError::Retry(e.to_string()))
+        .or_retry(sql)
 }
 
 impl<P: Projection + 'static> LaneOpener for Projector<P> {
@@ -516,11 +509,11 @@ impl<P: Projection> Role for Projector<P> {
         // A shard starting for the first time resumes where the unsharded projector stopped.
         let mut wm = projection::watermark_row(&self.pool, &self.watermark)
             .await
-            .map_err(db)?;
+            .or_retry("reading the watermark")?;
         if wm.is_none() && self.shard.count > 1 && self.lane.is_none() {
             wm = projection::watermark_row(&self.pool, P::NAME)
                 .await
-                .map_err(db)?;
+                .or_retry("reading the unsharded watermark")?;
         }
         self.handled = wm.map_or(0, |w| w.stream_seq);
         self.started_at = self.handled;
@@ -559,7 +552,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
         } else {
             Vec::new()
         };
-        let built = build_for::<P>(batch, |m| self.takes(m))?;
+        let mut built = build_for::<P>(batch, |m| self.takes(m))?;
         if self.lane.is_none() {
             // What the rest lane passes by, for moving the lanes' rows along with its own.
             for m in batch.iter() {
@@ -573,12 +566,14 @@ impl<P: Projection> BatchHandler for Projector<P> {
             }
         }
         let batch_seq = batch.first().map_or(Ok(0), seq_of)?;
-        if let Some((i, e)) = built.failed.first() {
+        if let Some((i, _)) = built.failed.first() {
             let seq = seq_of(&batch[*i])?;
             if !self.spent(batch_seq) {
-                return Err(RoleError::Retry(format!(
-                    "stream message {seq} cannot be projected: {e}"
-                )));
+                let (_, e) = built.failed.swap_remove(0);
+                return Err(RoleError::retry(
+                    format!("stream message {seq} cannot be projected"),
+                    e,
+                ));
             }
             for (i, e) in &built.failed {
                 self.dead_letter(&batch[*i], "UNPROJECTABLE", e.to_string())
@@ -590,32 +585,33 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .pool
             .begin()
             .await
-            .map_err(|e| RoleError::Retry(e.to_string()))?;
+            .or_retry("beginning a transaction")?;
+        // A store error the batch cannot get past now is retried by the reader, which logs it at
+        // WARN (the message names the SQLSTATE and whether the database was unavailable or
+        // refused the data; a refusal only comes here while its batch still has tries left).
         let rows = match P::insert(&mut tx, &built.rows).await {
             Ok(n) => n,
             // Only a refusal of the data is worth finding the bad row for; an outage would
             // fail every row alike, and bisecting it would only dead-letter healthy records.
             Err(e) if e.is_refusal() => {
                 if !self.spent(batch_seq) {
-                    return Err(db(e));
+                    return Err(RoleError::retry("inserting rows", e));
                 }
                 // The refused statement aborted the transaction: start again, row by row.
-                tx.rollback()
-                    .await
-                    .map_err(|e| RoleError::Retry(e.to_string()))?;
+                tx.rollback().await.or_retry("rolling back")?;
                 tx = self
                     .pool
                     .begin()
                     .await
-                    .map_err(|e| RoleError::Retry(e.to_string()))?;
+                    .or_retry("beginning a transaction")?;
                 self.insert_each(&mut tx, batch, &built).await?
             }
             // An outage: the same batch again after the reader's backoff, no try spent.
-            Err(e) => return Err(db(e)),
+            Err(e) => return Err(RoleError::retry("inserting rows", e)),
         };
         projection::advance_watermark(&mut tx, &self.watermark, built.last, newest)
             .await
-            .map_err(db)?;
+            .or_retry("advancing the watermark")?;
         if self.lane.is_none() {
             self.advance_lanes(&mut tx, built.last).await?;
         }
@@ -624,10 +620,8 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .bind(format!("{}:{}", P::NAME, built.last))
             .execute(&mut *tx)
             .await
-            .map_err(|e| RoleError::Retry(e.to_string()))?;
-        tx.commit()
-            .await
-            .map_err(|e| RoleError::Retry(e.to_string()))?;
+            .or_retry("notifying the waiting requests")?;
+        tx.commit().await.or_retry("committing")?;
         self.failing = None;
         self.handled = built.last;
         self.projected += rows;

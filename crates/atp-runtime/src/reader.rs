@@ -16,7 +16,7 @@ use async_nats::jetstream::{Context, Message};
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::RoleError;
+use crate::{Handling, RoleError};
 
 /// Shutdown signal: roles stop at the next batch boundary once it reads `true`.
 pub type Shutdown = watch::Receiver<bool>;
@@ -83,12 +83,12 @@ pub async fn read_stream<H: BatchHandler>(
     // A missing stream is a deployment error; one that does not answer (a cluster electing a
     // new leader) is waited for.
     let stream = js.get_stream(&spec.stream).await.map_err(|e| {
-        let why = format!("stream {} unavailable: {e}", spec.stream);
-        if atp_nats::streams::is_not_found(&e.kind()) {
-            RoleError::Fatal(why)
+        let handling = if atp_nats::streams::is_not_found(&e.kind()) {
+            Handling::Fatal
         } else {
-            RoleError::Retry(why)
-        }
+            Handling::Retry
+        };
+        RoleError::caused(handling, format!("stream {} unavailable", spec.stream), e)
     })?;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -101,10 +101,10 @@ pub async fn read_stream<H: BatchHandler>(
         })
         .await
         .map_err(|e| {
-            RoleError::Retry(format!(
-                "cannot create ordered consumer on {}: {e}",
-                spec.stream
-            ))
+            RoleError::retry(
+                format!("cannot create ordered consumer on {}", spec.stream),
+                e,
+            )
         })?;
     let mut consumer = consumer;
     if spec.stop_at_end {
@@ -116,17 +116,17 @@ pub async fn read_stream<H: BatchHandler>(
     let messages = consumer
         .messages()
         .await
-        .map_err(|e| RoleError::Retry(format!("cannot read {}: {e}", spec.stream)))?;
+        .map_err(|e| RoleError::retry(format!("cannot read {}", spec.stream), e))?;
     // Pulling runs on its own task into a bounded buffer, so the next batch accumulates while
     // this one is handled: under load batches fill up to `batch_max`, and an idle stream costs
     // nothing. Four batches of buffer keep the pipe full without unbounded memory.
     let batch_max = spec.batch_max.max(1);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Message, String>>(batch_max * 4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(batch_max * 4);
     let pump = tokio::spawn(async move {
         let mut messages = messages;
         while let Some(m) = messages.next().await {
             let failed = m.is_err();
-            if tx.send(m.map_err(|e| e.to_string())).await.is_err() || failed {
+            if tx.send(m).await.is_err() || failed {
                 break;
             }
         }
@@ -146,7 +146,7 @@ pub async fn read_stream<H: BatchHandler>(
             m = rx.recv() => m,
             _ = shutdown.changed() => None,
             _ = reconnects.changed() => {
-                return Err(RoleError::Restart(format!(
+                return Err(RoleError::new(Handling::Restart, format!(
                     "NATS reconnected; re-reading {} from the durable position",
                     spec.stream
                 )));
@@ -155,7 +155,7 @@ pub async fn read_stream<H: BatchHandler>(
                 let last = last_sequence(&stream, spec.tail_subject.as_deref()).await;
                 behind_checks = if last > received { behind_checks + 1 } else { 0 };
                 if behind_checks >= 2 {
-                    return Err(RoleError::Restart(format!(
+                    return Err(RoleError::new(Handling::Restart, format!(
                         "{} has messages up to {last} but none past {received} arrived; \
                          re-reading from the durable position",
                         spec.stream
@@ -169,20 +169,19 @@ pub async fn read_stream<H: BatchHandler>(
             return Ok(());
         }
         let Some(first) = first else {
-            return Err(RoleError::Retry(format!(
-                "consumer on {} ended",
-                spec.stream
-            )));
+            return Err(RoleError::new(
+                Handling::Retry,
+                format!("consumer on {} ended", spec.stream),
+            ));
         };
         let mut msgs = Vec::with_capacity(batch_max);
         // The ordered consumer recreates itself across gaps and server restarts; an error here
         // means it could not, and the caller restarts the reader from its position.
-        msgs.push(first.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?);
+        let reading = |e| RoleError::retry(format!("reading {}", spec.stream), e);
+        msgs.push(first.map_err(reading)?);
         while msgs.len() < batch_max {
             match rx.try_recv() {
-                Ok(m) => msgs.push(
-                    m.map_err(|e| RoleError::Retry(format!("reading {}: {e}", spec.stream)))?,
-                ),
+                Ok(m) => msgs.push(m.map_err(reading)?),
                 Err(_) => break,
             }
         }
@@ -196,8 +195,8 @@ pub async fn read_stream<H: BatchHandler>(
         loop {
             match handler.handle(&batch).await {
                 Ok(()) => break,
-                Err(e @ (RoleError::Fatal(_) | RoleError::Restart(_))) => return Err(e),
-                Err(RoleError::Retry(e)) => {
+                Err(e) if e.handling() != Handling::Retry => return Err(e),
+                Err(e) => {
                     tracing::warn!(stream = %spec.stream, error = %e, delay_ms = delay.as_millis() as u64, "batch failed; retrying");
                     if !pause(&mut shutdown, delay).await {
                         return Ok(());
@@ -286,25 +285,25 @@ pub async fn run_role<R: Role>(
             in_a_row = 0;
         }
         in_a_row += 1;
-        let kind = match &outcome {
-            Ok(()) => return Ok(()),
-            Err(RoleError::Fatal(e)) => {
+        let Err(e) = &outcome else {
+            return Ok(());
+        };
+        match e.handling() {
+            Handling::Fatal => {
                 tracing::error!(role = R::NAME, error = %e, "role stopped");
                 return outcome;
             }
-            Err(RoleError::Restart(e)) if in_a_row < 3 => {
+            Handling::Restart if in_a_row < 3 => {
                 tracing::info!(role = R::NAME, reason = %e, delay_ms = delay.as_millis() as u64, "role restarting from its durable position");
-                "restart"
             }
-            Err(RoleError::Restart(e)) => {
+            Handling::Restart => {
                 tracing::warn!(role = R::NAME, reason = %e, restarts_in_a_row = in_a_row, delay_ms = delay.as_millis() as u64, "role keeps restarting from its durable position");
-                "restart"
             }
-            Err(RoleError::Retry(e)) => {
+            Handling::Retry => {
                 tracing::warn!(role = R::NAME, error = %e, restarts_in_a_row = in_a_row, delay_ms = delay.as_millis() as u64, "role restarting");
-                "retry"
             }
-        };
+        }
+        let kind = e.handling().as_str();
         crate::metrics::metrics().role_restarts.add(
             1,
             &[
@@ -382,7 +381,7 @@ impl LaneSet {
                 done = self.tasks.join_next() => {
                     let outcome = match done {
                         Some(Ok(r)) => r,
-                        Some(Err(e)) => Err(RoleError::Fatal(format!("a lane failed: {e}"))),
+                        Some(Err(e)) => Err(RoleError::fatal("a lane failed", e)),
                         None => Ok(()),
                     };
                     if outcome.is_err() || *self.shutdown.borrow() {

@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use crate::RoleError;
 use crate::projector::{Records, rows};
 use crate::reader::{BatchHandler, ReadSpec, read_stream};
+use crate::{Classify, RoleError};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
@@ -43,10 +43,10 @@ impl BatchHandler for Rebuild {
             .pool
             .acquire()
             .await
-            .map_err(|e| RoleError::Retry(e.to_string()))?;
+            .or_retry("connecting to the database")?;
         let n = projection::insert_records(&mut conn, Target::Rebuild, &rows)
             .await
-            .map_err(|e| RoleError::Retry(e.to_string()))?;
+            .or_retry("inserting rebuilt rows")?;
         self.rows += n;
         Ok(())
     }
@@ -57,10 +57,9 @@ pub async fn replay_records(
     pool: &PgPool,
     opts: &ReplayOptions,
 ) -> Result<ReplayReport, RoleError> {
-    let fatal = |e: String| RoleError::Fatal(e);
     projection::begin_rebuild(pool)
         .await
-        .map_err(|e| fatal(e.to_string()))?;
+        .or_fatal("beginning the rebuild")?;
     let filter = match &opts.tenant {
         Some(t) => subjects::tenant_all(subjects::LEDGER, t),
         None => subjects::all(subjects::LEDGER),
@@ -103,6 +102,6 @@ pub async fn replay_records(
     };
     projection::finish_rebuild(pool, swap)
         .await
-        .map_err(|e| fatal(e.to_string()))?;
+        .or_fatal("finishing the rebuild")?;
     Ok(ReplayReport { rows: rebuild.rows })
 }

@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::signer::CheckpointSigner;
-use crate::{RoleError, Shutdown};
+use crate::{Classify, RoleError, Shutdown};
 use cold::ColdStore;
 use package::{PackageError, Packager};
 pub use webhook::WebhookPolicy;
@@ -116,17 +116,17 @@ pub async fn spawn<S: CheckpointSigner>(
                 Ok(rt) => rt.block_on(async move {
                     let pool = atp_store::connect(database_url.expose(), 3)
                         .await
-                        .map_err(|e| RoleError::Fatal(format!("exporter database: {e}")))?;
+                        .or_fatal("exporter database")?;
                     run(js, pool, signer, settings, shutdown).await
                 }),
-                Err(e) => Err(RoleError::Fatal(format!("exporter runtime: {e}"))),
+                Err(e) => Err(RoleError::fatal("exporter runtime", e)),
             };
             let _ = tx.send(result);
         })
-        .map_err(|e| RoleError::Fatal(format!("exporter thread: {e}")))?;
+        .or_fatal("exporter thread")?;
     let result = rx
         .await
-        .unwrap_or_else(|_| Err(RoleError::Fatal("the exporter thread died".to_owned())));
+        .unwrap_or_else(|e| Err(RoleError::fatal("the exporter thread died", e)));
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result
 }
@@ -139,21 +139,20 @@ pub async fn run<S: CheckpointSigner>(
     settings: ExportSettings,
     mut shutdown: Shutdown,
 ) -> Result<(), RoleError> {
-    let fatal = |e: &dyn std::fmt::Display| RoleError::Fatal(e.to_string());
     let cold = ColdStore::open(&js, settings.cold_store.as_deref())
         .await
-        .map_err(|e| fatal(&e))?;
+        .or_fatal("opening the cold store")?;
     let hooks = atp_nats::exports::webhooks(&js)
         .await
-        .map_err(|e| fatal(&e))?;
-    std::fs::create_dir_all(&settings.spool_dir).map_err(|e| fatal(&e))?;
+        .or_fatal("opening the webhooks bucket")?;
+    std::fs::create_dir_all(&settings.spool_dir).or_fatal("creating the spool directory")?;
     let consumer = atp_nats::exports::work_consumer(
         &js,
         settings.ack_wait,
         i64::try_from(settings.concurrency.max(1)).unwrap_or(1),
     )
     .await
-    .map_err(|e| fatal(&e))?;
+    .or_fatal("opening the export work consumer")?;
     tracing::info!(cold_store = %cold.describe(), "exporter ready");
     let deliveries = tokio::spawn(webhook::run(
         pool.clone(),
@@ -181,7 +180,7 @@ pub async fn run<S: CheckpointSigner>(
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
-        .map_err(|e| fatal(&e))?;
+        .or_fatal("reading export requests")?;
     let work = messages.for_each_concurrent(settings.concurrency.max(1), |m| {
         let worker = &worker;
         async move {
