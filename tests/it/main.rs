@@ -9,6 +9,7 @@ mod admin_trail;
 mod batch;
 mod cluster;
 mod crash;
+mod crash_points;
 mod dlq;
 mod editions;
 mod export;

@@ -299,3 +299,30 @@ fn problem_codes_are_spelled_only_by_the_problem_code_enum() {
         found.join("\n")
     );
 }
+
+/// Every crash point is named in `docs/architecture.md` and armed by a test in
+/// `tests/it/crash_points.rs`, and the code reaches it somewhere.
+#[test]
+fn every_crash_point_is_documented_and_tested() {
+    let doc = read(&root().join("docs/architecture.md"));
+    let tests = read(&root().join("tests/it/crash_points.rs"));
+    let mut code = String::new();
+    for file in rust_files(&root().join("crates")) {
+        code.push_str(&read(&file));
+    }
+    for point in atp_telemetry::failpoint::POINTS {
+        assert!(
+            doc.contains(&format!("`{point}`")),
+            "docs/architecture.md does not name {point}"
+        );
+        let constant = point.to_uppercase().replace('-', "_");
+        assert!(
+            tests.contains(&format!("failpoint::{constant}")),
+            "no crash test arms {point}"
+        );
+        assert!(
+            code.contains(&format!("crash_point(failpoint::{constant})")),
+            "nothing reaches {point}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use atp_core::PartitionKey;
-use atp_nats::headers::{self, Headers};
+use atp_nats::headers;
 use atp_nats::{streams, subjects};
 use hdrhistogram::Histogram;
 
@@ -217,8 +217,7 @@ async fn quiet(
             let t0 = Instant::now();
             for (i, (_, id, body)) in events.into_iter().enumerate() {
                 tokio::time::sleep_until((t0 + interval * i as u32).into()).await;
-                let mut h = Headers::new();
-                h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json");
+                let h = atp_nats::headers::IngressHeaders::structured();
                 let at = Instant::now();
                 js.publish_with_headers(subject.clone(), h.into_map(), body.into())
                     .await?

@@ -15,7 +15,6 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use atp_core::{PartitionKey, SourceId, TenantId};
 use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
-use atp_nats::headers::Headers;
 use atp_nats::{headers, streams, subjects};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -320,8 +319,7 @@ async fn publish_all(
         tasks.push(tokio::spawn(async move {
             let mut acks = futures::stream::FuturesUnordered::new();
             for (pi, _id, body) in chunk {
-                let mut h = Headers::new();
-                h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json");
+                let h = atp_nats::headers::IngressHeaders::structured();
                 let ack = js
                     .publish_with_headers(subjects[pi].clone(), h.into_map(), body.into())
                     .await?
@@ -644,8 +642,7 @@ async fn publish_at_rate(
     for (i, (pi, id, body)) in events.into_iter().enumerate() {
         let due = t0 + interval * i as u32;
         tokio::time::sleep_until(due.into()).await;
-        let mut h = Headers::new();
-        h.fixed(headers::CONTENT_TYPE, "application/cloudevents+json");
+        let h = atp_nats::headers::IngressHeaders::structured();
         let h = h.into_map();
         if let Some(sent) = sent {
             sent.lock().await.insert(id, Instant::now());

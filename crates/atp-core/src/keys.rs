@@ -105,7 +105,6 @@ pub fn encode_private_key(key: &SigningKey) -> Result<SecretDocument, pkcs8::Err
     .to_pkcs8_der()
 }
 
-
 #[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;

@@ -59,6 +59,7 @@ use crate::metrics::{label, metrics};
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 pub use crate::shard::Shard;
 use crate::{Classify, RoleError, telemetry, to_chrono};
+use atp_telemetry::failpoint;
 
 /// How often the ingest resume hint is stored: re-reading 250 ms of ingress after a crash is
 /// cheap, and it keeps a KV write off every batch.
@@ -334,6 +335,7 @@ impl LaneOpener for Ingest {
                 // Another instance of this shard (a rolling restart) may have created it: then
                 // its value stands.
                 let _ = self.progress.create(&key, rest.to_string().into()).await;
+                failpoint::crash_point(failpoint::INGEST_LANE_HINT_STORED);
             }
             if let Ok(mut laned) = self.laned.write() {
                 laned.insert(t.clone());
@@ -1137,10 +1139,16 @@ impl Ingest {
             keys.push(pkey);
         }
         let js = self.js.clone();
+        let both = [&rejections, &records]
+            .iter()
+            .all(|appends| appends.iter().any(|a| !a.msgs.is_empty()));
         let task = tokio::spawn(async move {
             let rejected_tails = append_atomic(&js, rejections).await?;
             // If we crash here, the rejections are durable and the records are not: re-reading
             // skips the former (rejected cursors) and appends the latter (ledger cursors).
+            if both {
+                failpoint::crash_point(failpoint::INGEST_BETWEEN_REJECTIONS_AND_RECORDS);
+            }
             let ledger_tails = append_atomic(&js, records).await?;
             Ok((rejected_tails, ledger_tails))
         });
@@ -1184,6 +1192,9 @@ impl Ingest {
                         part.rejected_tail = rejected;
                         part.ledger_tail = ledger;
                     }
+                }
+                if stats.accepted > 0 {
+                    failpoint::crash_point(failpoint::INGEST_BEFORE_HINT);
                 }
                 self.store_hint(last_seq);
                 if let Ok(mut t) = self.totals.lock() {

@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown};
 use crate::signer::CheckpointSigner;
 use crate::{Classify, Handling, RoleError};
+use atp_telemetry::failpoint;
 
 /// Ledger messages per batch: a transaction of tiles for up to this many leaves.
 pub const BATCH_MAX: usize = 1000;
@@ -518,6 +519,7 @@ impl<S: CheckpointSigner> Checkpointer<S> {
                 .await
                 .or_retry("signing a checkpoint")?;
             let note = format!("{body}\n{}", format_signature_line(&key.name, key_id, &sig));
+            failpoint::crash_point(failpoint::INTEGRITY_BEFORE_PUBLISH);
             acks.push(
                 nats_integrity::publish_checkpoint(&self.js, &p, size, &key.kid, &note)
                     .await
@@ -538,6 +540,9 @@ impl<S: CheckpointSigner> Checkpointer<S> {
                 .await
         {
             ack.or_retry("publishing a checkpoint")?;
+        }
+        if !rows.is_empty() {
+            failpoint::crash_point(failpoint::INTEGRITY_BEFORE_STORE);
         }
         store::insert_checkpoints(&self.pool, &rows)
             .await

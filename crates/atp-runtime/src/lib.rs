@@ -109,15 +109,6 @@ impl RoleError {
         Self::caused(Handling::Fatal, what, source)
     }
 
-    /// Transitional, for `crates/atp/src/serve.rs` alone, which builds `RoleError::Fatal(…)`
-    /// from a string and is being reorganised in another branch: once that lands, its two calls
-    /// become [`RoleError::fatal`] with the server's error as the source, and this goes.
-    #[doc(hidden)]
-    #[allow(non_snake_case)]
-    pub fn Fatal(what: String) -> Self {
-        Self::new(Handling::Fatal, what)
-    }
-
     pub fn handling(&self) -> Handling {
         self.handling
     }
@@ -212,7 +203,5 @@ mod tests {
         let e = RoleError::new(Handling::Restart, "NATS reconnected");
         assert_eq!(e.to_string(), "restart: NATS reconnected");
         assert!(e.source().is_none());
-        let e = RoleError::Fatal("serving the gateway".to_owned());
-        assert_eq!(e.handling(), Handling::Fatal);
     }
 }

@@ -40,6 +40,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
 use crate::shard::Shard;
 use crate::{Classify, RoleError, telemetry};
+use atp_telemetry::failpoint;
 
 /// Rows per transaction: UNNEST inserts level off around 1000 rows (LIMITS.md), and a batch of
 /// 1000 ~1 KiB records stays well inside one round trip's comfortable size.
@@ -444,6 +445,7 @@ impl<P: Projection> Projector<P> {
                     );
                     self.dead_letter(&batch[i], "PROJECTION_REFUSED", detail)
                         .await?;
+                    failpoint::crash_point(failpoint::PROJECTOR_AFTER_DEAD_LETTER);
                 }
                 Err(e) => return Err(RoleError::retry("inserting a row", e)),
             }
@@ -621,6 +623,7 @@ impl<P: Projection> BatchHandler for Projector<P> {
             .execute(&mut *tx)
             .await
             .or_retry("notifying the waiting requests")?;
+        failpoint::crash_point(failpoint::PROJECTOR_BEFORE_COMMIT);
         tx.commit().await.or_retry("committing")?;
         self.failing = None;
         self.handled = built.last;

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use atp_core::keys::PublishedKey;
+use atp_core::keys::encode_private_key;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::{LineEnding, PemLabel as _};
-use atp_core::keys::encode_private_key;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, PrivateKeyInfoRef};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};

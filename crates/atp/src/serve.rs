@@ -521,7 +521,7 @@ impl Started<'_> {
             .await;
             (
                 "gateway",
-                served.map_err(|e| RoleError::Fatal(e.to_string())),
+                served.map_err(|e| RoleError::fatal("serving the gateway", e)),
             )
         });
         Ok(())
@@ -548,7 +548,7 @@ impl Started<'_> {
                 .await;
             (
                 "metrics",
-                served.map_err(|e| RoleError::Fatal(e.to_string())),
+                served.map_err(|e| RoleError::fatal("serving /metrics", e)),
             )
         });
         Ok(())

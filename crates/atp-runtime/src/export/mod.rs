@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use crate::signer::CheckpointSigner;
 use crate::{Classify, RoleError, Shutdown};
+use atp_telemetry::failpoint;
 use cold::ColdStore;
 use package::{PackageError, Packager};
 pub use webhook::WebhookPolicy;
@@ -363,6 +364,9 @@ impl<S: CheckpointSigner> Worker<S> {
             }
             Err(PackageError::Transient(e)) => return Err(e),
         };
+        if matches!(outcome, Outcome::Completed(_)) {
+            failpoint::crash_point(failpoint::EXPORTER_BEFORE_ROW);
+        }
         self.finish(&row, outcome).await
     }
 
@@ -393,6 +397,7 @@ impl<S: CheckpointSigner> Worker<S> {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("export {} vanished", row.export_id))?;
+        failpoint::crash_point(failpoint::EXPORTER_BEFORE_ACK);
         self.announce(&row).await
     }
 

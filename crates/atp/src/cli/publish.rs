@@ -46,11 +46,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
             atp_core::producer::sign_structured(&mut ev, &key, &args.key_id)?;
         }
         // No Nats-Msg-Id: ATP recognises repeats by (tenant, source, id) (ADR 0013).
-        let mut h = atp_nats::headers::Headers::new();
-        h.fixed(
-            atp_nats::headers::CONTENT_TYPE,
-            "application/cloudevents+json",
-        );
+        let h = atp_nats::headers::IngressHeaders::structured();
         let ack = js
             .publish_with_headers(
                 atp_nats::subjects::ingress(&p),
