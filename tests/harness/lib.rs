@@ -289,7 +289,7 @@ impl Stack {
                 max_attempts: 5,
                 max_records_per_second: None,
                 // Loopback receivers, and retries quick enough for a test to watch.
-                webhook: atp_runtime::export::WebhookPolicy {
+                webhook: atp_delivery::webhook::WebhookPolicy {
                     base: Duration::from_millis(50),
                     poll: Duration::from_millis(50),
                     allow_private: true,

@@ -313,7 +313,7 @@ async fn receiver(failures: usize) -> (String, Deliveries) {
 async fn webhooks_aimed_inward_are_refused() {
     let stack = Stack::start().await;
     let mut cfg = stack.serve_config(roles("gateway,ingest,projector,integrity"));
-    cfg.exports.webhook = atp_runtime::export::WebhookPolicy::default();
+    cfg.exports.webhook = atp_delivery::webhook::WebhookPolicy::default();
     assert!(
         !cfg.exports.webhook.allow_private,
         "refusing is the default"

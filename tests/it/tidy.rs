@@ -76,6 +76,41 @@ fn the_core_depends_on_no_runtime_broker_or_database() {
     }
 }
 
+/// The gateway and the roles share only the crates below them: neither depends on the other,
+/// and nothing the product ships depends on the benchmarks.
+#[test]
+fn the_gateway_and_the_roles_do_not_link_each_other() {
+    let deps = |krate: &str| {
+        let manifest = read(&root().join(format!("crates/{krate}/Cargo.toml")));
+        let table = manifest
+            .split("[dependencies]")
+            .nth(1)
+            .and_then(|d| d.split("\n[").next())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        table
+            .lines()
+            .filter_map(|l| l.split(['.', ' ', '=']).next())
+            .filter(|name| name.starts_with("atp"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !deps("atp-gateway").contains(&"atp-runtime".to_owned()),
+        "the gateway links the roles"
+    );
+    assert!(
+        !deps("atp-runtime").contains(&"atp-gateway".to_owned()),
+        "the roles link the gateway"
+    );
+    for shipped in crates().iter().filter(|c| c.as_str() != "atp-bench") {
+        assert!(
+            !deps(shipped).contains(&"atp-bench".to_owned()),
+            "{shipped} links the benchmarks"
+        );
+    }
+}
+
 /// Subjects are spelled only by `atp_nats::subjects` (from `subjects.yaml`): no other shipped
 /// code writes an `atp.<subject family>.` literal.
 #[test]
@@ -223,6 +258,7 @@ fn the_architecture_lists_every_crate() {
     let count = crates().len();
     let words = [
         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen",
     ];
     let spelled = words.get(count).copied().unwrap_or("many");
     let claim = format!("**{}{} crates", spelled[..1].to_uppercase(), &spelled[1..]);

@@ -13,8 +13,8 @@ use atp_core::checkpoint::{Checkpoint, origin};
 use atp_core::merkle;
 use atp_core::note::format_signature_line;
 use atp_core::tiles::TileLog;
+use atp_delivery::cold::ColdStore;
 use atp_devstack::NatsServer;
-use atp_runtime::export::cold::ColdStore;
 use atp_runtime::export::package::Packager;
 use atp_runtime::signer::{CheckpointSigner, FileKeyStore};
 use atp_store::exports::{self, ExportRequest, Outcome};
@@ -119,7 +119,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
 
     eprintln!("bench: storing the bundle in the Object Store…");
     let cold = ColdStore::open(&js, None).await?;
-    let key = atp_runtime::export::object_key(p.tenant.as_str(), &req.export_id);
+    let key = atp_delivery::object_key(p.tenant.as_str(), &req.export_id);
     let t = Instant::now();
     let (_, bundle_sha256) = cold.put(&key, packaged.reader().await?).await?;
     let store_secs = t.elapsed().as_secs_f64();

@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+/// Code of a letter for an export that failed every attempt (the exporter's give-up); the one
+/// kind of exporter letter a replay can act on.
+pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
+
 use crate::trace::TraceParent;
 
 /// The roles that dead-letter, as they appear in the subject `atp.dlq.<role>.<tenant>`.

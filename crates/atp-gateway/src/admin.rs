@@ -142,7 +142,7 @@ pub async fn replay(
     let by = format!("admin:{}", principal.subject);
     let mut results = Vec::with_capacity(entries.len());
     for entry in &entries {
-        let r = atp_runtime::dlq::replay(&state.bus.js, &state.ops_db, entry, &by, body.dry_run)
+        let r = atp_ops::dlq::replay(&state.bus.js, &state.ops_db, entry, &by, body.dry_run)
             .await
             .map_err(dlq_problem(&tenant))?;
         results.push(r);

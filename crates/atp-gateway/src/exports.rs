@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use atp_bundle::verify::{self as bundle_verify, Trust};
 use atp_core::edition::Feature;
+use atp_delivery::cold::ColdStore;
+use atp_delivery::object_key;
+use atp_delivery::webhook::{self, WebhookPolicy};
 use atp_nats::exports::{self as bus_exports, Webhook};
 use atp_nats::signing_keys;
-use atp_runtime::export::cold::ColdStore;
-use atp_runtime::export::{WebhookPolicy, object_key, webhook};
 use atp_store::exports::{self, ExportRequest, ExportRow, ExportStatus};
 use atp_store::query::Selection;
 use axum::Json;

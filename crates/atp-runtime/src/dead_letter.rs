@@ -1,5 +1,5 @@
 //! How a role gives up on a message after its bounded attempts: a letter on ATP_DLQ, counted
-//! and logged. Replaying letters is `crate::dlq`'s.
+//! and logged. Replaying letters is `atp_ops::dlq`'s.
 
 use async_nats::jetstream::Context;
 use atp_core::deadletter::DeadLetter;
@@ -7,9 +7,6 @@ use atp_nats::dlq;
 
 use crate::metrics::{label, metrics};
 use crate::{Classify, RoleError};
-
-/// Code of a letter for an export that failed every attempt (the exporter's give-up).
-pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
 
 /// Stores a letter (waiting for JetStream) and says so in the metrics and the log.
 pub async fn write(js: &Context, letter: &DeadLetter) -> Result<(), RoleError> {

@@ -6,11 +6,9 @@
 //! projector's row building to rebuild read models.
 
 pub mod dead_letter;
-pub mod dlq;
 pub mod export;
 pub mod ingest;
 pub mod integrity;
-pub mod outbound;
 pub mod projector;
 pub mod reader;
 pub mod replay;

@@ -194,7 +194,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         },
         exports: atp_runtime::export::ExportSettings {
             spool_dir: paths.dir.join("exports"),
-            webhook: atp_runtime::export::WebhookPolicy {
+            webhook: atp_delivery::webhook::WebhookPolicy {
                 allow_private: true,
                 ..Default::default()
             },

@@ -104,8 +104,8 @@ pub async fn replay(
     let by = crate::admin::operator();
     let mut all_handled = true;
     for entry in &entries {
-        let r = atp_runtime::dlq::replay(js, pool, entry, &by, dry_run).await?;
-        all_handled &= r.outcome != atp_runtime::dlq::Outcome::Failed;
+        let r = atp_ops::dlq::replay(js, pool, entry, &by, dry_run).await?;
+        all_handled &= r.outcome != atp_ops::dlq::Outcome::Failed;
         println!("{}", serde_json::to_string(&r)?);
     }
     Ok(all_handled)

@@ -495,11 +495,8 @@ impl Started<'_> {
             .context("connecting the gateway to PostgreSQL")?,
             ops_db: pool,
             exports: ExportsApi::new(ExportsParts {
-                cold: atp_runtime::export::cold::ColdStore::open(
-                    &js,
-                    cfg.exports.cold_store.as_deref(),
-                )
-                .await?,
+                cold: atp_delivery::cold::ColdStore::open(&js, cfg.exports.cold_store.as_deref())
+                    .await?,
                 webhooks: atp_nats::exports::webhooks(&js).await?,
                 limits: Arc::new(cfg.export_limits.clone()),
                 webhook_policy: cfg.exports.webhook.clone(),

@@ -10,7 +10,6 @@
 //! The role runs on its own runtime thread and database pool ([`spawn`]) so packaging never
 //! occupies the threads or connections that answer queries.
 
-pub mod cold;
 pub mod package;
 pub mod webhook;
 
@@ -31,10 +30,11 @@ use tracing::Instrument;
 
 use crate::signer::CheckpointSigner;
 use crate::{Classify, RoleError, Shutdown};
+use atp_delivery::cold::ColdStore;
+use atp_delivery::object_key;
+use atp_delivery::webhook::WebhookPolicy;
 use atp_telemetry::failpoint;
-use cold::ColdStore;
 use package::{PackageError, Packager};
-pub use webhook::WebhookPolicy;
 
 #[derive(Debug, Clone)]
 pub struct ExportSettings {
@@ -67,11 +67,6 @@ impl Default for ExportSettings {
             webhook: WebhookPolicy::default(),
         }
     }
-}
-
-/// The cold-store key of an export's bundle.
-pub fn object_key(tenant: &str, export_id: &str) -> String {
-    format!("{tenant}/{export_id}.tar")
 }
 
 /// What `atp.export.completed.<tenant>` and the webhook carry about a finished export.
@@ -305,14 +300,14 @@ impl<S: CheckpointSigner> Worker<S> {
             let detail = format!("gave up after {} attempts", self.settings.max_attempts);
             let letter = self.letter(
                 msg,
-                crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED,
+                atp_core::deadletter::EXPORT_ATTEMPTS_EXHAUSTED,
                 detail.clone(),
             );
             crate::dead_letter::write(&self.js, &letter)
                 .await
                 .map_err(|e| e.to_string())?;
             let outcome = Outcome::Failed {
-                code: crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED.to_owned(),
+                code: atp_core::deadletter::EXPORT_ATTEMPTS_EXHAUSTED.to_owned(),
                 detail,
             };
             return self.finish(&row, outcome).await;

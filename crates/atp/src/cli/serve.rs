@@ -271,7 +271,7 @@ impl ExportArgs {
             concurrency: self.export_concurrency.max(1),
             ack_wait: Duration::from_secs(self.export_ack_wait_secs.max(3)),
             max_records_per_second: (self.export_max_rate > 0).then_some(self.export_max_rate),
-            webhook: atp_runtime::export::WebhookPolicy {
+            webhook: atp_delivery::webhook::WebhookPolicy {
                 allow_private: self.webhook_allow_private,
                 ..Default::default()
             },

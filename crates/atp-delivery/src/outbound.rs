@@ -6,7 +6,7 @@
 //! another can be rebound in between (DNS rebinding: a TTL of 0, the first answer public, the
 //! second 10.0.0.1). reqwest connects to exactly the addresses its resolver returns, so vetting
 //! inside the resolver pins every connection to the addresses that were vetted. IP literals
-//! never reach a resolver, so URLs are also checked up front ([`crate::export::webhook`]).
+//! never reach a resolver, so URLs are also checked up front ([`crate::webhook`]).
 //! Redirects are off in every client built on this, and proxies too: a proxy would resolve the
 //! target itself, out of our sight.
 

@@ -1,5 +1,5 @@
 //! Replaying dead letters once the cause is fixed (`atp dlq replay`, the admin API). How a role
-//! gives up on a message is `crate::dead_letter`, which the roles use and this uses nothing of.
+//! gives up on a message is `atp_runtime::dead_letter`; this crate links none of the roles.
 //!
 //! Replays are idempotent: projecting a message inserts a row keyed by ids inside it (a row
 //! already there is left alone), and a failed export is re-queued under an export id derived
@@ -14,12 +14,12 @@ use atp_nats::dlq::{self, Entry, Replay};
 use atp_nats::exports::ExportEvent;
 use atp_nats::streams;
 use atp_store::exports::{self, ExportRequest};
+use atp_store::projection::{self, RecordRow, RejectionRow, Target};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
-use crate::dead_letter::EXPORT_ATTEMPTS_EXHAUSTED;
-use crate::projector::{Projection, Records, Rejections};
+use atp_core::deadletter::EXPORT_ATTEMPTS_EXHAUSTED;
 
 /// What a replay of one letter did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,37 +142,41 @@ async fn project(
     dry_run: bool,
 ) -> Result<String, String> {
     let m = original(js, letter).await?;
-    match letter.stream.as_str() {
-        streams::LEDGER => project_one::<Records>(pool, &m, letter.stream_seq, dry_run).await,
-        streams::REJECTED => project_one::<Rejections>(pool, &m, letter.stream_seq, dry_run).await,
-        other => Err(format!("no projection reads {other}")),
-    }
-}
-
-async fn project_one<P: Projection>(
-    pool: &PgPool,
-    m: &ReadMessage,
-    seq: u64,
-    dry_run: bool,
-) -> Result<String, String> {
-    let row = P::row(&m.payload, m.headers.as_ref(), seq).map_err(|e| e.to_string())?;
+    let seq = letter.stream_seq;
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-    let n = P::insert(&mut tx, std::slice::from_ref(&row))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (into, inserted) = match letter.stream.as_str() {
+        streams::LEDGER => {
+            let ingress_seq = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(atp_nats::headers::INGRESS_SEQ))
+                .and_then(|v| v.as_str().parse().ok());
+            let row =
+                RecordRow::from_ledger(&m.payload, seq, ingress_seq).map_err(|e| e.to_string())?;
+            let n =
+                projection::insert_records(&mut tx, Target::Live, std::slice::from_ref(&row)).await;
+            (projection::RECORDS, n)
+        }
+        streams::REJECTED => {
+            let row = RejectionRow::from_stream(&m.payload, seq).map_err(|e| e.to_string())?;
+            let n = projection::insert_rejections(&mut tx, std::slice::from_ref(&row)).await;
+            (projection::REJECTIONS, n)
+        }
+        other => return Err(format!("no projection reads {other}")),
+    };
+    let n = inserted.map_err(|e| e.to_string())?;
     if dry_run {
         tx.rollback().await.map_err(|e| e.to_string())?;
     } else {
         tx.commit().await.map_err(|e| e.to_string())?;
     }
     Ok(match (dry_run, n) {
-        (true, _) => format!("the row for {seq} can be projected into {}", P::NAME),
-        (false, 0) => format!("{} already held the row for {seq}", P::NAME),
-        (false, _) => format!("projected {seq} into {}", P::NAME),
+        (true, _) => format!("the row for {seq} can be projected into {into}"),
+        (false, 0) => format!("{into} already held the row for {seq}"),
+        (false, _) => format!("projected {seq} into {into}"),
     })
 }
 
-/// A failed export's request, queued again under a new id derived from the letter.
 async fn requeue(
     js: &Context,
     pool: &PgPool,
