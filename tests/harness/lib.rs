@@ -14,13 +14,14 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use atp::serve::{NatsCredentials, Roles, Running, ServeConfig};
+use atp::serve::{NatsCredentials, Running, ServeConfig};
 use atp_core::chain::ChainVerifier;
 use atp_core::reason::RejectionEnvelope;
 use atp_core::record::{self, Record};
+pub use atp_core::role::Roles;
 use atp_core::{PartitionKey, SourceId, TenantId};
 use atp_devstack::{NatsCluster, NatsOptions, NatsServer, Postgres, PostgresOptions};
-use atp_gateway::Role;
+use atp_gateway::Permission;
 use atp_nats::auth::{AuthDir, Identity};
 use atp_nats::headers::IngressHeaders;
 use atp_nats::{streams, subjects};
@@ -341,21 +342,21 @@ impl Stack {
     }
 
     /// A token of the enterprise edition (every feature).
-    pub fn token(&self, tenant: &str, role: Role) -> String {
-        self.token_in(tenant, role, atp_core::edition::Edition::Enterprise)
+    pub fn token(&self, tenant: &str, permission: Permission) -> String {
+        self.token_in(tenant, permission, atp_core::edition::Edition::Enterprise)
     }
 
     pub fn token_in(
         &self,
         tenant: &str,
-        role: Role,
+        permission: Permission,
         edition: atp_core::edition::Edition,
     ) -> String {
         atp::dev::mint_token_in(
             &self.issuer,
             tenant,
-            role,
-            &format!("{tenant}-{role:?}").to_lowercase(),
+            permission,
+            &format!("{tenant}-{permission:?}").to_lowercase(),
             3600,
             edition,
         )

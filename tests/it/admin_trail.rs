@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use base64::Engine as _;
 use reqwest::StatusCode;
@@ -81,7 +81,7 @@ async fn admin_actions_are_records_on_the_admin_trail() {
         ],
     );
 
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let items = trail(&api, &auditor, 2).await;
     let [revoked, registered] = [&items[0], &items[1]];
     for (item, action) in [
@@ -110,14 +110,17 @@ async fn admin_actions_are_records_on_the_admin_trail() {
     let other = api
         .get_json(
             "/api/v1/audit/records?sourceId=atp-admin",
-            &stack.token("globex", Role::Auditor),
+            &stack.token("globex", Permission::Auditor),
         )
         .await;
     assert_eq!(other["items"], json!([]));
 
     // A token cannot write on the admin trail.
     let forged = api
-        .post("/api/v1/audit/append", &stack.token(TENANT, Role::Producer))
+        .post(
+            "/api/v1/audit/append",
+            &stack.token(TENANT, Permission::Producer),
+        )
         .json(&json!({
             "sourceId": "atp-admin", "id": "forged", "actor": {"id": "mallory", "type": "user"},
             "action": "PRODUCER_REGISTERED", "resource": {"type": "producer", "id": "acme:evil"}
@@ -131,7 +134,7 @@ async fn admin_actions_are_records_on_the_admin_trail() {
 
     // Platform-wide actions go on tenant `atp`'s trail.
     atp(&stack, &["keys", "rotate"]);
-    let platform = trail(&api, &stack.token("atp", Role::Auditor), 1).await;
+    let platform = trail(&api, &stack.token("atp", Permission::Auditor), 1).await;
     assert!(
         platform[0]["record"]
             .to_string()
@@ -181,7 +184,10 @@ async fn atps_own_tenant_ids_are_reserved() {
         .unwrap();
     let api = Api::new(&running);
     let read = api
-        .get("/api/v1/audit/records", &stack.token("atp", Role::Auditor))
+        .get(
+            "/api/v1/audit/records",
+            &stack.token("atp", Permission::Auditor),
+        )
         .send()
         .await
         .unwrap();
@@ -190,7 +196,7 @@ async fn atps_own_tenant_ids_are_reserved() {
         StatusCode::OK,
         "auditors read ATP's own trail"
     );
-    for role in [Role::Admin, Role::Producer] {
+    for role in [Permission::Admin, Permission::Producer] {
         let resp = api
             .get("/api/v1/audit/records", &stack.token("atp", role))
             .send()
@@ -201,7 +207,10 @@ async fn atps_own_tenant_ids_are_reserved() {
         assert_eq!(body["code"], "FORBIDDEN", "{body}");
     }
     let append = api
-        .post("/api/v1/audit/append", &stack.token("atp", Role::Producer))
+        .post(
+            "/api/v1/audit/append",
+            &stack.token("atp", Permission::Producer),
+        )
         .json(&json!({
             "sourceId": "atp-admin", "id": "forged", "actor": {"id": "mallory", "type": "user"},
             "action": "SIGNING_KEY_ROTATED", "resource": {"type": "key", "id": "k"}
@@ -212,7 +221,10 @@ async fn atps_own_tenant_ids_are_reserved() {
     assert_eq!(append.status(), StatusCode::FORBIDDEN);
     // The customer tenant is untouched.
     let acme = api
-        .get("/api/v1/audit/records", &stack.token(TENANT, Role::Admin))
+        .get(
+            "/api/v1/audit/records",
+            &stack.token(TENANT, Permission::Admin),
+        )
         .send()
         .await
         .unwrap();

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use atp::serve::Roles;
+use atp_core::role::Roles;
 use atp_runtime::shard::Shard;
 use atp_tests::*;
 

@@ -74,7 +74,7 @@ async fn sigkill_of_the_projector_and_integrity_mid_burst_loses_and_doubles_noth
     const N: u64 = 2000;
     // Ingest runs in this process throughout; the killed roles run in a child process.
     let ingest = stack
-        .serve(atp::serve::Roles::parse("ingest").unwrap())
+        .serve(atp_core::role::Roles::parse("ingest").unwrap())
         .await;
     let logs = tempfile::tempdir().unwrap();
     let log_path = logs.path().join("roles.log");

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use atp_gateway::Role;
+use atp_gateway::Permission;
 use atp_telemetry::failpoint;
 use atp_tests::*;
 use serde_json::{Value, json};
@@ -299,7 +299,7 @@ async fn exporter_crash(point: &str) {
     })
     .await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let queued = api
         .post_json(
             "/api/v1/exports",

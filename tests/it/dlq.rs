@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -84,12 +84,12 @@ async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
 
     // The tenant's admin sees it; another tenant's admin does not; an auditor may not look.
     let api = Api::new(&running);
-    let admin = stack.token(TENANT, Role::Admin);
+    let admin = stack.token(TENANT, Permission::Admin);
     let listed = api.get_json("/api/v1/admin/dlq", &admin).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["items"][0]["letter"]["code"], "PROJECTION_REFUSED");
     let seq = dead[0].seq;
-    let other = stack.token("globex", Role::Admin);
+    let other = stack.token("globex", Permission::Admin);
     let theirs = api.get_json("/api/v1/admin/dlq", &other).await;
     assert_eq!(theirs["items"], json!([]));
     let resp = api
@@ -99,7 +99,10 @@ async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let resp = api
-        .get("/api/v1/admin/dlq", &stack.token(TENANT, Role::Auditor))
+        .get(
+            "/api/v1/admin/dlq",
+            &stack.token(TENANT, Permission::Auditor),
+        )
         .send()
         .await
         .unwrap();

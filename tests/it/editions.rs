@@ -1,10 +1,10 @@
 //! Edition gates: the gateway refuses a feature the token's edition lacks, and the use-case
 //! behind it checks again with the edition it is handed (ADR 0011).
 
-use atp::serve::Roles;
 use atp_core::TenantId;
 use atp_core::edition::Edition;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_nats::exports::{SetWebhookError, Webhook};
 use atp_tests::*;
 use reqwest::StatusCode;
@@ -39,9 +39,9 @@ async fn enterprise_features_are_gated_at_the_gateway_and_again_in_the_use_case(
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let standard_admin = stack.token_in(TENANT, Role::Admin, Edition::Standard);
-    let standard_auditor = stack.token_in(TENANT, Role::Auditor, Edition::Standard);
-    let enterprise_admin = stack.token(TENANT, Role::Admin);
+    let standard_admin = stack.token_in(TENANT, Permission::Admin, Edition::Standard);
+    let standard_auditor = stack.token_in(TENANT, Permission::Auditor, Edition::Standard);
+    let enterprise_admin = stack.token(TENANT, Permission::Admin);
     let hook = json!({ "url": "http://127.0.0.1:9/atp-hook" });
 
     // The gateway's gate.
@@ -111,7 +111,7 @@ async fn enterprise_features_are_gated_at_the_gateway_and_again_in_the_use_case(
     assert_eq!(set.status(), StatusCode::OK);
     let standard = export(&api, &standard_auditor).await;
     assert!(standard.get("webhook").is_none(), "{standard}");
-    let enterprise = export(&api, &stack.token(TENANT, Role::Auditor)).await;
+    let enterprise = export(&api, &stack.token(TENANT, Permission::Auditor)).await;
     assert!(enterprise.get("webhook").is_some(), "{enterprise}");
     running.stop().await;
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_nats::{streams, subjects};
 use atp_tests::*;
 use hmac::{Hmac, KeyInit, Mac};
@@ -108,7 +108,7 @@ async fn a_bundle_verifies_with_standard_tools_atp_verify_and_the_server() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     publish_events(&stack, 30, "exp").await;
     wait_covered(&stack, 30).await;
 
@@ -320,7 +320,7 @@ async fn webhooks_aimed_inward_are_refused() {
     );
     let running = atp::serve::start(cfg).await.unwrap();
     let api = Api::new(&running);
-    let admin = stack.token(TENANT, Role::Admin);
+    let admin = stack.token(TENANT, Permission::Admin);
     for url in [
         "http://hooks.example.com/",
         "https://127.0.0.1/",
@@ -360,13 +360,13 @@ async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
     cfg.export_limits.concurrent = 1;
     let running = atp::serve::start(cfg).await.unwrap();
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
-    let admin = stack.token(TENANT, Role::Admin);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+    let admin = stack.token(TENANT, Permission::Admin);
     publish_events(&stack, 6, "cap").await;
     wait_covered(&stack, 6).await;
 
     // Only readers export, only their own tenant.
-    let producer = stack.token(TENANT, Role::Producer);
+    let producer = stack.token(TENANT, Permission::Producer);
     let resp = api
         .post("/api/v1/exports", &producer)
         .json(&json!({}))
@@ -406,7 +406,7 @@ async fn exports_are_tenant_scoped_capped_and_announced_by_signed_webhooks() {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(resp.headers()["x-ratelimit-limit"], "1");
-    let globex = stack.token("globex", Role::Auditor);
+    let globex = stack.token("globex", Permission::Auditor);
     let resp = api
         .post("/api/v1/exports", &globex)
         .json(&json!({}))
@@ -531,7 +531,7 @@ async fn an_exporter_killed_mid_export_resumes_and_completes_once() {
         .serve(roles("gateway,ingest,projector,integrity"))
         .await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     const N: u64 = 400;
     publish_events(&stack, N as usize, "kill").await;
     wait_covered(&stack, N).await;
@@ -598,7 +598,7 @@ async fn a_database_outage_longer_than_the_attempts_fails_no_export() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     publish_events(&stack, 3, "outage").await;
     wait_covered(&stack, 3).await;
     // The outage: the exporter cannot mark an export started (a full disk, SQLSTATE 53100).

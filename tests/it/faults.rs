@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use atp::serve::Roles;
+use atp_core::role::Roles;
 use atp_tests::*;
 
 const N: usize = 400;

@@ -1,8 +1,8 @@
 //! The HTTP API: append (single, batch, `Prefer: wait`), queries with cursors and freshness
 //! headers, and Problem+JSON for bad input and bad credentials: every refusal a row of one table.
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,8 +19,8 @@ async fn append_with_wait_answers_the_record_and_a_repeat_answers_the_same_one()
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let producer = stack.token(TENANT, Permission::Producer);
+    let auditor = stack.token(TENANT, Permission::Auditor);
 
     let resp = api
         .post("/api/v1/audit/append", &producer)
@@ -97,8 +97,8 @@ async fn queries_filter_page_newest_first_and_report_freshness() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let producer = stack.token(TENANT, Permission::Producer);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let batch: Vec<Value> = (0..25)
         .map(|i| {
             let mut e = simplified(
@@ -185,7 +185,7 @@ async fn queries_filter_page_newest_first_and_report_freshness() {
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
 
-    let other = stack.token("globex", Role::Auditor);
+    let other = stack.token("globex", Permission::Auditor);
     let page = api.get_json("/api/v1/audit/records", &other).await;
     assert_eq!(
         page["items"].as_array().unwrap().len(),
@@ -206,9 +206,9 @@ async fn bad_requests_are_refused_with_their_problem_and_record_nothing() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
-    let auditor = stack.token(TENANT, Role::Auditor);
-    let admin = stack.token(TENANT, Role::Admin);
+    let producer = stack.token(TENANT, Permission::Producer);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+    let admin = stack.token(TENANT, Permission::Admin);
     let (producer, auditor, admin) = (Some(&*producer), Some(&*auditor), Some(&*admin));
 
     // The bad submissions' bodies.
@@ -333,7 +333,7 @@ async fn the_trace_context_follows_a_submission_onto_its_ledger_or_rejected_mess
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
+    let producer = stack.token(TENANT, Permission::Producer);
     let p = partition(TENANT, SOURCE);
     let header_of = |msgs: &[(u64, Option<async_nats::HeaderMap>, Vec<u8>)], i: usize| {
         msgs[i]
@@ -510,8 +510,8 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry_and_others_are_unaffected(
         .unwrap();
     let running = atp::serve::start(cfg).await.unwrap();
     let api = Api::new(&running);
-    let acme = stack.token(TENANT, Role::Auditor);
-    let globex = stack.token("globex", Role::Auditor);
+    let acme = stack.token(TENANT, Permission::Auditor);
+    let globex = stack.token("globex", Permission::Auditor);
 
     let first = api
         .get("/api/v1/audit/records", &acme)

@@ -4,9 +4,9 @@
 //! partition"): every submission ends as exactly one record or one rejection, and nothing a
 //! message holds stops the messages after it.
 
-use atp::serve::Roles;
 use atp_core::Reason;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_nats::headers::IngressHeaders;
 use atp_nats::subjects;
 use atp_tests::*;
@@ -152,7 +152,7 @@ async fn another_tenants_message_id_cannot_suppress_an_event() {
             Some(&format!("{TENANT}:{SOURCE}:victim-1")),
         )
         .await;
-    let token = stack.token(TENANT, Role::Producer);
+    let token = stack.token(TENANT, Permission::Producer);
     let resp = api
         .post("/api/v1/audit/append", &token)
         .header("prefer", "wait=30")
@@ -174,7 +174,7 @@ async fn idempotency_keys_are_scoped_and_repeats_say_so() {
     let stack = Stack::start().await;
     let running = stack.serve(gateway_and_workers()).await;
     let api = Api::new(&running);
-    let token = stack.token(TENANT, Role::Producer);
+    let token = stack.token(TENANT, Permission::Producer);
     let event = short;
     let append = |body: Value, key: Option<&str>| {
         let mut req = api
@@ -245,7 +245,7 @@ async fn a_line_break_sent_to_the_gateway_is_refused_at_the_door() {
     let stack = Stack::start().await;
     let running = stack.serve(gateway_and_workers()).await;
     let api = Api::new(&running);
-    let token = stack.token(TENANT, Role::Producer);
+    let token = stack.token(TENANT, Permission::Producer);
     let r = api
         .post("/api/v1/audit/append", &token)
         .json(&short("a\nb", "bob"))
@@ -275,7 +275,7 @@ async fn a_token_whose_subject_could_forge_a_header_is_refused() {
         let token = atp::dev::mint_token_in(
             &stack.issuer,
             TENANT,
-            Role::Producer,
+            Permission::Producer,
             subject,
             3600,
             atp_core::edition::Edition::Enterprise,
@@ -293,7 +293,7 @@ async fn a_token_whose_subject_could_forge_a_header_is_refused() {
     let token = atp::dev::mint_token_in(
         &stack.issuer,
         TENANT,
-        Role::Producer,
+        Permission::Producer,
         "svc-billing ✓",
         3600,
         atp_core::edition::Edition::Enterprise,

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use atp::serve::Roles;
 use atp_core::chain::Digest;
 use atp_core::checkpoint::{Checkpoint, TlogProof, verify_record};
 use atp_core::merkle;
 use atp_core::note::Verifier;
 use atp_core::record::{self, Record};
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_nats::integrity::Alert;
 use atp_nats::{streams, subjects};
 use atp_tests::*;
@@ -85,7 +85,7 @@ async fn proofs_checkpoints_and_verification_hold_end_to_end() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let p = partition(TENANT, SOURCE);
     publish_signed(&stack, 300, "e").await;
     let size = checkpoint_covering(&stack, 300).await;
@@ -386,7 +386,7 @@ async fn rotation_signs_new_checkpoints_with_the_new_key_and_old_ones_still_veri
     let stack = Stack::start().await;
     let p = partition(TENANT, SOURCE);
     let running = stack.serve(Roles::ALL).await;
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     publish_signed(&stack, 20, "r1").await;
     let old_size = checkpoint_covering(&stack, 20).await;
     let old = atp_store::integrity::checkpoint(&stack.pool, &p, Some(old_size))

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -78,8 +78,8 @@ async fn a_body_over_the_limit_is_refused_413_while_it_is_read() {
     let mut cfg = gateway_only(&stack);
     cfg.gateway_limits.max_body = 64 * 1024;
     let running = atp::serve::start(cfg).await.unwrap();
-    let auditor = stack.token(TENANT, Role::Auditor);
-    let producer = stack.token(TENANT, Role::Producer);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+    let producer = stack.token(TENANT, Permission::Producer);
 
     // A declared length over the limit: refused from the head, the body never sent.
     let mut s = TcpStream::connect(addr(&running)).await.unwrap();
@@ -172,7 +172,7 @@ async fn past_its_requests_in_flight_the_gateway_sheds_with_503_and_retry_after(
     cfg.gateway_limits.max_in_flight = 1;
     let running = atp::serve::start(cfg).await.unwrap();
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
+    let producer = stack.token(TENANT, Permission::Producer);
 
     // With no ingest running, an append asking to wait for its record holds its place for the
     // whole wait.
@@ -257,7 +257,7 @@ async fn verify_range_walks_many_records_chunk_by_chunk() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let p = partition(TENANT, SOURCE);
     // Three chunks and a part: the walk carries each chunk's last link into the next.
     let n = 3 * atp_gateway::integrity::RANGE_CHUNK + 100;
@@ -326,7 +326,7 @@ async fn verify_export_leaves_no_scratch_file_behind() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let p = partition(TENANT, SOURCE);
     for i in 0..5 {
         let ev = stack.sign(stack.event(&format!("x-{i}")));
@@ -403,7 +403,7 @@ async fn a_rejections_page_stops_at_its_byte_budget_with_a_cursor() {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let p = partition(TENANT, SOURCE);
     // Non-JSON submissions of 200 KiB are kept whole, in base64: ~270 KiB per envelope, so
     // 20 of them are well past one page's 4 MiB.

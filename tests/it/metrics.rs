@@ -1,7 +1,7 @@
 //! `GET /metrics`: every role's instruments in Prometheus text, with bounded labels.
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 
 /// The value of the first sample line starting with `series` (name and labels), if any.
@@ -28,7 +28,7 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
             .then_some(())
     })
     .await;
-    let auditor = stack.token(TENANT, Role::Auditor);
+    let auditor = stack.token(TENANT, Permission::Auditor);
     let page = api.get_json("/api/v1/audit/records", &auditor).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
 
@@ -114,17 +114,10 @@ async fn metrics_count_what_every_role_did_without_tenant_labels() {
 async fn the_ingest_lag_grows_while_submissions_wait_and_clears_when_handled() {
     let stack = Stack::start().await;
     let p = partition(TENANT, SOURCE);
-    let only = |gateway: bool, ingest: bool| Roles {
-        gateway,
-        ingest,
-        projector: false,
-        integrity: false,
-        exporter: false,
-    };
     // One attestation key for every run, so the gateway may run without ingest.
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let serve = |gateway: bool, ingest: bool| {
-        let mut cfg = stack.serve_config(only(gateway, ingest));
+    let serve = |list: &str| {
+        let mut cfg = stack.serve_config(roles(list));
         cfg.attestation_key = Some(key.clone());
         atp::serve::start(cfg)
     };
@@ -135,7 +128,7 @@ async fn the_ingest_lag_grows_while_submissions_wait_and_clears_when_handled() {
         )
     };
 
-    let running = serve(true, true).await.unwrap();
+    let running = serve("gateway,ingest").await.unwrap();
     stack.publish(&p, &stack.sign(stack.event("lag-1"))).await;
     eventually("the first event recorded and the lag 0", || async {
         let caught_up = stack.ledger_len(&p).await == 1;
@@ -145,7 +138,7 @@ async fn the_ingest_lag_grows_while_submissions_wait_and_clears_when_handled() {
     running.stop().await;
 
     // Ingest is down; a submission waits.
-    let gateway = serve(true, false).await.unwrap();
+    let gateway = serve("gateway").await.unwrap();
     stack.publish(&p, &stack.sign(stack.event("lag-2"))).await;
     let first = eventually("a lag while the submission waits", || async {
         lag(Api::new(&gateway)).await.filter(|l| *l > 0.0)
@@ -157,7 +150,7 @@ async fn the_ingest_lag_grows_while_submissions_wait_and_clears_when_handled() {
     .await;
     gateway.stop().await;
 
-    let running = serve(true, true).await.unwrap();
+    let running = serve("gateway,ingest").await.unwrap();
     eventually("the waiting event recorded and the lag 0 again", || async {
         let caught_up = stack.ledger_len(&p).await == 2;
         (caught_up && lag(Api::new(&running)).await == Some(0.0)).then_some(())

@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
-use atp::serve::Roles;
-use atp_nats::auth::{Identity, Worker};
+use atp_core::role::Role;
+use atp_core::role::Roles;
+use atp_nats::auth::Identity;
 use atp_nats::{streams, subjects};
 use atp_tests::{Nats, PATIENCE, SOURCE, Stack, TENANT, eventually, partition};
 use futures::StreamExt as _;
@@ -193,10 +194,10 @@ async fn each_role_connects_as_itself_with_no_more_than_it_needs() {
 
     // Only ingest may write the ledger; no worker may delete a stream.
     stack.expect_violations();
-    for w in Worker::ALL {
-        let seed = auth.seed_path(&Identity::Worker(w));
+    for w in Role::ALL {
+        let seed = auth.seed_path(&Identity::Role(w));
         let (client, mut events) = connect_as(&stack.nats.url(), &seed).await.unwrap();
-        if w != Worker::Ingest {
+        if w != Role::Ingest {
             client
                 .publish(subjects::ledger(&p), "forged".into())
                 .await
@@ -213,12 +214,11 @@ async fn each_role_connects_as_itself_with_no_more_than_it_needs() {
         told(&mut events, "Permissions Violation for Publish").await;
         // Only ingest reads what producers sent; only the exporter and the gateway read bundles.
         let mut unread = vec!["OBJ_ATP_EXPORT_BUNDLES"];
-        if w != Worker::Ingest {
+        if w != Role::Ingest {
             unread.push(streams::INGRESS);
         }
         for stream in unread {
-            if stream == "OBJ_ATP_EXPORT_BUNDLES" && matches!(w, Worker::Gateway | Worker::Exporter)
-            {
+            if stream == "OBJ_ATP_EXPORT_BUNDLES" && matches!(w, Role::Gateway | Role::Exporter) {
                 continue;
             }
             client

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_gateway::auth::Claims;
 use atp_tests::*;
 use reqwest::{Method, StatusCode};
@@ -21,7 +21,7 @@ fn all_roles(stack: &Stack) -> String {
         nbf: Some(now),
         iat: Some(now),
         tenant_id: TENANT.to_owned(),
-        roles: vec![Role::Producer, Role::Auditor, Role::Admin],
+        roles: vec![Permission::Producer, Permission::Auditor, Permission::Admin],
         edition: atp_core::edition::Edition::Enterprise,
     };
     atp_gateway::auth::mint(&stack.issuer, atp::dev::ISSUER_KID, &claims).unwrap()

@@ -2,7 +2,7 @@
 //! events, a database password) runs through `atp serve` at DEBUG, and its captured log is
 //! scanned for every one of them.
 
-use atp_gateway::Role;
+use atp_gateway::Permission;
 use atp_tests::*;
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -51,9 +51,9 @@ async fn no_token_key_password_or_personal_field_is_logged() {
     })
     .await;
     let http = reqwest::Client::new();
-    let producer = stack.token(TENANT, Role::Producer);
-    let auditor = stack.token(TENANT, Role::Auditor);
-    let admin = stack.token(TENANT, Role::Admin);
+    let producer = stack.token(TENANT, Permission::Producer);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+    let admin = stack.token(TENANT, Permission::Admin);
 
     // Personal data in an event, appended through the gateway and directly on NATS.
     let email = "jane.roe.4711@example.com";

@@ -1,6 +1,6 @@
 //! Streams as data: `apply` is idempotent and reports drift; services refuse drifted streams.
 
-use atp::serve::Roles;
+use atp_core::role::Roles;
 use atp_nats::streams::{self, Applied};
 use atp_tests::*;
 

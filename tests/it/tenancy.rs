@@ -2,8 +2,8 @@
 //! where row-level security confines the gateway's role to the tenant its request names
 //! (ADR 0009).
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -76,8 +76,8 @@ async fn no_query_endpoint_shows_one_tenant_another_tenants_rows() {
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
     two_tenants(&stack).await;
-    let acme = stack.token(TENANT, Role::Auditor);
-    let globex = stack.token(OTHER, Role::Auditor);
+    let acme = stack.token(TENANT, Permission::Auditor);
+    let globex = stack.token(OTHER, Permission::Auditor);
 
     // Records: each sees its own three.
     let mine = api.get_json("/api/v1/audit/records", &acme).await;

@@ -1,8 +1,8 @@
 //! One trace follows a record from the gateway through ingest to the read model: spans captured
 //! in memory, joined by their parent ids.
 
-use atp::serve::Roles;
-use atp_gateway::Role;
+use atp_core::role::Roles;
+use atp_gateway::Permission;
 use atp_tests::*;
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -43,7 +43,7 @@ async fn one_trace_spans_gateway_ingest_projector_and_integrity_and_exports_join
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
-    let producer = stack.token(TENANT, Role::Producer);
+    let producer = stack.token(TENANT, Permission::Producer);
     let finished = |trace: &'static str| {
         let exporter = exporter.clone();
         async move {
@@ -149,7 +149,7 @@ async fn one_trace_spans_gateway_ingest_projector_and_integrity_and_exports_join
     // An export joins the trace of the request that asked for it.
     let trace = "1bf92f3577b34da6a3ce929d0e0e4731";
     let resp = api
-        .post("/api/v1/exports", &stack.token(TENANT, Role::Auditor))
+        .post("/api/v1/exports", &stack.token(TENANT, Permission::Auditor))
         .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({"selection": {}}))
         .send()

@@ -339,7 +339,7 @@ async fn ttfb(
     let token = atp::dev::mint_token(
         &issuer,
         p.tenant.as_str(),
-        atp_gateway::Role::Auditor,
+        atp_gateway::Permission::Auditor,
         "bench",
         600,
     )?;

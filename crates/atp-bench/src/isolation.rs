@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use atp_gateway::Role;
+use atp_gateway::Permission;
 use atp_runtime::signer::FileKeyStore;
 use hdrhistogram::Histogram;
 use tokio::io::AsyncBufReadExt as _;
@@ -169,7 +169,13 @@ pub async fn run(b: IsolationBench) -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     let token = |p: &atp_core::PartitionKey| {
-        atp::dev::mint_token(&issuer, p.tenant.as_str(), Role::Auditor, "bench", 3600)
+        atp::dev::mint_token(
+            &issuer,
+            p.tenant.as_str(),
+            Permission::Auditor,
+            "bench",
+            3600,
+        )
     };
     let (quiet_token, flood_token) = (token(quiet_p)?, token(flood_p)?);
 

@@ -149,7 +149,7 @@ pub(crate) async fn gateway(
         database_url: atp_runtime::Secret::new(db.to_owned()),
         gateway_database_url: None,
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        roles: atp::serve::Roles::parse("gateway")?,
+        roles: atp_core::role::Roles::parse("gateway")?,
         shard: atp_runtime::shard::Shard::ALL,
         ingest: Default::default(),
         issuer: atp::dev::ISSUER.to_owned(),

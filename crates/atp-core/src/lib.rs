@@ -25,6 +25,7 @@ pub mod producer;
 pub mod reason;
 pub mod record;
 pub mod registry;
+pub mod role;
 pub mod tiles;
 pub mod trace;
 pub mod walk;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::GatewayState;
-use crate::auth::{Principal, Role};
+use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 
 /// At most this many letters per answer (and per replay request).
@@ -47,7 +47,7 @@ pub async fn list(
     State(state): State<GatewayState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     let tenant = principal.tenant.to_string();
     let Query(p) = params
         .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
@@ -82,7 +82,7 @@ pub async fn show(
     State(state): State<GatewayState>,
     Path(seq): Path<u64>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     let entry = own(&state, principal.tenant.as_str(), seq).await?;
     Ok(Json(entry).into_response())
 }
@@ -110,7 +110,7 @@ pub async fn replay(
     State(state): State<GatewayState>,
     body: Result<Json<ReplayBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
         body.map_err(|e| Problem::new(ProblemCode::InvalidRequest, e.body_text()).tenant(&tenant))?;

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 
-use crate::auth::{Principal, Role};
+use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 use crate::{Bus, Waiters};
 
@@ -362,7 +362,7 @@ pub async fn append_one(
     headers: HttpHeaders,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Producer, Role::Admin])?;
+    principal.require(&[Permission::Producer, Permission::Admin])?;
     content_type_ok(&headers, false)?;
     let tenant = principal.tenant.to_string();
     let value = parse_submission(&body)
@@ -448,7 +448,7 @@ pub async fn append_batch(
     headers: HttpHeaders,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Producer, Role::Admin])?;
+    principal.require(&[Permission::Producer, Permission::Admin])?;
     content_type_ok(&headers, true)?;
     let tenant = principal.tenant.to_string();
     let Value::Array(items) = parse_submission(&body)

@@ -23,9 +23,12 @@ use crate::problem::{Problem, ProblemCode};
 /// an expired token is refused within a minute.
 pub const LEEWAY_SECS: u64 = 60;
 
+/// What a caller may do at the gateway, granted by its token's `roles` claim (CONTRACT §5:
+/// `producer`, `auditor`, `admin`). Not to be confused with ATP's own roles
+/// (`atp_core::role::Role`, the parts a process runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub enum Permission {
     Producer,
     Auditor,
     Admin,
@@ -43,7 +46,7 @@ pub struct Claims {
     pub iat: Option<u64>,
     /// The tenant the caller acts for.
     pub tenant_id: String,
-    pub roles: Vec<Role>,
+    pub roles: Vec<Permission>,
     /// The tenant's edition (`standard` when absent).
     #[serde(default)]
     pub edition: Edition,
@@ -436,8 +439,11 @@ pub fn edition_problem(e: &EditionError) -> Problem {
 /// administered: only the auditor role is accepted for them. An issuer that gives a customer
 /// the tenant id `atp` with a producer or admin role (a sign-up that lets customers pick their
 /// tenant name, say) must not let that customer write on, export or configure ATP's trail.
-pub fn reserved_tenant_roles(tenant: &atp_core::TenantId, roles: &[Role]) -> Result<(), String> {
-    if tenant.is_reserved() && roles.iter().any(|r| *r != Role::Auditor) {
+pub fn reserved_tenant_roles(
+    tenant: &atp_core::TenantId,
+    roles: &[Permission],
+) -> Result<(), String> {
+    if tenant.is_reserved() && roles.iter().any(|r| *r != Permission::Auditor) {
         return Err(format!(
             "tenant {tenant} is ATP's own: tokens for it may hold the auditor role only"
         ));
@@ -450,7 +456,7 @@ pub fn reserved_tenant_roles(tenant: &atp_core::TenantId, roles: &[Role]) -> Res
 pub struct Principal {
     pub subject: String,
     pub tenant: atp_core::TenantId,
-    pub roles: Vec<Role>,
+    pub roles: Vec<Permission>,
     pub edition: Edition,
 }
 
@@ -463,7 +469,7 @@ impl Principal {
             .map_err(|e| edition_problem(&e).tenant(self.tenant.as_str()))
     }
 
-    pub fn require(&self, any_of: &[Role]) -> Result<(), Problem> {
+    pub fn require(&self, any_of: &[Permission]) -> Result<(), Problem> {
         if self.roles.iter().any(|r| any_of.contains(r)) {
             Ok(())
         } else {
@@ -538,7 +544,7 @@ mod tests {
             nbf: None,
             iat: Some(now as u64),
             tenant_id: "acme".into(),
-            roles: vec![Role::Auditor],
+            roles: vec![Permission::Auditor],
             edition: Edition::Standard,
         }
     }
@@ -748,18 +754,18 @@ mod tests {
     #[test]
     fn atps_own_tenant_is_read_only_through_tokens() {
         let atp = atp_core::TenantId::new("atp").unwrap();
-        assert!(reserved_tenant_roles(&atp, &[Role::Auditor]).is_ok());
+        assert!(reserved_tenant_roles(&atp, &[Permission::Auditor]).is_ok());
         for roles in [
-            &[Role::Admin][..],
-            &[Role::Producer],
-            &[Role::Auditor, Role::Admin],
+            &[Permission::Admin][..],
+            &[Permission::Producer],
+            &[Permission::Auditor, Permission::Admin],
         ] {
             assert!(reserved_tenant_roles(&atp, roles).is_err(), "{roles:?}");
         }
         let own = atp_core::TenantId::new("atp-ops").unwrap();
-        assert!(reserved_tenant_roles(&own, &[Role::Admin]).is_err());
+        assert!(reserved_tenant_roles(&own, &[Permission::Admin]).is_err());
         let acme = atp_core::TenantId::new("acme").unwrap();
-        assert!(reserved_tenant_roles(&acme, &[Role::Admin, Role::Producer]).is_ok());
+        assert!(reserved_tenant_roles(&acme, &[Permission::Admin, Permission::Producer]).is_ok());
     }
 
     #[test]

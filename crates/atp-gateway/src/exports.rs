@@ -25,7 +25,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Principal, Role};
+use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 use crate::query::READERS;
 use crate::{Bus, GatewayState};
@@ -442,7 +442,7 @@ pub async fn set_webhook(
     State(state): State<GatewayState>,
     body: JsonBody<WebhookBody>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     principal.require_feature(Feature::ExportWebhooks)?;
     let tenant = principal.tenant.to_string();
     let Json(body) =
@@ -481,7 +481,7 @@ pub async fn get_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     let hook = bus_exports::webhook_of(&state.exports.webhooks, &principal.tenant)
         .await
         .map_err(|e| Problem::unavailable("the webhook registry", e))?;
@@ -494,7 +494,7 @@ pub async fn delete_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Admin])?;
+    principal.require(&[Permission::Admin])?;
     bus_exports::set_webhook(
         &state.exports.webhooks,
         &principal.tenant,

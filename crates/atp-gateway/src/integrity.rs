@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::Bus;
-use crate::auth::{Principal, Role};
+use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 use crate::query::{READERS, RecordView, record_view};
 
@@ -38,7 +38,7 @@ pub const MAX_RANGE: u64 = 100_000;
 /// default event limit (64 KiB, records a little larger) at most ~18 MiB, whatever the range.
 pub const RANGE_CHUNK: u64 = atp_core::tiles::TILE_WIDTH;
 
-const ANY_ROLE: [Role; 3] = [Role::Producer, Role::Auditor, Role::Admin];
+const ANY_ROLE: [Permission; 3] = [Permission::Producer, Permission::Auditor, Permission::Admin];
 
 fn b64_all(hashes: &[Digest]) -> Vec<String> {
     hashes.iter().map(|h| B64.encode(h.0)).collect()

@@ -34,7 +34,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{AuthConfig, Claims, Principal, Role};
+pub use auth::{AuthConfig, Claims, Permission, Principal};
 pub use capacity::{Capacity, GatewayLimits};
 pub use exports::{ExportLimits, ExportsApi, ExportsParts};
 pub use limits::{Limiter, RateLimits};

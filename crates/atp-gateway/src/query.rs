@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::Bus;
-use crate::auth::{Principal, Role};
+use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 
-pub(crate) const READERS: [Role; 2] = [Role::Auditor, Role::Admin];
+pub(crate) const READERS: [Permission; 2] = [Permission::Auditor, Permission::Admin];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
@@ -284,7 +284,7 @@ pub async fn list_rejections(
     State(db): State<PgPool>,
     params: Result<Query<RejectionsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Producer, Role::Auditor, Role::Admin])?;
+    principal.require(&[Permission::Producer, Permission::Auditor, Permission::Admin])?;
     let tenant = principal.tenant.to_string();
     let Query(p) = params
         .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
@@ -328,7 +328,7 @@ pub async fn producer_keys(
     principal: Principal,
     State(bus): State<Bus>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Role::Producer, Role::Auditor, Role::Admin])?;
+    principal.require(&[Permission::Producer, Permission::Auditor, Permission::Admin])?;
     let regs = registry::list_tenant(&bus.producers, &principal.tenant)
         .await
         .map_err(|e| Problem::unavailable("the producer registry", e))?;

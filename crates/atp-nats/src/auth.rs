@@ -12,7 +12,7 @@
 //!   client loads as it is.
 //! - Each **worker role** may publish only what it produces: ingest the ledger and rejections,
 //!   the projector dead letters, integrity checkpoints and alerts, the exporter completions and
-//!   bundles, the gateway ingress and export requests. Workers read ATP's streams through the
+//!   bundles, the gateway ingress and export requests. Roles read ATP's streams through the
 //!   JetStream API but cannot create, change, purge or delete them.
 //! - **admin** (the CLI that applies streams, registers producers and replays) may do anything.
 //! - **system** is a user of the server's system account, used only to ask servers to reload.
@@ -27,6 +27,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_nats::Client;
+use atp_core::role::Role;
 use atp_core::{PartitionKey, SourceId, TenantId};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -48,42 +49,12 @@ const INBOX_LINE: &str = "# inbox-prefix: ";
 /// How long [`reload`] collects answers from the servers of a cluster.
 const GATHER: Duration = Duration::from_millis(500);
 
-/// ATP's own processes, one identity each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Worker {
-    Gateway,
-    Ingest,
-    Projector,
-    Integrity,
-    Exporter,
-}
-
-impl Worker {
-    pub const ALL: [Worker; 5] = [
-        Worker::Gateway,
-        Worker::Ingest,
-        Worker::Projector,
-        Worker::Integrity,
-        Worker::Exporter,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Worker::Gateway => "gateway",
-            Worker::Ingest => "ingest",
-            Worker::Projector => "projector",
-            Worker::Integrity => "integrity",
-            Worker::Exporter => "exporter",
-        }
-    }
-}
-
 /// Someone connecting to NATS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     Producer(PartitionKey),
-    Worker(Worker),
+    /// One of ATP's roles (spelled `worker:<role>` in the auth directory).
+    Role(Role),
     Admin,
     System,
 }
@@ -92,7 +63,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Producer(p) => write!(f, "producer:{}:{}", p.tenant, p.source),
-            Identity::Worker(w) => write!(f, "worker:{}", w.as_str()),
+            Identity::Role(w) => write!(f, "worker:{}", w.as_str()),
             Identity::Admin => f.write_str("admin"),
             Identity::System => f.write_str("system"),
         }
@@ -107,12 +78,7 @@ impl FromStr for Identity {
         Ok(match s.split(':').collect::<Vec<_>>().as_slice() {
             ["admin"] => Identity::Admin,
             ["system"] => Identity::System,
-            ["worker", w] => Identity::Worker(
-                Worker::ALL
-                    .into_iter()
-                    .find(|x| x.as_str() == *w)
-                    .ok_or_else(bad)?,
-            ),
+            ["worker", r] => Identity::Role(Role::parse(r).ok_or_else(bad)?),
             ["producer", t, s] => Identity::Producer(PartitionKey::new(
                 TenantId::new(*t).map_err(|_| bad())?,
                 SourceId::new(*s).map_err(|_| bad())?,
@@ -149,7 +115,7 @@ impl Identity {
         match self {
             // The client's default: in the tenant's own account, inboxes are the tenant's alone.
             Identity::Producer(_) => "_INBOX".to_owned(),
-            Identity::Worker(w) => format!("_INBOX.{}", w.as_str()),
+            Identity::Role(w) => format!("_INBOX.{}", w.as_str()),
             Identity::Admin => "_INBOX.admin".to_owned(),
             Identity::System => "_INBOX.system".to_owned(),
         }
@@ -159,7 +125,7 @@ impl Identity {
     fn seed_file(&self) -> String {
         match self {
             Identity::Producer(p) => format!("producer-{}-{}.nk", p.tenant, p.source),
-            Identity::Worker(w) => format!("{}.nk", w.as_str()),
+            Identity::Role(w) => format!("{}.nk", w.as_str()),
             Identity::Admin => "admin.nk".to_owned(),
             Identity::System => "system.nk".to_owned(),
         }
@@ -170,7 +136,7 @@ impl Identity {
         let (publish, subscribe) = match self {
             Identity::Producer(p) => (vec![crate::subjects::ingress(p)], inbox),
             Identity::Admin | Identity::System => (vec![">".to_owned()], vec![">".to_owned()]),
-            Identity::Worker(w) => {
+            Identity::Role(w) => {
                 let mut publish = reading_streams(reads(*w));
                 publish.extend(writes(*w));
                 (publish, inbox)
@@ -232,11 +198,11 @@ impl Reads {
 }
 
 /// What each worker reads.
-fn reads(w: Worker) -> &'static [Reads] {
+fn reads(w: Role) -> &'static [Reads] {
     use crate::streams::*;
     use Reads::{Bucket, Objects, Stream};
     match w {
-        Worker::Gateway => &[
+        Role::Gateway => &[
             Bucket(PRODUCERS_BUCKET),
             // Ingest's resume hints: the ingest lag figure of `/metrics`.
             Bucket(INGEST_BUCKET),
@@ -248,20 +214,20 @@ fn reads(w: Worker) -> &'static [Reads] {
             Stream(LEDGER),
             Stream(REJECTED),
         ],
-        Worker::Ingest => &[
+        Role::Ingest => &[
             Stream(INGRESS),
             Stream(LEDGER),
             Stream(REJECTED),
             Bucket(INGEST_BUCKET),
             Bucket(PRODUCERS_BUCKET),
         ],
-        Worker::Projector => &[Stream(LEDGER), Stream(REJECTED)],
-        Worker::Integrity => &[
+        Role::Projector => &[Stream(LEDGER), Stream(REJECTED)],
+        Role::Integrity => &[
             Stream(LEDGER),
             Stream(CHECKPOINTS),
             Bucket(SIGNING_KEYS_BUCKET),
         ],
-        Worker::Exporter => &[
+        Role::Exporter => &[
             Stream(EXPORTS),
             Objects(EXPORT_BUNDLES),
             Bucket(EXPORT_WEBHOOKS_BUCKET),
@@ -271,18 +237,18 @@ fn reads(w: Worker) -> &'static [Reads] {
 }
 
 /// The subjects each worker produces, built from the subject templates.
-fn writes(w: Worker) -> Vec<String> {
+fn writes(w: Role) -> Vec<String> {
     use crate::subjects::{self, all};
     let dlq_of = |role: &str| subjects::dlq(role, "*");
     let mut out = match w {
-        Worker::Gateway => vec![all(subjects::INGRESS), all(subjects::EXPORT_REQUESTED)],
-        Worker::Ingest => vec![all(subjects::LEDGER), all(subjects::REJECTED)],
-        Worker::Projector => vec![dlq_of("projector")],
-        Worker::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
-        Worker::Exporter => vec![all(subjects::EXPORT_COMPLETED), dlq_of("exporter")],
+        Role::Gateway => vec![all(subjects::INGRESS), all(subjects::EXPORT_REQUESTED)],
+        Role::Ingest => vec![all(subjects::LEDGER), all(subjects::REJECTED)],
+        Role::Projector => vec![dlq_of("projector")],
+        Role::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
+        Role::Exporter => vec![all(subjects::EXPORT_COMPLETED), dlq_of("exporter")],
     };
     let api: &[&str] = match w {
-        Worker::Gateway => &[
+        Role::Gateway => &[
             "$KV.ATP_EXPORT_WEBHOOKS.>",
             "$KV.ATP_DLQ_REPLAYS.>",
             // The oldest waiting submission's age (the ingest lag figure of `/metrics`): one
@@ -290,14 +256,14 @@ fn writes(w: Worker) -> Vec<String> {
             "$JS.API.DIRECT.GET.ATP_INGRESS",
             "$JS.API.DIRECT.GET.ATP_INGRESS.>",
         ],
-        Worker::Ingest => &[
+        Role::Ingest => &[
             "$KV.ATP_INGEST.>",
             // Trimming what every lane has handled (ADR 0017).
             "$JS.API.STREAM.PURGE.ATP_INGRESS",
         ],
-        Worker::Projector => &[],
-        Worker::Integrity => &["$KV.ATP_SIGNING_KEYS.>"],
-        Worker::Exporter => &[
+        Role::Projector => &[],
+        Role::Integrity => &["$KV.ATP_SIGNING_KEYS.>"],
+        Role::Exporter => &[
             "$O.ATP_EXPORT_BUNDLES.>",
             // Replacing an object purges its old chunks.
             "$JS.API.STREAM.PURGE.OBJ_ATP_EXPORT_BUNDLES",
@@ -368,7 +334,7 @@ impl AuthDir {
         let mut users = Vec::new();
         let own = [Identity::System, Identity::Admin]
             .into_iter()
-            .chain(Worker::ALL.into_iter().map(Identity::Worker));
+            .chain(Role::ALL.into_iter().map(Identity::Role));
         for identity in own {
             let path = dir.join(identity.seed_file());
             users.push(new_user(identity, &path)?);
@@ -800,7 +766,7 @@ mod tests {
         for id in [
             Identity::Admin,
             Identity::System,
-            Identity::Worker(Worker::Projector),
+            Identity::Role(Role::Projector),
             Identity::Producer(p("acme", "crm")),
         ] {
             assert_eq!(id.to_string().parse::<Identity>().unwrap(), id);
@@ -819,10 +785,10 @@ mod tests {
 
     #[test]
     fn only_ingest_writes_the_ledger_and_no_worker_manages_streams() {
-        for w in Worker::ALL {
-            let perm = Identity::Worker(w).permissions();
+        for w in Role::ALL {
+            let perm = Identity::Role(w).permissions();
             let writes_ledger = perm.publish.iter().any(|s| s.starts_with("atp.ledger"));
-            assert_eq!(writes_ledger, w == Worker::Ingest, "{w:?}");
+            assert_eq!(writes_ledger, w == Role::Ingest, "{w:?}");
             assert!(
                 !perm.publish.iter().any(|s| s.contains("STREAM.DELETE")
                     || s.contains("STREAM.CREATE")
@@ -838,8 +804,8 @@ mod tests {
 
     #[test]
     fn each_worker_reads_only_its_streams() {
-        let reads = |w: Worker, stream: &str| {
-            let perm = Identity::Worker(w).permissions();
+        let reads = |w: Role, stream: &str| {
+            let perm = Identity::Role(w).permissions();
             let direct = format!("$JS.API.DIRECT.GET.{stream}");
             let consumer = format!("$JS.API.CONSUMER.CREATE.{stream}.>");
             (
@@ -847,26 +813,23 @@ mod tests {
                 perm.publish.contains(&consumer.replace("CREATE", "*")),
             )
         };
-        for w in Worker::ALL {
+        for w in Role::ALL {
             // Only ingest consumes ingress; the gateway reads one message per waiting tenant
             // for the lag figure.
             let ingress = reads(w, crate::streams::INGRESS);
             assert_eq!(
                 ingress,
-                (
-                    matches!(w, Worker::Ingest | Worker::Gateway),
-                    w == Worker::Ingest
-                ),
+                (matches!(w, Role::Ingest | Role::Gateway), w == Role::Ingest),
                 "{w:?}"
             );
             let bundles = reads(w, "OBJ_ATP_EXPORT_BUNDLES").0;
             assert_eq!(
                 bundles,
-                matches!(w, Worker::Gateway | Worker::Exporter),
+                matches!(w, Role::Gateway | Role::Exporter),
                 "{w:?}"
             );
             assert!(
-                !Identity::Worker(w)
+                !Identity::Role(w)
                     .permissions()
                     .publish
                     .iter()

@@ -56,7 +56,7 @@ use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 
 use crate::metrics::{label, metrics};
-use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
+use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Shutdown, Worker};
 pub use crate::shard::Shard;
 use crate::{Classify, RoleError, telemetry, to_chrono};
 use atp_telemetry::failpoint;
@@ -124,6 +124,30 @@ pub(crate) const REST: &str = "(rest)";
 /// The tenants that have a lane of their own, which the rest lane leaves alone.
 type Laned = Arc<RwLock<HashSet<String>>>;
 
+/// A partition as its ingress subject names it: the two tokens, whether or not they are valid
+/// ids (a message with an invalid one is refused, and its refusal still needs the partition's
+/// rejected tail). Printed as `PartitionKey` is, `tenant:source`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PartKey {
+    tenant: String,
+    source: String,
+}
+
+impl PartKey {
+    fn new(tenant: &str, source: &str) -> Self {
+        PartKey {
+            tenant: tenant.to_owned(),
+            source: source.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for PartKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.tenant, self.source)
+    }
+}
+
 /// What the worker knows of one partition: what the core decides on, and where the
 /// partition's subjects end (which its next appends expect).
 struct Part {
@@ -177,7 +201,7 @@ pub struct Ingest {
     trim: HashSet<String>,
     /// A tenant lane's pace, when `tenant_rate` is set.
     pace: Option<Pace>,
-    parts: HashMap<String, Part>,
+    parts: HashMap<PartKey, Part>,
     /// The previous batch's commit, still in flight while this batch is planned.
     inflight: Option<Inflight>,
     hint_written: std::time::Instant,
@@ -372,14 +396,14 @@ impl Ingest {
                 continue;
             };
             if chain.recent(&id).is_none() {
-                keys.push((loc.tenant.clone(), loc.source.clone(), id));
+                keys.push((loc.pkey.tenant.clone(), loc.pkey.source.clone(), id));
             }
         }
         let known = atp_store::query::known_events(db, &keys)
             .await
             .or_retry("duplicate look-up in the read model")?;
         for k in known {
-            let pkey = format!("{}.{}", k.tenant_id, k.source_id);
+            let pkey = PartKey::new(&k.tenant_id, &k.source_id);
             let Some(chain) = self
                 .parts
                 .get_mut(&pkey)
@@ -603,7 +627,7 @@ fn event_id_of(sub: &Submission<'_>) -> Option<String> {
     v.get("id")?.as_str().map(str::to_owned)
 }
 
-impl Role for Ingest {
+impl Worker for Ingest {
     const NAME: &'static str = "ingest";
 
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {
@@ -645,9 +669,8 @@ impl Role for Ingest {
 struct Located {
     seq: u64,
     received_at: chrono::DateTime<Utc>,
-    tenant: String,
-    source: String,
-    pkey: String,
+    /// The partition its subject names; `key` once both ids are valid.
+    pkey: PartKey,
     key: Option<PartitionKey>,
 }
 
@@ -656,15 +679,15 @@ struct Located {
 struct PlanInput {
     msgs: Arc<[Message]>,
     located: Vec<Option<Located>>,
-    registrations: HashMap<String, Option<Arc<SourceRegistration>>>,
+    registrations: HashMap<PartKey, Option<Arc<SourceRegistration>>>,
     gateway_key: Option<VerifyingKey>,
     policy: PolicyStamp,
     committed_at: chrono::DateTime<Utc>,
 }
 
 struct PlanOutput {
-    plans: HashMap<String, Plan>,
-    order: Vec<String>,
+    plans: HashMap<PartKey, Plan>,
+    order: Vec<PartKey>,
     stats: BatchStats,
     /// When each record of the batch reached ingress (for the stage latency).
     received: Vec<chrono::DateTime<Utc>>,
@@ -697,7 +720,7 @@ impl BatchHandler for Ingest {
         let started = std::time::Instant::now();
         // 1. I/O first: where each message belongs, its partition's tails, its source's registration.
         let mut located = Vec::with_capacity(batch.len());
-        let mut registrations: HashMap<String, Option<Arc<SourceRegistration>>> = HashMap::new();
+        let mut registrations: HashMap<PartKey, Option<Arc<SourceRegistration>>> = HashMap::new();
         let mut last_seq = 0;
         for msg in batch.iter() {
             let info = msg.info().or_retry("message without info")?;
@@ -706,8 +729,8 @@ impl BatchHandler for Ingest {
                 located.push(None);
                 continue;
             };
-            let pkey = format!("{t}.{s}");
-            if !self.cfg.shard.owns(&pkey) || (self.lane == Lane::Rest && self.is_laned(t)) {
+            let pkey = PartKey::new(t, s);
+            if !self.cfg.shard.owns(t, s) || (self.lane == Lane::Rest && self.is_laned(t)) {
                 located.push(None);
                 continue;
             }
@@ -737,8 +760,6 @@ impl BatchHandler for Ingest {
             located.push(Some(Located {
                 seq: info.stream_sequence,
                 received_at: to_chrono(info.published),
-                tenant: t.to_owned(),
-                source: s.to_owned(),
                 pkey,
                 key,
             }));
@@ -811,7 +832,7 @@ impl BatchHandler for Ingest {
 /// Every outcome for one message is a record, a duplicate or a rejection; a defect that makes
 /// ATP itself fail on one message (a panic in admission, a record that does not seal) becomes
 /// that message's `UNPROCESSABLE` rejection, logged at ERROR, and the batch goes on.
-fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutput, RoleError> {
+fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOutput, RoleError> {
     let admit_one = |i: usize| -> Option<Result<Admitted, Rejection>> {
         let loc = input.located[i].as_ref()?;
         let msg = &input.msgs[i];
@@ -824,7 +845,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
                 Reason::Malformed,
                 format!(
                     "subject tokens {:?}.{:?} are not a valid tenant and source id",
-                    loc.tenant, loc.source
+                    loc.pkey.tenant, loc.pkey.source
                 ),
             )));
         };
@@ -860,8 +881,8 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
 
     let mut stats = BatchStats::default();
     let mut received = Vec::new();
-    let mut plans: HashMap<String, Plan> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
+    let mut plans: HashMap<PartKey, Plan> = HashMap::new();
+    let mut order: Vec<PartKey> = Vec::new();
     for (i, admission) in admissions.into_iter().enumerate() {
         let (Some(loc), msg) = (input.located[i].as_ref(), &input.msgs[i]) else {
             continue;
@@ -877,7 +898,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<String, Part>) -> Result<PlanOutp
             order.push(loc.pkey.clone());
             Plan {
                 ledger_subject: loc.key.as_ref().map(subjects::ledger).unwrap_or_default(),
-                rejected_subject: subjects::rejected_raw(&loc.tenant, &loc.source),
+                rejected_subject: subjects::rejected_raw(&loc.pkey.tenant, &loc.pkey.source),
                 ..Plan::default()
             }
         });
@@ -946,7 +967,7 @@ fn record_message(
         msg,
         &mut h,
         TraceAbout {
-            tenant: &loc.tenant,
+            tenant: &loc.pkey.tenant,
             event_id,
             policy_version: input.policy.policy_version,
             outcome: "recorded",
@@ -966,8 +987,8 @@ fn rejection_message(input: &PlanInput, loc: &Located, msg: &Message, rej: Rejec
         RefusalFacts {
             rejection: rej,
             ingress_seq: loc.seq,
-            tenant_id: loc.tenant.clone(),
-            source_id: loc.source.clone(),
+            tenant_id: loc.pkey.tenant.clone(),
+            source_id: loc.pkey.source.clone(),
             received_at: timestamp(loc.received_at),
             rejected_at: timestamp(input.committed_at),
             event_id,
@@ -981,7 +1002,7 @@ fn rejection_message(input: &PlanInput, loc: &Located, msg: &Message, rej: Rejec
         msg,
         &mut h,
         TraceAbout {
-            tenant: &loc.tenant,
+            tenant: &loc.pkey.tenant,
             event_id: env.event_id.as_deref().unwrap_or(""),
             policy_version: input.policy.policy_version,
             outcome: "rejected",
@@ -1039,7 +1060,7 @@ type NewTails = (Vec<u64>, Vec<u64>);
 
 /// A batch's commit, running while the next batch is planned.
 struct Inflight {
-    keys: Vec<String>,
+    keys: Vec<PartKey>,
     last_seq: u64,
     stats: BatchStats,
     received: Vec<chrono::DateTime<Utc>>,
@@ -1113,8 +1134,8 @@ impl Ingest {
     /// partition's records in another.
     fn begin_commit(
         &mut self,
-        mut plans: HashMap<String, Plan>,
-        order: Vec<String>,
+        mut plans: HashMap<PartKey, Plan>,
+        order: Vec<PartKey>,
         last_seq: u64,
         stats: BatchStats,
         received: Vec<chrono::DateTime<Utc>>,

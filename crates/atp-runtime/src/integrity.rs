@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::reader::{BatchHandler, ReadSpec, Role, Shutdown};
+use crate::reader::{BatchHandler, ReadSpec, Shutdown, Worker};
 use crate::signer::CheckpointSigner;
 use crate::{Classify, Handling, RoleError};
 use atp_telemetry::failpoint;
@@ -168,7 +168,7 @@ struct Part {
     first_at: Option<DateTime<Utc>>,
 }
 
-/// The log half: a [`Role`] over ATP_LEDGER.
+/// The log half: a [`Worker`] over ATP_LEDGER.
 pub struct IntegrityLog {
     js: Context,
     pool: PgPool,
@@ -310,7 +310,7 @@ impl IntegrityLog {
     }
 }
 
-impl Role for IntegrityLog {
+impl Worker for IntegrityLog {
     const NAME: &'static str = "integrity";
 
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {

@@ -37,7 +37,7 @@ use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Targe
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Role, Shutdown};
+use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Shutdown, Worker};
 use crate::shard::Shard;
 use crate::{Classify, RoleError, telemetry};
 use atp_telemetry::failpoint;
@@ -166,7 +166,7 @@ fn owned<P: Projection>(shard: Shard, m: &Message) -> bool {
         return true;
     }
     match subjects::tokens_of(P::SUBJECTS, &m.subject) {
-        Some((t, s)) => shard.owns(&format!("{t}.{s}")),
+        Some((t, s)) => shard.owns(t, s),
         None => shard.index == 0,
     }
 }
@@ -504,7 +504,7 @@ impl<P: Projection + 'static> LaneOpener for Projector<P> {
     }
 }
 
-impl<P: Projection> Role for Projector<P> {
+impl<P: Projection> Worker for Projector<P> {
     const NAME: &'static str = P::NAME;
 
     async fn start(&mut self) -> Result<ReadSpec, RoleError> {

@@ -249,9 +249,11 @@ pub async fn pause(shutdown: &mut Shutdown, delay: Duration) -> bool {
     !*shutdown.borrow()
 }
 
-/// A long-running role: where to start reading (derived afresh from its durable output on
-/// every (re)start, which also resets any in-memory state) and how to handle batches.
-pub trait Role: BatchHandler {
+/// How a role that reads a stream works (ingest, the projector, the integrity log): where it
+/// starts reading (derived afresh from its durable output on every (re)start, which also resets
+/// any in-memory state) and how it handles batches. The roles themselves are
+/// `atp_core::role::Role`.
+pub trait Worker: BatchHandler {
     const NAME: &'static str;
     fn start(&mut self) -> impl Future<Output = Result<ReadSpec, RoleError>> + Send;
 }
@@ -263,7 +265,7 @@ pub trait Role: BatchHandler {
 /// [`HEALTHY_RUN`] of the previous start doubles the pause (50 ms up to 5 s), and from the
 /// third such restart on it is logged at WARN and counted (`atp_role_restarts_total`, which an
 /// alert watches). One lost race (another writer appended first) stays an INFO line.
-pub async fn run_role<R: Role>(
+pub async fn run_role<R: Worker>(
     js: &Context,
     role: &mut R,
     mut shutdown: Shutdown,
@@ -352,7 +354,7 @@ impl LaneSet {
     }
 
     /// Starts a lane; its log lines carry `lane = <name>`.
-    pub fn spawn<R: Role + Send + 'static>(&mut self, name: &str, mut role: R) {
+    pub fn spawn<R: Worker + Send + 'static>(&mut self, name: &str, mut role: R) {
         use tracing::Instrument as _;
         let (js, shutdown) = (self.js.clone(), self.shutdown.clone());
         let span = tracing::info_span!("lane", role = R::NAME, lane = name);

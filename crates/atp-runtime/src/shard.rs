@@ -22,10 +22,15 @@ impl Shard {
     }
 
     /// FNV-1a: stable across processes and versions, which a std hasher is not.
-    /// Whether this shard handles the partition whose subject tokens are `tenant.source`.
-    pub fn owns(&self, partition_subject_key: &str) -> bool {
+    /// Whether this shard handles the partition whose subject tokens are `tenant` and `source`
+    /// (hashed as the bytes of `tenant.source`, as in the subject, so owners never move).
+    pub fn owns(&self, tenant: &str, source: &str) -> bool {
         let mut h: u32 = 0x811c_9dc5;
-        for b in partition_subject_key.bytes() {
+        let key = tenant
+            .bytes()
+            .chain(std::iter::once(b'.'))
+            .chain(source.bytes());
+        for b in key {
             h ^= u32::from(b);
             h = h.wrapping_mul(0x0100_0193);
         }
@@ -44,19 +49,19 @@ mod tests {
     #[test]
     fn shards_split_partitions_stably_and_completely() {
         let two = [Shard::parse("0/2").unwrap(), Shard::parse("1/2").unwrap()];
-        for k in [
-            "acme.crm",
-            "acme.billing",
-            "globex.crm",
-            "initech.hr",
-            "a.b",
+        for (t, s) in [
+            ("acme", "crm"),
+            ("acme", "billing"),
+            ("globex", "crm"),
+            ("initech", "hr"),
+            ("a", "b"),
         ] {
-            assert_eq!(two.iter().filter(|s| s.owns(k)).count(), 1, "{k}");
-            assert!(Shard::ALL.owns(k));
+            assert_eq!(two.iter().filter(|x| x.owns(t, s)).count(), 1, "{t}:{s}");
+            assert!(Shard::ALL.owns(t, s));
         }
         // FNV-1a("acme.crm") = 0x414d0af1: the owner must never change between releases.
-        assert!(Shard::parse("1/2").unwrap().owns("acme.crm"));
-        assert!(Shard::parse("0/3").unwrap().owns("acme.crm"));
+        assert!(Shard::parse("1/2").unwrap().owns("acme", "crm"));
+        assert!(Shard::parse("0/3").unwrap().owns("acme", "crm"));
         assert_eq!(Shard::parse("2/2"), None);
         assert_eq!(Shard::parse("0/0"), None);
         assert_eq!(Shard::parse("1/3").unwrap().label(), "1-of-3");

@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use atp_core::edition::Edition;
 use atp_devstack::{NatsOptions, NatsServer, Postgres, PostgresOptions};
-use atp_gateway::auth::{Claims, Role, mint};
+use atp_gateway::auth::{Claims, Permission, mint};
 use atp_nats::auth::{AuthDir, Identity};
 use atp_runtime::Secret;
 use atp_runtime::ingest::IngestConfig;
 use ed25519_dalek::SigningKey;
 
-use crate::serve::{Roles, ServeConfig};
+use crate::serve::ServeConfig;
+use atp_core::role::Roles;
 
 pub const DEV_TENANT: &str = "dev";
 pub const DEV_SOURCE: &str = "demo";
@@ -36,14 +37,14 @@ const TOKEN_TTL_SECS: u64 = 12 * 3600;
 pub fn mint_token(
     issuer_key: &SigningKey,
     tenant: &str,
-    role: Role,
+    permission: Permission,
     subject: &str,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
     mint_token_in(
         issuer_key,
         tenant,
-        role,
+        permission,
         subject,
         ttl_secs,
         Edition::Enterprise,
@@ -54,7 +55,7 @@ pub fn mint_token(
 pub fn mint_token_in(
     issuer_key: &SigningKey,
     tenant: &str,
-    role: Role,
+    permission: Permission,
     subject: &str,
     ttl_secs: u64,
     edition: Edition,
@@ -68,7 +69,7 @@ pub fn mint_token_in(
         nbf: Some(now),
         iat: Some(now),
         tenant_id: tenant.to_owned(),
-        roles: vec![role],
+        roles: vec![permission],
         edition,
     };
     mint(issuer_key, ISSUER_KID, &claims).map_err(anyhow::Error::msg)
@@ -220,13 +221,16 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         ("ATP_DEV_SOURCE_URI", DEV_SOURCE_URI.to_owned()),
         (
             "ATP_DEV_TOKEN_PRODUCER",
-            token(Role::Producer, "dev-producer")?,
+            token(Permission::Producer, "dev-producer")?,
         ),
         (
             "ATP_DEV_TOKEN_AUDITOR",
-            token(Role::Auditor, "dev-auditor")?,
+            token(Permission::Auditor, "dev-auditor")?,
         ),
-        ("ATP_DEV_TOKEN_ADMIN", token(Role::Admin, "dev-admin")?),
+        (
+            "ATP_DEV_TOKEN_ADMIN",
+            token(Permission::Admin, "dev-admin")?,
+        ),
         // What a direct producer of the dev source connects with: it may publish only to
         // atp.ingress.<tenant>.<source>.
         (

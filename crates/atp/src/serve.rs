@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use atp_core::role::{Role, Roles};
 use atp_gateway::{
     AuthConfig, Bus, BusParts, ExportLimits, ExportsApi, ExportsParts, GatewayState, Waiters,
 };
-use atp_nats::auth::Worker;
 use atp_nats::registry::RegistryCache;
 use atp_nats::streams;
 use atp_runtime::export::ExportSettings;
@@ -20,51 +20,6 @@ use atp_runtime::{RoleError, Secret};
 use ed25519_dalek::SigningKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Roles {
-    pub gateway: bool,
-    pub ingest: bool,
-    pub projector: bool,
-    pub integrity: bool,
-    pub exporter: bool,
-}
-
-impl Roles {
-    pub const ALL: Roles = Roles {
-        gateway: true,
-        ingest: true,
-        projector: true,
-        integrity: true,
-        exporter: true,
-    };
-
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        let mut r = Roles {
-            gateway: false,
-            ingest: false,
-            projector: false,
-            integrity: false,
-            exporter: false,
-        };
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part {
-                "all" => r = Roles::ALL,
-                "gateway" => r.gateway = true,
-                "ingest" => r.ingest = true,
-                "projector" => r.projector = true,
-                "integrity" => r.integrity = true,
-                "exporter" => r.exporter = true,
-                other => {
-                    bail!(
-                        "unknown role {other:?}: choose from gateway, ingest, projector, integrity, exporter (or all)"
-                    )
-                }
-            }
-        }
-        Ok(r)
-    }
-}
 
 /// How often the token issuer's JWKS is fetched again, so rotated and withdrawn keys take
 /// effect without a restart.
@@ -196,7 +151,7 @@ impl Connections {
         })
     }
 
-    async fn role(&self, role: Worker) -> anyhow::Result<async_nats::jetstream::Context> {
+    async fn role(&self, role: Role) -> anyhow::Result<async_nats::jetstream::Context> {
         if let Some(js) = &self.shared {
             return Ok(js.clone());
         }
@@ -221,7 +176,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let prepared = Prepared::check(&cfg)?;
     let connections = Connections::open(&cfg.nats_url, &cfg.nats_credentials).await?;
     // Ingest uses the read model too: for duplicates older than its in-memory window.
-    let pool = if cfg.roles.needs_database() {
+    let pool = if needs_database(cfg.roles) {
         let pool = atp_store::connect(cfg.database_url.expose(), 16)
             .await
             .context("connecting to PostgreSQL")?;
@@ -244,16 +199,16 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         connections: &connections,
         pool: pool.as_ref(),
     };
-    if cfg.roles.ingest {
+    if cfg.roles.has(Role::Ingest) {
         started.ingest(&mut running, &prepared).await?;
     }
-    if cfg.roles.projector {
+    if cfg.roles.has(Role::Projector) {
         started.projector(&mut running).await?;
     }
-    if let (true, Some(signer)) = (cfg.roles.integrity, &prepared.signer) {
+    if let (true, Some(signer)) = (cfg.roles.has(Role::Integrity), &prepared.signer) {
         started.integrity(&mut running, signer.clone()).await?;
     }
-    if let (true, Some(signer)) = (cfg.roles.exporter, &prepared.signer) {
+    if let (true, Some(signer)) = (cfg.roles.has(Role::Exporter), &prepared.signer) {
         started.exporter(&mut running, signer.clone()).await?;
     }
     if let Some(gateway) = prepared.gateway {
@@ -264,11 +219,16 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     Ok(running)
 }
 
-impl Roles {
-    /// Whether any role of the set reads or writes PostgreSQL (the exporter opens its own).
-    fn needs_database(&self) -> bool {
-        self.gateway || self.projector || self.ingest || self.integrity
-    }
+/// Whether any of the roles reads or writes PostgreSQL (the exporter opens its own).
+fn needs_database(roles: Roles) -> bool {
+    [
+        Role::Gateway,
+        Role::Projector,
+        Role::Ingest,
+        Role::Integrity,
+    ]
+    .into_iter()
+    .any(|r| roles.has(r))
 }
 
 /// What `start` settles from the configuration alone (and the local files it names), before
@@ -292,15 +252,18 @@ impl Prepared {
     fn check(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
         atp_telemetry::failpoint::check_env().map_err(anyhow::Error::msg)?;
         let roles = cfg.roles;
-        let attestation = match (&cfg.attestation_key, roles.gateway && roles.ingest) {
+        let attestation = match (
+            &cfg.attestation_key,
+            roles.has(Role::Gateway) && roles.has(Role::Ingest),
+        ) {
             (Some(k), _) => Some(k.clone()),
             (None, true) => Some(crate::keys::generate()),
-            (None, false) if roles.gateway => bail!(
+            (None, false) if roles.has(Role::Gateway) => bail!(
                 "the gateway needs an attestation key (ATP_GATEWAY_KEY) when ingest runs elsewhere"
             ),
             (None, false) => None,
         };
-        let signer = if roles.integrity || roles.exporter {
+        let signer = if roles.has(Role::Integrity) || roles.has(Role::Exporter) {
             let s = &cfg.integrity;
             Some(Arc::new(
                 FileKeyStore::open_or_init(&s.keys_dir, &s.log_name, chrono::Utc::now())
@@ -309,7 +272,7 @@ impl Prepared {
         } else {
             None
         };
-        let gateway = match (&attestation, roles.gateway) {
+        let gateway = match (&attestation, roles.has(Role::Gateway)) {
             (Some(key), true) => {
                 let (auth, fetch_jwks) = token_trust(cfg)?;
                 Some(PreparedGateway {
@@ -376,7 +339,7 @@ impl Started<'_> {
         if cfg.gateway_key.is_none() {
             cfg.gateway_key = prepared.attestation.as_ref().map(|k| k.verifying_key());
         }
-        let js = self.connections.role(Worker::Ingest).await?;
+        let js = self.connections.role(Role::Ingest).await?;
         let ingest = Ingest::new(js, cfg).await?;
         running.ingest_totals = Some(ingest.totals.clone());
         let sd = running.shutdown.subscribe();
@@ -387,7 +350,7 @@ impl Started<'_> {
     }
 
     async fn projector(&self, running: &mut Running) -> anyhow::Result<()> {
-        let js = self.connections.role(Worker::Projector).await?;
+        let js = self.connections.role(Role::Projector).await?;
         let (pool, shard) = (self.pool("projector")?, self.cfg.shard);
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
@@ -408,7 +371,7 @@ impl Started<'_> {
         let policy = self.cfg.integrity.policy;
         let stats = Arc::new(IntegrityStats::default());
         running.integrity_stats = Some(stats.clone());
-        let js = self.connections.role(Worker::Integrity).await?;
+        let js = self.connections.role(Role::Integrity).await?;
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
             (
@@ -424,7 +387,7 @@ impl Started<'_> {
         running: &mut Running,
         signer: Arc<FileKeyStore>,
     ) -> anyhow::Result<()> {
-        let js = self.connections.role(Worker::Exporter).await?;
+        let js = self.connections.role(Role::Exporter).await?;
         let (url, settings) = (self.cfg.database_url.clone(), self.cfg.exports.clone());
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
@@ -442,7 +405,7 @@ impl Started<'_> {
         prepared: PreparedGateway,
     ) -> anyhow::Result<()> {
         let cfg = self.cfg;
-        let js = self.connections.role(Worker::Gateway).await?;
+        let js = self.connections.role(Role::Gateway).await?;
         let pool = self.pool("gateway")?;
         let auth = Arc::new(prepared.auth);
         if prepared.fetch_jwks {

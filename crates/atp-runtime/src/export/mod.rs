@@ -156,7 +156,7 @@ pub async fn run<S: CheckpointSigner>(
         settings.webhook.clone(),
         shutdown.clone(),
     ));
-    let worker = Worker {
+    let worker = Exporter {
         js: js.clone(),
         cold,
         hooks,
@@ -197,7 +197,7 @@ pub async fn run<S: CheckpointSigner>(
     Ok(())
 }
 
-struct Worker<S> {
+struct Exporter<S> {
     js: Context,
     pool: PgPool,
     cold: ColdStore,
@@ -206,7 +206,7 @@ struct Worker<S> {
     settings: ExportSettings,
 }
 
-impl<S: CheckpointSigner> Worker<S> {
+impl<S: CheckpointSigner> Exporter<S> {
     async fn handle(&self, msg: jetstream::Message) {
         let req: ExportRequest = match serde_json::from_slice(&msg.payload) {
             Ok(r) => r,

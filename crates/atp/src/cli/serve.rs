@@ -12,7 +12,8 @@ use atp_runtime::shard::Shard;
 
 use super::{DbArgs, KeyStoreArgs, NatsArgs};
 use crate::dev;
-use crate::serve::{IntegritySettings, NatsCredentials, Roles, ServeConfig};
+use crate::serve::{IntegritySettings, NatsCredentials, ServeConfig};
+use atp_core::role::Roles;
 
 #[derive(clap::Args)]
 pub(super) struct Args {

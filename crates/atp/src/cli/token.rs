@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use atp_core::edition::Edition;
-use atp_gateway::Role;
+use atp_gateway::Permission;
 
 #[derive(clap::Subcommand)]
 pub(super) enum Action {
@@ -13,7 +13,7 @@ pub(super) enum Action {
         #[arg(long)]
         tenant: String,
         #[arg(long, value_parser = parse_role)]
-        role: Role,
+        role: Permission,
         #[arg(long, default_value = "dev-user")]
         subject: String,
         #[arg(long, default_value_t = 3600)]
@@ -55,11 +55,11 @@ fn parse_edition(s: &str) -> Result<Edition, String> {
     Edition::parse(s).ok_or_else(|| format!("unknown edition {s:?}: standard or enterprise"))
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+fn parse_role(s: &str) -> Result<Permission, String> {
     match s {
-        "producer" => Ok(Role::Producer),
-        "auditor" => Ok(Role::Auditor),
-        "admin" => Ok(Role::Admin),
+        "producer" => Ok(Permission::Producer),
+        "auditor" => Ok(Permission::Auditor),
+        "admin" => Ok(Permission::Admin),
         other => Err(format!(
             "unknown role {other:?}: producer, auditor or admin"
         )),
