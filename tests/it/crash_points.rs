@@ -374,3 +374,152 @@ async fn the_exporter_crashing_after_storing_a_bundle_before_its_row_completes_i
 async fn the_exporter_crashing_after_its_row_before_the_ack_announces_once() {
     exporter_crash(failpoint::EXPORTER_BEFORE_ACK).await;
 }
+
+#[tokio::test]
+async fn the_exporter_crashing_before_storing_a_bundle_packages_it_again_on_redelivery() {
+    exporter_crash(failpoint::EXPORTER_BEFORE_STORE).await;
+}
+
+/// The partition's rows in the read model, every column that replay writes.
+async fn all_rows(stack: &Stack) -> Vec<(i64, Vec<u8>, Vec<u8>, i64)> {
+    sqlx::query_as(
+        "SELECT chain_index, digest, record, ledger_seq FROM records \
+         WHERE tenant_id = $1 AND source_id = $2 ORDER BY chain_index",
+    )
+    .bind(TENANT)
+    .bind(SOURCE)
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap()
+}
+
+/// `atp replay` in its own process, armed to crash at `point` or not: did it succeed, and what
+/// it said on stderr.
+fn atp_replay(stack: &Stack, point: Option<&str>) -> (bool, String) {
+    let out = std::process::Command::new(atp_binary())
+        .arg("replay")
+        .envs(stack.cli_env())
+        .envs(point.map(|p| (failpoint::ENV, p)))
+        .env("ATP_LOG", "warn")
+        .output()
+        .expect("atp runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn replay_crashing_before_its_swap_leaves_the_live_read_model_and_runs_again() {
+    let stack = Stack::start().await;
+    const N: u64 = 150;
+    let running = stack.serve(roles("ingest,projector")).await;
+    publish_n(&stack, N, "e").await;
+    eventually("everything projected", || async {
+        (stack.projected_records(TENANT).await >= N as i64).then_some(())
+    })
+    .await;
+    running.stop().await;
+    let before = all_rows(&stack).await;
+    assert_eq!(before.len() as u64, N);
+
+    let (ok, said) = atp_replay(&stack, Some(failpoint::REPLAY_BEFORE_SWAP));
+    assert!(
+        !ok && said.contains("crash point replay-before-swap reached"),
+        "replay did not crash before its swap: {said}"
+    );
+    assert_eq!(
+        all_rows(&stack).await,
+        before,
+        "the live read model is untouched"
+    );
+    let (ok, said) = atp_replay(&stack, None);
+    assert!(ok, "the replay after the crash: {said}");
+    assert_eq!(all_rows(&stack).await, before, "the same rows, rebuilt");
+}
+
+#[tokio::test]
+async fn the_gateway_crashing_after_publishing_an_export_request_before_its_row_loses_nothing() {
+    let stack = Stack::start().await;
+    const N: u64 = 60;
+    let running = stack.serve(roles("ingest,projector,integrity")).await;
+    publish_n(&stack, N, "e").await;
+    let p = partition(TENANT, SOURCE);
+    eventually("records projected and checkpointed", || async {
+        (stack.projected_records(TENANT).await as u64 >= N && stack.checkpoint_size(&p).await >= N)
+            .then_some(())
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let port = atp_devstack::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let key = dir.path().join("attestation.pem");
+    atp::keys::write_private(&key, &atp::keys::generate()).unwrap();
+    let env = [
+        ("ATP_LISTEN", listen.as_str()),
+        ("ATP_GATEWAY_KEY", key.to_str().unwrap()),
+        (
+            "ATP_TOKEN_KEYS",
+            &format!(
+                "{}={}",
+                atp::dev::ISSUER_KID,
+                atp::keys::public_b64(&stack.issuer)
+            ),
+        ),
+    ];
+    let mut armed = env.to_vec();
+    armed.push((failpoint::ENV, failpoint::GATEWAY_BEFORE_EXPORT_ROW));
+    let mut gateway = stack.spawn_serve("gateway", &armed, &log);
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let auditor = stack.token(TENANT, Permission::Auditor);
+    let request = || {
+        http.post(format!("{base}/api/v1/exports"))
+            .bearer_auth(&auditor)
+            .json(&json!({ "selection": { "sourceId": SOURCE } }))
+            .send()
+    };
+    // The request is published, then the gateway dies before answering.
+    eventually("the gateway up and crashed by an export request", || {
+        let exited = gateway.try_wait().unwrap();
+        let request = &request;
+        async move {
+            if exited.is_some() {
+                return Some(());
+            }
+            let _ = request().await;
+            None
+        }
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("crash point gateway-before-export-row reached"),
+        "{said}"
+    );
+    // The exporter takes the request from the queue and writes its row itself.
+    let exporter = stack.serve(roles("exporter")).await;
+    let mut gateway = restart(&stack, "gateway", &env, &log);
+    let done = eventually("the orphaned request exported", || {
+        assert_running(&mut gateway, &log);
+        let (http, base, auditor) = (&http, &base, &auditor);
+        async move {
+            let list: Value = http
+                .get(format!("{base}/api/v1/exports"))
+                .bearer_auth(auditor)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let first = list["items"].as_array()?.first()?.clone();
+            (first["status"] == "completed").then_some(first)
+        }
+    })
+    .await;
+    assert_eq!(done["recordCount"], json!(N), "{done}");
+    exporter.stop().await;
+    running.stop().await;
+}

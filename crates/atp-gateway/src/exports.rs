@@ -1,6 +1,7 @@
 //! `POST /exports`, `GET /exports/{id}`, `GET /exports/{id}/download` (with `Range`), the
 //! tenant's completion webhook, and `POST /integrity/verify/export`.
 
+use atp_telemetry::failpoint;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -180,6 +181,7 @@ pub async fn create(
     )
     .await
     .map_err(|e| Problem::unavailable("the export queue", e))?;
+    failpoint::crash_point(failpoint::GATEWAY_BEFORE_EXPORT_ROW);
     lock.admit(&req)
         .await
         .map_err(|e| Problem::store("the export registry", e))?;

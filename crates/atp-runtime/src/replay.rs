@@ -7,6 +7,7 @@ use async_nats::jetstream::{Context, Message};
 use atp_core::TenantId;
 use atp_nats::{streams, subjects};
 use atp_store::projection::{self, Swap, Target};
+use atp_telemetry::failpoint;
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -100,6 +101,7 @@ pub async fn replay_records(
             ledger_seq: Some((lo, hi)),
         }
     };
+    failpoint::crash_point(failpoint::REPLAY_BEFORE_SWAP);
     projection::finish_rebuild(pool, swap)
         .await
         .or_fatal("finishing the rebuild")?;

@@ -12,15 +12,18 @@
 pub const ENV: &str = "ATP_FAILPOINTS";
 
 /// Every crash point, in the order of `docs/architecture.md`'s "Where a crash matters".
-pub const POINTS: [&str; 9] = [
+pub const POINTS: [&str; 12] = [
     INGEST_BETWEEN_REJECTIONS_AND_RECORDS,
     INGEST_BEFORE_HINT,
     INGEST_LANE_HINT_STORED,
     PROJECTOR_BEFORE_COMMIT,
+    REPLAY_BEFORE_SWAP,
     INTEGRITY_BEFORE_PUBLISH,
     INTEGRITY_BEFORE_STORE,
+    EXPORTER_BEFORE_STORE,
     EXPORTER_BEFORE_ROW,
     EXPORTER_BEFORE_ACK,
+    GATEWAY_BEFORE_EXPORT_ROW,
     PROJECTOR_AFTER_DEAD_LETTER,
 ];
 
@@ -32,14 +35,20 @@ pub const INGEST_BEFORE_HINT: &str = "ingest-before-hint";
 pub const INGEST_LANE_HINT_STORED: &str = "ingest-lane-hint-stored";
 /// Projector, a batch's rows inserted in its transaction, not yet committed.
 pub const PROJECTOR_BEFORE_COMMIT: &str = "projector-before-commit";
+/// Replay (`atp replay`), the read model rebuilt beside the live one, not yet swapped in.
+pub const REPLAY_BEFORE_SWAP: &str = "replay-before-swap";
 /// Integrity, tiles committed, the checkpoint not yet published.
 pub const INTEGRITY_BEFORE_PUBLISH: &str = "integrity-before-publish";
 /// Integrity, the checkpoint published, not yet stored.
 pub const INTEGRITY_BEFORE_STORE: &str = "integrity-before-store";
+/// Exporter, a bundle packaged from its snapshot, not yet stored.
+pub const EXPORTER_BEFORE_STORE: &str = "exporter-before-store";
 /// Exporter, the bundle stored, the row not yet marked completed.
 pub const EXPORTER_BEFORE_ROW: &str = "exporter-before-row";
 /// Exporter, the row completed, the announcement and the ack not yet sent.
 pub const EXPORTER_BEFORE_ACK: &str = "exporter-before-ack";
+/// Gateway, an export request published to the exporter, its row not yet written.
+pub const GATEWAY_BEFORE_EXPORT_ROW: &str = "gateway-before-export-row";
 /// Projector, a message dead-lettered, its batch not yet committed.
 pub const PROJECTOR_AFTER_DEAD_LETTER: &str = "projector-after-dead-letter";
 

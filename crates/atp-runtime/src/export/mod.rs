@@ -333,6 +333,7 @@ impl<S: CheckpointSigner> Exporter<S> {
         let outcome = match packaged {
             Ok(p) => {
                 let key = object_key(&row.tenant_id, id);
+                failpoint::crash_point(failpoint::EXPORTER_BEFORE_STORE);
                 let stored = match p.reader().await {
                     Ok(reader) => self.cold.put(&key, reader).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
