@@ -285,19 +285,24 @@ async fn integrity_crashing_after_publishing_before_storing_the_checkpoint_issue
     integrity_crash(failpoint::INTEGRITY_BEFORE_STORE).await;
 }
 
+/// Publishes `n` events and waits until they are projected and checkpointed: ready to export.
+async fn covered(stack: &Stack, n: u64) {
+    publish_n(stack, n, "e").await;
+    let p = partition(TENANT, SOURCE);
+    eventually("records projected and checkpointed", || async {
+        (stack.projected_records(TENANT).await as u64 >= n && stack.checkpoint_size(&p).await >= n)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn exporter_crash(point: &str) {
     let stack = Stack::start().await;
     const N: u64 = 120;
     let running = stack
         .serve(roles("gateway,ingest,projector,integrity"))
         .await;
-    publish_n(&stack, N, "e").await;
-    let p = partition(TENANT, SOURCE);
-    eventually("records projected and checkpointed", || async {
-        (stack.projected_records(TENANT).await as u64 >= N && stack.checkpoint_size(&p).await >= N)
-            .then_some(())
-    })
-    .await;
+    covered(&stack, N).await;
     let api = Api::new(&running);
     let auditor = stack.token(TENANT, Permission::Auditor);
     let queued = api
@@ -443,13 +448,7 @@ async fn the_gateway_crashing_after_publishing_an_export_request_before_its_row_
     let stack = Stack::start().await;
     const N: u64 = 60;
     let running = stack.serve(roles("ingest,projector,integrity")).await;
-    publish_n(&stack, N, "e").await;
-    let p = partition(TENANT, SOURCE);
-    eventually("records projected and checkpointed", || async {
-        (stack.projected_records(TENANT).await as u64 >= N && stack.checkpoint_size(&p).await >= N)
-            .then_some(())
-    })
-    .await;
+    covered(&stack, N).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
     let port = atp_devstack::free_port().unwrap();
