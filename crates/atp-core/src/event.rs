@@ -329,7 +329,9 @@ fn ext_string(v: &Value) -> String {
     }
 }
 
-/// Checks a submission against its source's registration.
+/// Checks a submission against its source's registration, in the order a reader would: the
+/// envelope (size, headers, strict JSON), the CloudEvents context attributes, the tenant and
+/// the source, the signature, then the audit payload.
 ///
 /// `registration` is `None` when the tenant has no such source. A revoked key is refused
 /// whenever it was revoked: admission reads no clock.
@@ -347,15 +349,40 @@ pub fn admit(
             format!("event is {} bytes; the limit is {max}", sub.body.len()),
         ));
     }
-
     if let Some(name) = sub.repeated.first() {
         return Err(reject(
             Reason::Malformed,
             format!("header {name:?} is given more than once (names are case-insensitive)"),
         ));
     }
+    let parsed = parse(sub)?;
+    let ctx = Context::of(&parsed.event, parsed.binary)?;
+    let reg = registration_for(partition, sub, &parsed.event, ctx.source, registration)?;
+    let sequence = sequence_of(&parsed.event)?;
+    let producer = producer_stamp(sub, &parsed.event, reg, &ctx, &parsed.data_bytes)?;
+    check_data(&parsed.data_value, reg.allow_unknown_data_fields)?;
 
-    // 1. Parse into the structured form, strictly.
+    let fingerprint = fingerprint(&parsed.event, &parsed.data_bytes);
+    Ok(Admitted {
+        fingerprint,
+        id: ctx.id.to_owned(),
+        sequence,
+        occurred_at: ctx.occurred_at,
+        producer,
+        event: parsed.event,
+    })
+}
+
+/// A submission in the structured form, parsed strictly: its attributes, and its data as a
+/// value and as the bytes the signature covers.
+struct Parsed {
+    binary: bool,
+    event: Map<String, Value>,
+    data_value: Value,
+    data_bytes: Vec<u8>,
+}
+
+fn parse(sub: &Submission<'_>) -> Result<Parsed, Rejection> {
     let binary = is_binary_mode(sub);
     let (event, data_value, data_bytes) = if binary {
         let data = canonical::parse_submission(sub.body).map_err(malformed)?;
@@ -399,58 +426,99 @@ pub fn admit(
         };
         (event, data, bytes)
     };
+    Ok(Parsed {
+        binary,
+        event,
+        data_value,
+        data_bytes,
+    })
+}
 
-    // 2. CloudEvents 1.0 context attributes.
-    let specversion = required(&event, "specversion")?;
-    if specversion != "1.0" {
-        return Err(reject(
-            Reason::SchemaValidationFailed,
-            format!("specversion {specversion:?} is not \"1.0\""),
-        ));
-    }
-    let id = required(&event, "id")?;
-    if id.len() > MAX_ID_LEN {
-        return Err(reject(
-            Reason::SchemaValidationFailed,
-            format!("id is {} bytes; at most {MAX_ID_LEN}", id.len()),
-        ));
-    }
-    // The id becomes a NATS header, a dedupe key and a read-model key: checked before any of
-    // those is built.
-    check_text("id", id, MAX_ID_LEN)?;
-    let source = required(&event, "source")?;
-    check_text("source", source, MAX_ATTRIBUTE_LEN)?;
-    let ty = required(&event, "type")?;
-    check_text("type", ty, MAX_ATTRIBUTE_LEN)?;
-    let time_str = required(&event, "time")?;
-    let occurred_at = DateTime::parse_from_rfc3339(time_str)
-        .map_err(|e| {
-            reject(
+/// The CloudEvents 1.0 context attributes, checked; every text one bounded and free of
+/// control characters before it can reach a header, a key or a log line.
+struct Context<'e> {
+    specversion: &'e str,
+    id: &'e str,
+    source: &'e str,
+    ty: &'e str,
+    occurred_at: DateTime<Utc>,
+    datacontenttype: &'e str,
+    dataschema: Option<&'e str>,
+    subject: Option<&'e str>,
+}
+
+impl<'e> Context<'e> {
+    fn of(event: &'e Map<String, Value>, binary: bool) -> Result<Context<'e>, Rejection> {
+        let specversion = required(event, "specversion")?;
+        if specversion != "1.0" {
+            return Err(reject(
                 Reason::SchemaValidationFailed,
-                format!("time {time_str:?} is not RFC 3339: {e}"),
-            )
-        })?
-        .with_timezone(&Utc);
-    let datacontenttype = required(&event, "datacontenttype")?;
-    if datacontenttype != "application/json" {
-        return Err(reject(
-            Reason::SchemaValidationFailed,
-            format!("datacontenttype {datacontenttype:?} is not \"application/json\""),
-        ));
-    }
-    let dataschema = string_attr(&event, "dataschema")?;
-    let subject = string_attr(&event, "subject")?;
-    for (what, v) in [("dataschema", dataschema), ("subject", subject)] {
-        if let Some(v) = v {
-            check_text(what, v, MAX_ATTRIBUTE_LEN)?;
+                format!("specversion {specversion:?} is not \"1.0\""),
+            ));
         }
-    }
-    // The SDK's own model is the second opinion on the attribute set (types, URI-reference).
-    if !binary {
-        check_with_sdk(&event)?;
-    }
+        let id = required(event, "id")?;
+        if id.len() > MAX_ID_LEN {
+            return Err(reject(
+                Reason::SchemaValidationFailed,
+                format!("id is {} bytes; at most {MAX_ID_LEN}", id.len()),
+            ));
+        }
+        // The id becomes a NATS header, a dedupe key and a read-model key: checked before any of
+        // those is built.
+        check_text("id", id, MAX_ID_LEN)?;
+        let source = required(event, "source")?;
+        check_text("source", source, MAX_ATTRIBUTE_LEN)?;
+        let ty = required(event, "type")?;
+        check_text("type", ty, MAX_ATTRIBUTE_LEN)?;
+        let time_str = required(event, "time")?;
+        let occurred_at = DateTime::parse_from_rfc3339(time_str)
+            .map_err(|e| {
+                reject(
+                    Reason::SchemaValidationFailed,
+                    format!("time {time_str:?} is not RFC 3339: {e}"),
+                )
+            })?
+            .with_timezone(&Utc);
+        let datacontenttype = required(event, "datacontenttype")?;
+        if datacontenttype != "application/json" {
+            return Err(reject(
+                Reason::SchemaValidationFailed,
+                format!("datacontenttype {datacontenttype:?} is not \"application/json\""),
+            ));
+        }
+        let dataschema = string_attr(event, "dataschema")?;
+        let subject = string_attr(event, "subject")?;
+        for (what, v) in [("dataschema", dataschema), ("subject", subject)] {
+            if let Some(v) = v {
+                check_text(what, v, MAX_ATTRIBUTE_LEN)?;
+            }
+        }
+        // The SDK's own model is the second opinion on the attribute set (types, URI-reference).
+        if !binary {
+            check_with_sdk(event)?;
+        }
 
-    // 3. Tenant and source.
+        Ok(Context {
+            specversion,
+            id,
+            source,
+            ty,
+            occurred_at,
+            datacontenttype,
+            dataschema,
+            subject,
+        })
+    }
+}
+
+/// The source's registration, once the event's tenant and source agree with the subject's.
+fn registration_for<'r>(
+    partition: &PartitionKey,
+    sub: &Submission<'_>,
+    event: &Map<String, Value>,
+    source: &str,
+    registration: Option<&'r SourceRegistration>,
+) -> Result<&'r SourceRegistration, Rejection> {
     if let Some(t) = event.get("tenantid") {
         let claimed = ext_string(t);
         if claimed != partition.tenant.as_str() {
@@ -495,7 +563,12 @@ pub fn admit(
             ),
         ));
     }
-    let sequence = match event.get("sequence") {
+    Ok(reg)
+}
+
+/// The optional producer `sequence`: a decimal string of at most 20 digits that fits a u64.
+fn sequence_of(event: &Map<String, Value>) -> Result<Option<u64>, Rejection> {
+    Ok(match event.get("sequence") {
         None => None,
         Some(v) => {
             let s = ext_string(v);
@@ -507,10 +580,19 @@ pub fn admit(
                 )
             })?)
         }
-    };
+    })
+}
 
-    // 4. Signature.
-    let producer = match event.get("dssematerial") {
+/// Who the producer is and how it was authenticated: a DSSE signature by a live key of the
+/// source, or (without one) the gateway's token, or an unsigned NATS source that allows it.
+fn producer_stamp(
+    sub: &Submission<'_>,
+    event: &Map<String, Value>,
+    reg: &SourceRegistration,
+    ctx: &Context<'_>,
+    data_bytes: &[u8],
+) -> Result<ProducerStamp, Rejection> {
+    Ok(match event.get("dssematerial") {
         None | Some(Value::Null) => match &sub.channel {
             Channel::Gateway { subject } => ProducerStamp {
                 key_id: None,
@@ -534,21 +616,21 @@ pub fn admit(
                     "dssematerial must be a string",
                 ));
             };
-            let extensions = signed_extensions(&event)?;
+            let extensions = signed_extensions(event)?;
             let ext_pairs: Vec<(&str, &str)> = extensions
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
             let fields = SignedFields {
-                id: Some(id),
-                source: Some(source),
-                specversion: Some(specversion),
-                ty: Some(ty),
-                datacontenttype: Some(datacontenttype),
-                dataschema,
-                subject,
-                time: Some(occurred_at),
-                data: &data_bytes,
+                id: Some(ctx.id),
+                source: Some(ctx.source),
+                specversion: Some(ctx.specversion),
+                ty: Some(ctx.ty),
+                datacontenttype: Some(ctx.datacontenttype),
+                dataschema: ctx.dataschema,
+                subject: ctx.subject,
+                time: Some(ctx.occurred_at),
+                data: data_bytes,
                 extensions: ext_pairs,
             };
             let expected = dsse::verification_material(&fields);
@@ -585,19 +667,6 @@ pub fn admit(
                 auth,
             }
         }
-    };
-
-    // 5. The audit payload.
-    check_data(&data_value, reg.allow_unknown_data_fields)?;
-
-    let fingerprint = fingerprint(&event, &data_bytes);
-    Ok(Admitted {
-        fingerprint,
-        id: id.to_owned(),
-        sequence,
-        occurred_at,
-        producer,
-        event,
     })
 }
 
