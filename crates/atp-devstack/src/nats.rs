@@ -22,6 +22,13 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// JetStream's storage cap for dev and test servers, declared. Left unset, nats-server takes
+/// 75 % of the disk free at start and refuses a stream whose `max_bytes` exceeds it, so
+/// ATP_INGRESS (16 GiB) could not be created on a machine with less than ~21 GiB free even
+/// though tests write megabytes. Production sizes its store for the streams instead
+/// (`ops/runbooks/append.md`).
+const MAX_FILE_STORE: &str = "1TB";
+
 /// Options for [`NatsServer::start`].
 #[derive(Debug, Default, Clone)]
 pub struct NatsOptions {
@@ -209,10 +216,11 @@ impl NatsServer {
              server_name: \"atp-devstack-{port}\"\n\
              listen: \"127.0.0.1:{port}\"\n\
              http: \"127.0.0.1:{monitor}\"\n\
-             jetstream {{\n  store_dir: \"{store}\"\n}}\n",
+             jetstream {{\n  store_dir: \"{store}\"\n  max_file_store: {max_file_store}\n}}\n",
             port = self.port,
             monitor = self.monitor_port,
             store = config_string(&self.store_dir.to_string_lossy()),
+            max_file_store = MAX_FILE_STORE,
         );
         if let Some(file) = &self.include {
             config.push_str(&format!(
@@ -489,6 +497,12 @@ mod tests {
         let info = read_info(port);
         assert!(info.starts_with("INFO {"), "unexpected greeting {info:?}");
         assert!(info.contains("\"jetstream\":true"), "JetStream off: {info}");
+        let log = std::fs::read_to_string(nats.log_path()).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Max Storage:") && l.contains("1.00 TB")),
+            "JetStream's cap is declared, not measured from the free disk: {log}"
+        );
         assert!(
             info.contains("\"version\":\"2.15"),
             "unexpected version: {info}"
