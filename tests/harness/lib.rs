@@ -341,6 +341,22 @@ impl Stack {
             .expect("atp serve starts")
     }
 
+    /// The "bug" of the dead-letter tests: the database refuses, as data (a check violation,
+    /// SQLSTATE class 23, as a constraint added by hand would), the record whose event id is
+    /// `poison`. `DROP TRIGGER refuse_poison ON records` is the fix.
+    pub async fn refuse_poison(&self) {
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id \
+             USING ERRCODE = 'check_violation'; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON records FOR EACH ROW \
+             WHEN (NEW.event_id = 'poison') EXECUTE FUNCTION refuse_poison();",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
     /// A token of the enterprise edition (every feature).
     pub fn token(&self, tenant: &str, permission: Permission) -> String {
         self.token_in(tenant, permission, atp_core::edition::Edition::Enterprise)

@@ -194,17 +194,8 @@ async fn the_projector_crashing_before_its_commit_loses_and_doubles_nothing() {
 #[tokio::test]
 async fn the_projector_crashing_after_a_dead_letter_before_its_commit_letters_it_once() {
     let stack = Stack::start().await;
-    // As in dlq.rs: the database refuses one record as data.
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id \
-         USING ERRCODE = 'check_violation'; END $$; \
-         CREATE TRIGGER refuse_poison BEFORE INSERT ON records FOR EACH ROW \
-         WHEN (NEW.event_id = 'poison') EXECUTE FUNCTION refuse_poison();",
-    )
-    .execute(&stack.pool)
-    .await
-    .unwrap();
+    // The database refuses one record as data.
+    stack.refuse_poison().await;
     let ingest = stack.serve(ingest_only()).await;
     let p = partition(TENANT, SOURCE);
     for id in ["good-1", "poison", "good-2"] {

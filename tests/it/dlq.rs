@@ -42,16 +42,7 @@ async fn a_refused_row_is_dead_lettered_and_replayed_once_after_the_fix() {
     let stack = Stack::start().await;
     // The "bug": the database refuses one record as data (a check violation, SQLSTATE class
     // 23, as a constraint added by hand would).
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN RAISE EXCEPTION 'record % refused', NEW.event_id \
-         USING ERRCODE = 'check_violation'; END $$; \
-         CREATE TRIGGER refuse_poison BEFORE INSERT ON records FOR EACH ROW \
-         WHEN (NEW.event_id = 'poison') EXECUTE FUNCTION refuse_poison();",
-    )
-    .execute(&stack.pool)
-    .await
-    .unwrap();
+    stack.refuse_poison().await;
     let running = stack.serve(Roles::ALL).await;
     let p = partition(TENANT, SOURCE);
     for id in ["good-1", "poison", "good-2"] {

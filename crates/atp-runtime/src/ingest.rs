@@ -1160,9 +1160,10 @@ impl Ingest {
             keys.push(pkey);
         }
         let js = self.js.clone();
-        let both = [&rejections, &records]
-            .iter()
-            .all(|appends| appends.iter().any(|a| !a.msgs.is_empty()));
+        let both = failpoint::ENABLED
+            && [&rejections, &records]
+                .iter()
+                .all(|appends| appends.iter().any(|a| !a.msgs.is_empty()));
         let task = tokio::spawn(async move {
             let rejected_tails = append_atomic(&js, rejections).await?;
             // If we crash here, the rejections are durable and the records are not: re-reading

@@ -8,6 +8,10 @@
 //! started with `ATP_FAILPOINTS` set refuses to run ([`check_env`]) rather than silently
 //! ignoring the test's request.
 
+/// Whether this build has crash points: callers skip any work done only to decide whether a
+/// point is reached.
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
 /// The variable that arms a crash point.
 pub const ENV: &str = "ATP_FAILPOINTS";
 
@@ -83,7 +87,7 @@ pub fn check_env() -> Result<(), String> {
     let Ok(value) = std::env::var(ENV) else {
         return Ok(());
     };
-    if !cfg!(feature = "failpoints") {
+    if !ENABLED {
         return Err(format!(
             "{ENV} is set but this atp was built without crash points \
              (cargo build --bin atp --features failpoints)"
