@@ -252,6 +252,11 @@ impl Stack {
         }
     }
 
+    /// Where this stack's tenant keys are (ADR 0019): beside its checkpoint keys.
+    pub fn tenant_keys_dir(&self) -> std::path::PathBuf {
+        self.keys_dir.path().join("tenant-keys")
+    }
+
     pub fn serve_config(&self, roles: Roles) -> ServeConfig {
         ServeConfig {
             nats_url: self.nats.url(),
@@ -262,6 +267,9 @@ impl Stack {
             roles,
             shard: atp_runtime::shard::Shard::ALL,
             ingest: IngestConfig::default(),
+            tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+                &self.tenant_keys_dir(),
+            )),
             issuer: atp::dev::ISSUER.to_owned(),
             audience: atp::dev::AUDIENCE.to_owned(),
             token_keys: vec![(
@@ -330,6 +338,7 @@ impl Stack {
             .envs(creds_dir.map(|d| ("ATP_NATS_CREDS_DIR", d)))
             .env("ATP_GATEWAY_DATABASE_URL", &self.gateway_database_url)
             .env("ATP_CHECKPOINT_KEYS_DIR", self.keys_dir.path())
+            .env("ATP_TENANT_KEYS_DIR", self.tenant_keys_dir())
             .env("ATP_LOG_NAME", LOG_NAME)
             .env("ATP_EXPORT_SPOOL", self.spool.path())
             .env("ATP_LOG", "warn")

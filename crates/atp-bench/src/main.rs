@@ -152,6 +152,10 @@ pub(crate) async fn gateway(
         roles: atp_core::role::Roles::parse("gateway")?,
         shard: atp_runtime::shard::Shard::ALL,
         ingest: Default::default(),
+        // The gateway role alone seals and opens nothing.
+        tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+            std::path::Path::new(atp_runtime::ingest::DEFAULT_TENANT_KEYS_DIR),
+        )),
         issuer: atp::dev::ISSUER.to_owned(),
         audience: atp::dev::AUDIENCE.to_owned(),
         token_keys: vec![(

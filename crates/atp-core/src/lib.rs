@@ -21,6 +21,7 @@ pub mod names;
 pub mod note;
 pub mod partition;
 pub mod policy;
+pub mod privacy;
 pub mod producer;
 pub mod reason;
 pub mod record;

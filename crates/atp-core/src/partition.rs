@@ -63,6 +63,9 @@ pub struct Stamps {
     pub received_at: DateTime<Utc>,
     pub committed_at: DateTime<Utc>,
     pub policy: PolicyStamp,
+    /// The values to seal before hashing, when the policy classifies any `personal` or
+    /// `sensitive` (CONTRACT §8).
+    pub sealing: Option<crate::privacy::Sealing>,
 }
 
 impl PartitionState {
@@ -147,6 +150,17 @@ impl PartitionState {
         ingress_seq: u64,
         stamps: Stamps,
     ) -> Result<SealedRecord, RecordError> {
+        let mut ev = ev;
+        if let Some(sealing) = &stamps.sealing {
+            crate::privacy::seal_event(
+                &mut ev.event,
+                self.key.tenant.as_str(),
+                self.key.source.as_str(),
+                &stamps.record_id,
+                sealing,
+            )
+            .map_err(|e| RecordError::Shape(e.to_string()))?;
+        }
         let record = Record {
             schema_version: SCHEMA_VERSION.to_owned(),
             record_id: stamps.record_id,

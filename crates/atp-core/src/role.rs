@@ -53,6 +53,51 @@ impl fmt::Display for Role {
     }
 }
 
+/// What a caller may do at the gateway, granted by its token's `roles` claim (CONTRACT §5 and
+/// §8: `producer`, `auditor`, `admin`, `privacy`). Not to be confused with ATP's own roles
+/// ([`Role`], the parts a process runs). A tenant's policy says which classifications each
+/// permission reads in clear ([`crate::policy::PolicyDocument::readers`]).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Producer,
+    Auditor,
+    Admin,
+    /// A data-protection officer: data-subject requests, legal holds, and (by default) the only
+    /// permission that reads `personal` and `sensitive` values in clear.
+    Privacy,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 4] = [
+        Permission::Producer,
+        Permission::Auditor,
+        Permission::Admin,
+        Permission::Privacy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Producer => "producer",
+            Permission::Auditor => "auditor",
+            Permission::Admin => "admin",
+            Permission::Privacy => "privacy",
+        }
+    }
+}
+
 /// The roles one process runs.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Roles(u8);

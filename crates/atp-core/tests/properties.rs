@@ -264,6 +264,7 @@ fn stamps(i: usize) -> Stamps {
         received_at: time(),
         committed_at: time(),
         policy: PolicyStamp::default(),
+        sealing: None,
     }
 }
 

@@ -23,16 +23,7 @@ use crate::problem::{Problem, ProblemCode};
 /// an expired token is refused within a minute.
 pub const LEEWAY_SECS: u64 = 60;
 
-/// What a caller may do at the gateway, granted by its token's `roles` claim (CONTRACT §5:
-/// `producer`, `auditor`, `admin`). Not to be confused with ATP's own roles
-/// (`atp_core::role::Role`, the parts a process runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Permission {
-    Producer,
-    Auditor,
-    Admin,
-}
+pub use atp_core::role::Permission;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {

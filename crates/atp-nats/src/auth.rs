@@ -209,6 +209,7 @@ fn reads(w: Role) -> &'static [Reads] {
             Bucket(SIGNING_KEYS_BUCKET),
             Bucket(EXPORT_WEBHOOKS_BUCKET),
             Bucket(DLQ_REPLAYS_BUCKET),
+            Bucket(POLICIES_BUCKET),
             Objects(EXPORT_BUNDLES),
             Stream(DLQ),
             Stream(LEDGER),
@@ -220,8 +221,15 @@ fn reads(w: Role) -> &'static [Reads] {
             Stream(REJECTED),
             Bucket(INGEST_BUCKET),
             Bucket(PRODUCERS_BUCKET),
+            Bucket(POLICIES_BUCKET),
+            Bucket(SUBJECT_KEYS_BUCKET),
         ],
-        Role::Projector => &[Stream(LEDGER), Stream(REJECTED)],
+        Role::Projector => &[
+            Stream(LEDGER),
+            Stream(REJECTED),
+            Bucket(POLICIES_BUCKET),
+            Bucket(SUBJECT_KEYS_BUCKET),
+        ],
         Role::Integrity => &[
             Stream(LEDGER),
             Stream(CHECKPOINTS),
@@ -232,6 +240,8 @@ fn reads(w: Role) -> &'static [Reads] {
             Objects(EXPORT_BUNDLES),
             Bucket(EXPORT_WEBHOOKS_BUCKET),
             Bucket(SIGNING_KEYS_BUCKET),
+            Bucket(POLICIES_BUCKET),
+            Bucket(SUBJECT_KEYS_BUCKET),
         ],
     }
 }
@@ -241,7 +251,11 @@ fn writes(w: Role) -> Vec<String> {
     use crate::subjects::{self, all};
     let dlq_of = |role: &str| subjects::dlq(role, "*");
     let mut out = match w {
-        Role::Gateway => vec![all(subjects::INGRESS), all(subjects::EXPORT_REQUESTED)],
+        Role::Gateway => vec![
+            all(subjects::INGRESS),
+            all(subjects::EXPORT_REQUESTED),
+            subjects::render(subjects::POLICY_CHANGED, "*", ""),
+        ],
         Role::Ingest => vec![all(subjects::LEDGER), all(subjects::REJECTED)],
         Role::Projector => vec![dlq_of("projector")],
         Role::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
@@ -251,6 +265,7 @@ fn writes(w: Role) -> Vec<String> {
         Role::Gateway => &[
             "$KV.ATP_EXPORT_WEBHOOKS.>",
             "$KV.ATP_DLQ_REPLAYS.>",
+            "$KV.ATP_POLICIES.>",
             // The oldest waiting submission's age (the ingest lag figure of `/metrics`): one
             // message per tenant with a backlog. The gateway reads every record already.
             "$JS.API.DIRECT.GET.ATP_INGRESS",
@@ -258,6 +273,8 @@ fn writes(w: Role) -> Vec<String> {
         ],
         Role::Ingest => &[
             "$KV.ATP_INGEST.>",
+            // Subject keys are created on first use (ADR 0019).
+            "$KV.ATP_SUBJECT_KEYS.>",
             // Trimming what every lane has handled (ADR 0017).
             "$JS.API.STREAM.PURGE.ATP_INGRESS",
         ],

@@ -12,10 +12,12 @@ pub mod dlq;
 pub mod exports;
 pub mod headers;
 pub mod integrity;
+pub mod policy;
 pub mod progress;
 pub mod registry;
 pub mod signing_keys;
 pub mod streams;
+pub mod subject_keys;
 pub mod subjects;
 
 pub use async_nats;

@@ -51,6 +51,8 @@ pub const EXPORT_BUNDLES: &str = "ATP_EXPORT_BUNDLES";
 pub const EXPORTS: &str = "ATP_EXPORTS";
 pub const DLQ: &str = "ATP_DLQ";
 pub const DLQ_REPLAYS_BUCKET: &str = "ATP_DLQ_REPLAYS";
+pub const POLICIES_BUCKET: &str = "ATP_POLICIES";
+pub const SUBJECT_KEYS_BUCKET: &str = "ATP_SUBJECT_KEYS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamsError {

@@ -10,9 +10,10 @@ pub const EXPORT_REQUESTED: &str = "atp.export.requested.{tenant}";
 pub const EXPORT_COMPLETED: &str = "atp.export.completed.{tenant}";
 pub const ALERT_INTEGRITY: &str = "atp.alert.integrity.{tenant}.{source}";
 pub const DLQ: &str = "atp.dlq.{role}.{tenant}";
+pub const POLICY_CHANGED: &str = "atp.policy.changed.{tenant}";
 
 /// Every template, keyed as in `subjects.yaml`.
-pub const ALL: [(&str, &str); 8] = [
+pub const ALL: [(&str, &str); 9] = [
     ("ingress", INGRESS),
     ("ledger", LEDGER),
     ("rejected", REJECTED),
@@ -21,6 +22,7 @@ pub const ALL: [(&str, &str); 8] = [
     ("export_completed", EXPORT_COMPLETED),
     ("alert_integrity", ALERT_INTEGRITY),
     ("dlq", DLQ),
+    ("policy_changed", POLICY_CHANGED),
 ];
 
 pub fn render(template: &str, tenant: &str, source: &str) -> String {
@@ -49,6 +51,9 @@ pub fn export_requested(t: &TenantId) -> String {
 }
 pub fn export_completed(t: &TenantId) -> String {
     render(EXPORT_COMPLETED, t.as_str(), "")
+}
+pub fn policy_changed(t: &TenantId) -> String {
+    render(POLICY_CHANGED, t.as_str(), "")
 }
 
 /// Where a role's dead letters for a tenant go (`atp.dlq.projector.acme`). The tenant token is

@@ -41,12 +41,14 @@ use async_nats::jetstream::{Context, Message};
 use atp_core::event::{Admitted, Channel, Submission, admit};
 use atp_core::ingest::{Partition, Step};
 use atp_core::partition::{PartitionState, RecordRef, Stamps};
-use atp_core::policy::PolicyStamp;
+use atp_core::policy::{PolicyDocument, PolicyStamp};
+use atp_core::privacy::Sealing;
 use atp_core::reason::{RefusalFacts, RejectionEnvelope};
 use atp_core::record::{self, timestamp};
 use atp_core::registry::SourceRegistration;
 use atp_core::{PartitionKey, Reason, Rejection, SealedRecord, SourceId, TenantId, attestation};
 use atp_nats::headers::{BadHeader, Headers};
+use atp_nats::policy::PolicyCache;
 use atp_nats::registry::RegistryCache;
 use atp_nats::{Append, AppendError, Outgoing, append_atomic, headers, streams, subjects};
 use base64::Engine as _;
@@ -81,7 +83,9 @@ pub struct IngestConfig {
     pub dedupe_window: Duration,
     /// The gateway's attestation key; without it gateway-forwarded submissions are refused.
     pub gateway_key: Option<VerifyingKey>,
-    pub policy: PolicyStamp,
+    /// The key-management port that holds each tenant's key (ADR 0019): subject keys are
+    /// created under it the first time a value of theirs is sealed.
+    pub tenant_keys: Arc<dyn crate::keyring::TenantKeys>,
     /// The read model, asked once per batch whether an event id already has a record, so that
     /// a repeat older than the dedupe window still answers its record. Without it, duplicates
     /// are recognised within the window only (and, with `sequence`, refused for ever).
@@ -98,12 +102,17 @@ impl Default for IngestConfig {
             batch_max: atp_nats::batch::MAX_BATCH,
             dedupe_window: Duration::from_secs(600),
             gateway_key: None,
-            policy: PolicyStamp::default(),
+            tenant_keys: Arc::new(crate::keyring::FileTenantKeys::new(std::path::Path::new(
+                DEFAULT_TENANT_KEYS_DIR,
+            ))),
             dedupe_db: None,
             tenant_rate: None,
         }
     }
 }
+
+/// Where the file adapter keeps tenant keys unless configured (`ATP_TENANT_KEYS_DIR`).
+pub const DEFAULT_TENANT_KEYS_DIR: &str = ".atp/tenant-keys";
 
 /// How often the worker looks for tenants that have no lane yet. Until a new tenant's lane
 /// opens, the rest lane handles its events, so this bounds only how soon it is isolated.
@@ -194,6 +203,8 @@ pub struct Ingest {
     ledger: Stream,
     rejected: Stream,
     registry: RegistryCache,
+    policies: PolicyCache,
+    subject_keys: crate::keyring::SubjectKeys,
     producers: Store,
     progress: Store,
     cfg: IngestConfig,
@@ -236,6 +247,17 @@ impl Ingest {
         let registry = RegistryCache::start(producers.clone())
             .await
             .or_fatal("loading the producer registry")?;
+        let policies = PolicyCache::new(
+            atp_nats::policy::bucket(&js)
+                .await
+                .or_fatal("opening the policy bucket")?,
+        );
+        let subject_keys = crate::keyring::SubjectKeys::new(
+            atp_nats::subject_keys::bucket(&js)
+                .await
+                .or_fatal("opening the subject-key bucket")?,
+            cfg.tenant_keys.clone(),
+        );
         Ok(Self {
             js,
             lane: Lane::Rest,
@@ -244,6 +266,8 @@ impl Ingest {
             ledger,
             rejected,
             registry,
+            policies,
+            subject_keys,
             producers,
             progress,
             pace: None,
@@ -271,6 +295,8 @@ impl Ingest {
             ledger: self.ledger.clone(),
             rejected: self.rejected.clone(),
             registry: self.registry.clone(),
+            policies: self.policies.clone(),
+            subject_keys: self.subject_keys.clone(),
             producers: self.producers.clone(),
             progress: self.progress.clone(),
             pace,
@@ -681,9 +707,15 @@ struct PlanInput {
     located: Vec<Option<Located>>,
     registrations: HashMap<PartKey, Option<Arc<SourceRegistration>>>,
     gateway_key: Option<VerifyingKey>,
-    policy: PolicyStamp,
+    /// The policy current for each tenant of the batch (by subject token).
+    policies: HashMap<String, Arc<PolicyDocument>>,
     committed_at: chrono::DateTime<Utc>,
 }
+
+/// One message's admission: `None` when it is not this lane's or was handled before.
+type Admission = Option<Result<Admitted, Rejection>>;
+/// What to seal in an admitted event: nothing, the values and keys, or why it cannot be.
+type SealingPlan = Option<Result<Sealing, String>>;
 
 struct PlanOutput {
     plans: HashMap<PartKey, Plan>,
@@ -721,6 +753,7 @@ impl BatchHandler for Ingest {
         // 1. I/O first: where each message belongs, its partition's tails, its source's registration.
         let mut located = Vec::with_capacity(batch.len());
         let mut registrations: HashMap<PartKey, Option<Arc<SourceRegistration>>> = HashMap::new();
+        let mut policies: HashMap<String, Arc<PolicyDocument>> = HashMap::new();
         let mut last_seq = 0;
         for msg in batch.iter() {
             let info = msg.info().or_retry("message without info")?;
@@ -757,6 +790,16 @@ impl BatchHandler for Ingest {
                 };
                 registrations.insert(pkey.clone(), reg);
             }
+            if let Some(k) = &key
+                && !policies.contains_key(t)
+            {
+                let doc = self
+                    .policies
+                    .current(&k.tenant)
+                    .await
+                    .or_retry("reading the tenant's policy")?;
+                policies.insert(t.to_owned(), doc);
+            }
             located.push(Some(Located {
                 seq: info.stream_sequence,
                 received_at: to_chrono(info.published),
@@ -787,13 +830,28 @@ impl BatchHandler for Ingest {
             located,
             registrations,
             gateway_key: self.cfg.gateway_key,
-            policy: self.cfg.policy.clone(),
+            policies,
             committed_at: Utc::now(),
         };
         let parts = std::mem::take(&mut self.parts);
+        let (input, parts, admissions) = tokio::task::spawn_blocking(move || {
+            let admissions = admit_all(&input, &parts);
+            (input, parts, admissions)
+        })
+        .await
+        .or_retry("admission failed")?;
+        // Subject keys are I/O (found or created in ATP_SUBJECT_KEYS): fetched between
+        // admission, which finds the data subjects, and sealing.
+        let sealings = match self.sealings(&input, &admissions).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.parts = parts;
+                return Err(e);
+            }
+        };
         let (parts, planned) = tokio::task::spawn_blocking(move || {
             let mut parts = parts;
-            let out = plan(&input, &mut parts);
+            let out = plan(&input, admissions, sealings, &mut parts);
             (parts, out)
         })
         .await
@@ -824,6 +882,76 @@ impl BatchHandler for Ingest {
     }
 }
 
+impl Ingest {
+    /// What the policy decides for each admitted event, with the subject keys and nonces to
+    /// seal its `personal` and `sensitive` values. A key store that does not answer retries
+    /// the batch; a key that cannot be made or opened refuses only its event (UNPROCESSABLE).
+    async fn sealings(
+        &self,
+        input: &PlanInput,
+        admissions: &[Admission],
+    ) -> Result<Vec<SealingPlan>, RoleError> {
+        let month = crate::keyring::month_of(input.committed_at);
+        let mut out = Vec::with_capacity(admissions.len());
+        for (admission, loc) in admissions.iter().zip(&input.located) {
+            let (Some(Ok(ev)), Some(loc)) = (admission, loc) else {
+                out.push(None);
+                continue;
+            };
+            let (Some(policy), Some(key)) = (input.policies.get(&loc.pkey.tenant), &loc.key) else {
+                out.push(None);
+                continue;
+            };
+            let Some(data) = atp_core::privacy::data_of(&ev.event) else {
+                out.push(None);
+                continue;
+            };
+            let event_type = ev
+                .event
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            let classified = policy.classify(key.source.as_str(), event_type, &data);
+            let subject = classified.subject.clone().unwrap_or_default();
+            let mut keys = std::collections::BTreeMap::new();
+            let mut nonces = Vec::new();
+            let mut failed = None;
+            for field in classified.encrypted() {
+                if !keys.contains_key(&field.retention_policy_id) {
+                    let found = self
+                        .subject_keys
+                        .for_sealing(&key.tenant, &subject, &field.retention_policy_id, &month)
+                        .await;
+                    match found {
+                        Ok(k) => {
+                            keys.insert(field.retention_policy_id.clone(), k);
+                        }
+                        Err(crate::keyring::KeyringError::Store(e)) => {
+                            return Err(e).or_retry("finding a subject key");
+                        }
+                        Err(e) => {
+                            failed = Some(format!("cannot seal {}: {e}", field.path));
+                            break;
+                        }
+                    }
+                }
+                let mut nonce = [0u8; 24];
+                rand::fill(&mut nonce);
+                nonces.push(nonce);
+            }
+            out.push(Some(match failed {
+                Some(defect) => Err(defect),
+                None => Ok(Sealing {
+                    classified,
+                    keys,
+                    nonces,
+                }),
+            }));
+        }
+        Ok(out)
+    }
+}
+
 /// Admits every message (in parallel: admission is pure), then walks the batch in order, asks
 /// the core what each message's step is ([`Partition::step`]) and turns the steps into each
 /// partition's appends.
@@ -832,8 +960,8 @@ impl BatchHandler for Ingest {
 /// Every outcome for one message is a record, a duplicate or a rejection; a defect that makes
 /// ATP itself fail on one message (a panic in admission, a record that does not seal) becomes
 /// that message's `UNPROCESSABLE` rejection, logged at ERROR, and the batch goes on.
-fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOutput, RoleError> {
-    let admit_one = |i: usize| -> Option<Result<Admitted, Rejection>> {
+fn admit_all(input: &PlanInput, parts: &HashMap<PartKey, Part>) -> Vec<Admission> {
+    let admit_one = |i: usize| -> Admission {
         let loc = input.located[i].as_ref()?;
         let msg = &input.msgs[i];
         // Handled before a restart: no signature check paid for it.
@@ -877,13 +1005,21 @@ fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOut
             )),
         })
     };
-    let admissions = parallel_map(input.msgs.len(), admit_one);
+    parallel_map(input.msgs.len(), admit_one)
+}
 
+/// Walks the admitted batch in order: each message's step, sealed with its plan.
+fn plan(
+    input: &PlanInput,
+    admissions: Vec<Admission>,
+    sealings: Vec<SealingPlan>,
+    parts: &mut HashMap<PartKey, Part>,
+) -> Result<PlanOutput, RoleError> {
     let mut stats = BatchStats::default();
     let mut received = Vec::new();
     let mut plans: HashMap<PartKey, Plan> = HashMap::new();
     let mut order: Vec<PartKey> = Vec::new();
-    for (i, admission) in admissions.into_iter().enumerate() {
+    for (i, (admission, sealing)) in admissions.into_iter().zip(sealings).enumerate() {
         let (Some(loc), msg) = (input.located[i].as_ref(), &input.msgs[i]) else {
             continue;
         };
@@ -894,6 +1030,20 @@ fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOut
             stats.skipped += 1;
             continue;
         };
+        // The policy's decision: the record's stamp, and what it seals (if anything).
+        let (admission, policy, sealing) = match sealing {
+            Some(Err(defect)) => (
+                Err(unprocessable(loc, &defect)),
+                PolicyStamp::default(),
+                None,
+            ),
+            Some(Ok(s)) => {
+                let stamp = s.classified.stamp();
+                (admission, stamp, (!s.nonces.is_empty()).then_some(s))
+            }
+            None => (admission, PolicyStamp::default(), None),
+        };
+        let policy_version = policy.policy_version;
         let plan = plans.entry(loc.pkey.clone()).or_insert_with(|| {
             order.push(loc.pkey.clone());
             Plan {
@@ -906,7 +1056,8 @@ fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOut
             record_id: ulid::Ulid::generate().to_string(),
             received_at: loc.received_at,
             committed_at: input.committed_at,
-            policy: input.policy.clone(),
+            policy,
+            sealing,
         };
         let step = part.state.step(loc.seq, admission, stamps);
         if let Step::Unprocessable { defect, .. } = &step {
@@ -928,7 +1079,7 @@ fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOut
                 event_id,
                 seq_hwm,
             } => {
-                let out = record_message(input, loc, msg, &event_id, record, seq_hwm)
+                let out = record_message(loc, msg, &event_id, record, seq_hwm, policy_version)
                     // Cannot happen: admission's id was checked before it was sealed. Were it
                     // to, the restart forgets the sealed record (never written) with the
                     // partition's state, and re-reads the partition from the ledger.
@@ -949,12 +1100,12 @@ fn plan(input: &PlanInput, parts: &mut HashMap<PartKey, Part>) -> Result<PlanOut
 
 /// The ATP_LEDGER message for a sealed record.
 fn record_message(
-    input: &PlanInput,
     loc: &Located,
     msg: &Message,
     event_id: &str,
     record: SealedRecord,
     seq_hwm: Option<u64>,
+    policy_version: u32,
 ) -> Result<Outgoing, BadHeader> {
     let mut h = Headers::new();
     h.text(headers::EVENT_ID, event_id)?
@@ -969,7 +1120,7 @@ fn record_message(
         TraceAbout {
             tenant: &loc.pkey.tenant,
             event_id,
-            policy_version: input.policy.policy_version,
+            policy_version,
             outcome: "recorded",
         },
     );
@@ -1004,7 +1155,10 @@ fn rejection_message(input: &PlanInput, loc: &Located, msg: &Message, rej: Rejec
         TraceAbout {
             tenant: &loc.pkey.tenant,
             event_id: env.event_id.as_deref().unwrap_or(""),
-            policy_version: input.policy.policy_version,
+            policy_version: input
+                .policies
+                .get(&loc.pkey.tenant)
+                .map_or(1, |p| p.policy_version),
             outcome: "rejected",
         },
     );

@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod export;
 pub mod ingest;
 pub mod integrity;
+pub mod keyring;
 pub mod projector;
 pub mod reader;
 pub mod replay;

@@ -94,6 +94,9 @@ impl DevPaths {
     pub fn checkpoint_keys(&self) -> PathBuf {
         self.dir.join("checkpoint-keys")
     }
+    pub fn tenant_keys(&self) -> PathBuf {
+        self.dir.join("tenant-keys")
+    }
     pub fn env_file(&self) -> PathBuf {
         self.dir
             .parent()
@@ -182,6 +185,9 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         roles: Roles::ALL,
         shard: atp_runtime::shard::Shard::ALL,
         ingest: IngestConfig::default(),
+        tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+            &paths.tenant_keys(),
+        )),
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
         token_keys: vec![(ISSUER_KID.to_owned(), issuer.verifying_key().to_bytes())],
@@ -231,6 +237,10 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             "ATP_DEV_TOKEN_ADMIN",
             token(Permission::Admin, "dev-admin")?,
         ),
+        (
+            "ATP_DEV_TOKEN_PRIVACY",
+            token(Permission::Privacy, "dev-privacy")?,
+        ),
         // What a direct producer of the dev source connects with: it may publish only to
         // atp.ingress.<tenant>.<source>.
         (
@@ -251,6 +261,10 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
             paths.issuer_key().display().to_string(),
         ),
         ("ATP_NOTE_VERIFIER_KEY", note_verifier_key),
+        (
+            "ATP_TENANT_KEYS_DIR",
+            paths.tenant_keys().display().to_string(),
+        ),
         (
             "ATP_CHECKPOINT_KEYS_DIR",
             paths.checkpoint_keys().display().to_string(),

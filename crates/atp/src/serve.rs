@@ -40,6 +40,9 @@ pub struct ServeConfig {
     /// This process's share of the partitions, for ingest and the projector (`k/n`).
     pub shard: Shard,
     pub ingest: IngestConfig,
+    /// The key-management port holding each tenant's key (ADR 0019), shared by the roles that
+    /// seal or open personal values.
+    pub tenant_keys: Arc<dyn atp_runtime::keyring::TenantKeys>,
     pub issuer: String,
     pub audience: String,
     /// Trusted token keys: (kid, raw Ed25519 public key).
@@ -339,6 +342,7 @@ impl Started<'_> {
         if cfg.gateway_key.is_none() {
             cfg.gateway_key = prepared.attestation.as_ref().map(|k| k.verifying_key());
         }
+        cfg.tenant_keys = self.cfg.tenant_keys.clone();
         let js = self.connections.role(Role::Ingest).await?;
         let ingest = Ingest::new(js, cfg).await?;
         running.ingest_totals = Some(ingest.totals.clone());

@@ -318,6 +318,7 @@ fn stamps(n: u8) -> Stamps {
         received_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
         committed_at: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 1).unwrap(),
         policy: PolicyStamp::default(),
+        sealing: None,
     }
 }
 

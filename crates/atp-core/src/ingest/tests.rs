@@ -24,6 +24,7 @@ fn stamps() -> Stamps {
         received_at: at,
         committed_at: at,
         policy: PolicyStamp::default(),
+        sealing: None,
     }
 }
 

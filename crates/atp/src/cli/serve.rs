@@ -70,6 +70,11 @@ pub(super) struct Args {
     exports: Box<ExportArgs>,
     #[command(flatten)]
     gateway_limits: Box<GatewayLimitArgs>,
+    /// Where the file adapter keeps each tenant's key (ADR 0019): 0600 files created on first
+    /// use. Back it up with the ledger and never commit it; losing it makes every sealed
+    /// value unreadable.
+    #[arg(long, env = "ATP_TENANT_KEYS_DIR", default_value = atp_runtime::ingest::DEFAULT_TENANT_KEYS_DIR)]
+    tenant_keys_dir: PathBuf,
     /// Without the gateway role, serve /metrics and /healthz here.
     #[arg(long, env = "ATP_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -123,6 +128,9 @@ impl Args {
                 gateway_key,
                 ..IngestConfig::default()
             },
+            tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+                &self.tenant_keys_dir,
+            )),
             issuer: self.token_issuer,
             audience: self.token_audience,
             token_keys,

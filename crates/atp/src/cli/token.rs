@@ -56,12 +56,8 @@ fn parse_edition(s: &str) -> Result<Edition, String> {
 }
 
 fn parse_role(s: &str) -> Result<Permission, String> {
-    match s {
-        "producer" => Ok(Permission::Producer),
-        "auditor" => Ok(Permission::Auditor),
-        "admin" => Ok(Permission::Admin),
-        other => Err(format!(
-            "unknown role {other:?}: producer, auditor or admin"
-        )),
-    }
+    Permission::ALL
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| format!("unknown role {s:?}: producer, auditor, admin or privacy"))
 }
