@@ -257,6 +257,13 @@ impl Stack {
         self.keys_dir.path().join("tenant-keys")
     }
 
+    /// The tenant-key port of this stack's roles.
+    pub fn tenant_keys(&self) -> std::sync::Arc<dyn atp_runtime::keyring::TenantKeys> {
+        std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+            &self.tenant_keys_dir(),
+        ))
+    }
+
     pub fn serve_config(&self, roles: Roles) -> ServeConfig {
         ServeConfig {
             nats_url: self.nats.url(),
@@ -267,9 +274,7 @@ impl Stack {
             roles,
             shard: atp_runtime::shard::Shard::ALL,
             ingest: IngestConfig::default(),
-            tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
-                &self.tenant_keys_dir(),
-            )),
+            tenant_keys: self.tenant_keys(),
             issuer: atp::dev::ISSUER.to_owned(),
             audience: atp::dev::AUDIENCE.to_owned(),
             token_keys: vec![(

@@ -493,6 +493,7 @@ async fn a_search_uses_the_trigram_index_through_row_level_security() {
     .await
     .unwrap();
     let filter = |q: &str| RecordFilter {
+        readable: atp_store::query::read_all(),
         selection: Selection {
             q: Some(q.to_owned()),
             ..Default::default()

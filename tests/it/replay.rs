@@ -58,9 +58,14 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
         .execute(&stack.pool)
         .await
         .unwrap();
-    let report = replay_records(&stack.js, &stack.pool, &ReplayOptions::default())
-        .await
-        .unwrap();
+    let report = replay_records(
+        &stack.js,
+        &stack.pool,
+        stack.tenant_keys(),
+        &ReplayOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.rows, 240);
     assert_eq!(
         rows(&stack).await,
@@ -80,6 +85,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
     let report = replay_records(
         &stack.js,
         &stack.pool,
+        stack.tenant_keys(),
         &ReplayOptions {
             tenant: Some(atp_core::TenantId::new("globex").unwrap()),
             ..Default::default()
@@ -110,6 +116,7 @@ async fn dropping_the_read_model_and_replaying_gives_identical_rows() {
     let report = replay_records(
         &stack.js,
         &stack.pool,
+        stack.tenant_keys(),
         &ReplayOptions {
             tenant: None,
             from_seq: Some(lo as u64),

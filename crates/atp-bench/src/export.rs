@@ -265,7 +265,12 @@ pub(super) async fn seed(
         for (i, r) in recs.iter().enumerate() {
             total += r.len();
             log.push(merkle::leaf_hash(r));
-            rows.push(RecordRow::from_ledger(r, start + i as u64 + 1, None)?);
+            rows.push(RecordRow::from_ledger(
+                r,
+                start + i as u64 + 1,
+                None,
+                &atp_store::projection::NoClearance,
+            )?);
         }
         let mut conn = pool.acquire().await?;
         for batch in rows.chunks(1000) {

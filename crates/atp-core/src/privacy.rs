@@ -226,8 +226,9 @@ pub fn sealed_values(data: &Value) -> Vec<(String, SealedValue)> {
     out
 }
 
-/// Calls `f` on every value of `data` top-down; a `true` answer stops the descent there.
-fn walk(value: &Value, at: &mut Vec<String>, f: &mut impl FnMut(&[String], &Value) -> bool) {
+/// Calls `f` with the path and value of every value of `data` top-down; a `true` answer stops
+/// the descent there.
+pub fn walk(value: &Value, at: &mut Vec<String>, f: &mut impl FnMut(&[String], &Value) -> bool) {
     if f(at, value) {
         return;
     }

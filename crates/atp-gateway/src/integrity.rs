@@ -212,6 +212,7 @@ pub struct ProofParams {
 pub async fn record_proof(
     principal: Principal,
     State(db): State<PgPool>,
+    State(bus): State<Bus>,
     Path(record_id): Path<String>,
     params: Result<Query<ProofParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -224,7 +225,8 @@ pub async fn record_proof(
         .await
         .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
-    let rec = record_view(&r)?;
+    let clearance = crate::redact::Clearance::of(&bus, &principal).await?;
+    let rec = record_view(&r, &clearance)?;
     let p = partition_of(&r)?;
     let Some(cp) = checkpoint_for(&db, &p, params.tree_size).await? else {
         return Ok(match params.tree_size {
@@ -481,7 +483,8 @@ pub async fn verify_record(
                         true,
                         format!("leaf {} of the tree of {} records", proof.index, cp.size()),
                     ));
-                    proof_answer = proof_json(&record_view(&r)?, &proof, &cp);
+                    let clearance = crate::redact::Clearance::of(&bus, &principal).await?;
+                    proof_answer = proof_json(&record_view(&r, &clearance)?, &proof, &cp);
                 }
                 Err(e) => checks.push(check("inclusion", false, e.detail)),
             }

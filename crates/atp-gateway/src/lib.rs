@@ -14,6 +14,7 @@ pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod query;
+pub mod redact;
 pub mod server;
 mod wait;
 
@@ -77,6 +78,8 @@ pub struct BusParts {
     pub attestation_key: Arc<SigningKey>,
     /// The query answers' freshness headers, reused for a moment.
     pub freshness: query::FreshnessCache,
+    /// Tenants' privacy policies (who reads what in clear).
+    pub policies: atp_nats::policy::PolicyCache,
 }
 
 #[derive(Clone)]

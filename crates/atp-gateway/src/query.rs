@@ -20,8 +20,11 @@ use sqlx::PgPool;
 use crate::Bus;
 use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
+use crate::redact::{self, Clearance};
 
-pub(crate) const READERS: [Permission; 2] = [Permission::Auditor, Permission::Admin];
+/// Who reads records; what each sees in clear is the tenant policy's `readers`.
+pub(crate) const READERS: [Permission; 3] =
+    [Permission::Auditor, Permission::Admin, Permission::Privacy];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
@@ -55,7 +58,15 @@ pub(crate) struct RecordView {
     pub chain_hash: String,
     pub occurred_at: String,
     pub committed_at: String,
+    /// The record as stored, byte for byte, unless `redacted`.
     pub record: Box<RawValue>,
+    /// The record holds values stored in clear that the caller may not read: `record` shows
+    /// them redacted, and so no longer hashes to `digest`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+    /// The event's `data` as the caller may see it (CONTRACT §8): each value in clear,
+    /// `{"redacted": "<classification>"}` or `{"erased": true}`.
+    pub data: Value,
 }
 
 /// A page of answers, newest first.
@@ -67,7 +78,7 @@ struct PageView<T> {
 }
 
 /// The record, after checking its bytes against their stored digest.
-pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
+pub(crate) fn record_view(r: &StoredRecord, clearance: &Clearance) -> Result<RecordView, Problem> {
     let stored = r.digest;
     if Digest::of(&r.record) != stored {
         tracing::error!(tenant = %r.tenant_id, source = %r.source_id, chain_index = r.chain_index, "stored record does not match its digest");
@@ -80,8 +91,18 @@ pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
         )
         .tenant(&r.tenant_id));
     }
-    let text = String::from_utf8(r.record.clone())
-        .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not UTF-8"))?;
+    let shown = redact::show(r, clearance).map_err(|e| {
+        Problem::new(
+            ProblemCode::IntegrityError,
+            format!("record is not JSON: {e}"),
+        )
+    })?;
+    let text = match &shown.record {
+        Some(redacted) => serde_json::to_string(redacted)
+            .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not JSON"))?,
+        None => String::from_utf8(r.record.clone())
+            .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not UTF-8"))?,
+    };
     let raw = RawValue::from_string(text)
         .map_err(|_| Problem::new(ProblemCode::IntegrityError, "record is not JSON"))?;
     Ok(RecordView {
@@ -94,6 +115,8 @@ pub(crate) fn record_view(r: &StoredRecord) -> Result<RecordView, Problem> {
         occurred_at: atp_core::record::timestamp(r.occurred_at),
         committed_at: atp_core::record::timestamp(r.committed_at),
         record: raw,
+        redacted: shown.record.is_some(),
+        data: shown.data,
     })
 }
 
@@ -217,7 +240,9 @@ pub async fn list_records(
         )
         .tenant(&tenant));
     }
+    let clearance = Clearance::of(&bus, &principal).await?;
     let filter = RecordFilter {
+        readable: clearance.indices(),
         selection: Selection {
             from: p.from,
             to: p.to,
@@ -238,7 +263,7 @@ pub async fn list_records(
     let items = page
         .items
         .iter()
-        .map(record_view)
+        .map(|r| record_view(r, &clearance))
         .collect::<Result<Vec<_>, _>>()?;
     let resp = Json(PageView {
         items,
@@ -253,6 +278,7 @@ pub async fn list_records(
     responses((status = 200, description = "One record", body = serde_json::Value, content_type = "application/json")))]
 pub async fn get_record(
     principal: Principal,
+    State(bus): State<Bus>,
     State(db): State<PgPool>,
     Path(record_id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -262,7 +288,8 @@ pub async fn get_record(
         .await
         .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found(format!("no record {record_id:?}")).tenant(&tenant))?;
-    Ok(Json(record_view(&r)?).into_response())
+    let clearance = Clearance::of(&bus, &principal).await?;
+    Ok(Json(record_view(&r, &clearance)?).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

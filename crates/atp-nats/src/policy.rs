@@ -144,13 +144,18 @@ async fn put_json(kv: &Store, key: &str, doc: &PolicyDocument) -> Result<(), Pol
     Ok(())
 }
 
+/// Each tenant's current policy and when it was read.
+type Currents = HashMap<TenantId, (Instant, Arc<PolicyDocument>)>;
+/// Policy versions by tenant and number.
+type Versions = HashMap<(TenantId, u32), Arc<PolicyDocument>>;
+
 /// What ingest and the read side hold: current policies (re-read after [`CURRENT_TTL`]) and
 /// versions (cached, since they never change).
 #[derive(Clone)]
 pub struct PolicyCache {
     kv: Store,
-    current: Arc<Mutex<HashMap<TenantId, (Instant, Arc<PolicyDocument>)>>>,
-    versions: Arc<Mutex<HashMap<(TenantId, u32), Arc<PolicyDocument>>>>,
+    current: Arc<Mutex<Currents>>,
+    versions: Arc<Mutex<Versions>>,
 }
 
 impl PolicyCache {
@@ -201,15 +206,11 @@ impl PolicyCache {
         Ok(Some(doc))
     }
 
-    fn lock_current(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TenantId, (Instant, Arc<PolicyDocument>)>> {
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Currents> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_versions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(TenantId, u32), Arc<PolicyDocument>>> {
+    fn lock_versions(&self) -> std::sync::MutexGuard<'_, Versions> {
         self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

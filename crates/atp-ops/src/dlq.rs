@@ -14,6 +14,7 @@ use atp_nats::dlq::{self, Entry, Replay};
 use atp_nats::exports::ExportEvent;
 use atp_nats::streams;
 use atp_store::exports::{self, ExportRequest};
+use atp_store::projection::NoClearance;
 use atp_store::projection::{self, RecordRow, RejectionRow, Target};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -151,8 +152,24 @@ async fn project(
                 .as_ref()
                 .and_then(|h| h.get(atp_nats::headers::INGRESS_SEQ))
                 .and_then(|v| v.as_str().parse().ok());
-            let row =
-                RecordRow::from_ledger(&m.payload, seq, ingress_seq).map_err(|e| e.to_string())?;
+            // A dead-letter replay holds no subject keys: a record with sealed values would be
+            // projected as if erased. `atp replay --tenant` rebuilds it with the keys.
+            if !atp_core::privacy::sealed_values(
+                &atp_core::record::open(&m.payload, false)
+                    .ok()
+                    .and_then(|o| o.record.event.get("data").cloned())
+                    .unwrap_or_default(),
+            )
+            .is_empty()
+            {
+                return Err(
+                    "the record seals personal values, which a dead-letter replay cannot \
+                     open: rebuild its tenant with `atp replay --tenant <tenant>`"
+                        .to_owned(),
+                );
+            }
+            let row = RecordRow::from_ledger(&m.payload, seq, ingress_seq, &NoClearance)
+                .map_err(|e| e.to_string())?;
             let n =
                 projection::insert_records(&mut tx, Target::Live, std::slice::from_ref(&row)).await;
             (projection::RECORDS, n)

@@ -5,6 +5,7 @@
 //! durable. Roles ([`ingest`], [`projector`]) are their batch handlers; [`replay`] reuses the
 //! projector's row building to rebuild read models.
 
+pub mod clearance;
 pub mod dead_letter;
 pub mod export;
 pub mod ingest;

@@ -37,6 +37,7 @@ use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Targe
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use crate::clearance::{BatchClearance, Resolver};
 use crate::reader::{BatchHandler, LaneOpener, LaneSet, ReadSpec, Shutdown, Worker};
 use crate::shard::Shard;
 use crate::{Classify, RoleError, telemetry};
@@ -64,8 +65,20 @@ pub trait Projection: Send {
     const STREAM: &'static str;
     const SUBJECTS: &'static str;
     type Row: Send + Sync;
+    /// What building a batch's rows needs besides the messages (fetched first: rows are built
+    /// without I/O).
+    type Context: Send + Sync;
+    fn prepare(
+        resolver: &Resolver,
+        batch: &[Message],
+    ) -> impl Future<Output = Result<Self::Context, RoleError>> + Send;
     /// The row for a message (its payload and headers) at stream sequence `seq`.
-    fn row(payload: &[u8], headers: Option<&HeaderMap>, seq: u64) -> Result<Self::Row, StoreError>;
+    fn row(
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        seq: u64,
+        cx: &Self::Context,
+    ) -> Result<Self::Row, StoreError>;
     /// The time the watermark reports for a row (committedAt or rejectedAt).
     fn time(row: &Self::Row) -> DateTime<Utc>;
     fn insert(
@@ -81,8 +94,17 @@ impl Projection for Records {
     const STREAM: &'static str = streams::LEDGER;
     const SUBJECTS: &'static str = subjects::LEDGER;
     type Row = RecordRow;
-    fn row(payload: &[u8], headers: Option<&HeaderMap>, seq: u64) -> Result<RecordRow, StoreError> {
-        RecordRow::from_ledger(payload, seq, ingress_seq_of(headers))
+    type Context = BatchClearance;
+    async fn prepare(resolver: &Resolver, batch: &[Message]) -> Result<BatchClearance, RoleError> {
+        resolver.prepare(batch).await
+    }
+    fn row(
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        seq: u64,
+        cx: &BatchClearance,
+    ) -> Result<RecordRow, StoreError> {
+        RecordRow::from_ledger(payload, seq, ingress_seq_of(headers), cx)
     }
     fn time(row: &RecordRow) -> DateTime<Utc> {
         row.committed_at
@@ -99,10 +121,15 @@ impl Projection for Rejections {
     const STREAM: &'static str = streams::REJECTED;
     const SUBJECTS: &'static str = subjects::REJECTED;
     type Row = RejectionRow;
+    type Context = ();
+    async fn prepare(_: &Resolver, _: &[Message]) -> Result<(), RoleError> {
+        Ok(())
+    }
     fn row(
         payload: &[u8],
         _headers: Option<&HeaderMap>,
         seq: u64,
+        _: &(),
     ) -> Result<RejectionRow, StoreError> {
         RejectionRow::from_stream(payload, seq)
     }
@@ -127,14 +154,19 @@ pub struct Rows<R> {
 
 /// Builds the rows of a batch for the partitions `shard` owns (others are neither rows nor
 /// failures: another instance projects them).
-pub fn build<P: Projection>(batch: &[Message], shard: Shard) -> Result<Rows<P::Row>, RoleError> {
-    build_for::<P>(batch, |m| owned::<P>(shard, m))
+pub fn build<P: Projection>(
+    batch: &[Message],
+    shard: Shard,
+    cx: &P::Context,
+) -> Result<Rows<P::Row>, RoleError> {
+    build_for::<P>(batch, |m| owned::<P>(shard, m), cx)
 }
 
 /// Builds the rows of a batch for the messages `takes` accepts.
 fn build_for<P: Projection>(
     batch: &[Message],
     takes: impl Fn(&Message) -> bool,
+    cx: &P::Context,
 ) -> Result<Rows<P::Row>, RoleError> {
     let mut out = Rows {
         rows: Vec::with_capacity(batch.len()),
@@ -148,7 +180,7 @@ fn build_for<P: Projection>(
         if !takes(m) {
             continue;
         }
-        match P::row(&m.payload, m.headers.as_ref(), seq) {
+        match P::row(&m.payload, m.headers.as_ref(), seq, cx) {
             Ok(r) => {
                 out.rows.push(r);
                 out.from.push(i);
@@ -173,8 +205,11 @@ fn owned<P: Projection>(shard: Shard, m: &Message) -> bool {
 
 /// Rows for a batch, leaving out (and logging) messages that cannot be projected: for
 /// rebuilds, where the live projector has already dead-lettered them.
-pub fn rows<P: Projection>(batch: &[Message]) -> Result<(Vec<P::Row>, u64), RoleError> {
-    let built = build::<P>(batch, Shard::ALL)?;
+pub fn rows<P: Projection>(
+    batch: &[Message],
+    cx: &P::Context,
+) -> Result<(Vec<P::Row>, u64), RoleError> {
+    let built = build::<P>(batch, Shard::ALL, cx)?;
     for (i, e) in &built.failed {
         tracing::error!(projection = P::NAME, subject = %batch[*i].subject, error = %e, "message cannot be projected");
     }
@@ -235,11 +270,12 @@ pub struct Projector<P: Projection> {
     /// The first stream sequence of the batch that keeps failing on its data, and how many
     /// such tries it has had.
     failing: Option<(u64, u32)>,
+    resolver: Resolver,
     _model: std::marker::PhantomData<fn() -> P>,
 }
 
 impl<P: Projection> Projector<P> {
-    pub fn new(js: Context, pool: PgPool, shard: Shard) -> Self {
+    pub fn new(js: Context, pool: PgPool, shard: Shard, resolver: Resolver) -> Self {
         Self {
             js,
             pool,
@@ -254,13 +290,19 @@ impl<P: Projection> Projector<P> {
             stream: None,
             projected: 0,
             failing: None,
+            resolver,
             _model: std::marker::PhantomData,
         }
     }
 
     /// A tenant's lane of the same projection.
     fn lane(&self, tenant: TenantId) -> Self {
-        let mut lane = Self::new(self.js.clone(), self.pool.clone(), self.shard);
+        let mut lane = Self::new(
+            self.js.clone(),
+            self.pool.clone(),
+            self.shard,
+            self.resolver.clone(),
+        );
         lane.watermark = projection::lane_watermark_key(
             P::NAME,
             tenant.as_str(),
@@ -299,7 +341,12 @@ impl<P: Projection> Projector<P> {
         }
         let rest = Self {
             laned: Arc::clone(&self.laned),
-            ..Self::new(self.js.clone(), self.pool.clone(), self.shard)
+            ..Self::new(
+                self.js.clone(),
+                self.pool.clone(),
+                self.shard,
+                self.resolver.clone(),
+            )
         };
         set.spawn(crate::ingest::REST, rest);
         set.run(&self, LANE_REFRESH).await
@@ -554,7 +601,8 @@ impl<P: Projection> BatchHandler for Projector<P> {
         } else {
             Vec::new()
         };
-        let mut built = build_for::<P>(batch, |m| self.takes(m))?;
+        let cx = P::prepare(&self.resolver, batch).await?;
+        let mut built = build_for::<P>(batch, |m| self.takes(m), &cx)?;
         if self.lane.is_none() {
             // What the rest lane passes by, for moving the lanes' rows along with its own.
             for m in batch.iter() {
@@ -647,10 +695,12 @@ pub async fn run(
     js: Context,
     pool: PgPool,
     shard: Shard,
+    tenant_keys: Arc<dyn crate::keyring::TenantKeys>,
     shutdown: crate::Shutdown,
 ) -> Result<(), RoleError> {
-    let records = Projector::<Records>::new(js.clone(), pool.clone(), shard);
-    let rejections = Projector::<Rejections>::new(js, pool, shard);
+    let resolver = Resolver::new(&js, tenant_keys).await?;
+    let records = Projector::<Records>::new(js.clone(), pool.clone(), shard, resolver.clone());
+    let rejections = Projector::<Rejections>::new(js, pool, shard, resolver);
     let (a, b) = tokio::join!(records.run(shutdown.clone()), rejections.run(shutdown));
     a.and(b)
 }

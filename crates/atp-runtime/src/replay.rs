@@ -31,6 +31,7 @@ pub struct ReplayReport {
 
 struct Rebuild {
     pool: PgPool,
+    resolver: crate::clearance::Resolver,
     rows: u64,
     /// Last ledger sequence to rebuild: a batch may run past it.
     to_seq: u64,
@@ -38,7 +39,8 @@ struct Rebuild {
 
 impl BatchHandler for Rebuild {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
-        let (mut rows, _) = rows::<Records>(batch)?;
+        let cx = self.resolver.prepare(batch).await?;
+        let (mut rows, _) = rows::<Records>(batch, &cx)?;
         rows.retain(|r| u64::try_from(r.ledger_seq).is_ok_and(|s| s <= self.to_seq));
         let mut conn = self
             .pool
@@ -56,8 +58,10 @@ impl BatchHandler for Rebuild {
 pub async fn replay_records(
     js: &Context,
     pool: &PgPool,
+    tenant_keys: Arc<dyn crate::keyring::TenantKeys>,
     opts: &ReplayOptions,
 ) -> Result<ReplayReport, RoleError> {
+    let resolver = crate::clearance::Resolver::new(js, tenant_keys).await?;
     projection::begin_rebuild(pool)
         .await
         .or_fatal("beginning the rebuild")?;
@@ -68,6 +72,7 @@ pub async fn replay_records(
     let (_tx, shutdown) = watch::channel(false);
     let mut rebuild = Rebuild {
         pool: pool.clone(),
+        resolver,
         rows: 0,
         to_seq: opts.to_seq.unwrap_or(u64::MAX),
     };

@@ -462,7 +462,7 @@ fn selected_query(
         .push_bind(i64::try_from(from_index).unwrap_or(i64::MAX))
         .push(" AND chain_index < ")
         .push_bind(i64::try_from(below).unwrap_or(i64::MAX));
-    sel.push_where(&mut qb);
+    sel.push_where(&mut qb, &crate::query::read_all());
     qb
 }
 

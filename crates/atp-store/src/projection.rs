@@ -1,10 +1,16 @@
 //! Writing the read models: rows derived from ledger and rejected-stream messages, inserted in
 //! batches with the watermark in the same transaction.
 
-use atp_core::event::facets_of;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use atp_core::event::AuditFacets;
+use atp_core::policy::{Classification, PolicyDocument};
+use atp_core::privacy::{self, BucketKey, Place};
 use atp_core::reason::RejectionEnvelope;
 use atp_core::record;
 use chrono::{DateTime, Utc};
+use serde::Deserialize as _;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -52,6 +58,17 @@ pub struct RecordRow {
     pub classification: String,
     pub policy_version: i32,
     pub attributes_text: String,
+    /// Attribute values classified personal or sensitive, joined like `attributes_text`.
+    pub private_text: String,
+    /// Classification index of actor id, action, resource type and resource id.
+    pub actor_id_class: i16,
+    pub action_class: i16,
+    pub resource_type_class: i16,
+    pub resource_id_class: i16,
+    /// JSON Pointer → classification of every value not `internal`.
+    pub field_classes: sqlx::types::Json<BTreeMap<String, String>>,
+    /// The data with sealed values opened (or marked erased); `None` when nothing is sealed.
+    pub data_view: Option<sqlx::types::Json<Value>>,
     pub digest: Vec<u8>,
     pub chain_hash: Vec<u8>,
     pub ledger_seq: i64,
@@ -65,12 +82,45 @@ fn ts(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// What the projector can use to read a record as its readers will: the keys that open its
+/// sealed values and the policy version that classified it.
+pub trait Clearance {
+    /// Key `kid` of `tenant`: `None` once destroyed (erasure, retention), or never known.
+    fn key(&self, tenant: &str, kid: &str) -> Option<BucketKey>;
+    /// Version `version` of the tenant's policy (`None`: the default policy).
+    fn policy(&self, tenant: &str, version: u32) -> Option<Arc<PolicyDocument>>;
+}
+
+/// No keys and the default policy: for readers of records that seal nothing (benchmarks,
+/// dead-letter replays of such records). A sealed value then reads as erased.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoClearance;
+
+impl Clearance for NoClearance {
+    fn key(&self, _: &str, _: &str) -> Option<BucketKey> {
+        None
+    }
+    fn policy(&self, _: &str, _: u32) -> Option<Arc<PolicyDocument>> {
+        None
+    }
+}
+
+/// Lower-cased for `q`'s case-insensitive search.
+fn search_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_lowercase(),
+        other => other.to_string(),
+    }
+}
+
 impl RecordRow {
-    /// Derives the row from the record bytes as stored on the ledger.
+    /// Derives the row from the record bytes as stored on the ledger: sealed values opened
+    /// with what `clearance` holds, every value classified under the record's policy version.
     pub fn from_ledger(
         bytes: &[u8],
         ledger_seq: u64,
         ingress_seq: Option<u64>,
+        clearance: &dyn Clearance,
     ) -> Result<Self, StoreError> {
         let bad = |reason: String| StoreError::BadRecord {
             seq: ledger_seq,
@@ -78,35 +128,99 @@ impl RecordRow {
         };
         let opened = record::open(bytes, false).map_err(|e| bad(e.to_string()))?;
         let r = opened.record;
-        let facets =
-            facets_of(&r.event).ok_or_else(|| bad("event data has no audit facets".to_owned()))?;
+        let Value::Object(event) = &r.event else {
+            return Err(bad("the event is not an object".to_owned()));
+        };
+        let data =
+            privacy::data_of(event).ok_or_else(|| bad("event data is not JSON".to_owned()))?;
         let ev = |name: &str| r.event.get(name).and_then(Value::as_str).map(str::to_owned);
-        let attributes_text = facets
-            .attributes
-            .as_ref()
-            .map(|m| {
-                m.values()
-                    .map(|v| match v {
-                        Value::String(s) => s.to_lowercase(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let event_type = ev("type").unwrap_or_default();
+
+        // Sealed values: opened where the key is alive, else marked erased.
+        let sealed = privacy::sealed_values(&data);
+        let mut view = data.clone();
+        // The same data with erased values blank, for the facets and the classification.
+        let mut shape = data.clone();
+        for (path, s) in &sealed {
+            let place = Place {
+                tenant: &r.tenant_id,
+                source: &r.source_id,
+                record_id: &r.record_id,
+                path,
+            };
+            let clear = clearance
+                .key(&r.tenant_id, &s.kid)
+                .and_then(|k| privacy::open(&privacy::field_key(&k, &place), &place, s).ok());
+            match clear {
+                Some(v) => {
+                    privacy::replace(&mut view, path, v.clone());
+                    privacy::replace(&mut shape, path, v);
+                }
+                None => {
+                    privacy::replace(&mut view, path, privacy::erased());
+                    privacy::replace(&mut shape, path, Value::String(String::new()));
+                }
+            }
+        }
+        let policy = clearance.policy(&r.tenant_id, r.policy.policy_version);
+        let default_policy = PolicyDocument::default();
+        let policy = policy.as_deref().unwrap_or(&default_policy);
+        let mut classes: BTreeMap<String, Classification> = policy
+            .classify(&r.source_id, &event_type, &shape)
+            .fields
+            .into_iter()
+            .map(|f| (f.path, f.classification))
+            .collect();
+        // A sealed value keeps the classification it was sealed under.
+        for (path, s) in &sealed {
+            classes.insert(path.clone(), s.cls);
+        }
+        let class_of = |path: &str| {
+            classes
+                .get(path)
+                .copied()
+                .unwrap_or(Classification::Internal)
+                .index() as i16
+        };
+        let facets = AuditFacets::deserialize(&shape)
+            .map_err(|_| bad("event data has no audit facets".to_owned()))?;
+        let (mut open_text, mut private_text) = (Vec::new(), Vec::new());
+        if let Some(attrs) = &facets.attributes {
+            for (name, v) in attrs {
+                let path = format!("/attributes/{}", atp_core::policy::escape(name));
+                if sealed.iter().any(|(p, _)| *p == path)
+                    && view.pointer(&path) == Some(&privacy::erased())
+                {
+                    continue;
+                }
+                match classes.get(&path).is_some_and(|c| c.is_encrypted()) {
+                    true => private_text.push(search_text(v)),
+                    false => open_text.push(search_text(v)),
+                }
+            }
+        }
+        let field_classes = classes
+            .iter()
+            .filter(|(_, c)| **c != Classification::Internal)
+            .map(|(p, c)| (p.clone(), c.as_str().to_owned()))
+            .collect();
         Ok(Self {
             record_id: r.record_id.clone(),
             source_id: r.source_id.clone(),
             chain_index: i64::try_from(r.chain_index)
                 .map_err(|_| bad("chainIndex out of range".to_owned()))?,
             event_id: ev("id").ok_or_else(|| bad("event has no id".to_owned()))?,
-            event_type: ev("type").unwrap_or_default(),
+            event_type,
             occurred_at: ev("time")
                 .as_deref()
                 .and_then(ts)
                 .ok_or_else(|| bad("event has no time".to_owned()))?,
             received_at: ts(&r.received_at).ok_or_else(|| bad("bad receivedAt".to_owned()))?,
             committed_at: ts(&r.committed_at).ok_or_else(|| bad("bad committedAt".to_owned()))?,
+            actor_id_class: class_of("/actor/id"),
+            action_class: class_of("/action"),
+            resource_type_class: class_of("/resource/type"),
+            resource_id_class: class_of("/resource/id"),
             actor_id: facets.actor.id,
             actor_type: facets.actor.ty,
             action: facets.action,
@@ -115,7 +229,10 @@ impl RecordRow {
             outcome: facets.outcome.map(|o| format!("{o:?}").to_lowercase()),
             classification: r.policy.classification.clone(),
             policy_version: i32::try_from(r.policy.policy_version).unwrap_or(i32::MAX),
-            attributes_text,
+            attributes_text: open_text.join(" "),
+            private_text: private_text.join(" "),
+            field_classes: sqlx::types::Json(field_classes),
+            data_view: (!sealed.is_empty()).then_some(sqlx::types::Json(view)),
             digest: opened.link.digest.0.to_vec(),
             chain_hash: opened.link.chain_hash.0.to_vec(),
             ledger_seq: i64::try_from(ledger_seq)
@@ -184,11 +301,14 @@ pub async fn insert_records(
     let sql = format!(
         "INSERT INTO {} (tenant_id, record_id, source_id, chain_index, event_id, event_type, occurred_at, \
          received_at, committed_at, actor_id, actor_type, action, resource_type, resource_id, outcome, \
-         classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record) \
+         classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record, \
+         private_text, actor_id_class, action_class, resource_type_class, resource_id_class, field_classes, \
+         data_view) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
          $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[], \
          $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[], $18::text[], $19::bytea[], \
-         $20::bytea[], $21::int8[], $22::int8[], $23::bytea[]) ON CONFLICT DO NOTHING",
+         $20::bytea[], $21::int8[], $22::int8[], $23::bytea[], $24::text[], $25::int2[], $26::int2[], \
+         $27::int2[], $28::int2[], $29::jsonb[], $30::jsonb[]) ON CONFLICT DO NOTHING",
         target.records()
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -215,6 +335,13 @@ pub async fn insert_records(
         .bind(col!(rows, ledger_seq))
         .bind(col!(rows, ingress_seq))
         .bind(col!(rows, record))
+        .bind(col!(rows, private_text))
+        .bind(col!(rows, actor_id_class))
+        .bind(col!(rows, action_class))
+        .bind(col!(rows, resource_type_class))
+        .bind(col!(rows, resource_id_class))
+        .bind(col!(rows, field_classes))
+        .bind(col!(rows, data_view))
         .execute(conn)
         .await?;
     Ok(done.rows_affected())

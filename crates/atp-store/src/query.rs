@@ -35,29 +35,69 @@ pub struct Selection {
     pub q: Option<String>,
 }
 
+/// The classifications (0 public .. 4 sensitive, `Classification::index`) a caller reads in
+/// clear: filters and `q` match only on values of these (CONTRACT §8, no oracle).
+pub type Readable = Vec<i16>;
+
+/// Every classification: for ATP's own reads (the exporter packages stored records whole).
+pub fn read_all() -> Readable {
+    (0..atp_core::policy::Classification::ALL.len() as i16).collect()
+}
+
+/// The [`Readable`] of a set of classifications.
+pub fn readable(classes: &[atp_core::policy::Classification]) -> Readable {
+    classes.iter().map(|c| c.index() as i16).collect()
+}
+
 impl Selection {
-    /// Appends ` AND …` for every filter set.
-    pub(crate) fn push_where(&self, qb: &mut QueryBuilder<Postgres>) {
+    /// Appends ` AND …` for every filter set, each matching only where `readable` covers the
+    /// value's classification.
+    pub(crate) fn push_where(&self, qb: &mut QueryBuilder<Postgres>, readable: &Readable) {
         if let Some(v) = self.from {
             qb.push(" AND occurred_at >= ").push_bind(v);
         }
         if let Some(v) = self.to {
             qb.push(" AND occurred_at < ").push_bind(v);
         }
+        if let Some(v) = &self.source_id {
+            qb.push(" AND source_id = ").push_bind(v.clone());
+        }
         for (col, v) in [
-            ("source_id", &self.source_id),
             ("actor_id", &self.actor_id),
             ("action", &self.action),
             ("resource_type", &self.resource_type),
             ("resource_id", &self.resource_id),
         ] {
             if let Some(v) = v {
-                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+                qb.push(format!(" AND {col} = "))
+                    .push_bind(v.clone())
+                    .push(format!(" AND {col}_class = ANY("))
+                    .push_bind(readable.clone())
+                    .push(")");
             }
         }
         if let Some(q) = &self.q {
-            qb.push(" AND attributes_text LIKE ")
-                .push_bind(like_pattern(q));
+            let public = readable.contains(&0) && readable.contains(&1) && readable.contains(&2);
+            let private = readable.contains(&3) && readable.contains(&4);
+            let pattern = like_pattern(q);
+            match (public, private) {
+                (true, true) => {
+                    qb.push(" AND (attributes_text LIKE ")
+                        .push_bind(pattern.clone())
+                        .push(" OR private_text LIKE ")
+                        .push_bind(pattern)
+                        .push(")");
+                }
+                (true, false) => {
+                    qb.push(" AND attributes_text LIKE ").push_bind(pattern);
+                }
+                (false, true) => {
+                    qb.push(" AND private_text LIKE ").push_bind(pattern);
+                }
+                (false, false) => {
+                    qb.push(" AND false");
+                }
+            }
         }
     }
 }
@@ -66,6 +106,8 @@ impl Selection {
 #[derive(Debug, Clone, Default)]
 pub struct RecordFilter {
     pub selection: Selection,
+    /// What the caller reads in clear ([`Readable`]).
+    pub readable: Readable,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -108,9 +150,14 @@ pub struct StoredRecord {
     pub chain_hash: Digest,
     pub ledger_seq: i64,
     pub record: Vec<u8>,
+    /// JSON Pointer → classification of every value not `internal` (migration 0008).
+    pub field_classes: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
+    /// The data with sealed values opened, `{"erased": true}` where their key is gone; `None`
+    /// when the record seals nothing.
+    pub data_view: Option<sqlx::types::Json<serde_json::Value>>,
 }
 
-const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record";
+const RECORD_COLUMNS: &str = "tenant_id, record_id, source_id, chain_index, occurred_at, committed_at, digest, chain_hash, ledger_seq, record, field_classes, data_view";
 
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -153,7 +200,7 @@ pub async fn records(
         "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = "
     ));
     qb.push_bind(tenant.to_owned());
-    f.selection.push_where(&mut qb);
+    f.selection.push_where(&mut qb, &f.readable);
     if let Some(c) = &f.cursor {
         let c = Cursor::decode(c)?;
         let at = DateTime::<Utc>::from_timestamp_micros(c.micros).ok_or(StoreError::BadCursor)?;
@@ -218,7 +265,8 @@ fn search(
         .push_bind(sel.resource_id.clone())
         .push_bind(after_at)
         .push_bind(cursor.map(|c| c.id))
-        .push_bind(limit + 1);
+        .push_bind(limit + 1)
+        .push_bind(f.readable.clone());
     qb.push(")");
     Ok(qb)
 }

@@ -356,11 +356,12 @@ impl Started<'_> {
     async fn projector(&self, running: &mut Running) -> anyhow::Result<()> {
         let js = self.connections.role(Role::Projector).await?;
         let (pool, shard) = (self.pool("projector")?, self.cfg.shard);
+        let keys = self.cfg.tenant_keys.clone();
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
             (
                 "projector",
-                atp_runtime::projector::run(js, pool, shard, sd).await,
+                atp_runtime::projector::run(js, pool, shard, keys, sd).await,
             )
         });
         Ok(())
@@ -450,6 +451,7 @@ impl Started<'_> {
                 signing_keys: atp_nats::signing_keys::bucket(&js).await?,
                 attestation_key: Arc::new(prepared.attestation),
                 freshness: Default::default(),
+                policies: atp_nats::policy::PolicyCache::new(atp_nats::policy::bucket(&js).await?),
             }),
             waiters: Waiters::start(&pool).await?,
             db: atp_store::connect_gateway(

@@ -20,6 +20,9 @@ pub(super) struct Args {
     /// Last ledger sequence (inclusive).
     #[arg(long)]
     to: Option<u64>,
+    /// The tenant keys (as `atp serve`): sealed values are opened again for the rebuilt rows.
+    #[arg(long, env = "ATP_TENANT_KEYS_DIR", default_value = atp_runtime::ingest::DEFAULT_TENANT_KEYS_DIR)]
+    tenant_keys_dir: std::path::PathBuf,
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<()> {
@@ -34,7 +37,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let js = args.nats.jetstream().await?;
     let pool = atp_store::connect(&args.db.database_url, 4).await?;
-    let report = atp_runtime::replay::replay_records(&js, &pool, &opts).await?;
+    let keys = std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
+        &args.tenant_keys_dir,
+    ));
+    let report = atp_runtime::replay::replay_records(&js, &pool, keys, &opts).await?;
     println!("replayed {} records and swapped them in", report.rows);
     let mut details = Map::new();
     details.insert("rows".into(), report.rows.into());
