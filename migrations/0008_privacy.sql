@@ -21,9 +21,13 @@ ALTER TABLE records
     ADD COLUMN field_classes jsonb NOT NULL DEFAULT '{}',
     -- The event's data with sealed values opened ({"erased": true} where the key is gone);
     -- NULL when the record seals nothing (its data is then the record's own).
-    ADD COLUMN data_view jsonb;
+    ADD COLUMN data_view jsonb,
+    -- The ids of the subject keys the record's sealed values name (a JSON array): what erasure
+    -- and retention find a key's records by (`kids ?| array[...]`, through the GIN index).
+    ADD COLUMN kids jsonb NOT NULL DEFAULT '[]';
 
 CREATE INDEX records_by_private_text ON records USING gin (private_text gin_trgm_ops);
+CREATE INDEX records_by_kid ON records USING gin (kids);
 
 -- A rebuilt records table (`atp replay`) gets the same columns and indexes.
 CREATE OR REPLACE FUNCTION atp_create_records_table_unisolated(tbl text) RETURNS void LANGUAGE plpgsql AS $$
@@ -43,6 +47,7 @@ BEGIN
             resource_type_class smallint NOT NULL DEFAULT 1,
             resource_id_class smallint NOT NULL DEFAULT 1,
             field_classes jsonb NOT NULL DEFAULT '{}', data_view jsonb,
+            kids jsonb NOT NULL DEFAULT '[]',
             CONSTRAINT %2$I PRIMARY KEY (tenant_id, record_id))
     $ddl$, tbl, tbl || '_pkey');
     EXECUTE format('CREATE INDEX %I ON %I (tenant_id, occurred_at DESC, record_id DESC)', tbl || '_by_time', tbl);
@@ -57,6 +62,7 @@ BEGIN
     PERFORM atp_create_records_table_unisolated(tbl);
     EXECUTE format('CREATE INDEX %I ON %I USING gin (attributes_text gin_trgm_ops)', tbl || '_by_text', tbl);
     EXECUTE format('CREATE INDEX %I ON %I USING gin (private_text gin_trgm_ops)', tbl || '_by_private_text', tbl);
+    EXECUTE format('CREATE INDEX %I ON %I USING gin (kids)', tbl || '_by_kid', tbl);
     PERFORM atp_isolate_tenants(tbl);
 END $$;
 
@@ -135,3 +141,51 @@ END $$;
 REVOKE ALL ON FUNCTION atp_search_records(text, text, timestamptz, timestamptz, text, text, text, text, text, timestamptz, text, bigint, smallint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atp_search_records_plan(text, text, timestamptz, timestamptz, text, text, text, text, text, timestamptz, text, bigint, smallint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION atp_search_records(text, text, timestamptz, timestamptz, text, text, text, text, text, timestamptz, text, bigint, smallint[]) TO atp_gateway;
+
+-- Data-subject requests (CONTRACT §8). The gateway queues them; the lifecycle role carries
+-- them out, step by step, each step recorded here so a crash resumes where it stopped.
+CREATE TABLE privacy_requests (
+    tenant_id        text        NOT NULL,
+    request_id       text        NOT NULL,
+    kind             text        NOT NULL CHECK (kind IN ('access', 'erasure')),
+    -- The subject's id, kept only while the request runs: cleared when it is done.
+    subject_id       text,
+    -- sha256(salt ‖ subject id), hex, with its random salt: what the attestation names.
+    subject_hash     text        NOT NULL,
+    subject_salt     text        NOT NULL,
+    -- queued → keys_destroyed → scrubbed → done; or blocked (a legal hold) / failed.
+    state            text        NOT NULL DEFAULT 'queued',
+    requested_by     text        NOT NULL,
+    requested_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- The read model is scrubbed again once every process's key cache has expired.
+    scrub_again_at   timestamptz,
+    key_ids          text[]      NOT NULL DEFAULT '{}',
+    records_affected bigint      NOT NULL DEFAULT 0,
+    -- The admin-trail event that attests the erasure (its record once projected).
+    attestation_event_id text,
+    detail           text,
+    PRIMARY KEY (tenant_id, request_id)
+);
+CREATE INDEX privacy_requests_pending ON privacy_requests (requested_at) WHERE state NOT IN ('done', 'blocked', 'failed');
+
+-- Legal holds (CONTRACT §8): what they cover can be neither erased nor expired.
+CREATE TABLE legal_holds (
+    tenant_id   text        NOT NULL,
+    hold_id     text        NOT NULL,
+    -- The scope: any of a subject, a source and a time range (occurredAt), all that are set.
+    subject_id  text,
+    source_id   text,
+    from_at     timestamptz,
+    to_at       timestamptz,
+    reason      text        NOT NULL,
+    created_by  text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    released_by text,
+    released_at timestamptz,
+    PRIMARY KEY (tenant_id, hold_id)
+);
+
+SELECT atp_isolate_tenants(t) FROM unnest(ARRAY['privacy_requests', 'legal_holds']) AS t;
+GRANT INSERT ON privacy_requests TO atp_gateway;
+GRANT INSERT, UPDATE ON legal_holds TO atp_gateway;

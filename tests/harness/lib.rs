@@ -275,6 +275,12 @@ impl Stack {
             shard: atp_runtime::shard::Shard::ALL,
             ingest: IngestConfig::default(),
             tenant_keys: self.tenant_keys(),
+            // Every test process's key caches hold nothing an erasure scrubs twice for; the
+            // second scrub need not wait the production 60 s.
+            lifecycle: atp_runtime::lifecycle::LifecycleSettings {
+                poll: Duration::from_millis(50),
+                key_cache_ttl: Duration::from_millis(200),
+            },
             issuer: atp::dev::ISSUER.to_owned(),
             audience: atp::dev::AUDIENCE.to_owned(),
             token_keys: vec![(

@@ -156,6 +156,7 @@ pub(crate) async fn gateway(
         tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
             std::path::Path::new(atp_runtime::ingest::DEFAULT_TENANT_KEYS_DIR),
         )),
+        lifecycle: Default::default(),
         issuer: atp::dev::ISSUER.to_owned(),
         audience: atp::dev::AUDIENCE.to_owned(),
         token_keys: vec![(

@@ -16,15 +16,19 @@ pub enum Role {
     Projector,
     Integrity,
     Exporter,
+    /// Data-subject requests and retention (CONTRACT §8): destroys subject keys, scrubs the
+    /// read model, attests on the admin trail.
+    Lifecycle,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Gateway,
         Role::Ingest,
         Role::Projector,
         Role::Integrity,
         Role::Exporter,
+        Role::Lifecycle,
     ];
 
     /// The name in `--roles`, in seed file names and in NATS identities.
@@ -35,6 +39,7 @@ impl Role {
             Role::Projector => "projector",
             Role::Integrity => "integrity",
             Role::Exporter => "exporter",
+            Role::Lifecycle => "lifecycle",
         }
     }
 
@@ -104,12 +109,14 @@ pub struct Roles(u8);
 
 /// A `--roles` entry that names no role.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: choose from gateway, ingest, projector, integrity, exporter (or all)")]
+#[error(
+    "unknown role {0:?}: choose from gateway, ingest, projector, integrity, exporter, lifecycle (or all)"
+)]
 pub struct UnknownRole(pub String);
 
 impl Roles {
     pub const NONE: Roles = Roles(0);
-    pub const ALL: Roles = Roles(0b1_1111);
+    pub const ALL: Roles = Roles(0b11_1111);
 
     /// A comma-separated list (`ATP_ROLES`): role names, or `all`; blanks are ignored.
     pub fn parse(s: &str) -> Result<Roles, UnknownRole> {
@@ -186,7 +193,7 @@ mod tests {
         assert_eq!(Roles::ALL.iter().count(), Role::ALL.len());
         assert_eq!(
             Roles::ALL.to_string(),
-            "gateway,ingest,projector,integrity,exporter"
+            "gateway,ingest,projector,integrity,exporter,lifecycle"
         );
     }
 }

@@ -43,7 +43,18 @@ pub async fn record(
     tenant: &TenantId,
     action: &AdminAction<'_>,
 ) -> Result<String, TrailError> {
-    let id = ulid::Ulid::generate().to_string();
+    record_as(js, tenant, &ulid::Ulid::generate().to_string(), action).await
+}
+
+/// [`record`] under an id the caller chose: a retry of the same action with the same id and
+/// content makes no second record (ingest answers it as a duplicate).
+pub async fn record_as(
+    js: &Context,
+    tenant: &TenantId,
+    id: &str,
+    action: &AdminAction<'_>,
+) -> Result<String, TrailError> {
+    let id = id.to_owned();
     let event = atp_core::producer::admin_event(&id, chrono::Utc::now(), action);
     let body = serde_json::to_vec(&event).map_err(|e| TrailError::Publish(e.to_string()))?;
     let p = partition(tenant)?;

@@ -243,6 +243,7 @@ fn reads(w: Role) -> &'static [Reads] {
             Bucket(POLICIES_BUCKET),
             Bucket(SUBJECT_KEYS_BUCKET),
         ],
+        Role::Lifecycle => &[Bucket(POLICIES_BUCKET), Bucket(SUBJECT_KEYS_BUCKET)],
     }
 }
 
@@ -260,6 +261,12 @@ fn writes(w: Role) -> Vec<String> {
         Role::Projector => vec![dlq_of("projector")],
         Role::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
         Role::Exporter => vec![all(subjects::EXPORT_COMPLETED), dlq_of("exporter")],
+        // Erasure and deletion attestations, on each tenant's admin trail (ADR 0010).
+        Role::Lifecycle => vec![subjects::render(
+            subjects::INGRESS,
+            "*",
+            atp_core::registry::SYSTEM_SOURCE,
+        )],
     };
     let api: &[&str] = match w {
         Role::Gateway => &[
@@ -280,6 +287,8 @@ fn writes(w: Role) -> Vec<String> {
         ],
         Role::Projector => &[],
         Role::Integrity => &["$KV.ATP_SIGNING_KEYS.>"],
+        // Destroying subject keys (erasure, retention).
+        Role::Lifecycle => &["$KV.ATP_SUBJECT_KEYS.>"],
         Role::Exporter => &[
             "$O.ATP_EXPORT_BUNDLES.>",
             // Replacing an object purges its old chunks.

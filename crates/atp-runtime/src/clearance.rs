@@ -24,6 +24,16 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    pub fn keys(&self) -> &SubjectKeys {
+        &self.keys
+    }
+
+    pub fn policies(&self) -> &PolicyCache {
+        &self.policies
+    }
+}
+
+impl Resolver {
     pub async fn new(js: &Context, tenant_keys: Arc<dyn TenantKeys>) -> Result<Self, RoleError> {
         let policies = PolicyCache::new(
             atp_nats::policy::bucket(js)
@@ -42,9 +52,18 @@ impl Resolver {
     /// Everything the ledger messages of `batch` refer to. A key store or policy bucket that
     /// does not answer fails the batch (retried); a key that is gone reads as erased.
     pub async fn prepare(&self, batch: &[Message]) -> Result<BatchClearance, RoleError> {
-        let mut out = BatchClearance::default();
+        let mut payloads: Vec<&[u8]> = Vec::with_capacity(batch.len());
         for m in batch {
-            let Ok(head) = serde_json::from_slice::<Head<'_>>(&m.payload) else {
+            payloads.push(&m.payload);
+        }
+        self.prepare_records(&payloads).await
+    }
+
+    /// [`Resolver::prepare`] for record bytes however they were read.
+    pub async fn prepare_records(&self, records: &[&[u8]]) -> Result<BatchClearance, RoleError> {
+        let mut out = BatchClearance::default();
+        for &payload in records {
+            let Ok(head) = serde_json::from_slice::<Head<'_>>(payload) else {
                 continue;
             };
             let Ok(tenant) = TenantId::new(head.tenant_id) else {
@@ -62,10 +81,10 @@ impl Resolver {
                 out.policies.insert((tenant.to_string(), version), doc);
             }
             // Only records that seal something name key ids.
-            if !contains(&m.payload, b"\"kid\":") {
+            if !contains(payload, b"\"kid\":") {
                 continue;
             }
-            let Ok(opened) = atp_core::record::open(&m.payload, false) else {
+            let Ok(opened) = atp_core::record::open(payload, false) else {
                 continue;
             };
             let Some(data) = opened

@@ -11,6 +11,7 @@ pub mod export;
 pub mod ingest;
 pub mod integrity;
 pub mod keyring;
+pub mod lifecycle;
 pub mod projector;
 pub mod reader;
 pub mod replay;

@@ -6,6 +6,7 @@
 
 pub mod exports;
 pub mod integrity;
+pub mod privacy;
 pub mod projection;
 pub mod query;
 

@@ -69,6 +69,8 @@ pub struct RecordRow {
     pub field_classes: sqlx::types::Json<BTreeMap<String, String>>,
     /// The data with sealed values opened (or marked erased); `None` when nothing is sealed.
     pub data_view: Option<sqlx::types::Json<Value>>,
+    /// The key ids the record's sealed values name.
+    pub kids: sqlx::types::Json<Vec<String>>,
     pub digest: Vec<u8>,
     pub chain_hash: Vec<u8>,
     pub ledger_seq: i64,
@@ -233,6 +235,12 @@ impl RecordRow {
             private_text: private_text.join(" "),
             field_classes: sqlx::types::Json(field_classes),
             data_view: (!sealed.is_empty()).then_some(sqlx::types::Json(view)),
+            kids: sqlx::types::Json({
+                let mut kids: Vec<String> = sealed.iter().map(|(_, s)| s.kid.clone()).collect();
+                kids.sort();
+                kids.dedup();
+                kids
+            }),
             digest: opened.link.digest.0.to_vec(),
             chain_hash: opened.link.chain_hash.0.to_vec(),
             ledger_seq: i64::try_from(ledger_seq)
@@ -303,12 +311,12 @@ pub async fn insert_records(
          received_at, committed_at, actor_id, actor_type, action, resource_type, resource_id, outcome, \
          classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record, \
          private_text, actor_id_class, action_class, resource_type_class, resource_id_class, field_classes, \
-         data_view) \
+         data_view, kids) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
          $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[], \
          $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[], $18::text[], $19::bytea[], \
          $20::bytea[], $21::int8[], $22::int8[], $23::bytea[], $24::text[], $25::int2[], $26::int2[], \
-         $27::int2[], $28::int2[], $29::jsonb[], $30::jsonb[]) ON CONFLICT DO NOTHING",
+         $27::int2[], $28::int2[], $29::jsonb[], $30::jsonb[], $31::jsonb[]) ON CONFLICT DO NOTHING",
         target.records()
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -342,6 +350,7 @@ pub async fn insert_records(
         .bind(col!(rows, resource_id_class))
         .bind(col!(rows, field_classes))
         .bind(col!(rows, data_view))
+        .bind(col!(rows, kids))
         .execute(conn)
         .await?;
     Ok(done.rows_affected())

@@ -16,7 +16,7 @@ pub const ENABLED: bool = cfg!(feature = "failpoints");
 pub const ENV: &str = "ATP_FAILPOINTS";
 
 /// Every crash point, in the order of `docs/architecture.md`'s "Where a crash matters".
-pub const POINTS: [&str; 12] = [
+pub const POINTS: [&str; 13] = [
     INGEST_BETWEEN_REJECTIONS_AND_RECORDS,
     INGEST_BEFORE_HINT,
     INGEST_LANE_HINT_STORED,
@@ -29,6 +29,7 @@ pub const POINTS: [&str; 12] = [
     EXPORTER_BEFORE_ACK,
     GATEWAY_BEFORE_EXPORT_ROW,
     PROJECTOR_AFTER_DEAD_LETTER,
+    ERASURE_MID_KEYS,
 ];
 
 /// Ingest, one partition's rejections committed, its records not yet.
@@ -55,6 +56,8 @@ pub const EXPORTER_BEFORE_ACK: &str = "exporter-before-ack";
 pub const GATEWAY_BEFORE_EXPORT_ROW: &str = "gateway-before-export-row";
 /// Projector, a message dead-lettered, its batch not yet committed.
 pub const PROJECTOR_AFTER_DEAD_LETTER: &str = "projector-after-dead-letter";
+/// Lifecycle, an erasure's first subject key destroyed, the others not yet.
+pub const ERASURE_MID_KEYS: &str = "erasure-mid-keys";
 
 /// A crash point reached. Aborts the process when [`ENV`] arms this point for this hit (with
 /// the `failpoints` feature); otherwise does nothing.

@@ -188,6 +188,7 @@ pub async fn run(root: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
             &paths.tenant_keys(),
         )),
+        lifecycle: Default::default(),
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
         token_keys: vec![(ISSUER_KID.to_owned(), issuer.verifying_key().to_bytes())],

@@ -43,6 +43,8 @@ pub struct ServeConfig {
     /// The key-management port holding each tenant's key (ADR 0019), shared by the roles that
     /// seal or open personal values.
     pub tenant_keys: Arc<dyn atp_runtime::keyring::TenantKeys>,
+    /// The lifecycle role's settings (data-subject requests, retention).
+    pub lifecycle: atp_runtime::lifecycle::LifecycleSettings,
     pub issuer: String,
     pub audience: String,
     /// Trusted token keys: (kid, raw Ed25519 public key).
@@ -208,6 +210,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     if cfg.roles.has(Role::Projector) {
         started.projector(&mut running).await?;
     }
+    if cfg.roles.has(Role::Lifecycle) {
+        started.lifecycle(&mut running).await?;
+    }
     if let (true, Some(signer)) = (cfg.roles.has(Role::Integrity), &prepared.signer) {
         started.integrity(&mut running, signer.clone()).await?;
     }
@@ -227,6 +232,7 @@ fn needs_database(roles: Roles) -> bool {
     [
         Role::Gateway,
         Role::Projector,
+        Role::Lifecycle,
         Role::Ingest,
         Role::Integrity,
     ]
@@ -350,6 +356,20 @@ impl Started<'_> {
         running
             .tasks
             .spawn(async move { ("ingest", ingest.run(sd).await) });
+        Ok(())
+    }
+
+    async fn lifecycle(&self, running: &mut Running) -> anyhow::Result<()> {
+        let js = self.connections.role(Role::Lifecycle).await?;
+        let pool = self.pool("lifecycle")?;
+        let (keys, settings) = (self.cfg.tenant_keys.clone(), self.cfg.lifecycle.clone());
+        let sd = running.shutdown.subscribe();
+        running.tasks.spawn(async move {
+            (
+                "lifecycle",
+                atp_runtime::lifecycle::run(js, pool, keys, settings, sd).await,
+            )
+        });
         Ok(())
     }
 

@@ -131,6 +131,7 @@ impl Args {
             tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
                 &self.tenant_keys_dir,
             )),
+            lifecycle: Default::default(),
             issuer: self.token_issuer,
             audience: self.token_audience,
             token_keys,

@@ -1,0 +1,321 @@
+//! The lifecycle role (CONTRACT §8): carries out data-subject erasures and expires what is past
+//! its retention, destroying subject keys so that sealed values become unreadable everywhere
+//! while every chain, checkpoint and proof stays valid (they cover the sealed bytes).
+//!
+//! An erasure is a small state machine kept in `privacy_requests`, so a crash at any point
+//! resumes where it stopped and every step can run twice:
+//!
+//! 1. `queued`: refuse if a legal hold covers the subject or any record of its keys
+//!    (`blocked`, naming the hold); else destroy every key of the subject (`keys_destroyed`).
+//! 2. `keys_destroyed`: scrub the read model — every record naming a destroyed key is derived
+//!    again from its stored bytes, its values now erased — and forget the subject's rejection
+//!    rows (`scrubbed_once`).
+//! 3. `scrubbed_once`, once every process's key cache has expired ([`KEY_CACHE_TTL`]): scrub
+//!    again, for records projected meanwhile by a process that still held a key (`scrubbed`).
+//! 4. `scrubbed`: the erasure attestation on the tenant's admin trail, under an id derived from
+//!    the request (a retry makes no second record); the subject's id is forgotten (`done`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use atp_core::TenantId;
+use atp_core::producer::AdminAction;
+use atp_nats::subject_keys;
+use atp_store::privacy::{self as store, PrivacyRequest, Step, state};
+use atp_store::projection::RecordRow;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+use crate::clearance::Resolver;
+use crate::keyring::{KEY_CACHE_TTL, KeyringError, TenantKeys};
+use crate::reader::{Shutdown, pause};
+use crate::{Classify, RoleError};
+use atp_telemetry::failpoint;
+
+/// How the lifecycle role runs.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    /// How often it looks for work.
+    pub poll: Duration,
+    /// How long every process may keep a destroyed key cached: the second scrub waits this.
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(500),
+            key_cache_ttl: KEY_CACHE_TTL,
+        }
+    }
+}
+
+pub struct Lifecycle {
+    js: Context,
+    pool: PgPool,
+    resolver: Resolver,
+    settings: LifecycleSettings,
+}
+
+pub async fn run(
+    js: Context,
+    pool: PgPool,
+    tenant_keys: Arc<dyn TenantKeys>,
+    settings: LifecycleSettings,
+    mut shutdown: Shutdown,
+) -> Result<(), RoleError> {
+    let resolver = Resolver::new(&js, tenant_keys).await?;
+    let role = Lifecycle {
+        js,
+        pool,
+        resolver,
+        settings,
+    };
+    loop {
+        match role.work().await {
+            // Work done: look again at once.
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "lifecycle step failed; retrying"),
+        }
+        if !pause(&mut shutdown, role.settings.poll).await {
+            return Ok(());
+        }
+    }
+}
+
+impl Lifecycle {
+    /// One step of the oldest pending request. True if there was one.
+    async fn work(&self) -> Result<bool, RoleError> {
+        let Some(r) = store::next_pending(&self.pool)
+            .await
+            .or_retry("reading pending privacy requests")?
+        else {
+            return Ok(false);
+        };
+        match (r.kind.as_str(), r.state.as_str()) {
+            ("erasure", state::QUEUED) => self.destroy_keys(&r).await?,
+            ("erasure", state::KEYS_DESTROYED) => {
+                self.scrub(&r).await?;
+                store::advance(
+                    &self.pool,
+                    &r,
+                    &Step {
+                        state: state::SCRUBBED_ONCE,
+                        scrub_again_at: Some(
+                            chrono::Utc::now()
+                                + chrono::Duration::from_std(self.settings.key_cache_ttl)
+                                    .unwrap_or_default(),
+                        ),
+                        ..Step::default()
+                    },
+                )
+                .await
+                .or_retry("recording the first scrub")?;
+            }
+            ("erasure", state::SCRUBBED_ONCE) => {
+                let n = self.scrub(&r).await?;
+                store::advance(
+                    &self.pool,
+                    &r,
+                    &Step {
+                        state: state::SCRUBBED,
+                        records_affected: Some(r.records_affected.max(n)),
+                        ..Step::default()
+                    },
+                )
+                .await
+                .or_retry("recording the second scrub")?;
+            }
+            ("erasure", state::SCRUBBED) => self.attest(&r).await?,
+            (kind, st) => {
+                tracing::error!(request = %r.request_id, kind, state = st, "a privacy request in a state no step handles");
+                store::advance(
+                    &self.pool,
+                    &r,
+                    &Step {
+                        state: "failed",
+                        detail: Some("no step handles this request"),
+                        ..Step::default()
+                    },
+                )
+                .await
+                .or_retry("failing a request")?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn tenant(r: &PrivacyRequest) -> Result<TenantId, RoleError> {
+        TenantId::new(&r.tenant_id).map_err(|e| RoleError::fatal("a request's tenant", e))
+    }
+
+    /// Step 1: holds, then the keys.
+    async fn destroy_keys(&self, r: &PrivacyRequest) -> Result<(), RoleError> {
+        let tenant = Self::tenant(r)?;
+        let subject = r.subject_id.clone().unwrap_or_default();
+        let block = |hold: &str| format!("legal hold {hold} covers this subject's data");
+        if let Some(hold) = store::holds_on_subject(&self.pool, tenant.as_str(), &subject)
+            .await
+            .or_retry("reading legal holds")?
+            .first()
+        {
+            return self.blocked(r, &block(hold)).await;
+        }
+        let keys = self.resolver.keys();
+        let names = match keys.pseudonym(&tenant, &subject, false).await {
+            Ok(pseudonym) => subject_keys::names_of_subject(keys.store(), &tenant, &pseudonym)
+                .await
+                .or_retry("listing the subject's keys")?,
+            // No tenant key: nothing of this tenant was ever sealed.
+            Err(KeyringError::TenantKey { .. }) => Vec::new(),
+            Err(e) => return Err(e).or_retry("the subject's pseudonym"),
+        };
+        let mut kids: Vec<String> = r.key_ids.clone();
+        kids.extend(names.iter().map(|(_, kid)| kid.clone()));
+        kids.sort();
+        kids.dedup();
+        if !kids.is_empty()
+            && let Some((_, hold)) = store::held_keys(&self.pool, tenant.as_str(), &kids)
+                .await
+                .or_retry("reading legal holds")?
+                .first()
+        {
+            return self.blocked(r, &block(hold)).await;
+        }
+        // Recorded before anything is destroyed: a crash after this still knows every key.
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: state::QUEUED,
+                key_ids: Some(&kids),
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording the subject's keys")?;
+        for (entry, kid) in &names {
+            subject_keys::destroy(keys.store(), &tenant, entry, kid)
+                .await
+                .or_retry("destroying a subject key")?;
+            failpoint::crash_point(failpoint::ERASURE_MID_KEYS);
+        }
+        keys.forget();
+        tracing::info!(tenant = %tenant, request = %r.request_id, keys = kids.len(), "subject keys destroyed");
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: state::KEYS_DESTROYED,
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording the destroyed keys")
+    }
+
+    async fn blocked(&self, r: &PrivacyRequest, why: &str) -> Result<(), RoleError> {
+        tracing::info!(tenant = %r.tenant_id, request = %r.request_id, why, "erasure blocked");
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: state::BLOCKED,
+                detail: Some(why),
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording a blocked request")
+    }
+
+    /// The read model without the destroyed keys' clear values, and without the subject's
+    /// rejections. Returns how many records name the keys.
+    async fn scrub(&self, r: &PrivacyRequest) -> Result<i64, RoleError> {
+        let tenant = Self::tenant(r)?;
+        if !r.key_ids.is_empty() {
+            let stored = store::records_with_keys(&self.pool, tenant.as_str(), &r.key_ids)
+                .await
+                .or_retry("finding the subject's records")?;
+            let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
+            self.resolver.keys().forget();
+            let clearance = self.resolver.prepare_records(&payloads).await?;
+            let mut rows = Vec::with_capacity(stored.len());
+            for s in &stored {
+                let row = RecordRow::from_ledger(
+                    &s.record,
+                    u64::try_from(s.ledger_seq).unwrap_or_default(),
+                    s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
+                    &clearance,
+                )
+                .or_retry("deriving a record's row again")?;
+                rows.push(row);
+            }
+            store::replace_rows(&self.pool, &rows)
+                .await
+                .or_retry("scrubbing the subject's records")?;
+        }
+        if let Some(subject) = &r.subject_id {
+            let policy = self
+                .resolver
+                .policies()
+                .current(&tenant)
+                .await
+                .or_retry("reading the tenant's policy")?;
+            let path = atp_core::policy::split(&policy.subject).unwrap_or_default();
+            store::forget_rejections_of(&self.pool, tenant.as_str(), &path, subject)
+                .await
+                .or_retry("forgetting the subject's rejections")?;
+        }
+        let affected = store::records_with_keys(&self.pool, tenant.as_str(), &r.key_ids)
+            .await
+            .or_retry("counting the subject's records")?
+            .len();
+        Ok(i64::try_from(affected).unwrap_or(i64::MAX))
+    }
+
+    /// Step 4: the attestation, then done.
+    async fn attest(&self, r: &PrivacyRequest) -> Result<(), RoleError> {
+        let tenant = Self::tenant(r)?;
+        let mut attributes = Map::new();
+        for (k, v) in [
+            ("requestId", Value::from(r.request_id.clone())),
+            ("subjectHash", Value::from(r.subject_hash.clone())),
+            ("subjectSalt", Value::from(r.subject_salt.clone())),
+            ("keyIds", Value::from(r.key_ids.join(","))),
+            ("keysDestroyed", Value::from(r.key_ids.len())),
+            ("recordsAffected", Value::from(r.records_affected)),
+            ("requestedBy", Value::from(r.requested_by.clone())),
+        ] {
+            attributes.insert(k.to_owned(), v);
+        }
+        let actor = format!("lifecycle:{}", r.requested_by);
+        let action = AdminAction {
+            actor: &actor,
+            action: "SUBJECT_ERASED",
+            resource_type: "data-subject",
+            resource_id: &r.subject_hash,
+            attributes,
+        };
+        let id = format!("erasure-{}", r.request_id);
+        atp_nats::admin_trail::record_as(&self.js, &tenant, &id, &action)
+            .await
+            .or_retry("recording the erasure attestation")?;
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: state::DONE,
+                attestation_event_id: Some(&id),
+                forget_subject: true,
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording the finished erasure")?;
+        tracing::info!(tenant = %tenant, request = %r.request_id, records = r.records_affected, "erasure done");
+        Ok(())
+    }
+}

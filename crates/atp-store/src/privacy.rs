@@ -1,0 +1,329 @@
+//! Data-subject requests and legal holds (CONTRACT §8, migration 0008): the rows the gateway
+//! queues and the lifecycle role carries out, and the read-model work erasure does.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::StoreError;
+use crate::projection::{RecordRow, Target};
+
+/// One data-subject request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct PrivacyRequest {
+    pub tenant_id: String,
+    pub request_id: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub subject_id: Option<String>,
+    pub subject_hash: String,
+    pub subject_salt: String,
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub scrub_again_at: Option<DateTime<Utc>>,
+    pub key_ids: Vec<String>,
+    pub records_affected: i64,
+    pub attestation_event_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The states an erasure goes through, in order (or ends `blocked` or `failed`).
+pub mod state {
+    pub const QUEUED: &str = "queued";
+    pub const KEYS_DESTROYED: &str = "keys_destroyed";
+    pub const SCRUBBED_ONCE: &str = "scrubbed_once";
+    pub const SCRUBBED: &str = "scrubbed";
+    pub const DONE: &str = "done";
+    pub const BLOCKED: &str = "blocked";
+}
+
+const REQUEST_COLUMNS: &str = "tenant_id, request_id, kind, subject_id, subject_hash, subject_salt, \
+     state, requested_by, requested_at, updated_at, scrub_again_at, key_ids, records_affected, \
+     attestation_event_id, detail";
+
+/// What the gateway queues.
+#[derive(Debug, Clone)]
+pub struct NewRequest<'a> {
+    pub tenant_id: &'a str,
+    pub request_id: &'a str,
+    pub kind: &'a str,
+    pub subject_id: &'a str,
+    pub subject_hash: &'a str,
+    pub subject_salt: &'a str,
+    pub requested_by: &'a str,
+}
+
+pub async fn queue(db: impl sqlx::PgExecutor<'_>, r: &NewRequest<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO privacy_requests (tenant_id, request_id, kind, subject_id, subject_hash, \
+         subject_salt, requested_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(r.tenant_id)
+    .bind(r.request_id)
+    .bind(r.kind)
+    .bind(r.subject_id)
+    .bind(r.subject_hash)
+    .bind(r.subject_salt)
+    .bind(r.requested_by)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn request(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<PrivacyRequest>, StoreError> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM privacy_requests WHERE tenant_id = $1 AND request_id = $2"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(request_id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// The oldest request still to be carried out, of any tenant (the lifecycle role's pool).
+pub async fn next_pending(pool: &PgPool) -> Result<Option<PrivacyRequest>, StoreError> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM privacy_requests \
+         WHERE state NOT IN ('done', 'blocked', 'failed') \
+         AND (scrub_again_at IS NULL OR scrub_again_at <= now() OR state <> 'scrubbed_once') \
+         ORDER BY requested_at LIMIT 1"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The next step's outcome for a request.
+#[derive(Debug, Clone, Default)]
+pub struct Step<'a> {
+    pub state: &'a str,
+    pub key_ids: Option<&'a [String]>,
+    pub records_affected: Option<i64>,
+    pub scrub_again_at: Option<DateTime<Utc>>,
+    pub attestation_event_id: Option<&'a str>,
+    pub detail: Option<&'a str>,
+    /// Forget the subject's id (the request is done).
+    pub forget_subject: bool,
+}
+
+pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE privacy_requests SET state = $3, updated_at = now(), \
+         key_ids = COALESCE($4, key_ids), records_affected = COALESCE($5, records_affected), \
+         scrub_again_at = COALESCE($6, scrub_again_at), \
+         attestation_event_id = COALESCE($7, attestation_event_id), \
+         detail = COALESCE($8, detail), \
+         subject_id = CASE WHEN $9 THEN NULL ELSE subject_id END \
+         WHERE tenant_id = $1 AND request_id = $2",
+    )
+    .bind(&r.tenant_id)
+    .bind(&r.request_id)
+    .bind(s.state)
+    .bind(s.key_ids)
+    .bind(s.records_affected)
+    .bind(s.scrub_again_at)
+    .bind(s.attestation_event_id)
+    .bind(s.detail)
+    .bind(s.forget_subject)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A stored record to read again: its bytes and where it came from on the ledger.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredBytes {
+    pub record: Vec<u8>,
+    pub ledger_seq: i64,
+    pub ingress_seq: Option<i64>,
+}
+
+/// The tenant's records that name any of `kids`.
+pub async fn records_with_keys(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+) -> Result<Vec<StoredBytes>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT record, ledger_seq, ingress_seq FROM records \
+         WHERE tenant_id = $1 AND kids ?| $2::text[] ORDER BY ledger_seq",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Replaces rows with ones derived again from the same records (with fewer keys): their clear
+/// values give way to erased markers. One transaction.
+pub async fn replace_rows(pool: &PgPool, rows: &[RecordRow]) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let tenants: Vec<String> = rows.iter().map(|r| r.tenant_id.clone()).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.record_id.clone()).collect();
+    sqlx::query(
+        "DELETE FROM records r USING UNNEST($1::text[], $2::text[]) AS d(t, i) \
+         WHERE r.tenant_id = d.t AND r.record_id = d.i",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    let n = crate::projection::insert_records(&mut tx, Target::Live, rows).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Deletes the tenant's rejection rows whose event names `subject` at `path` (JSON path of
+/// the subject pointer inside the stored envelope's `event.data`). Returns how many.
+pub async fn forget_rejections_of(
+    pool: &PgPool,
+    tenant: &str,
+    path: &[String],
+    subject: &str,
+) -> Result<u64, StoreError> {
+    let mut full = vec!["event".to_owned(), "data".to_owned()];
+    full.extend(path.iter().cloned());
+    let done = sqlx::query(
+        "DELETE FROM rejections WHERE tenant_id = $1 \
+         AND convert_from(envelope, 'UTF8')::jsonb #>> $2::text[] = $3",
+    )
+    .bind(tenant)
+    .bind(&full)
+    .bind(subject)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A legal hold as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LegalHold {
+    #[serde(skip)]
+    pub tenant_id: String,
+    pub hold_id: String,
+    pub subject_id: Option<String>,
+    pub source_id: Option<String>,
+    pub from_at: Option<DateTime<Utc>>,
+    pub to_at: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub released_by: Option<String>,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+const HOLD_COLUMNS: &str = "tenant_id, hold_id, subject_id, source_id, from_at, to_at, reason, \
+     created_by, created_at, released_by, released_at";
+
+pub async fn create_hold(db: impl sqlx::PgExecutor<'_>, h: &LegalHold) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO legal_holds (tenant_id, hold_id, subject_id, source_id, from_at, to_at, \
+         reason, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&h.tenant_id)
+    .bind(&h.hold_id)
+    .bind(&h.subject_id)
+    .bind(&h.source_id)
+    .bind(h.from_at)
+    .bind(h.to_at)
+    .bind(&h.reason)
+    .bind(&h.created_by)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The tenant's holds, newest first; released ones too when `all`.
+pub async fn holds(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    all: bool,
+) -> Result<Vec<LegalHold>, StoreError> {
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE tenant_id = $1 \
+         AND ($2 OR released_at IS NULL) ORDER BY created_at DESC, hold_id DESC LIMIT 1000"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(all)
+        .fetch_all(db)
+        .await?)
+}
+
+/// Releases an active hold; `false` if there is none by that id.
+pub async fn release_hold(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    hold_id: &str,
+    by: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE legal_holds SET released_at = now(), released_by = $3 \
+         WHERE tenant_id = $1 AND hold_id = $2 AND released_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(hold_id)
+    .bind(by)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The active holds naming `subject`.
+pub async fn holds_on_subject(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant: &str,
+    subject: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT hold_id FROM legal_holds WHERE tenant_id = $1 AND subject_id = $2 \
+         AND released_at IS NULL ORDER BY created_at",
+    )
+    .bind(tenant)
+    .bind(subject)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Of `kids`, those some active source or time-range hold covers (a record naming the key lies
+/// in its scope), with the hold: what neither erasure nor retention may destroy.
+pub async fn held_keys(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT k.kid, h.hold_id FROM records r \
+         CROSS JOIN LATERAL jsonb_array_elements_text(r.kids) AS k(kid) \
+         JOIN legal_holds h ON h.tenant_id = r.tenant_id AND h.released_at IS NULL \
+           AND h.subject_id IS NULL \
+           AND (h.source_id IS NULL OR h.source_id = r.source_id) \
+           AND (h.from_at IS NULL OR r.occurred_at >= h.from_at) \
+           AND (h.to_at IS NULL OR r.occurred_at < h.to_at) \
+         WHERE r.tenant_id = $1 AND r.kids ?| $2::text[] AND k.kid = ANY($2::text[]) \
+         ORDER BY 1, 2",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The active holds naming any subject (retention keeps their keys whole).
+pub async fn held_subjects(pool: &PgPool, tenant: &str) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT subject_id FROM legal_holds WHERE tenant_id = $1 \
+         AND released_at IS NULL AND subject_id IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?)
+}
