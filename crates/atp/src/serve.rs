@@ -450,6 +450,7 @@ impl Started<'_> {
                 signing_keys: atp_nats::signing_keys::bucket(&js).await?,
                 attestation_key: Arc::new(prepared.attestation),
                 freshness: Default::default(),
+                policies: atp_nats::policy::bucket(&js).await?,
             }),
             waiters: Waiters::start(&pool).await?,
             db: atp_store::connect_gateway(
