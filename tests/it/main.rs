@@ -23,6 +23,7 @@ mod limits;
 mod metrics;
 mod nats_auth;
 mod openapi;
+mod policy;
 mod privacy;
 mod registry;
 mod replay;

@@ -378,14 +378,20 @@ impl PolicyDocument {
             .map(|p| std::time::Duration::from_secs(p.duration_seconds))
     }
 
+    /// Where the data subject's id is in the `data` of `source`'s events: the source's own
+    /// pointer if its refinement names one, else the tenant's.
+    pub fn subject_pointer(&self, source: &str) -> &str {
+        self.sources
+            .get(source)
+            .and_then(|s| s.subject.as_deref())
+            .unwrap_or(&self.subject)
+    }
+
     /// What the policy decides for the `data` of an event of `event_type` from `source`.
     pub fn classify(&self, source: &str, event_type: &str, data: &Value) -> Classified {
         let refinement = self.sources.get(source);
-        let subject_at = refinement
-            .and_then(|s| s.subject.as_deref())
-            .unwrap_or(&self.subject);
         let subject = data
-            .pointer(subject_at)
+            .pointer(self.subject_pointer(source))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
@@ -641,6 +647,8 @@ mod tests {
         let hr = p.classify("hr", "com.acme.update", &data());
         assert_eq!(class_of(&hr, "/resource/id").0, Sensitive);
         assert_eq!(hr.subject.as_deref(), Some("c-9"));
+        assert_eq!(p.subject_pointer("hr"), "/resource/id");
+        assert_eq!(p.subject_pointer("crm"), "/actor/id");
         // The event type's retention wins over the classification's.
         let ping = p.classify("crm", "com.acme.ping", &data());
         assert_eq!(class_of(&ping, "/attributes/email").1, "short");

@@ -1,5 +1,6 @@
-//! ATP's HTTP gateway (CONTRACT §5): append, query, proofs and verification, health. Stateless between requests: every
-//! answer comes from the token, NATS or PostgreSQL.
+//! ATP's HTTP gateway (CONTRACT §5, §8): append, query, proofs and verification, the tenant's
+//! privacy policy, health. Stateless between requests: every answer comes from the token, NATS
+//! or PostgreSQL.
 
 pub mod admin;
 pub mod append;
@@ -12,6 +13,7 @@ pub mod input;
 pub mod integrity;
 pub mod limits;
 pub mod openapi;
+pub mod policy;
 pub mod problem;
 pub mod query;
 pub mod redact;
@@ -152,6 +154,9 @@ fn api_routes() -> OpenApiRouter<GatewayState> {
         .routes(routes!(admin::list))
         .routes(routes!(admin::replay))
         .routes(routes!(admin::show))
+        .routes(routes!(policy::get_policy, policy::put_policy))
+        .routes(routes!(policy::evaluate_event))
+        .routes(routes!(policy::policy_schema))
 }
 
 /// The OpenAPI document of the API, as served at `/api/v1/openapi.json`.

@@ -3,7 +3,11 @@
 //! documented unserved. Served at `/api/v1/openapi.json`; `docs/openapi.json` is a copy a test
 //! keeps equal.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, RefOr, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
@@ -24,7 +28,87 @@ pub struct ProblemDoc {
     pub trace_id: String,
     #[serde(rename = "tenantId", skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
+    /// With `POLICY_INVALID`: every error of the document, each at its JSON Pointer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<crate::problem::InvalidAt>>,
 }
+
+/// A JSON Schema carried into the document as it is: utoipa's schema model has no place for
+/// some of what schemars writes (`oneOf` of `const`s, a `default` beside a `$ref`), so the
+/// schema travels as the members of an otherwise empty object, which serializes to exactly
+/// those members.
+fn verbatim(schema: Value) -> RefOr<Schema> {
+    let members = match schema {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    RefOr::T(Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::AnyValue)
+            .extensions(Some(members.into_iter().collect()))
+            .build(),
+    ))
+}
+
+/// The schema of `T` as `atp-core` derives it with schemars, and every schema it refers to,
+/// by name, with references pointing into `components/schemas`. One derivation, so the
+/// policy's JSON Schema (`GET /policy/schema`) and the OpenAPI document cannot disagree.
+fn from_schemars<T: schemars::JsonSchema>() -> (RefOr<Schema>, Vec<(String, RefOr<Schema>)>) {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let inline = generator.subschema_for::<T>();
+    let mut definitions = generator.take_definitions(true);
+    let own = definitions
+        .remove(T::schema_name().as_ref())
+        .unwrap_or_else(|| inline.to_value());
+    let others = definitions
+        .into_iter()
+        .map(|(name, schema)| (name, verbatim(schema)))
+        .collect();
+    (verbatim(own), others)
+}
+
+/// Stands for an `atp-core` type (which derives schemars' `JsonSchema`, not utoipa's) in
+/// `#[utoipa::path]` and `#[schema(value_type = ...)]`, under the type's own name.
+macro_rules! schemars_type {
+    ($(#[$doc:meta])* $marker:ident = $ty:ty) => {
+        $(#[$doc])*
+        pub struct $marker;
+
+        impl utoipa::PartialSchema for $marker {
+            fn schema() -> RefOr<Schema> {
+                from_schemars::<$ty>().0
+            }
+        }
+
+        impl ToSchema for $marker {
+            fn name() -> Cow<'static, str> {
+                <$ty as schemars::JsonSchema>::schema_name()
+            }
+
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                schemas.extend(from_schemars::<$ty>().1);
+            }
+        }
+    };
+}
+
+schemars_type!(
+    /// A tenant's policy document (`atp_core::policy::PolicyDocument`).
+    PolicyDocumentSchema = atp_core::policy::PolicyDocument
+);
+schemars_type!(
+    /// `public` · `internal` · `confidential` · `personal` · `sensitive`.
+    ClassificationSchema = atp_core::policy::Classification
+);
+schemars_type!(
+    /// A token role: `producer` · `auditor` · `admin` · `privacy`.
+    PermissionSchema = atp_core::role::Permission
+);
 
 #[derive(OpenApi)]
 #[openapi(
@@ -101,11 +185,61 @@ mod tests {
         );
     }
 
+    /// The policy's schemas are schemars' own, byte for byte, with references into the
+    /// document's components; and every reference in the document resolves.
+    #[test]
+    fn schemars_schemas_are_carried_verbatim_and_every_reference_resolves() {
+        use utoipa::ToSchema as _;
+        let (own, others) = super::from_schemars::<atp_core::policy::PolicyDocument>();
+        let own = serde_json::to_value(own).unwrap();
+        let published = atp_core::policy::schema();
+        assert_eq!(
+            own["properties"]["fields"]["description"],
+            published["properties"]["fields"]["description"]
+        );
+        assert_eq!(own["additionalProperties"], false);
+        assert_eq!(
+            own["properties"]["defaultClassification"]["$ref"],
+            "#/components/schemas/Classification"
+        );
+        assert!(own.get("$schema").is_none(), "{own}");
+        let names: Vec<&str> = others.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"Classification"), "{names:?}");
+        assert_eq!(
+            super::PolicyDocumentSchema::name(),
+            "PolicyDocument",
+            "the component is named after the type"
+        );
+        // What schemars wrote for the classification, member for member.
+        let defs = &published["$defs"]["Classification"];
+        let (_, carried) = others.iter().find(|(n, _)| n == "Classification").unwrap();
+        assert_eq!(&serde_json::to_value(carried).unwrap(), defs);
+
+        let doc = serde_json::to_value(crate::openapi()).unwrap();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for piece in text.split("\"#/components/schemas/").skip(1) {
+            let name = piece.split('"').next().unwrap();
+            assert!(
+                schemas.contains_key(name),
+                "{name} is referenced, not defined"
+            );
+        }
+        for name in [
+            "PolicyDocument",
+            "Classification",
+            "Permission",
+            "Evaluation",
+        ] {
+            assert!(schemas.contains_key(name), "{name}");
+        }
+    }
+
     #[test]
     fn every_operation_is_secured_and_answers_problems_by_default() {
         let doc = serde_json::to_value(crate::openapi()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 23, "{:?}", paths.keys().collect::<Vec<_>>());
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap() {
                 assert!(op["responses"]["default"].is_object(), "{method} {path}");

@@ -158,6 +158,9 @@ problem_codes! {
     MethodNotAllowed = (METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "The route has no such method"),
     NotFound = (NOT_FOUND, "NOT_FOUND", "No such resource"),
     RangeNotSatisfiable = (RANGE_NOT_SATISFIABLE, "RANGE_NOT_SATISFIABLE", "The range is outside the bundle"),
+    /// A policy document that does not parse or validate: the answer's `errors` names every
+    /// error at its JSON Pointer into the document.
+    PolicyInvalid = (BAD_REQUEST, "POLICY_INVALID", "The policy document is not valid"),
     // The caller.
     Unauthenticated = (UNAUTHORIZED, "UNAUTHENTICATED", "No valid bearer token"),
     Forbidden = (FORBIDDEN, "FORBIDDEN", "The token's roles do not allow this"),
@@ -169,6 +172,8 @@ problem_codes! {
     ProofPending = (CONFLICT, "PROOF_PENDING", "No checkpoint covers the record yet"),
     ExportNotReady = (CONFLICT, "EXPORT_NOT_READY", "The export has not completed"),
     ExportExpired = (GONE, "EXPORT_EXPIRED", "The export's bundle is no longer stored"),
+    /// Another change of the tenant's policy was stored while this one was.
+    PolicyConflict = (CONFLICT, "POLICY_CONFLICT", "The policy changed meanwhile; read it again"),
     // A submission refused (the rejection reasons of CONTRACT §2, `atp_core::Reason`).
     Malformed = (BAD_REQUEST, "MALFORMED", "The submission is not an I-JSON object"),
     SchemaValidationFailed = (BAD_REQUEST, "SCHEMA_VALIDATION_FAILED", "The event does not follow the audit event schema"),
@@ -243,6 +248,15 @@ impl From<atp_core::Reason> for ProblemCode {
     }
 }
 
+/// One thing wrong with a request body, at a JSON Pointer into it: the items of a problem's
+/// `errors` member (an RFC 9457 extension member).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct InvalidAt {
+    /// JSON Pointer into the request body (`""`: the body as a whole).
+    pub path: String,
+    pub message: String,
+}
+
 /// A refusal or failure, answered as Problem+JSON. Its status is its code's.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -251,6 +265,9 @@ pub struct Problem {
     status: StatusCode,
     pub detail: String,
     pub tenant: Option<String>,
+    /// Every error in the body, where the code names them (`POLICY_INVALID`); empty otherwise
+    /// and then left out.
+    pub errors: Vec<InvalidAt>,
 }
 
 impl Problem {
@@ -260,6 +277,7 @@ impl Problem {
             status: code.status(),
             detail: detail.into(),
             tenant: None,
+            errors: Vec::new(),
         }
     }
     pub fn status(&self) -> StatusCode {
@@ -267,6 +285,10 @@ impl Problem {
     }
     pub fn tenant(mut self, t: &str) -> Self {
         self.tenant = Some(t.to_owned());
+        self
+    }
+    pub fn errors(mut self, errors: Vec<InvalidAt>) -> Self {
+        self.errors = errors;
         self
     }
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -351,6 +373,9 @@ impl IntoResponse for Problem {
         });
         if let Some(t) = self.tenant {
             body["tenantId"] = json!(t);
+        }
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut()
@@ -475,6 +500,30 @@ mod tests {
                 "tenantId": "acme",
             })
         );
+    }
+
+    /// `errors` is there when a code names the body's errors, and only then.
+    #[tokio::test]
+    async fn an_answer_lists_the_bodys_errors_where_it_has_them() {
+        let at = |path: &str| InvalidAt {
+            path: path.to_owned(),
+            message: "wrong".to_owned(),
+        };
+        let (status, p) = answer(
+            Problem::new(ProblemCode::PolicyInvalid, "2 errors")
+                .errors(vec![at("/subject"), at("/fields/0/path")]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            p["errors"],
+            json!([
+                {"path": "/subject", "message": "wrong"},
+                {"path": "/fields/0/path", "message": "wrong"}
+            ])
+        );
+        let (_, p) = answer(Problem::new(ProblemCode::PolicyConflict, "raced")).await;
+        assert!(p.get("errors").is_none(), "{p}");
     }
 
     /// Stored data that contradicts itself is ATP's fault and does not mend: 500, not the 503

@@ -20,6 +20,7 @@ use atp_core::TenantId;
 use atp_core::policy::PolicyDocument;
 
 use crate::streams::POLICIES_BUCKET;
+use crate::subjects;
 
 /// How long ingest keeps using the policy it read: the most a change takes to apply.
 pub const CURRENT_TTL: Duration = Duration::from_secs(2);
@@ -34,6 +35,17 @@ pub enum PolicyStoreError {
     Corrupt { key: String, reason: String },
     #[error("the policy changed meanwhile (now version {0}); read it again and retry")]
     Conflict(u32),
+    #[error("the policy change could not be announced: {0}")]
+    Announce(String),
+}
+
+/// What `atp.policy.changed.<tenant>` carries: the version now current. The document itself
+/// is read from the bucket ([`current`]), so a lost announcement costs only [`CURRENT_TTL`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyChanged {
+    pub tenant_id: String,
+    pub policy_version: u32,
 }
 
 fn current_key(tenant: &TenantId) -> String {
@@ -135,6 +147,29 @@ pub async fn replace(
     Ok(doc)
 }
 
+/// Announces that `version` is now the tenant's policy, on core NATS (not stored): flushed, so
+/// the server has it when this returns.
+pub async fn announce(
+    client: &async_nats::Client,
+    tenant: &TenantId,
+    version: u32,
+) -> Result<(), PolicyStoreError> {
+    let changed = PolicyChanged {
+        tenant_id: tenant.to_string(),
+        policy_version: version,
+    };
+    let body =
+        serde_json::to_vec(&changed).map_err(|e| PolicyStoreError::Announce(e.to_string()))?;
+    client
+        .publish(subjects::policy_changed(tenant), body.into())
+        .await
+        .map_err(|e| PolicyStoreError::Announce(e.to_string()))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| PolicyStoreError::Announce(e.to_string()))
+}
+
 async fn put_json(kv: &Store, key: &str, doc: &PolicyDocument) -> Result<(), PolicyStoreError> {
     let bytes = serde_json::to_vec(doc).map_err(|e| PolicyStoreError::Corrupt {
         key: key.to_owned(),
@@ -165,6 +200,11 @@ impl PolicyCache {
             current: Arc::default(),
             versions: Arc::default(),
         }
+    }
+
+    /// The bucket itself, for reads that must not be cached and for changes.
+    pub fn store(&self) -> &Store {
+        &self.kv
     }
 
     /// The policy to apply to an event accepted now.
