@@ -513,3 +513,87 @@ async fn the_gateway_crashing_after_publishing_an_export_request_before_its_row_
     exporter.stop().await;
     running.stop().await;
 }
+
+#[tokio::test]
+async fn an_erasure_crashing_between_its_keys_resumes_to_completion() {
+    use crate::privacy::{ada_and_bob, request_reaches, set_crm_policy};
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    let running = stack
+        .serve(roles("gateway,ingest,projector,integrity"))
+        .await;
+    let api = Api::new(&running);
+    ada_and_bob(&stack).await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+    let asked: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = asked["requestId"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("lifecycle.log");
+    let env = [("ATP_ERASURE_RESCRUB_MS", "200")];
+    // Ada has two keys (one per retention policy): the crash comes after the first.
+    crash_at(&stack, "lifecycle", failpoint::ERASURE_MID_KEYS, &env, &log).await;
+    let mid = api
+        .get_json(&format!("/api/v1/privacy/requests/{id}"), &privacy)
+        .await;
+    assert_eq!(mid["state"], "queued", "{mid}");
+    assert_eq!(
+        mid["keyIds"].as_array().map(Vec::len),
+        Some(2),
+        "every key id recorded before the first went: {mid}"
+    );
+    let mut lifecycle = restart(&stack, "lifecycle", &env, &log);
+    let done = eventually("the erasure resumed and done", || {
+        assert_running(&mut lifecycle, &log);
+        let api = &api;
+        let (privacy, id) = (&privacy, &id);
+        async move {
+            let r = api
+                .get_json(&format!("/api/v1/privacy/requests/{id}"), privacy)
+                .await;
+            (r["state"] == "done").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(done["recordsAffected"], 2, "{done}");
+    let _ = request_reaches(&api, &privacy, &id, "done").await;
+    let page = api
+        .get_json("/api/v1/audit/records?actorId=u-bob", &privacy)
+        .await;
+    assert_eq!(
+        page["items"][0]["data"]["attributes"]["email"],
+        "bob@example.com"
+    );
+    let keys = atp_nats::subject_keys::bucket(&stack.js).await.unwrap();
+    let tenant = atp_core::TenantId::new(TENANT).unwrap();
+    for kid in done["keyIds"].as_array().into_iter().flatten() {
+        assert!(
+            atp_nats::subject_keys::wrapped(&keys, &tenant, kid.as_str().unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    // Exactly one attestation, though the step before it ran twice.
+    let trail = eventually("the attestation projected", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM records WHERE tenant_id = $1 AND source_id = 'atp-admin' \
+             AND event_type = 'dev.atp.admin.v1' AND event_id LIKE 'erasure-%'",
+        )
+        .bind(TENANT)
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        (n >= 1).then_some(n)
+    })
+    .await;
+    assert_eq!(trail, 1);
+    drop(lifecycle);
+    running.stop().await;
+}

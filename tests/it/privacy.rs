@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 /// A CRM's policy: the actor is the data subject, an e-mail address is personal, a social
 /// security number sensitive, the plan confidential.
-fn crm_policy() -> policy::PolicyDocument {
+pub(crate) fn crm_policy() -> policy::PolicyDocument {
     policy::parse(
         br#"{
             "fields": [
@@ -29,7 +29,7 @@ fn crm_policy() -> policy::PolicyDocument {
     .unwrap()
 }
 
-fn event_about(
+pub(crate) fn event_about(
     stack: &Stack,
     id: &str,
     subject: &str,
@@ -230,5 +230,333 @@ async fn a_policy_change_applies_to_later_events_and_never_rewrites_earlier_reco
         "xchacha20poly1305"
     );
     stack.verify_chain(&p).await;
+    running.stop().await;
+}
+
+/// Sets the CRM policy for the test tenant (version 2).
+pub(crate) async fn set_crm_policy(stack: &Stack) {
+    let kv = atp_nats::policy::bucket(&stack.js).await.unwrap();
+    atp_nats::policy::replace(&kv, &TenantId::new(TENANT).unwrap(), crm_policy())
+        .await
+        .unwrap();
+}
+
+/// Ada's and Bob's events on the ledger and projected; returns the ledger's digests.
+pub(crate) async fn ada_and_bob(stack: &Stack) -> Vec<atp_core::Digest> {
+    let p = partition(TENANT, SOURCE);
+    for (id, who, email, ssn) in [
+        ("e-ada-1", "u-ada", "ada@example.com", "078-05-1120"),
+        ("e-bob-1", "u-bob", "bob@example.com", "219-09-9999"),
+        ("e-ada-2", "u-ada", "ada@example.com", "078-05-1120"),
+    ] {
+        stack
+            .publish(&p, &event_about(stack, id, who, email, ssn))
+            .await;
+    }
+    eventually("three records projected", || async {
+        (stack.projected_records(TENANT).await == 3).then_some(())
+    })
+    .await;
+    ledger_digests(stack).await
+}
+
+pub(crate) async fn ledger_digests(stack: &Stack) -> Vec<atp_core::Digest> {
+    let p = partition(TENANT, SOURCE);
+    stack
+        .read_subject(atp_nats::streams::LEDGER, &atp_nats::subjects::ledger(&p))
+        .await
+        .iter()
+        .map(|(_, _, bytes)| atp_core::Digest::of(bytes))
+        .collect()
+}
+
+/// Waits for a privacy request to reach `state`; returns its view.
+pub(crate) async fn request_reaches(api: &Api, token: &str, id: &str, state: &str) -> Value {
+    eventually(&format!("request {id} {state}"), || async {
+        let r = api
+            .get_json(&format!("/api/v1/privacy/requests/{id}"), token)
+            .await;
+        (r["state"] == state).then_some(r)
+    })
+    .await
+}
+
+/// What a privacy officer sees of each record's data, by event id.
+async fn seen_by(api: &Api, token: &str) -> std::collections::BTreeMap<String, Value> {
+    records_as(api, token, "")
+        .await
+        .into_iter()
+        .filter_map(|i| {
+            let id = i["record"]["event"]["id"].as_str()?.to_owned();
+            Some((id, i["data"].clone()))
+        })
+        .collect()
+}
+
+/// Every string of `clear` absent from a plain-text dump of the database, as text and as the
+/// hex of bytea columns.
+pub(crate) async fn assert_not_in_database(stack: &Stack, clear: &[&str]) {
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+        .args(["--data-only", "--no-owner", &stack.database_url])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(dump.len() > 1000, "a dump with the records in it");
+    for c in clear {
+        let hex: String = c.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !dump.contains(&c.to_lowercase()),
+            "{c} is still in the database"
+        );
+        assert!(
+            !dump.contains(&hex),
+            "{c} is still in the database (as bytes)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn erasing_one_subject_leaves_every_proof_and_the_other_subject_whole() {
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    let running = stack.serve(roles("all")).await;
+    let api = Api::new(&running);
+    let p = partition(TENANT, SOURCE);
+    let before = ada_and_bob(&stack).await;
+    // A refused submission of Ada's too: its clear copy is ATP's to forget.
+    let mut unsigned = event_about(
+        &stack,
+        "e-ada-bad",
+        "u-ada",
+        "ada@example.com",
+        "078-05-1120",
+    );
+    unsigned.remove("dssematerial");
+    stack.publish(&p, &unsigned).await;
+    eventually("the rejection projected", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejections WHERE tenant_id = $1")
+            .bind(TENANT)
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+
+    // Only the privacy permission may ask.
+    let refused = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let asked = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let asked: Value = asked.json().await.unwrap();
+    let id = asked["requestId"].as_str().unwrap().to_owned();
+    let done = request_reaches(&api, &privacy, &id, "done").await;
+    assert_eq!(done["keysDestroyed"], 2, "{done}");
+    assert_eq!(done["recordsAffected"], 2, "{done}");
+
+    // Ada's values read erased for everyone; Bob's are as they were.
+    let seen = seen_by(&api, &privacy).await;
+    for ada in ["e-ada-1", "e-ada-2"] {
+        let data = &seen[ada];
+        assert_eq!(data["actor"]["id"], json!({"erased": true}), "{data}");
+        assert_eq!(data["attributes"]["email"], json!({"erased": true}));
+        assert_eq!(data["attributes"]["ssn"], json!({"erased": true}));
+        assert_eq!(
+            data["attributes"]["plan"], "gold",
+            "what was never sealed stays"
+        );
+    }
+    assert_eq!(seen["e-bob-1"]["attributes"]["email"], "bob@example.com");
+    assert_eq!(seen["e-bob-1"]["actor"]["id"], "u-bob");
+    let audited = records_as(&api, &auditor, "").await;
+    let bob = audited
+        .iter()
+        .find(|i| i["record"]["event"]["id"] == "e-bob-1")
+        .unwrap();
+    assert_eq!(
+        bob["data"]["attributes"]["email"],
+        json!({"redacted": "personal"})
+    );
+    assert!(records_as(&api, &privacy, "actorId=u-ada").await.is_empty());
+    assert!(
+        records_as(&api, &privacy, "q=ada%40example")
+            .await
+            .is_empty()
+    );
+
+    // The ledger is untouched: the same bytes, every chain link whole, every record provable.
+    let after = ledger_digests(&stack).await;
+    assert_eq!(after[..before.len()], before[..]);
+    stack.verify_chain(&p).await;
+    for item in records_as(&api, &auditor, "").await {
+        let rid = item["recordId"].as_str().unwrap();
+        let proof = eventually("a proof", || async {
+            let r = api
+                .get(&format!("/api/v1/audit/records/{rid}/proof"), &auditor)
+                .send()
+                .await
+                .unwrap();
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        let _: () = proof;
+    }
+
+    // The attestation: on the tenant's admin trail, naming the subject only as a salted hash.
+    let done = eventually("the attestation projected", || async {
+        let r = api
+            .get_json(&format!("/api/v1/privacy/requests/{id}"), &privacy)
+            .await;
+        r["attestationRecordId"].is_string().then_some(r)
+    })
+    .await;
+    let salt = done["subjectSalt"].as_str().unwrap();
+    let expected = {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::new()
+            .chain_update(salt.as_bytes())
+            .chain_update(b"u-ada")
+            .finalize();
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(done["subjectHash"], expected.as_str());
+    let rid = done["attestationRecordId"].as_str().unwrap();
+    let attestation = api
+        .get_json(&format!("/api/v1/audit/records/{rid}"), &auditor)
+        .await;
+    let attrs = &attestation["data"]["attributes"];
+    assert_eq!(attestation["data"]["action"], "SUBJECT_ERASED");
+    assert_eq!(attrs["subjectHash"], expected.as_str());
+    assert_eq!(attrs["recordsAffected"], 2);
+    assert_eq!(attrs["keysDestroyed"], 2);
+
+    // No clear copy of Ada's values is left in the database (rejections included).
+    assert_not_in_database(&stack, &["ada@example.com", "078-05-1120", "u-ada"]).await;
+
+    // Erasure is idempotent: asking again finds nothing left and finishes.
+    let again: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = request_reaches(&api, &privacy, again["requestId"].as_str().unwrap(), "done").await;
+    assert_eq!(again["keysDestroyed"], 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_legal_hold_blocks_erasure_until_it_is_released() {
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    let running = stack.serve(roles("all")).await;
+    let api = Api::new(&running);
+    ada_and_bob(&stack).await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+
+    // A hold on the subject: the request is refused at once, naming the hold.
+    let hold: Value = api
+        .post_json(
+            "/api/v1/legal-holds",
+            &privacy,
+            &json!({"subjectId": "u-bob", "reason": "litigation 2026-17"}),
+        )
+        .await;
+    let hold_id = hold["holdId"].as_str().unwrap().to_owned();
+    let refused = api
+        .post("/api/v1/privacy/subjects/u-bob/erasure", &privacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["code"], "LEGAL_HOLD");
+    assert!(refused["detail"].as_str().unwrap().contains(&hold_id));
+
+    // A hold on the source covers Ada's records: her erasure stops, blocked by it.
+    let source_hold: Value = api
+        .post_json(
+            "/api/v1/legal-holds",
+            &privacy,
+            &json!({"sourceId": SOURCE, "reason": "regulator's inquiry"}),
+        )
+        .await;
+    let source_hold_id = source_hold["holdId"].as_str().unwrap().to_owned();
+    let asked: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let blocked = request_reaches(
+        &api,
+        &privacy,
+        asked["requestId"].as_str().unwrap(),
+        "blocked",
+    )
+    .await;
+    assert!(
+        blocked["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&source_hold_id),
+        "{blocked}"
+    );
+    assert_eq!(blocked["keysDestroyed"], 0);
+    let seen = seen_by(&api, &privacy).await;
+    assert_eq!(seen["e-ada-1"]["attributes"]["email"], "ada@example.com");
+
+    // Both listed, then released; the erasure asked again goes through.
+    let listed = api.get_json("/api/v1/legal-holds", &privacy).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    for h in [&hold_id, &source_hold_id] {
+        let released = api
+            .http
+            .delete(format!("{}/api/v1/legal-holds/{h}", api.base))
+            .bearer_auth(&privacy)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(released.status(), 200);
+    }
+    assert!(
+        api.get_json("/api/v1/legal-holds", &privacy).await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let asked: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    request_reaches(&api, &privacy, asked["requestId"].as_str().unwrap(), "done").await;
+    let seen = seen_by(&api, &privacy).await;
+    assert_eq!(
+        seen["e-ada-1"]["attributes"]["email"],
+        json!({"erased": true})
+    );
     running.stop().await;
 }

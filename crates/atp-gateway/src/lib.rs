@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod limits;
 pub mod openapi;
 pub mod policy;
+pub mod privacy;
 pub mod problem;
 pub mod query;
 pub mod redact;
@@ -157,6 +158,10 @@ fn api_routes() -> OpenApiRouter<GatewayState> {
         .routes(routes!(policy::get_policy, policy::put_policy))
         .routes(routes!(policy::evaluate_event))
         .routes(routes!(policy::policy_schema))
+        .routes(routes!(privacy::request_erasure))
+        .routes(routes!(privacy::request_status))
+        .routes(routes!(privacy::create_hold, privacy::list_holds))
+        .routes(routes!(privacy::release_hold))
 }
 
 /// The OpenAPI document of the API, as served at `/api/v1/openapi.json`.

@@ -174,6 +174,8 @@ problem_codes! {
     ExportExpired = (GONE, "EXPORT_EXPIRED", "The export's bundle is no longer stored"),
     /// Another change of the tenant's policy was stored while this one was.
     PolicyConflict = (CONFLICT, "POLICY_CONFLICT", "The policy changed meanwhile; read it again"),
+    /// A legal hold covers what was to be erased.
+    LegalHold = (CONFLICT, "LEGAL_HOLD", "A legal hold covers this data"),
     // A submission refused (the rejection reasons of CONTRACT §2, `atp_core::Reason`).
     Malformed = (BAD_REQUEST, "MALFORMED", "The submission is not an I-JSON object"),
     SchemaValidationFailed = (BAD_REQUEST, "SCHEMA_VALIDATION_FAILED", "The event does not follow the audit event schema"),

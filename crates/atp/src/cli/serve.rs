@@ -75,6 +75,10 @@ pub(super) struct Args {
     /// value unreadable.
     #[arg(long, env = "ATP_TENANT_KEYS_DIR", default_value = atp_runtime::ingest::DEFAULT_TENANT_KEYS_DIR)]
     tenant_keys_dir: PathBuf,
+    /// How long an erasure waits before scrubbing the read model a second time (ms): at least
+    /// how long any process may keep a destroyed subject key cached (60 s).
+    #[arg(long, env = "ATP_ERASURE_RESCRUB_MS", default_value_t = 60_000)]
+    erasure_rescrub_ms: u64,
     /// Without the gateway role, serve /metrics and /healthz here.
     #[arg(long, env = "ATP_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -131,7 +135,10 @@ impl Args {
             tenant_keys: std::sync::Arc::new(atp_runtime::keyring::FileTenantKeys::new(
                 &self.tenant_keys_dir,
             )),
-            lifecycle: Default::default(),
+            lifecycle: atp_runtime::lifecycle::LifecycleSettings {
+                key_cache_ttl: Duration::from_millis(self.erasure_rescrub_ms),
+                ..Default::default()
+            },
             issuer: self.token_issuer,
             audience: self.token_audience,
             token_keys,
