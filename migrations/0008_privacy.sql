@@ -142,6 +142,25 @@ REVOKE ALL ON FUNCTION atp_search_records(text, text, timestamptz, timestamptz, 
 REVOKE ALL ON FUNCTION atp_search_records_plan(text, text, timestamptz, timestamptz, text, text, text, text, text, timestamptz, text, bigint, smallint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION atp_search_records(text, text, timestamptz, timestamptz, text, text, text, text, text, timestamptz, text, bigint, smallint[]) TO atp_gateway;
 
+-- Every subject key the ledger's records name, as the projector meets them: what retention
+-- finds expired keys by (a key id names its retention policy and time bucket, ADR 0019). Not
+-- the keys themselves: those are in ATP_SUBJECT_KEYS, wrapped.
+CREATE TABLE subject_keys (
+    tenant_id           text        NOT NULL,
+    kid                 text        NOT NULL,
+    retention_policy_id text        NOT NULL,
+    bucket              text        NOT NULL,
+    -- When the bucket ends: no key expires before.
+    bucket_end          timestamptz NOT NULL,
+    -- Set when erasure or retention destroyed the key.
+    destroyed_at        timestamptz,
+    destroyed_by        text,
+    -- The admin-trail event that attests a retention expiry of the key.
+    attested_in         text,
+    PRIMARY KEY (tenant_id, kid)
+);
+CREATE INDEX subject_keys_live ON subject_keys (tenant_id, bucket_end) WHERE destroyed_at IS NULL;
+
 -- Data-subject requests (CONTRACT §8). The gateway queues them; the lifecycle role carries
 -- them out, step by step, each step recorded here so a crash resumes where it stopped.
 CREATE TABLE privacy_requests (

@@ -280,6 +280,7 @@ impl Stack {
             lifecycle: atp_runtime::lifecycle::LifecycleSettings {
                 poll: Duration::from_millis(50),
                 key_cache_ttl: Duration::from_millis(200),
+                retention_every: Duration::from_millis(100),
             },
             issuer: atp::dev::ISSUER.to_owned(),
             audience: atp::dev::AUDIENCE.to_owned(),

@@ -560,3 +560,151 @@ async fn a_legal_hold_blocks_erasure_until_it_is_released() {
     );
     running.stop().await;
 }
+
+/// `atp retention plan --json` against this stack: one object per expired key group.
+async fn retention_plan(stack: &Stack) -> Vec<Value> {
+    let out = tokio::process::Command::new(atp_binary())
+        .args(["retention", "plan", "--json"])
+        .envs(stack.cli_env())
+        .env("ATP_TENANT_KEYS_DIR", stack.tenant_keys_dir())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_expires_what_is_past_it_unless_held_and_attests_each_expiry() {
+    let stack = Stack::start().await;
+    let mut policy = crm_policy();
+    policy.retention = serde_json::from_value(json!({
+        "policies": {"default-7y": {"durationSeconds": 220898664}, "one-second": {"durationSeconds": 1}},
+        "default": "default-7y",
+        "byClassification": {"personal": "one-second"}
+    }))
+    .unwrap();
+    let kv = atp_nats::policy::bucket(&stack.js).await.unwrap();
+    atp_nats::policy::replace(&kv, &TenantId::new(TENANT).unwrap(), policy)
+        .await
+        .unwrap();
+    // Everything but the lifecycle role, to look at the plan before anything expires.
+    let running = stack
+        .serve(roles("gateway,ingest,projector,integrity"))
+        .await;
+    let api = Api::new(&running);
+    ada_and_bob(&stack).await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+
+    // Within about two seconds each personal value's one-second bucket and retention have
+    // passed: the plan lists every such key (one per subject and second: Ada's two events may
+    // or may not share one); sensitive values (seven years) are not in it.
+    let short_keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subject_keys WHERE tenant_id = $1 AND retention_policy_id = 'one-second'",
+    )
+    .bind(TENANT)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
+    assert!((2..=3).contains(&short_keys), "{short_keys}");
+    let plan = eventually("the personal keys in the plan", || async {
+        let plan = retention_plan(&stack).await;
+        let n: u64 = plan
+            .iter()
+            .map(|e| e["keysToDestroy"].as_u64().unwrap())
+            .sum();
+        (n == short_keys as u64).then_some(plan)
+    })
+    .await;
+    assert!(
+        plan.iter().all(|e| e["retentionPolicyId"] == "one-second"),
+        "{plan:?}"
+    );
+
+    // A hold on Bob keeps his key; the plan says so.
+    let hold: Value = api
+        .post_json(
+            "/api/v1/legal-holds",
+            &privacy,
+            &json!({"subjectId": "u-bob", "reason": "dispute"}),
+        )
+        .await;
+    let plan = retention_plan(&stack).await;
+    let held: u64 = plan.iter().map(|e| e["keysHeld"].as_u64().unwrap()).sum();
+    let destroy: u64 = plan
+        .iter()
+        .map(|e| e["keysToDestroy"].as_u64().unwrap())
+        .sum();
+    assert_eq!((held, destroy), (1, short_keys as u64 - 1), "{plan:?}");
+    assert!(
+        plan.iter().any(|e| e["holds"][0] == hold["holdId"]),
+        "{plan:?}"
+    );
+
+    // The lifecycle role expires Ada's personal values and attests it; Bob's stay.
+    let lifecycle = stack.serve(roles("lifecycle")).await;
+    eventually("Ada's personal values expired", || async {
+        let seen = seen_by(&api, &privacy).await;
+        (seen["e-ada-1"]["attributes"]["email"] == json!({"erased": true})
+            && seen["e-ada-2"]["actor"]["id"] == json!({"erased": true}))
+        .then_some(())
+    })
+    .await;
+    let seen = seen_by(&api, &privacy).await;
+    assert_eq!(
+        seen["e-ada-1"]["attributes"]["ssn"], "078-05-1120",
+        "sensitive: seven years"
+    );
+    assert_eq!(
+        seen["e-bob-1"]["attributes"]["email"], "bob@example.com",
+        "held"
+    );
+    let attested = eventually("the deletion attestation", || async {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+            "SELECT record FROM records WHERE tenant_id = $1 AND source_id = 'atp-admin' \
+             AND event_id LIKE 'retention-%'",
+        )
+        .bind(TENANT)
+        .fetch_all(&stack.pool)
+        .await
+        .unwrap();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    let record: Value = serde_json::from_slice(&attested[0].0).unwrap();
+    let attrs = &record["event"]["data"]["attributes"];
+    assert_eq!(record["event"]["data"]["action"], "RETENTION_EXPIRED");
+    assert_eq!(attrs["retentionPolicyId"], "one-second");
+    assert!(attrs["keysDestroyed"].as_u64().unwrap() >= 1, "{attrs}");
+    stack.verify_chain(&partition(TENANT, SOURCE)).await;
+
+    // Released, Bob's expires too.
+    let hold_id = hold["holdId"].as_str().unwrap();
+    api.http
+        .delete(format!("{}/api/v1/legal-holds/{hold_id}", api.base))
+        .bearer_auth(&privacy)
+        .send()
+        .await
+        .unwrap();
+    eventually("Bob's personal values expired", || async {
+        let seen = seen_by(&api, &privacy).await;
+        (seen["e-bob-1"]["attributes"]["email"] == json!({"erased": true})).then_some(())
+    })
+    .await;
+    assert!(
+        retention_plan(&stack)
+            .await
+            .iter()
+            .all(|e| e["keysToDestroy"] == 0)
+    );
+    lifecycle.stop().await;
+    running.stop().await;
+}

@@ -370,6 +370,16 @@ impl PolicyDocument {
             .unwrap_or(&r.default)
     }
 
+    /// The bucket of a key sealing values under `retention_policy_id` accepted `at`
+    /// ([`bucket_of`]; a policy not defined here is kept as long as the default).
+    pub fn bucket(&self, retention_policy_id: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+        let d = self
+            .duration(retention_policy_id)
+            .or_else(|| self.duration(&self.retention.default))
+            .unwrap_or(std::time::Duration::from_secs(SEVEN_YEARS));
+        bucket_of(d, at)
+    }
+
     /// How long values under `retention_policy_id` are kept (`None`: not defined here).
     pub fn duration(&self, retention_policy_id: &str) -> Option<std::time::Duration> {
         self.retention
@@ -421,6 +431,59 @@ impl PolicyDocument {
             fields,
         }
     }
+}
+
+/// The time bucket a subject key covers (ADR 0019): the acceptance period whose values one key
+/// seals, as long as fits in the retention duration — a month for durations of a month and
+/// more, else a day, an hour, a minute or a second — so a key expires at most one bucket after
+/// its values' retention ends, never before. The id is the bucket's start, UTC, in digits:
+/// `yyyymm`, `yyyymmdd`, `yyyymmddhh`, `yyyymmddhhmm` or `yyyymmddhhmmss`.
+pub fn bucket_of(duration: std::time::Duration, at: chrono::DateTime<chrono::Utc>) -> String {
+    const DAY: u64 = 86_400;
+    let format = match duration.as_secs() {
+        s if s >= 31 * DAY => "%Y%m",
+        s if s >= DAY => "%Y%m%d",
+        s if s >= 3_600 => "%Y%m%d%H",
+        s if s >= 60 => "%Y%m%d%H%M",
+        _ => "%Y%m%d%H%M%S",
+    };
+    at.format(format).to_string()
+}
+
+/// When a bucket named by [`bucket_of`] ends (`None`: not a bucket id).
+pub fn bucket_end(bucket: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{Duration, NaiveDate, TimeZone, Utc};
+    let n = |range: std::ops::Range<usize>| bucket.get(range)?.parse::<u32>().ok();
+    if !bucket.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m) = (i32::try_from(n(0..4)?).ok()?, n(4..6)?);
+    let day = |d: u32| NaiveDate::from_ymd_opt(y, m, d);
+    let start = match bucket.len() {
+        6 => {
+            let next = if m == 12 {
+                NaiveDate::from_ymd_opt(y + 1, 1, 1)
+            } else {
+                NaiveDate::from_ymd_opt(y, m + 1, 1)
+            };
+            return Some(Utc.from_utc_datetime(&next?.and_hms_opt(0, 0, 0)?));
+        }
+        8 => (day(n(6..8)?)?.and_hms_opt(0, 0, 0)?, Duration::days(1)),
+        10 => (
+            day(n(6..8)?)?.and_hms_opt(n(8..10)?, 0, 0)?,
+            Duration::hours(1),
+        ),
+        12 => (
+            day(n(6..8)?)?.and_hms_opt(n(8..10)?, n(10..12)?, 0)?,
+            Duration::minutes(1),
+        ),
+        14 => (
+            day(n(6..8)?)?.and_hms_opt(n(8..10)?, n(10..12)?, n(12..14)?)?,
+            Duration::seconds(1),
+        ),
+        _ => return None,
+    };
+    Some(Utc.from_utc_datetime(&start.0) + start.1)
 }
 
 /// The policy's decision for one event's `data`.
@@ -737,6 +800,33 @@ mod tests {
         }
         assert!(split("/a~2").is_err());
         assert!(split("a").is_err());
+    }
+
+    #[test]
+    fn buckets_fit_in_their_retention_and_end_where_they_say() {
+        use chrono::TimeZone;
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 58)
+            .unwrap();
+        let day = 86_400;
+        let table: [(u64, &str, &str); 5] = [
+            (7 * 365 * day, "202612", "2027-01-01T00:00:00+00:00"),
+            (2 * day, "20261231", "2027-01-01T00:00:00+00:00"),
+            (3_600, "2026123123", "2027-01-01T00:00:00+00:00"),
+            (90, "202612312359", "2027-01-01T00:00:00+00:00"),
+            (1, "20261231235958", "2026-12-31T23:59:59+00:00"),
+        ];
+        for (secs, id, end) in table {
+            let d = std::time::Duration::from_secs(secs);
+            assert_eq!(bucket_of(d, at), id, "{secs}");
+            let e = bucket_end(id).unwrap();
+            assert_eq!(e.to_rfc3339(), end, "{id}");
+            // A bucket is never longer than the retention it serves.
+            assert!((e - at).num_seconds() as u64 <= secs.max(1), "{id}");
+        }
+        for bad in ["", "2026", "20261", "2026133", "abcdef", "2026120"] {
+            assert_eq!(bucket_end(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,20 @@ impl FieldKey {
     }
 }
 
+/// A subject key's id: `<retention policy>.<bucket>.<32 hex>` (ADR 0019), so that what expires
+/// can be told from the id alone. The random part makes it unguessable and unlinkable to the
+/// subject.
+pub fn key_id(retention_policy_id: &str, bucket: &str, random: [u8; 16]) -> String {
+    format!("{retention_policy_id}.{bucket}.{}", hex::encode(random))
+}
+
+/// The retention policy and bucket a [`key_id`] names (`None`: not an id ATP made).
+pub fn kid_parts(kid: &str) -> Option<(&str, &str)> {
+    let mut parts = kid.split('.');
+    let (policy, bucket, random) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && random.len() == 32).then_some((policy, bucket))
+}
+
 /// A subject bucket key (32 random bytes), unwrapped. It never leaves the process that holds
 /// it; only field keys derived from it are disclosed.
 #[derive(Clone)]
@@ -395,6 +409,15 @@ mod tests {
         let mut rekeyed = s.clone();
         rekeyed.kid = "k-2".to_owned();
         assert!(open(&key, &p, &rekeyed).is_err());
+    }
+
+    #[test]
+    fn key_ids_name_their_policy_and_bucket() {
+        let kid = key_id("gdpr-2y", "202612", [0xab; 16]);
+        assert_eq!(kid_parts(&kid), Some(("gdpr-2y", "202612")));
+        for bad in ["", "a.b", "a.b.c", "a.b.0123.x", &format!("{kid}.x")] {
+            assert_eq!(kid_parts(bad), None, "{bad}");
+        }
     }
 
     #[test]

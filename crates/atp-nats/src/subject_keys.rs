@@ -3,10 +3,11 @@
 //! the tenant key are the runtime's (`atp_runtime::keyring`).
 //!
 //! Two entries per key:
-//! - `<tenant>.s.<pseudonym>.<retention policy>.<yyyymm>` → the key id: which key seals a
-//!   subject's values under a policy in a month. The pseudonym is a keyed hash of the subject
-//!   id, never the id.
-//! - `<tenant>.k.<kid>` → the wrapped key: what opens values sealed under `kid`.
+//! - `<tenant>.s.<pseudonym>.<retention policy>.<bucket>` → the key id: which key seals a
+//!   subject's values under a policy in a time bucket (`atp_core::policy::bucket_of`). The
+//!   pseudonym is a keyed hash of the subject id, never the id.
+//! - `<tenant>.k.<kid>` → the wrapped key: what opens values sealed under `kid`. A key id is
+//!   `<retention policy>.<bucket>.<32 hex>`: retention finds what expires from the ids alone.
 //!
 //! The wrapped key is written before the name that points to it, so a name always resolves;
 //! a key whose name lost a creation race is an orphan nothing uses.
@@ -38,27 +39,30 @@ pub struct WrappedKey {
     /// Nonce and ciphertext of the 32-byte key under the tenant key, base64.
     pub wrapped: String,
     pub retention_policy_id: String,
-    /// The acceptance month the key covers, `yyyymm`.
-    pub month: String,
+    /// The time bucket the key covers.
+    pub bucket: String,
+    /// The subject's pseudonym: which name to remove with the key when it expires.
+    pub pseudonym: String,
     /// RFC 3339.
     pub created_at: String,
 }
 
-/// Which key a subject's values use under one policy in one month.
+/// Which key a subject's values use under one policy in one time bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyName {
     pub tenant: TenantId,
     /// Lower-case hex: safe as a KV token.
     pub pseudonym: String,
     pub retention_policy_id: String,
-    pub month: String,
+    pub bucket: String,
 }
 
 impl KeyName {
-    fn key(&self) -> String {
+    /// The KV key of the name.
+    pub fn key(&self) -> String {
         format!(
             "{}.s.{}.{}.{}",
-            self.tenant, self.pseudonym, self.retention_policy_id, self.month
+            self.tenant, self.pseudonym, self.retention_policy_id, self.bucket
         )
     }
 }
@@ -200,4 +204,13 @@ pub async fn destroy(
     kv.purge(kid_key(tenant, kid)).await.map_err(unavailable)?;
     kv.purge(entry).await.map_err(unavailable)?;
     Ok(())
+}
+
+/// Destroys key `kid` alone (its name points elsewhere, or is gone). Idempotent.
+pub async fn destroy_key_only(
+    kv: &Store,
+    tenant: &TenantId,
+    kid: &str,
+) -> Result<(), SubjectKeysError> {
+    kv.purge(kid_key(tenant, kid)).await.map_err(unavailable)
 }

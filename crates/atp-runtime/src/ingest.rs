@@ -891,7 +891,6 @@ impl Ingest {
         input: &PlanInput,
         admissions: &[Admission],
     ) -> Result<Vec<SealingPlan>, RoleError> {
-        let month = crate::keyring::month_of(input.committed_at);
         let mut out = Vec::with_capacity(admissions.len());
         for (admission, loc) in admissions.iter().zip(&input.located) {
             let (Some(Ok(ev)), Some(loc)) = (admission, loc) else {
@@ -920,7 +919,12 @@ impl Ingest {
                 if !keys.contains_key(&field.retention_policy_id) {
                     let found = self
                         .subject_keys
-                        .for_sealing(&key.tenant, &subject, &field.retention_policy_id, &month)
+                        .for_sealing(
+                            &key.tenant,
+                            &subject,
+                            &field.retention_policy_id,
+                            &policy.bucket(&field.retention_policy_id, input.committed_at),
+                        )
                         .await;
                     match found {
                         Ok(k) => {

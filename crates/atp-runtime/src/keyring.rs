@@ -242,7 +242,7 @@ impl TenantKeys for FileTenantKeys {
 /// The associated data of a wrapped subject key: it opens only as that key of that tenant.
 fn wrap_aad(tenant: &TenantId, kid: &str, key: &WrappedKey) -> Vec<u8> {
     let mut out = b"atp/subject-key/v1".to_vec();
-    for part in [tenant.as_str(), kid, &key.retention_policy_id, &key.month] {
+    for part in [tenant.as_str(), kid, &key.retention_policy_id, &key.bucket] {
         out.extend_from_slice(&(part.len() as u64).to_be_bytes());
         out.extend_from_slice(part.as_bytes());
     }
@@ -284,20 +284,20 @@ impl SubjectKeys {
         self.port.pseudonym(tenant, subject, create).await
     }
 
-    /// The key that seals `subject`'s values under `retention_policy_id` in `month`
-    /// (`yyyymm`), created on first use.
+    /// The key that seals `subject`'s values under `retention_policy_id` in time bucket
+    /// `bucket` (`atp_core::policy::bucket_of`), created on first use.
     pub async fn for_sealing(
         &self,
         tenant: &TenantId,
         subject: &str,
         retention_policy_id: &str,
-        month: &str,
+        bucket: &str,
     ) -> Result<BucketKey, KeyringError> {
         let name = KeyName {
             tenant: tenant.clone(),
             pseudonym: self.pseudonym(tenant, subject, true).await?,
             retention_policy_id: retention_policy_id.to_owned(),
-            month: month.to_owned(),
+            bucket: bucket.to_owned(),
         };
         let cached = lock(&self.by_name)
             .get(&name)
@@ -322,13 +322,14 @@ impl SubjectKeys {
     async fn create(&self, name: &KeyName) -> Result<String, KeyringError> {
         let mut id = [0u8; 16];
         rand::fill(&mut id);
-        let kid = hex_of(&id);
+        let kid = atp_core::privacy::key_id(&name.retention_policy_id, &name.bucket, id);
         let mut key = [0u8; 32];
         rand::fill(&mut key);
         let mut entry = WrappedKey {
             wrapped: String::new(),
             retention_policy_id: name.retention_policy_id.clone(),
-            month: name.month.clone(),
+            bucket: name.bucket.clone(),
+            pseudonym: name.pseudonym.clone(),
             created_at: atp_core::record::timestamp(chrono::Utc::now()),
         };
         let aad = wrap_aad(&name.tenant, &kid, &entry);
@@ -396,11 +397,6 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, V>>, k: K, v:
         m.clear();
     }
     m.insert(k, v);
-}
-
-/// The acceptance month of a bucket key, `yyyymm` (UTC).
-pub fn month_of(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y%m").to_string()
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct LifecycleSettings {
     pub poll: Duration,
     /// How long every process may keep a destroyed key cached: the second scrub waits this.
     pub key_cache_ttl: Duration,
+    /// How often retention looks for expired keys.
+    pub retention_every: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -47,6 +49,7 @@ impl Default for LifecycleSettings {
         Self {
             poll: Duration::from_millis(500),
             key_cache_ttl: KEY_CACHE_TTL,
+            retention_every: Duration::from_secs(60),
         }
     }
 }
@@ -72,7 +75,14 @@ pub async fn run(
         resolver,
         settings,
     };
+    let mut retention_due = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= retention_due {
+            if let Err(e) = role.retention().await {
+                tracing::warn!(error = %e, "retention run failed; retrying");
+            }
+            retention_due = tokio::time::Instant::now() + role.settings.retention_every;
+        }
         match role.work().await {
             // Work done: look again at once.
             Ok(true) => continue,
@@ -85,7 +95,198 @@ pub async fn run(
     }
 }
 
+/// Keys whose values' retention has run out, of one tenant, policy and bucket: what a
+/// retention run destroys, and what legal holds keep.
+#[derive(Debug, Clone)]
+pub struct Expiry {
+    pub tenant: TenantId,
+    pub retention_policy_id: String,
+    pub bucket: String,
+    /// When the last value the keys seal expired.
+    pub expired_at: chrono::DateTime<chrono::Utc>,
+    pub destroy: Vec<String>,
+    /// Keys kept, each with the hold that keeps it.
+    pub held: Vec<(String, String)>,
+}
+
+/// What retention would destroy now: every live key whose bucket ended more than its policy's
+/// duration ago (under the tenant's current policy), less what legal holds cover.
+pub async fn plan_retention(
+    pool: &PgPool,
+    resolver: &Resolver,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Expiry>, RoleError> {
+    let groups = store::ended_key_groups(pool)
+        .await
+        .or_retry("reading the subject keys")?;
+    let mut out = Vec::new();
+    let mut subject_holds: std::collections::HashMap<String, Vec<(String, String)>> =
+        Default::default();
+    for g in groups {
+        let Ok(tenant) = TenantId::new(&g.tenant_id) else {
+            continue;
+        };
+        let policy = resolver
+            .policies()
+            .current(&tenant)
+            .await
+            .or_retry("reading the tenant's policy")?;
+        let Some(duration) = policy.duration(&g.retention_policy_id) else {
+            // A policy the tenant no longer defines: kept (never destroy on a guess).
+            tracing::warn!(tenant = %tenant, retention_policy = %g.retention_policy_id, "keys under a retention policy the tenant no longer defines are kept");
+            continue;
+        };
+        let expired_at = g.bucket_end + chrono::Duration::from_std(duration).unwrap_or_default();
+        if expired_at > now {
+            continue;
+        }
+        let mut held = store::held_keys(pool, tenant.as_str(), &g.kids)
+            .await
+            .or_retry("reading legal holds")?;
+        if !subject_holds.contains_key(tenant.as_str()) {
+            let kept = held_subject_keys(pool, resolver, &tenant).await?;
+            subject_holds.insert(tenant.to_string(), kept);
+        }
+        if let Some(kept) = subject_holds.get(tenant.as_str()) {
+            held.extend(kept.iter().filter(|(k, _)| g.kids.contains(k)).cloned());
+        }
+        let destroy = g
+            .kids
+            .iter()
+            .filter(|k| !held.iter().any(|(h, _)| h == *k))
+            .cloned()
+            .collect();
+        out.push(Expiry {
+            tenant,
+            retention_policy_id: g.retention_policy_id,
+            bucket: g.bucket,
+            expired_at,
+            destroy,
+            held,
+        });
+    }
+    Ok(out)
+}
+
+/// The keys of every subject an active hold names, with the hold.
+async fn held_subject_keys(
+    pool: &PgPool,
+    resolver: &Resolver,
+    tenant: &TenantId,
+) -> Result<Vec<(String, String)>, RoleError> {
+    let mut out = Vec::new();
+    let holds = store::holds(pool, tenant.as_str(), false)
+        .await
+        .or_retry("reading legal holds")?;
+    for h in holds {
+        let Some(subject) = &h.subject_id else {
+            continue;
+        };
+        let keys = resolver.keys();
+        let Ok(pseudonym) = keys.pseudonym(tenant, subject, false).await else {
+            continue;
+        };
+        for (_, kid) in subject_keys::names_of_subject(keys.store(), tenant, &pseudonym)
+            .await
+            .or_retry("listing a held subject's keys")?
+        {
+            out.push((kid, h.hold_id.clone()));
+        }
+    }
+    Ok(out)
+}
+
 impl Lifecycle {
+    /// One retention run: destroy what expired, scrub, attest; then attest what a crash left
+    /// unattested, and scrub again what was destroyed within two key-cache lifetimes.
+    async fn retention(&self) -> Result<(), RoleError> {
+        let now = chrono::Utc::now();
+        for e in plan_retention(&self.pool, &self.resolver, now).await? {
+            if e.destroy.is_empty() {
+                continue;
+            }
+            let keys = self.resolver.keys();
+            for kid in &e.destroy {
+                destroy_key(keys, &e.tenant, kid).await?;
+            }
+            store::keys_destroyed(&self.pool, e.tenant.as_str(), &e.destroy, "retention")
+                .await
+                .or_retry("recording destroyed keys")?;
+            keys.forget();
+            tracing::info!(tenant = %e.tenant, retention_policy = %e.retention_policy_id, bucket = %e.bucket, keys = e.destroy.len(), held = e.held.len(), "retention expired subject keys");
+        }
+        for g in store::unattested_expiries(&self.pool)
+            .await
+            .or_retry("reading unattested expiries")?
+        {
+            let Ok(tenant) = TenantId::new(&g.tenant_id) else {
+                continue;
+            };
+            let records = self.scrub_keys(&tenant, &g.kids).await?;
+            self.attest_expiry(&tenant, &g, records).await?;
+        }
+        let since =
+            now - chrono::Duration::from_std(self.settings.key_cache_ttl * 2).unwrap_or_default();
+        for (tenant, kids) in store::destroyed_since(&self.pool, since)
+            .await
+            .or_retry("reading recently destroyed keys")?
+        {
+            if let Ok(tenant) = TenantId::new(&tenant) {
+                self.scrub_keys(&tenant, &kids).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn attest_expiry(
+        &self,
+        tenant: &TenantId,
+        g: &store::KeyGroup,
+        records: i64,
+    ) -> Result<(), RoleError> {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(g.kids.join(",").as_bytes());
+        let id = format!(
+            "retention-{}-{}-{}",
+            g.retention_policy_id,
+            g.bucket,
+            hex::encode(&digest[..8])
+        );
+        let mut attributes = Map::new();
+        let shown: Vec<&str> = g.kids.iter().take(100).map(String::as_str).collect();
+        for (k, v) in [
+            (
+                "retentionPolicyId",
+                Value::from(g.retention_policy_id.clone()),
+            ),
+            ("bucket", Value::from(g.bucket.clone())),
+            (
+                "bucketEnd",
+                Value::from(atp_core::record::timestamp(g.bucket_end)),
+            ),
+            ("keysDestroyed", Value::from(g.kids.len())),
+            ("recordsAffected", Value::from(records)),
+            ("keyIds", Value::from(shown.join(","))),
+            ("keyIdsSha256", Value::from(hex::encode(digest))),
+        ] {
+            attributes.insert(k.to_owned(), v);
+        }
+        let action = AdminAction {
+            actor: "lifecycle:retention",
+            action: "RETENTION_EXPIRED",
+            resource_type: "retention-policy",
+            resource_id: &g.retention_policy_id,
+            attributes,
+        };
+        atp_nats::admin_trail::record_as(&self.js, tenant, &id, &action)
+            .await
+            .or_retry("recording the deletion attestation")?;
+        store::expiries_attested(&self.pool, tenant.as_str(), &g.kids, &id)
+            .await
+            .or_retry("recording the attestation")?;
+        Ok(())
+    }
+
     /// One step of the oldest pending request. True if there was one.
     async fn work(&self) -> Result<bool, RoleError> {
         let Some(r) = store::next_pending(&self.pool)
@@ -202,6 +403,9 @@ impl Lifecycle {
                 .or_retry("destroying a subject key")?;
             failpoint::crash_point(failpoint::ERASURE_MID_KEYS);
         }
+        store::keys_destroyed(&self.pool, tenant.as_str(), &kids, "erasure")
+            .await
+            .or_retry("recording destroyed keys")?;
         keys.forget();
         tracing::info!(tenant = %tenant, request = %r.request_id, keys = kids.len(), "subject keys destroyed");
         store::advance(
@@ -235,10 +439,29 @@ impl Lifecycle {
     /// rejections. Returns how many records name the keys.
     async fn scrub(&self, r: &PrivacyRequest) -> Result<i64, RoleError> {
         let tenant = Self::tenant(r)?;
-        if !r.key_ids.is_empty() {
-            let stored = store::records_with_keys(&self.pool, tenant.as_str(), &r.key_ids)
+        let affected = self.scrub_keys(&tenant, &r.key_ids).await?;
+        if let Some(subject) = &r.subject_id {
+            let policy = self
+                .resolver
+                .policies()
+                .current(&tenant)
                 .await
-                .or_retry("finding the subject's records")?;
+                .or_retry("reading the tenant's policy")?;
+            let path = atp_core::policy::split(&policy.subject).unwrap_or_default();
+            store::forget_rejections_of(&self.pool, tenant.as_str(), &path, subject)
+                .await
+                .or_retry("forgetting the subject's rejections")?;
+        }
+        Ok(affected)
+    }
+
+    /// Every record naming one of `kids` derived again from its stored bytes, without the
+    /// destroyed keys: its clear values give way to erased markers. Returns how many.
+    async fn scrub_keys(&self, tenant: &TenantId, kids: &[String]) -> Result<i64, RoleError> {
+        if !kids.is_empty() {
+            let stored = store::records_with_keys(&self.pool, tenant.as_str(), kids)
+                .await
+                .or_retry("finding the keys' records")?;
             let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
             self.resolver.keys().forget();
             let clearance = self.resolver.prepare_records(&payloads).await?;
@@ -255,25 +478,10 @@ impl Lifecycle {
             }
             store::replace_rows(&self.pool, &rows)
                 .await
-                .or_retry("scrubbing the subject's records")?;
+                .or_retry("scrubbing the keys' records")?;
+            return Ok(i64::try_from(rows.len()).unwrap_or(i64::MAX));
         }
-        if let Some(subject) = &r.subject_id {
-            let policy = self
-                .resolver
-                .policies()
-                .current(&tenant)
-                .await
-                .or_retry("reading the tenant's policy")?;
-            let path = atp_core::policy::split(&policy.subject).unwrap_or_default();
-            store::forget_rejections_of(&self.pool, tenant.as_str(), &path, subject)
-                .await
-                .or_retry("forgetting the subject's rejections")?;
-        }
-        let affected = store::records_with_keys(&self.pool, tenant.as_str(), &r.key_ids)
-            .await
-            .or_retry("counting the subject's records")?
-            .len();
-        Ok(i64::try_from(affected).unwrap_or(i64::MAX))
+        Ok(0)
     }
 
     /// Step 4: the attestation, then done.
@@ -318,4 +526,34 @@ impl Lifecycle {
         tracing::info!(tenant = %tenant, request = %r.request_id, records = r.records_affected, "erasure done");
         Ok(())
     }
+}
+
+/// Destroys key `kid` of `tenant`, and the name that points to it if it still does.
+async fn destroy_key(
+    keys: &crate::keyring::SubjectKeys,
+    tenant: &TenantId,
+    kid: &str,
+) -> Result<(), RoleError> {
+    let Some(entry) = subject_keys::wrapped(keys.store(), tenant, kid)
+        .await
+        .or_retry("reading a subject key")?
+    else {
+        return Ok(());
+    };
+    let name = subject_keys::KeyName {
+        tenant: tenant.clone(),
+        pseudonym: entry.pseudonym.clone(),
+        retention_policy_id: entry.retention_policy_id.clone(),
+        bucket: entry.bucket.clone(),
+    };
+    let points_here = subject_keys::kid_of(keys.store(), &name)
+        .await
+        .or_retry("reading a key's name")?
+        .is_some_and(|k| k == kid);
+    if points_here {
+        subject_keys::destroy(keys.store(), tenant, &name.key(), kid).await
+    } else {
+        subject_keys::destroy_key_only(keys.store(), tenant, kid).await
+    }
+    .or_retry("destroying a subject key")
 }

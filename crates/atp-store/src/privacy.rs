@@ -327,3 +327,84 @@ pub async fn held_subjects(pool: &PgPool, tenant: &str) -> Result<Vec<String>, S
     .fetch_all(pool)
     .await?)
 }
+
+/// Live subject keys whose bucket has ended, by tenant, retention policy and bucket: what
+/// retention looks at (whether each has expired depends on its policy's duration).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyGroup {
+    pub tenant_id: String,
+    pub retention_policy_id: String,
+    pub bucket: String,
+    pub bucket_end: DateTime<Utc>,
+    pub kids: Vec<String>,
+}
+
+pub async fn ended_key_groups(pool: &PgPool) -> Result<Vec<KeyGroup>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, retention_policy_id, bucket, bucket_end, array_agg(kid ORDER BY kid) AS kids \
+         FROM subject_keys WHERE destroyed_at IS NULL AND bucket_end <= now() \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 4, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Marks keys destroyed (by erasure or retention).
+pub async fn keys_destroyed(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+    by: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE subject_keys SET destroyed_at = COALESCE(destroyed_at, now()), \
+         destroyed_by = COALESCE(destroyed_by, $3) WHERE tenant_id = $1 AND kid = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Keys retention destroyed whose expiry no attestation names yet (a crash came between).
+pub async fn unattested_expiries(pool: &PgPool) -> Result<Vec<KeyGroup>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, retention_policy_id, bucket, bucket_end, array_agg(kid ORDER BY kid) AS kids \
+         FROM subject_keys WHERE destroyed_by = 'retention' AND attested_in IS NULL \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 4, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn expiries_attested(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+    event_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE subject_keys SET attested_in = $3 WHERE tenant_id = $1 AND kid = ANY($2)")
+        .bind(tenant)
+        .bind(kids)
+        .bind(event_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Keys destroyed since `since`, by tenant: scrubbed again until every process's key cache has
+/// let them go.
+pub async fn destroyed_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT tenant_id, array_agg(kid ORDER BY kid) FROM subject_keys \
+         WHERE destroyed_at >= $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
+}

@@ -351,9 +351,47 @@ pub async fn insert_records(
         .bind(col!(rows, field_classes))
         .bind(col!(rows, data_view))
         .bind(col!(rows, kids))
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    note_subject_keys(conn, rows).await?;
     Ok(done.rows_affected())
+}
+
+/// Records the subject keys `rows` name in `subject_keys` (what retention reads).
+async fn note_subject_keys(conn: &mut PgConnection, rows: &[RecordRow]) -> Result<(), StoreError> {
+    let (mut tenants, mut kids, mut policies, mut buckets, mut ends) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        for kid in r.kids.0.iter() {
+            let Some((policy, bucket)) = privacy::kid_parts(kid) else {
+                continue;
+            };
+            let Some(end) = atp_core::policy::bucket_end(bucket) else {
+                continue;
+            };
+            tenants.push(r.tenant_id.clone());
+            kids.push(kid.clone());
+            policies.push(policy.to_owned());
+            buckets.push(bucket.to_owned());
+            ends.push(end);
+        }
+    }
+    if kids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO subject_keys (tenant_id, kid, retention_policy_id, bucket, bucket_end) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenants)
+    .bind(kids)
+    .bind(policies)
+    .bind(buckets)
+    .bind(ends)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn insert_rejections(

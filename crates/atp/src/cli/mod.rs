@@ -16,6 +16,7 @@ mod openapi;
 mod producer;
 mod publish;
 mod replay;
+mod retention;
 mod serve;
 mod streams;
 mod token;
@@ -62,6 +63,11 @@ enum Command {
     },
     /// Rebuild a read model from the ledger into a fresh table and swap it in.
     Replay(replay::Args),
+    /// Retention (CONTRACT §8): what the lifecycle role would expire now.
+    Retention {
+        #[command(subcommand)]
+        action: retention::Action,
+    },
     /// Dead letters: messages a role gave up on, and their replay once the cause is fixed.
     Dlq(dlq::Args),
     /// Sign and publish sample events straight to NATS, as a producer would.
@@ -92,6 +98,7 @@ impl Cli {
             Command::Producer { action } => producer::run(action).await.map(|()| done),
             Command::Token { action } => token::run(action).map(|()| done),
             Command::Replay(args) => replay::run(args).await.map(|()| done),
+            Command::Retention { action } => retention::run(action).await.map(|()| done),
             Command::Dlq(args) => dlq::run(args).await,
             Command::Publish(args) => publish::run(args).await.map(|()| done),
             Command::Keys { action } => keys::run(action).await.map(|()| done),

@@ -79,6 +79,9 @@ pub(super) struct Args {
     /// how long any process may keep a destroyed subject key cached (60 s).
     #[arg(long, env = "ATP_ERASURE_RESCRUB_MS", default_value_t = 60_000)]
     erasure_rescrub_ms: u64,
+    /// How often the lifecycle role looks for subject keys past their retention (ms).
+    #[arg(long, env = "ATP_RETENTION_EVERY_MS", default_value_t = 60_000)]
+    retention_every_ms: u64,
     /// Without the gateway role, serve /metrics and /healthz here.
     #[arg(long, env = "ATP_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -137,6 +140,7 @@ impl Args {
             )),
             lifecycle: atp_runtime::lifecycle::LifecycleSettings {
                 key_cache_ttl: Duration::from_millis(self.erasure_rescrub_ms),
+                retention_every: Duration::from_millis(self.retention_every_ms.max(1)),
                 ..Default::default()
             },
             issuer: self.token_issuer,
