@@ -163,6 +163,29 @@ async fn personal_values_are_sealed_on_the_ledger_and_shown_by_permission() {
     assert_eq!(records_as(&api, &auditor, "q=gold").await.len(), 2);
     assert_eq!(records_as(&api, &auditor, "resourceId=c-42").await.len(), 2);
 
+    // A refused submission is kept as received, so its values are redacted at read too.
+    let mut unsigned = event_about(&stack, "e-refused", "u-cy", "cy@example.com", "1");
+    unsigned.remove("dssematerial");
+    stack.publish(&p, &unsigned).await;
+    let rejection = |token: String| {
+        let api = &api;
+        async move {
+            let page = api.get_json("/api/v1/audit/rejections", &token).await;
+            page["items"].as_array().and_then(|i| i.first().cloned())
+        }
+    };
+    let seen = eventually("the rejection", || rejection(auditor.clone())).await;
+    assert_eq!(seen["reason"], "SIGNATURE_MISSING");
+    assert_eq!(
+        seen["event"]["data"]["attributes"]["email"],
+        json!({"redacted": "personal"}),
+        "{seen}"
+    );
+    assert_eq!(seen["event"]["data"]["actor"]["id"], json!({"redacted": "personal"}));
+    assert_eq!(seen["event"]["data"]["attributes"]["plan"], "gold");
+    let seen = rejection(privacy.clone()).await.unwrap();
+    assert_eq!(seen["event"]["data"]["attributes"]["email"], "cy@example.com");
+
     // A rebuilt read model opens the sealed values again with the keys.
     atp_runtime::replay::replay_records(
         &stack.js,

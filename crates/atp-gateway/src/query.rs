@@ -308,10 +308,16 @@ pub struct RejectionsParams {
     responses((status = 200, description = "A page of refused submissions with their reason, newest first: `{items, nextCursor}`; at most `limit` items and about 4 MiB of them, so a page may hold fewer than `limit` and still have a `nextCursor`", body = serde_json::Value, content_type = "application/json")))]
 pub async fn list_rejections(
     principal: Principal,
+    State(bus): State<Bus>,
     State(db): State<PgPool>,
     params: Result<Query<RejectionsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    principal.require(&[Permission::Producer, Permission::Auditor, Permission::Admin])?;
+    principal.require(&[
+        Permission::Producer,
+        Permission::Auditor,
+        Permission::Admin,
+        Permission::Privacy,
+    ])?;
     let tenant = principal.tenant.to_string();
     let Query(p) = params
         .map_err(|e| Problem::new(ProblemCode::InvalidQuery, e.body_text()).tenant(&tenant))?;
@@ -323,6 +329,7 @@ pub async fn list_rejections(
         limit: p.limit,
         cursor: p.cursor,
     };
+    let (clearance, policy) = Clearance::with_policy(&bus, &principal).await?;
     // Bounded in rows and in bytes (`query::REJECTION_PAGE_BYTES`): a page of envelopes is
     // read whole into memory here.
     let page = query::rejections(&db, &tenant, &filter)
@@ -342,7 +349,13 @@ pub async fn list_rejections(
                 "receivedAt": atp_core::record::timestamp(r.received_at),
                 "rejectedAt": atp_core::record::timestamp(r.rejected_at),
                 "eventEncoding": envelope.get("eventEncoding"),
-                "event": envelope.get("event"),
+                "event": redact::submission(
+                    envelope.get("event"),
+                    envelope.get("eventEncoding"),
+                    &r.source_id,
+                    &policy,
+                    &clearance,
+                ),
             })
         })
         .collect();

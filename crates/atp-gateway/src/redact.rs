@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use atp_core::policy::Classification;
+use atp_core::policy::{Classification, PolicyDocument};
 use atp_core::privacy;
 use atp_store::query::StoredRecord;
 use serde_json::Value;
@@ -21,12 +21,24 @@ pub struct Clearance(pub Vec<Classification>);
 impl Clearance {
     /// The caller's clearance under the tenant's current policy.
     pub async fn of(bus: &Bus, principal: &Principal) -> Result<Clearance, Problem> {
+        Ok(Self::with_policy(bus, principal).await?.0)
+    }
+
+    /// [`Clearance::of`], and the policy it was read from.
+    pub async fn with_policy(
+        bus: &Bus,
+        principal: &Principal,
+    ) -> Result<(Clearance, std::sync::Arc<PolicyDocument>), Problem> {
         let policy = bus
             .policies
             .current(&principal.tenant)
             .await
             .map_err(|e| Problem::unavailable("the tenant's policy", e))?;
-        Ok(Clearance(policy.readable(&principal.roles)))
+        Ok((Clearance(policy.readable(&principal.roles)), policy))
+    }
+
+    fn reads_everything(&self) -> bool {
+        Classification::ALL.into_iter().all(|c| self.reads(c))
     }
 
     pub fn reads(&self, c: Classification) -> bool {
@@ -135,4 +147,44 @@ pub fn show(r: &StoredRecord, clearance: &Clearance) -> Result<Shown, String> {
         _ => None,
     };
     Ok(Shown { data, record })
+}
+
+/// A refused submission as the caller may see it: ATP_REJECTED keeps it as received (no value
+/// was sealed), so each value is classified under the tenant's current policy and redacted
+/// where the caller may not read it. A submission that is not JSON (`eventEncoding` `base64`,
+/// or a truncated prefix) cannot be classified: only a caller who reads every classification
+/// sees it.
+pub fn submission(
+    event: Option<&Value>,
+    encoding: Option<&Value>,
+    source: &str,
+    policy: &PolicyDocument,
+    clearance: &Clearance,
+) -> Option<Value> {
+    let event = event?;
+    if clearance.reads_everything() {
+        return Some(event.clone());
+    }
+    let sealed_everything = || Some(privacy::redacted(Classification::Sensitive));
+    if encoding.and_then(Value::as_str) != Some("json") {
+        return sealed_everything();
+    }
+    let Some(obj) = event.as_object() else {
+        return sealed_everything();
+    };
+    let Some(mut data) = privacy::data_of(obj) else {
+        // No data to classify: the attributes alone (CloudEvents context) are shown.
+        return Some(event.clone());
+    };
+    let event_type = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+    let classified = policy.classify(source, event_type, &data);
+    for f in &classified.fields {
+        if !clearance.reads(f.classification) {
+            privacy::replace(&mut data, &f.path, privacy::redacted(f.classification));
+        }
+    }
+    let mut shown = obj.clone();
+    shown.remove("data_base64");
+    shown.insert("data".to_owned(), data);
+    Some(Value::Object(shown))
 }
