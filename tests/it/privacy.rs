@@ -181,10 +181,16 @@ async fn personal_values_are_sealed_on_the_ledger_and_shown_by_permission() {
         json!({"redacted": "personal"}),
         "{seen}"
     );
-    assert_eq!(seen["event"]["data"]["actor"]["id"], json!({"redacted": "personal"}));
+    assert_eq!(
+        seen["event"]["data"]["actor"]["id"],
+        json!({"redacted": "personal"})
+    );
     assert_eq!(seen["event"]["data"]["attributes"]["plan"], "gold");
     let seen = rejection(privacy.clone()).await.unwrap();
-    assert_eq!(seen["event"]["data"]["attributes"]["email"], "cy@example.com");
+    assert_eq!(
+        seen["event"]["data"]["attributes"]["email"],
+        "cy@example.com"
+    );
 
     // A rebuilt read model opens the sealed values again with the keys.
     atp_runtime::replay::replay_records(
@@ -729,5 +735,92 @@ async fn retention_expires_what_is_past_it_unless_held_and_attests_each_expiry()
             .all(|e| e["keysToDestroy"] == 0)
     );
     lifecycle.stop().await;
+    running.stop().await;
+}
+
+/// Every file under `dir` that holds any of `clear`, as bytes.
+fn files_holding(dir: &std::path::Path, clear: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                for c in clear {
+                    if bytes.windows(c.len()).any(|w| w == c.as_bytes()) {
+                        found.push(format!("{c} in {}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn after_an_erasure_and_the_transient_bound_jetstream_holds_no_clear_copy() {
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    // The bound on refused submissions' clear copies (ATP_REJECTED's max_age, 30 days by
+    // default) shortened to a second, as an operator may.
+    let mut rejected = stack
+        .js
+        .get_stream(atp_nats::streams::REJECTED)
+        .await
+        .unwrap();
+    // (The store is scanned as files: nothing here reads the stream after this.)
+    let mut config = rejected.info().await.unwrap().config.clone();
+    config.max_age = std::time::Duration::from_secs(1);
+    config.duplicate_window = std::time::Duration::from_secs(1);
+    stack.js.update_stream(config).await.unwrap();
+    let running = stack.serve(roles("all")).await;
+    let api = Api::new(&running);
+    let p = partition(TENANT, SOURCE);
+    ada_and_bob(&stack).await;
+    let mut unsigned = event_about(
+        &stack,
+        "e-ada-bad",
+        "u-ada",
+        "ada@example.com",
+        "078-05-1120",
+    );
+    unsigned.remove("dssematerial");
+    stack.publish(&p, &unsigned).await;
+    eventually("the rejection on ATP_REJECTED", || async {
+        (stack.rejected_len(&p).await == 1).then_some(())
+    })
+    .await;
+    let Nats::One(nats) = &stack.nats else {
+        unreachable!("Stack::start runs one server")
+    };
+    let store = nats.store_dir().to_owned();
+    let clear = ["ada@example.com", "078-05-1120"];
+    assert!(
+        !files_holding(&store, &clear).is_empty(),
+        "the scan finds clear copies before the erasure (it can see them)"
+    );
+    let privacy = stack.token(TENANT, Permission::Privacy);
+    let asked: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    request_reaches(&api, &privacy, asked["requestId"].as_str().unwrap(), "done").await;
+    let left = eventually(
+        "no clear copy of Ada's values in the JetStream store",
+        || async {
+            let found = files_holding(&store, &clear);
+            found.is_empty().then_some(found)
+        },
+    )
+    .await;
+    assert!(left.is_empty());
+    // Bob's record is still readable, and the ledger whole.
+    assert_eq!(stack.verify_chain(&p).await, 3);
     running.stop().await;
 }

@@ -134,6 +134,15 @@ pub fn definitions(replicas: usize) -> Result<Vec<StreamDef>, StreamsError> {
         .collect()
 }
 
+/// Fields an operator may set to another value than the file's, as long as it is a bound
+/// (not zero): how long refused submissions' clear copies are kept is a deployment's privacy
+/// choice (docs/privacy.md), and the file's value is the default.
+const TUNABLE: [(&str, &str); 1] = [(REJECTED, "max_age")];
+
+fn tunable(stream: &str, field: &str) -> bool {
+    TUNABLE.contains(&(stream, field))
+}
+
 /// Fields whose value on the server differs from the definition.
 fn drift(def: &StreamDef, actual: &stream::Config) -> Vec<String> {
     let actual = serde_json::to_value(actual).unwrap_or(Value::Null);
@@ -141,6 +150,9 @@ fn drift(def: &StreamDef, actual: &stream::Config) -> Vec<String> {
         .iter()
         .filter(|(k, v)| {
             let a = actual.get(k.as_str()).unwrap_or(&Value::Null);
+            if tunable(&def.name, k) && a.as_i64().is_some_and(|n| n > 0) {
+                return false;
+            }
             // The server omits false booleans and zero limits.
             let default_equal =
                 a.is_null() && (v.as_bool() == Some(false) || v.as_i64() == Some(0));
@@ -170,7 +182,13 @@ pub async fn apply(js: &Context, replicas: usize) -> Result<Vec<(String, Applied
                 if fields.is_empty() {
                     Applied::Unchanged
                 } else {
-                    js.update_stream(def.config.clone())
+                    // An operator's bound on a tunable field is kept.
+                    let mut config = def.config.clone();
+                    if tunable(&def.name, "max_age") && !info.config.max_age.is_zero() {
+                        config.max_age = info.config.max_age;
+                        config.duplicate_window = info.config.duplicate_window;
+                    }
+                    js.update_stream(config)
                         .await
                         .map_err(|e| req(e.to_string()))?;
                     Applied::Updated(fields)
@@ -313,12 +331,37 @@ mod tests {
                 d.config.allow_direct,
                 "{name} tails are read with direct get"
             );
-            assert_eq!(
-                d.config.max_age,
-                std::time::Duration::ZERO,
-                "{name} keeps records forever"
-            );
         }
+        let max_age = |name: &str| {
+            defs.iter()
+                .find(|d| d.name == name)
+                .map(|d| d.config.max_age)
+        };
+        assert_eq!(
+            max_age(LEDGER),
+            Some(std::time::Duration::ZERO),
+            "the ledger keeps records for ever"
+        );
+        // Refused submissions are kept as received, clear values and all: a bound, so an
+        // erasure reaches them (docs/privacy.md).
+        assert_eq!(
+            max_age(REJECTED),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+    }
+
+    #[test]
+    fn a_tunable_bound_is_not_drift_but_no_bound_is() {
+        let def = definitions(1)
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name == REJECTED)
+            .unwrap();
+        let mut actual = def.config.clone();
+        actual.max_age = std::time::Duration::from_secs(3_600);
+        assert!(drift(&def, &actual).is_empty());
+        actual.max_age = std::time::Duration::ZERO;
+        assert_eq!(drift(&def, &actual).len(), 1);
     }
 
     #[test]
