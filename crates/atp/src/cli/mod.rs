@@ -33,7 +33,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run roles: gateway, ingest, projector, integrity, exporter (all by default).
+    /// Run roles: gateway, ingest, projector, integrity, exporter, lifecycle (all by default).
     Serve(serve::Args),
     /// The whole stack in the foreground, with generated dev credentials in .atp/dev.env.
     Dev(dev::Args),
