@@ -24,6 +24,7 @@ mod export;
 mod ingress_isolation;
 mod integrity;
 mod isolation;
+mod privacy;
 
 #[derive(clap::Parser)]
 #[command(
@@ -71,6 +72,9 @@ enum Which {
     /// One tenant floods the gateway with queries: the other tenant's p99, with the per-tenant
     /// limits on and lifted, beside the same query straight on PostgreSQL.
     Isolation(isolation::IsolationBench),
+    /// Erasure of one data subject with 100,000 records end to end, and the redaction a
+    /// 100-record query page adds, beside the raw query.
+    Privacy(privacy::PrivacyBench),
     /// The flooding client of `atp-bench isolation`, run as its own process (token in
     /// `ATP_BENCH_TOKEN`); prints a line when the flood is on, then its counts as JSON.
     #[command(hide = true)]
@@ -101,6 +105,12 @@ pub struct IngestBench {
     /// command runs (it counts and drops them), to measure what tracing costs.
     #[arg(long)]
     pub traces: bool,
+    /// Personal attributes per event (e-mail-like values). With N > 0 every event carries N
+    /// such attributes, and the throughput run is repeated on tenants whose policy classifies
+    /// them (and the actor) `personal`: the second run seals them before hashing, the first
+    /// stores them in clear, so the difference is the cost of encryption at ingest.
+    #[arg(long, default_value_t = 0)]
+    pub personal_fields: usize,
 }
 
 /// A stand-in OTLP/HTTP collector: answers 200 to every export, counting requests and bytes.
@@ -189,6 +199,7 @@ async fn run(which: Which) -> anyhow::Result<()> {
         Which::Isolation(b) if b.ingress => ingress_isolation::run(b).await,
         Which::Isolation(b) => isolation::run(b).await,
         Which::Flood(f) => isolation::flood(f).await,
+        Which::Privacy(b) => privacy::run(b).await,
     }
 }
 
@@ -267,9 +278,14 @@ impl Meter {
 }
 
 fn partitions(n: usize) -> Vec<(PartitionKey, String)> {
+    partitions_of("t", n)
+}
+
+/// `n` partitions over 8 tenants named `<prefix>0`..`<prefix>7`.
+pub(crate) fn partitions_of(prefix: &str, n: usize) -> Vec<(PartitionKey, String)> {
     (0..n)
         .filter_map(|i| {
-            let t = TenantId::new(format!("t{}", i % 8)).ok()?;
+            let t = TenantId::new(format!("{prefix}{}", i % 8)).ok()?;
             let s = SourceId::new(format!("s{}", i / 8)).ok()?;
             let uri = format!("https://bench.example/{t}/{s}");
             Some((PartitionKey::new(t, s), uri))
@@ -284,17 +300,46 @@ fn sign_events(
     key: &ed25519_dalek::SigningKey,
     prefix: &str,
 ) -> Vec<(usize, String, Vec<u8>)> {
+    sign_events_with(parts, n, key, prefix, 0)
+}
+
+/// [`sign_events`] with `personal` e-mail-like attributes `personal_0..` in each event, and one
+/// actor (data subject) per thousand events.
+pub(crate) fn sign_events_with(
+    parts: &[(PartitionKey, String)],
+    n: u64,
+    key: &ed25519_dalek::SigningKey,
+    prefix: &str,
+    personal: usize,
+) -> Vec<(usize, String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let pi = (i as usize) % parts.len();
             let id = format!("{prefix}-{i}");
+            let actor = if personal > 0 {
+                format!("user-{}", i / 1000)
+            } else {
+                "bench-user".to_owned()
+            };
             let mut ev = atp_core::producer::example_event(
                 &id,
                 &parts[pi].1,
                 chrono::Utc::now(),
-                "bench-user",
+                &actor,
                 "UPDATE",
             );
+            if let Some(attrs) = ev
+                .get_mut("data")
+                .and_then(|d| d.get_mut("attributes"))
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                for k in 0..personal {
+                    attrs.insert(
+                        format!("personal_{k}"),
+                        serde_json::Value::from(format!("{actor}.{k}@mail.example")),
+                    );
+                }
+            }
             let _ = atp_core::producer::sign_structured(&mut ev, key, "bench-1");
             (pi, id, serde_json::to_vec(&ev).unwrap_or_default())
         })
@@ -303,7 +348,7 @@ fn sign_events(
 
 /// Publishes `events` (each aimed at `subjects[index]`) from `producers` concurrent tasks, each
 /// keeping up to `in_flight` acks outstanding.
-async fn publish_all(
+pub(crate) async fn publish_all(
     js: &async_nats::jetstream::Context,
     subjects: Vec<String>,
     events: Vec<(usize, String, Vec<u8>)>,
@@ -394,10 +439,35 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let key = atp::keys::generate();
     let parts = partitions(b.partitions);
     register(&js, &parts, &key).await?;
+    // The sealing run's tenants: the same partitions under other tenants, whose policy
+    // classifies the personal attributes and the actor `personal`.
+    let sealed_parts = partitions_of("pt", b.partitions);
+    if b.personal_fields > 0 {
+        register(&js, &sealed_parts, &key).await?;
+        let mut fields = vec![atp_core::policy::FieldRule {
+            path: "/actor/id".to_owned(),
+            classification: atp_core::policy::Classification::Personal,
+        }];
+        fields.extend((0..b.personal_fields).map(|k| atp_core::policy::FieldRule {
+            path: format!("/attributes/personal_{k}"),
+            classification: atp_core::policy::Classification::Personal,
+        }));
+        let doc = atp_core::policy::PolicyDocument {
+            fields,
+            ..Default::default()
+        };
+        let kv = atp_nats::policy::bucket(&js).await?;
+        let tenants: std::collections::BTreeSet<TenantId> =
+            sealed_parts.iter().map(|(p, _)| p.tenant.clone()).collect();
+        for t in tenants {
+            atp_nats::policy::replace(&kv, &t, doc.clone()).await?;
+        }
+    }
+    let tenant_keys = tempfile::tempdir()?;
 
     // --- producer-side signing cost ---
     let t = Instant::now();
-    let events = sign_events(&parts, b.events, &key, "tp");
+    let events = sign_events_with(&parts, b.events, &key, "tp", b.personal_fields);
     let sign_rate = b.events as f64 / t.elapsed().as_secs_f64();
     let event_bytes = events.iter().map(|e| e.2.len()).sum::<usize>() / events.len().max(1);
 
@@ -437,6 +507,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         .args(["serve", "--roles", "ingest,projector"])
         .env("ATP_NATS_URL", nats.url())
         .env("ATP_DATABASE_URL", &db)
+        .env("ATP_TENANT_KEYS_DIR", tenant_keys.path())
         .env(
             "ATP_LOG",
             std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -498,6 +569,18 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let (nats_cpu, nats_rss) = m_nats.read(e2e);
     let (pg_cpu, pg_rss) = m_pg.read(e2e);
 
+    // --- ATP: the same throughput with the personal attributes sealed ---
+    let sealed = if b.personal_fields > 0 {
+        let events = sign_events_with(&sealed_parts, b.events, &key, "tps", b.personal_fields);
+        let ingress: Vec<String> = sealed_parts
+            .iter()
+            .map(|(p, _)| subjects::ingress(p))
+            .collect();
+        Some(drive(&js, &pool, &ledger, ingress, events, b.producers, 2 * total).await?)
+    } else {
+        None
+    };
+
     // --- ATP: latency at a fixed rate ---
     let lat = latency_run(&js, &pool, &parts, &key, b.latency_rate, b.latency_secs).await?;
     let _ = child.start_kill();
@@ -507,9 +590,9 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let cpus = cpus();
     println!("## atp-bench ingest — {date}\n");
     println!(
-        "Machine: {cpus} cores. Command: `ops/bin/bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {}`. \
+        "Machine: {cpus} cores. Command: `ops/bin/bench ingest --events {} --producers {} --partitions {} --latency-rate {} --latency-secs {} --personal-fields {}`. \
          Events: ~{event_bytes} B signed CloudEvents (Ed25519/DSSE). Servers: nats-server (file storage), PostgreSQL 15 with fsync on.\n",
-        b.events, b.producers, b.partitions, b.latency_rate, b.latency_secs
+        b.events, b.producers, b.partitions, b.latency_rate, b.latency_secs, b.personal_fields
     );
     if let Some(sink) = &sink {
         use std::sync::atomic::Ordering;
@@ -542,6 +625,23 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         "| ATP ingress → queryable in PostgreSQL, sustained (end to end) | {:.0} events/s |",
         total as f64 / e2e.as_secs_f64()
     );
+    if let Some((s_ledger, s_e2e)) = sealed {
+        let plain = total as f64 / to_ledger.as_secs_f64();
+        let with = total as f64 / s_ledger.as_secs_f64();
+        println!(
+            "| ATP ingress → ledger, sustained, {} personal attributes and the actor sealed per event | {:.0} events/s ({:+.1} % against the run above, same attributes in clear) |",
+            b.personal_fields,
+            with,
+            (with / plain - 1.0) * 100.0
+        );
+        let plain = total as f64 / e2e.as_secs_f64();
+        let with = total as f64 / s_e2e.as_secs_f64();
+        println!(
+            "| ATP ingress → queryable, sustained, sealed (projector opens them) | {:.0} events/s ({:+.1} %) |",
+            with,
+            (with / plain - 1.0) * 100.0
+        );
+    }
     println!(
         "| ingress → ledger latency at {}/s, p50 / p99 | {:.1} ms / {:.1} ms |",
         b.latency_rate, lat.ledger_p50, lat.ledger_p99
@@ -567,6 +667,48 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         println!("| {label} | {cpu:.2} | {rss:.0} MiB |");
     }
     Ok(())
+}
+
+/// Publishes `events` and waits until the ledger holds `total` records and the read model all
+/// of them: (time to the ledger, time to queryable).
+async fn drive(
+    js: &async_nats::jetstream::Context,
+    pool: &sqlx::PgPool,
+    ledger: &async_nats::jetstream::stream::Stream,
+    ingress: Vec<String>,
+    events: Vec<(usize, String, Vec<u8>)>,
+    producers: usize,
+    total: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let t0 = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish_all(&js, ingress, events, producers, 256).await })
+    };
+    let mut ledger_done = None;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ATP did not finish within 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut l = ledger.clone();
+        let info = l.info().await?;
+        if ledger_done.is_none() && info.state.messages >= total {
+            ledger_done = Some(t0.elapsed());
+        }
+        if let Some(w) =
+            atp_store::projection::watermark(pool, atp_store::projection::RECORDS).await?
+            && info.state.messages >= total
+            && w.stream_seq >= info.state.last_sequence
+        {
+            break;
+        }
+    }
+    publisher.await??;
+    let e2e = t0.elapsed();
+    Ok((ledger_done.unwrap_or(e2e), e2e))
 }
 
 async fn pg_baseline(pool: &sqlx::PgPool, n: u64) -> anyhow::Result<f64> {
@@ -669,7 +811,7 @@ async fn publish_at_rate(
 }
 
 /// Registers every bench partition with one producer key.
-async fn register(
+pub(crate) async fn register(
     js: &async_nats::jetstream::Context,
     parts: &[(PartitionKey, String)],
     key: &ed25519_dalek::SigningKey,

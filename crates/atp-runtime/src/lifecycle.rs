@@ -33,6 +33,9 @@ use crate::reader::{Shutdown, pause};
 use crate::{Classify, RoleError};
 use atp_telemetry::failpoint;
 
+/// Records scrubbed per transaction: bounds the memory and the lock time of one step.
+const SCRUB_PAGE: i64 = 2_000;
+
 /// How the lifecycle role runs.
 #[derive(Debug, Clone)]
 pub struct LifecycleSettings {
@@ -458,12 +461,21 @@ impl Lifecycle {
     /// Every record naming one of `kids` derived again from its stored bytes, without the
     /// destroyed keys: its clear values give way to erased markers. Returns how many.
     async fn scrub_keys(&self, tenant: &TenantId, kids: &[String]) -> Result<i64, RoleError> {
-        if !kids.is_empty() {
-            let stored = store::records_with_keys(&self.pool, tenant.as_str(), kids)
-                .await
-                .or_retry("finding the keys' records")?;
+        if kids.is_empty() {
+            return Ok(0);
+        }
+        self.resolver.keys().forget();
+        let (mut after, mut total) = (0, 0i64);
+        loop {
+            let stored =
+                store::records_with_keys(&self.pool, tenant.as_str(), kids, after, SCRUB_PAGE)
+                    .await
+                    .or_retry("finding the keys' records")?;
+            let Some(last) = stored.last() else {
+                return Ok(total);
+            };
+            after = last.ledger_seq;
             let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
-            self.resolver.keys().forget();
             let clearance = self.resolver.prepare_records(&payloads).await?;
             let mut rows = Vec::with_capacity(stored.len());
             for s in &stored {
@@ -479,9 +491,8 @@ impl Lifecycle {
             store::replace_rows(&self.pool, &rows)
                 .await
                 .or_retry("scrubbing the keys' records")?;
-            return Ok(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+            total += i64::try_from(rows.len()).unwrap_or(i64::MAX);
         }
-        Ok(0)
     }
 
     /// Step 4: the attestation, then done.

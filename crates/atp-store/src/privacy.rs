@@ -145,18 +145,24 @@ pub struct StoredBytes {
     pub ingress_seq: Option<i64>,
 }
 
-/// The tenant's records that name any of `kids`.
+/// The tenant's records that name any of `kids`, after ledger sequence `after`, at most
+/// `limit` of them, in ledger order: a page of what erasure and retention scrub.
 pub async fn records_with_keys(
     pool: &PgPool,
     tenant: &str,
     kids: &[String],
+    after: i64,
+    limit: i64,
 ) -> Result<Vec<StoredBytes>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT record, ledger_seq, ingress_seq FROM records \
-         WHERE tenant_id = $1 AND kids ?| $2::text[] ORDER BY ledger_seq",
+         WHERE tenant_id = $1 AND kids ?| $2::text[] AND ledger_seq > $3 \
+         ORDER BY ledger_seq LIMIT $4",
     )
     .bind(tenant)
     .bind(kids)
+    .bind(after)
+    .bind(limit)
     .fetch_all(pool)
     .await?)
 }
