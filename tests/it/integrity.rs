@@ -52,7 +52,7 @@ async fn checkpoint_covering(stack: &Stack, size: u64) -> u64 {
 }
 
 /// The published keys' note verifiers, from the public JWKS.
-async fn published_verifiers(api: &Api) -> (Vec<Verifier>, Value) {
+pub(crate) async fn published_verifiers(api: &Api) -> (Vec<Verifier>, Value) {
     let jwks: Value =
         serde_json::from_str(&api.get_public_text("/api/v1/integrity/keys").await).unwrap();
     let verifiers = jwks["keys"]
