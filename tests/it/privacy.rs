@@ -458,8 +458,8 @@ async fn erasing_one_subject_leaves_every_proof_and_the_other_subject_whole() {
             atp_core::Digest::of(&bytes).to_string(),
             proof["digest"].as_str().unwrap()
         );
-        let tlog = atp_core::checkpoint::TlogProof::parse(proof["tlogProof"].as_str().unwrap())
-            .unwrap();
+        let tlog =
+            atp_core::checkpoint::TlogProof::parse(proof["tlogProof"].as_str().unwrap()).unwrap();
         let index = proof["leafIndex"].as_u64().unwrap();
         atp_core::checkpoint::verify_record(&bytes, &p, index, &tlog, &known, Some(LOG_NAME))
             .unwrap_or_else(|e| panic!("record {rid} no longer proves: {e}"));
@@ -469,7 +469,11 @@ async fn erasing_one_subject_leaves_every_proof_and_the_other_subject_whole() {
         .envs(stack.cli_env())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // The attestation: on the tenant's admin trail, naming the subject only as a salted hash.
     let done = eventually("the attestation projected", || async {

@@ -723,7 +723,7 @@ fn check_with_sdk(event: &Map<String, Value>) -> Result<(), Rejection> {
         .map_err(|e| {
             reject(
                 Reason::SchemaValidationFailed,
-                format!("not a CloudEvent: {e}"),
+                format!("not a CloudEvent: {}", value_free(&e.to_string())),
             )
         })
 }
@@ -740,9 +740,34 @@ fn data_as<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, Rejection>
         };
         reject(
             Reason::SchemaValidationFailed,
-            format!("{at}: {}", e.inner()),
+            format!("{at}: {}", value_free(&e.inner().to_string())),
         )
     })
+}
+
+/// A deserialisation error without the value it quotes: rejection details are kept, shown to
+/// auditors and logged, and the value may be personal data (CONTRACT §8). serde says
+/// "invalid type: string \"ada@example.com\", expected u64"; this says "invalid type: string,
+/// expected u64". Field names (`missing field `id``) stay: they are the schema's, not data.
+pub fn value_free(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let kind = rest
+            .split([' ', '`', '"', ','])
+            .next()
+            .filter(|k| !k.is_empty() && prefix != "unknown variant ")
+            .map(|k| format!(" {k}"))
+            .unwrap_or_default();
+        let expected = rest
+            .find(", expected")
+            .map(|i| &rest[i..])
+            .unwrap_or_default();
+        // Drop anything quoted in what is left (an expected variant list is the schema's).
+        return format!("{}{kind}{expected}", prefix.trim_end());
+    }
+    message.to_owned()
 }
 
 fn check_data(data: &Value, allow_unknown: bool) -> Result<(), Rejection> {

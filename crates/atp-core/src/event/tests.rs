@@ -442,3 +442,44 @@ fn the_stored_fingerprint_is_the_admitted_one() {
     let stored = Value::Object(a.event.clone());
     assert_eq!(stored_fingerprint(&stored), Some(a.fingerprint));
 }
+
+#[test]
+fn rejection_details_never_quote_a_value() {
+    let cases: [(&str, &str); 5] = [
+        (
+            "invalid type: string \"ada@example.com\", expected a map",
+            "invalid type: string, expected a map",
+        ),
+        (
+            "invalid type: integer `42`, expected a string",
+            "invalid type: integer, expected a string",
+        ),
+        (
+            "unknown variant `ada@example.com`, expected `success` or `failure`",
+            "unknown variant, expected `success` or `failure`",
+        ),
+        (
+            "invalid value: string \"x\", expected RFC 3339",
+            "invalid value: string, expected RFC 3339",
+        ),
+        ("missing field `id`", "missing field `id`"),
+    ];
+    for (serde, shown) in cases {
+        assert_eq!(super::value_free(serde), shown, "{serde}");
+    }
+    // Through admission: a personal value in the wrong place is not echoed.
+    let mut data = serde_json::json!({
+        "actor": {"id": "u-1", "type": "user"},
+        "action": "READ",
+        "resource": {"type": "Order", "id": "1"},
+        "outcome": "ada@example.com"
+    });
+    let refused = super::data_as::<super::AuditData>(&data).unwrap_err();
+    assert!(
+        !refused.detail.contains("ada@example.com"),
+        "{}",
+        refused.detail
+    );
+    data["outcome"] = serde_json::json!("success");
+    assert!(super::data_as::<super::AuditData>(&data).is_ok());
+}
