@@ -41,7 +41,7 @@ async fn wait_covered(stack: &Stack, n: u64) {
     .await;
 }
 
-async fn request_export(api: &Api, token: &str, selection: Value) -> String {
+pub(crate) async fn request_export(api: &Api, token: &str, selection: Value) -> String {
     let resp = api
         .post("/api/v1/exports", token)
         .json(&json!({ "selection": selection }))
@@ -54,7 +54,7 @@ async fn request_export(api: &Api, token: &str, selection: Value) -> String {
     body["exportId"].as_str().unwrap().to_owned()
 }
 
-async fn completed(api: &Api, token: &str, id: &str) -> Value {
+pub(crate) async fn completed(api: &Api, token: &str, id: &str) -> Value {
     eventually(&format!("export {id} completed"), || async {
         let s = api.get_json(&format!("/api/v1/exports/{id}"), token).await;
         assert_ne!(s["status"], "failed", "{s}");
@@ -63,7 +63,7 @@ async fn completed(api: &Api, token: &str, id: &str) -> Value {
     .await
 }
 
-async fn download(api: &Api, token: &str, id: &str) -> Vec<u8> {
+pub(crate) async fn download(api: &Api, token: &str, id: &str) -> Vec<u8> {
     let resp = api
         .get(&format!("/api/v1/exports/{id}/download"), token)
         .send()
@@ -74,7 +74,7 @@ async fn download(api: &Api, token: &str, id: &str) -> Vec<u8> {
     resp.bytes().await.unwrap().to_vec()
 }
 
-fn run(cmd: &mut Command) -> (bool, String, String) {
+pub(crate) fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?} cannot run ({e}); CONTRACT §6 needs it installed"));

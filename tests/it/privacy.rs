@@ -853,3 +853,338 @@ async fn after_an_erasure_and_the_transient_bound_jetstream_holds_no_clear_copy(
     assert_eq!(stack.verify_chain(&p).await, 3);
     running.stop().await;
 }
+
+/// A bundle unpacked by `tar`, with `atp verify` at hand.
+struct Unpacked {
+    dir: tempfile::TempDir,
+    tar: std::path::PathBuf,
+    x: std::path::PathBuf,
+}
+
+impl Unpacked {
+    fn new(bytes: &[u8]) -> Unpacked {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("bundle.tar");
+        std::fs::write(&tar, bytes).unwrap();
+        let x = dir.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let (ok, _, err) = crate::export::run(
+            std::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(&x),
+        );
+        assert!(ok, "tar -x: {err}");
+        Unpacked { dir, tar, x }
+    }
+
+    fn text(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.x.join(path)).ok()
+    }
+
+    /// The lines of `disclosures.jsonl`, none if the bundle has none.
+    fn disclosures(&self) -> Vec<Value> {
+        self.text("disclosures.jsonl")
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The event ids of the records, in bundle order.
+    fn event_ids(&self) -> Vec<String> {
+        self.text("records/part-00000.jsonl")
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                r["event"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// `atp verify` of `tar`, anchored to the deployment's published keys: success, the
+    /// report, and what it printed on stderr.
+    async fn verify(&self, api: &Api, tar: &std::path::Path) -> (bool, Value, String) {
+        let jwks = self.dir.path().join("jwks.json");
+        std::fs::write(&jwks, api.get_public_text("/api/v1/integrity/keys").await).unwrap();
+        let (ok, out, err) = crate::export::run(
+            std::process::Command::new(atp_binary())
+                .arg("verify")
+                .arg(tar)
+                .arg("--key")
+                .arg(&jwks),
+        );
+        (ok, serde_json::from_str(&out).unwrap_or(Value::Null), err)
+    }
+}
+
+/// Waits until the test source's checkpoints cover `n` records.
+async fn checkpointed(stack: &Stack, n: u64) {
+    let p = partition(TENANT, SOURCE);
+    eventually("the records checkpointed", || async {
+        (stack.checkpoint_size(&p).await >= n).then_some(())
+    })
+    .await;
+}
+
+/// Ada's and Bob's clear values, none of which a record line may hold.
+const ADA: [&str; 3] = ["u-ada", "ada@example.com", "078-05-1120"];
+const BOB: [&str; 3] = ["u-bob", "bob@example.com", "219-09-9999"];
+
+#[tokio::test]
+async fn an_export_discloses_what_its_requester_reads_and_atp_verify_proves_each_value() {
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    let running = stack.serve(roles("all")).await;
+    let api = Api::new(&running);
+    ada_and_bob(&stack).await;
+    checkpointed(&stack, 3).await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+
+    // The privacy officer's bundle: the records as stored (sealed), every value disclosed
+    // beside them.
+    let id = crate::export::request_export(&api, &privacy, json!({})).await;
+    let status = crate::export::completed(&api, &privacy, &id).await;
+    assert_eq!(status["recordCount"], 3, "{status}");
+    assert_eq!(
+        status["readable"],
+        json!([
+            "public",
+            "internal",
+            "confidential",
+            "personal",
+            "sensitive"
+        ])
+    );
+    let bundle = Unpacked::new(&crate::export::download(&api, &privacy, &id).await);
+    let part = bundle.text("records/part-00000.jsonl").unwrap();
+    for clear in ADA.iter().chain(&BOB) {
+        assert!(!part.contains(clear), "{clear} in clear in a record line");
+    }
+    let lines = bundle.disclosures();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, (who, email)) in lines.iter().zip([
+        ("u-ada", "ada@example.com"),
+        ("u-bob", "bob@example.com"),
+        ("u-ada", "ada@example.com"),
+    ]) {
+        let values = line["values"].as_array().unwrap();
+        let paths: Vec<&str> = values.iter().map(|v| v["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["/actor/id", "/attributes/email", "/attributes/ssn"]);
+        assert_eq!(values[0]["value"], who);
+        assert_eq!(values[1]["value"], email);
+        assert_eq!(values[0]["fieldKey"].as_str().unwrap().len(), 44);
+    }
+    // CONTRACT §6 with standard tools: the disclosures are listed and signed like the rest.
+    let (ok, out, err) = crate::export::run(
+        std::process::Command::new("sha256sum")
+            .current_dir(&bundle.x)
+            .args(["-c", "--strict", "SHA256SUMS"]),
+    );
+    assert!(ok && out.contains("disclosures.jsonl: OK"), "{out} {err}");
+    let (ok, out, err) = crate::export::run(
+        std::process::Command::new("openssl")
+            .current_dir(&bundle.x)
+            .args([
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                "signing-key.pem",
+                "-rawin",
+                "-in",
+                "manifest.json",
+                "-sigfile",
+                "manifest.sig",
+            ]),
+    );
+    assert!(ok, "openssl: {out} {err}");
+    // `atp verify` opens every disclosed value in its hashed record.
+    let (ok, report, err) = bundle.verify(&api, &bundle.tar).await;
+    assert!(ok, "atp verify: {err}");
+    assert_eq!(report["recordsVerified"], 3);
+    assert_eq!(report["disclosuresVerified"], 9);
+    // So does the server, for the stored bundle.
+    let answer = api
+        .post_json(
+            "/api/v1/integrity/verify/export",
+            &privacy,
+            &json!({ "exportId": id }),
+        )
+        .await;
+    assert_eq!(answer["verified"], true, "{answer}");
+    assert_eq!(answer["report"]["disclosuresVerified"], 9);
+
+    // A disclosed value changed after the fact (the line left canonical, the archive packed
+    // again) fails, naming the record.
+    let path = bundle.x.join("disclosures.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let victim = lines[0]["recordId"].as_str().unwrap().to_owned();
+    std::fs::write(
+        &path,
+        text.replacen("ada@example.com", "eve@example.com", 1),
+    )
+    .unwrap();
+    let forged = bundle.dir.path().join("forged.tar");
+    let (ok, _, err) = crate::export::run(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&forged)
+            .arg("-C")
+            .arg(&bundle.x)
+            .arg("."),
+    );
+    assert!(ok, "tar -c: {err}");
+    let (ok, _, err) = bundle.verify(&api, &forged).await;
+    assert!(!ok, "a forged disclosure passed");
+    assert!(
+        err.contains("DISCLOSURE_MISMATCH") && err.contains(&victim),
+        "{err}"
+    );
+
+    // The auditor's bundle of the same records discloses nothing it may not read: no
+    // disclosures at all, and no clear personal value anywhere in the archive.
+    let id = crate::export::request_export(&api, &auditor, json!({})).await;
+    let status = crate::export::completed(&api, &auditor, &id).await;
+    assert_eq!(status["recordCount"], 3);
+    let tar = crate::export::download(&api, &auditor, &id).await;
+    let text = String::from_utf8_lossy(&tar);
+    for clear in ADA.iter().chain(&BOB) {
+        assert!(!text.contains(clear), "{clear} in the auditor's bundle");
+    }
+    let bundle = Unpacked::new(&tar);
+    assert!(bundle.text("disclosures.jsonl").is_none());
+    let (ok, report, err) = bundle.verify(&api, &bundle.tar).await;
+    assert!(ok, "atp verify: {err}");
+    assert_eq!(report["disclosuresVerified"], 0);
+
+    // No oracle in an export's filters either: a filter on a value the requester may not read
+    // selects nothing.
+    let id = crate::export::request_export(&api, &auditor, json!({"actorId": "u-ada"})).await;
+    let status = crate::export::completed(&api, &auditor, &id).await;
+    assert_eq!(status["recordCount"], 0, "{status}");
+    let id = crate::export::request_export(&api, &privacy, json!({"actorId": "u-ada"})).await;
+    let status = crate::export::completed(&api, &privacy, &id).await;
+    assert_eq!(status["recordCount"], 2, "{status}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_access_request_exports_the_subjects_records_and_values_until_it_is_erased() {
+    let stack = Stack::start().await;
+    set_crm_policy(&stack).await;
+    let running = stack.serve(roles("all")).await;
+    let api = Api::new(&running);
+    ada_and_bob(&stack).await;
+    checkpointed(&stack, 3).await;
+    let privacy = stack.token(TENANT, Permission::Privacy);
+    let auditor = stack.token(TENANT, Permission::Auditor);
+
+    let refused = api
+        .post("/api/v1/privacy/subjects/u-ada/access", &auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let asked = api
+        .post("/api/v1/privacy/subjects/u-ada/access", &privacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let asked: Value = asked.json().await.unwrap();
+    assert_eq!(asked["kind"], "access");
+    let id = asked["requestId"].as_str().unwrap().to_owned();
+    let done = request_reaches(&api, &privacy, &id, "done").await;
+    assert_eq!(done["recordsAffected"], 2, "{done}");
+    assert_eq!(done["keysDestroyed"], 0, "{done}");
+    let kids = done["keyIds"].as_array().unwrap().clone();
+    assert_eq!(kids.len(), 2, "one key per retention policy: {done}");
+    let export_id = done["exportId"].as_str().unwrap().to_owned();
+
+    // The export: Ada's records only, her values disclosed, nobody else's.
+    let status = crate::export::completed(&api, &privacy, &export_id).await;
+    assert_eq!(status["recordCount"], 2);
+    assert_eq!(status["kind"], "subject-access");
+    let tar = crate::export::download(&api, &privacy, &export_id).await;
+    let text = String::from_utf8_lossy(&tar);
+    for clear in BOB {
+        assert!(!text.contains(clear), "{clear} in Ada's access bundle");
+    }
+    let access = Unpacked::new(&tar);
+    assert_eq!(access.event_ids(), ["e-ada-1", "e-ada-2"]);
+    let lines = access.disclosures();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let v = &line["values"];
+        assert_eq!(v[0]["value"], "u-ada");
+        assert_eq!(v[1]["value"], "ada@example.com");
+        assert_eq!(v[2]["value"], "078-05-1120");
+    }
+    let manifest: Value = serde_json::from_str(&access.text("manifest.json").unwrap()).unwrap();
+    assert_eq!(manifest["selection"], json!({ "subjectKeys": kids }));
+    let (ok, report, err) = access.verify(&api, &access.tar).await;
+    assert!(ok, "atp verify: {err}");
+    assert_eq!(report["disclosuresVerified"], 6);
+
+    // Ada is erased: a new export discloses nothing of her (Bob's values still), and every
+    // bundle, the earlier one disclosing her included, still verifies.
+    let erasure: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    request_reaches(
+        &api,
+        &privacy,
+        erasure["requestId"].as_str().unwrap(),
+        "done",
+    )
+    .await;
+    let id = crate::export::request_export(&api, &privacy, json!({ "sourceId": SOURCE })).await;
+    crate::export::completed(&api, &privacy, &id).await;
+    let tar = crate::export::download(&api, &privacy, &id).await;
+    let text = String::from_utf8_lossy(&tar);
+    for clear in ADA {
+        assert!(
+            !text.contains(clear),
+            "{clear} disclosed after Ada's erasure"
+        );
+    }
+    let after = Unpacked::new(&tar);
+    assert_eq!(after.event_ids(), ["e-ada-1", "e-bob-1", "e-ada-2"]);
+    let lines = after.disclosures();
+    assert_eq!(lines.len(), 1, "Bob's record alone: {lines:?}");
+    assert_eq!(lines[0]["values"][1]["value"], "bob@example.com");
+    let (ok, report, err) = after.verify(&api, &after.tar).await;
+    assert!(ok, "atp verify: {err}");
+    assert_eq!(report["recordsVerified"], 3);
+    assert_eq!(report["disclosuresVerified"], 3);
+    let (ok, _, err) = access.verify(&api, &access.tar).await;
+    assert!(ok, "the access bundle issued before the erasure: {err}");
+
+    // Asked again, Ada's access finds no key and no record: an empty bundle, verified.
+    let again: Value = api
+        .post("/api/v1/privacy/subjects/u-ada/access", &privacy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = request_reaches(&api, &privacy, again["requestId"].as_str().unwrap(), "done").await;
+    assert_eq!(again["recordsAffected"], 0, "{again}");
+    let export_id = again["exportId"].as_str().unwrap();
+    let empty = Unpacked::new(&crate::export::download(&api, &privacy, export_id).await);
+    assert!(empty.event_ids().is_empty());
+    let (ok, report, err) = empty.verify(&api, &empty.tar).await;
+    assert!(ok, "atp verify: {err}");
+    assert_eq!(report["recordsVerified"], 0);
+    running.stop().await;
+}

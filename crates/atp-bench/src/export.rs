@@ -58,9 +58,9 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut next = 0u64;
     let mut read = 0u64;
+    let selection = exports::ExportSelection::default();
     loop {
-        let rows =
-            exports::selected(&pool, &p, &Selection::default(), next, b.records, 2000).await?;
+        let rows = exports::selected(&pool, &p, &selection, next, b.records, 2000).await?;
         let Some(last) = rows.last() else { break };
         next = last.chain_index as u64 + 1;
         read += rows.len() as u64;
@@ -77,6 +77,8 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
         selection: Selection::default(),
         format: "tar".to_owned(),
         edition: Default::default(),
+        readable: None,
+        subject_keys: None,
     };
     exports::record_request(&pool, &req).await?;
     let row = exports::start(&pool, &req.export_id)
@@ -88,6 +90,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
         spool: work.path().join("spool"),
         coverage_wait: Duration::from_secs(5),
         max_records_per_second: None,
+        keys: None,
     };
     std::fs::create_dir_all(&packager.spool)?;
     let rss_before = rss_kib();

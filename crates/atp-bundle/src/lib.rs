@@ -4,12 +4,18 @@
 //! ```text
 //! records/part-NNNNN.jsonl                   one record per line: its canonical bytes, "\n"
 //! proofs.jsonl                               line k proves record k: digest, inclusion proof, tlog-proof
+//! disclosures.jsonl                          (when any) the clear values the requester may read, with
+//!                                            the field key that opens each in its record
 //! checkpoints/<tenant>/<source>.checkpoint   the signed notes the proofs are against
 //! SHA256SUMS                                 `sha256sum` lines for every file above and signing-key.pem
 //! manifest.json                              RFC 8785: what was selected, every file's hash, the keys
 //! manifest.sig                               raw 64-byte Ed25519 signature over manifest.json
 //! signing-key.pem                            the SubjectPublicKeyInfo PEM that made manifest.sig
 //! ```
+//!
+//! `disclosures.jsonl` ([`disclosure`], ADR 0020) is there only when the bundle discloses a
+//! value: bundles without it (every bundle before disclosures, and any whose requester reads
+//! no sealed value) verify as before.
 //!
 //! Bundles written before `signing-key.pem` was listed in `SHA256SUMS` (and the manifest's
 //! `files`) still verify: the key is checked against its line when it has one.
@@ -21,6 +27,7 @@
 //! [`write::BundleWriter`] builds bundles with bounded memory (one part in memory, proofs
 //! spooled to disk); [`verify::verify`] checks one, naming the first bad record.
 
+pub mod disclosure;
 pub mod verify;
 pub mod write;
 
@@ -38,6 +45,7 @@ pub const MANIFEST_SIG: &str = "manifest.sig";
 pub const SIGNING_KEY: &str = "signing-key.pem";
 pub const SHA256SUMS: &str = "SHA256SUMS";
 pub const PROOFS: &str = "proofs.jsonl";
+pub const DISCLOSURES: &str = "disclosures.jsonl";
 pub const MEDIA_TYPE: &str = "application/x-tar";
 
 /// A records part ends before the record that would take it past this many bytes…

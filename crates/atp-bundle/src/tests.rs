@@ -8,7 +8,8 @@ use atp_core::event::ProducerStamp;
 use atp_core::merkle::{ProofPlan, leaf_hash, perfect_root, root_of};
 use atp_core::names::{PartitionKey, SourceId, TenantId};
 use atp_core::note::NoteSigner;
-use atp_core::policy::PolicyStamp;
+use atp_core::policy::{Classification, PolicyStamp};
+use atp_core::privacy::{BucketKey, Place, field_key, seal};
 use atp_core::record::{self, Record, SCHEMA_VERSION};
 use atp_core::{Digest, chain};
 use ed25519_dalek::{Signer, SigningKey};
@@ -23,6 +24,50 @@ fn key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
+/// The subject key the test records seal with.
+fn bucket() -> BucketKey {
+    BucketKey {
+        kid: "k-ada".to_owned(),
+        key: [5; 32],
+    }
+}
+
+/// Whether record `i` of `source` seals values: every fourth crm record, from the second.
+fn seals(source: &str, i: u64) -> bool {
+    source == "crm" && i % 4 == 1
+}
+
+/// Record `i`'s data: `{"n": i}`, with a personal e-mail and a sensitive number sealed when
+/// [`seals`] says so.
+fn data(record_id: &str, source: &str, i: u64) -> serde_json::Value {
+    let mut data = serde_json::json!({"n": i});
+    if seals(source, i) {
+        for (path, cls, value) in [
+            (
+                "/email",
+                Classification::Personal,
+                serde_json::json!(format!("ada{i}@example.com")),
+            ),
+            (
+                "/ssn",
+                Classification::Sensitive,
+                serde_json::json!({"v": [i, "078-05-1120"]}),
+            ),
+        ] {
+            let place = Place {
+                tenant: "acme",
+                source,
+                record_id,
+                path,
+            };
+            let key = field_key(&bucket(), &place);
+            let sealed = seal(&key, &place, cls, "k-ada", &value, [i as u8; 24]).unwrap();
+            data[&path[1..]] = serde_json::to_value(sealed).unwrap();
+        }
+    }
+    data
+}
+
 /// `n` chained records of partition acme/`source`.
 fn records(source: &str, n: u64) -> Vec<Vec<u8>> {
     let p = PartitionKey::new(
@@ -32,9 +77,10 @@ fn records(source: &str, n: u64) -> Vec<Vec<u8>> {
     let mut prev = chain::genesis(&p);
     (0..n)
         .map(|i| {
+            let record_id = format!("01JD{source:0>6}{i:016}").to_uppercase();
             let sealed = Record {
                 schema_version: SCHEMA_VERSION.to_owned(),
-                record_id: format!("01JD{source:0>6}{i:016}").to_uppercase(),
+                record_id: record_id.clone(),
                 tenant_id: "acme".to_owned(),
                 source_id: source.to_owned(),
                 chain_index: i,
@@ -46,7 +92,7 @@ fn records(source: &str, n: u64) -> Vec<Vec<u8>> {
                     key_id: None,
                     auth: "gateway".to_owned(),
                 },
-                event: serde_json::json!({"id": format!("e{i}"), "data": {"n": i}}),
+                event: serde_json::json!({"id": format!("e{i}"), "data": data(&record_id, source, i)}),
             }
             .seal()
             .unwrap();
@@ -77,8 +123,13 @@ fn checkpoint(source: &str, log: &[Vec<u8>], size: usize) -> (String, Digest) {
 }
 
 /// A bundle of every other record of two partitions (so chain links are checked only where
-/// neighbours are both selected), proofs against checkpoints a little past the last one.
+/// neighbours are both selected), proofs against checkpoints a little past the last one, and
+/// the sealed values of every fourth crm record disclosed.
 fn bundle() -> Vec<u8> {
+    bundle_disclosing(true)
+}
+
+fn bundle_disclosing(disclose: bool) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::new(Vec::new(), dir.path(), 1_790_000_000).unwrap();
     let signer = NoteSigner::new(LOG, key()).unwrap();
@@ -103,6 +154,12 @@ fn bundle() -> Vec<u8> {
                 &ProofLine::new(&head, link.digest, size as u64, hashes, &note),
             )
             .unwrap();
+            if disclose
+                && let Some(line) =
+                    crate::disclosure::disclose(bytes, &[bucket()], |_| true).unwrap()
+            {
+                w.disclose(&line).unwrap();
+            }
         }
         w.add_checkpoint(CheckpointFile {
             tenant_id: "acme".into(),
@@ -201,8 +258,11 @@ fn an_intact_bundle_verifies_anchored_and_self_attested() {
     assert!(r.anchored);
     assert_eq!(r.records_verified, 9 + 20);
     assert_eq!(r.checkpoints_verified, 2);
-    // The part, proofs.jsonl, the two checkpoints and signing-key.pem.
-    assert_eq!(r.files_verified, 5);
+    // Records 1, 5, 9, …, 29 of crm, but for 5, 17 and 29 (every third is left out): two
+    // values each.
+    assert_eq!(r.disclosures_verified, 2 * 5);
+    // The part, proofs.jsonl, disclosures.jsonl, the two checkpoints and signing-key.pem.
+    assert_eq!(r.files_verified, 6);
     let bare = Trust {
         verifiers: vec![],
         keys: vec![key().verifying_key()],
@@ -216,6 +276,7 @@ fn an_intact_bundle_verifies_anchored_and_self_attested() {
         [
             PART,
             PROOFS,
+            DISCLOSURES,
             "checkpoints/acme/billing.checkpoint",
             "checkpoints/acme/crm.checkpoint",
             SHA256SUMS,
@@ -538,4 +599,235 @@ fn a_signature_by_another_key_than_the_sealed_one_is_refused() {
         sealed.finish(&other),
         Err(crate::write::WriteError::Manifest(_))
     ));
+}
+
+/// Rewrites one line of `disclosures.jsonl` (as a parsed line) and leaves it canonical, as a
+/// forger would: only `atp verify`'s check of the value against the record can notice.
+fn edit_disclosure(tar: &[u8], line: usize, f: impl FnOnce(&mut DisclosureLine)) -> Vec<u8> {
+    edit_lines(tar, DISCLOSURES, |l| {
+        let mut d = crate::disclosure::parse(&l[line]).unwrap();
+        f(&mut d);
+        l[line] = d.to_canonical().unwrap();
+    })
+}
+
+use crate::disclosure::DisclosureLine;
+
+/// The record a disclosure line names, as the bundle holds it.
+fn disclosed_record(tar: &[u8], line: usize) -> String {
+    let d = files(tar)
+        .into_iter()
+        .find(|(p, _)| p == DISCLOSURES)
+        .unwrap()
+        .1;
+    let first = d.split(|b| *b == b'\n').nth(line).unwrap();
+    crate::disclosure::parse(first).unwrap().record_id
+}
+
+#[test]
+fn disclosures_are_in_record_order_and_open_their_values() {
+    let tar = bundle();
+    let d = &files(&tar)
+        .into_iter()
+        .find(|(p, _)| p == DISCLOSURES)
+        .unwrap()
+        .1;
+    let lines: Vec<DisclosureLine> = d
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| crate::disclosure::parse(l).unwrap())
+        .collect();
+    let at: Vec<(String, u64)> = lines
+        .iter()
+        .map(|l| (l.source_id.clone(), l.chain_index))
+        .collect();
+    let crm = |i| ("crm".to_owned(), i);
+    assert_eq!(at, [crm(1), crm(9), crm(13), crm(21), crm(25)]);
+    let v = &lines[1].values;
+    assert_eq!(v[0].path, "/email");
+    assert_eq!(v[0].value, serde_json::json!("ada9@example.com"));
+    assert_eq!(v[1].path, "/ssn");
+    assert_eq!(v[1].value, serde_json::json!({"v": [9, "078-05-1120"]}));
+    // The records themselves hold ciphertext only.
+    let part = String::from_utf8(files(&tar)[0].1.clone()).unwrap();
+    assert!(!part.contains("ada9@example.com") && !part.contains("078-05-1120"));
+}
+
+#[test]
+fn a_tampered_disclosed_value_is_named() {
+    let tar = bundle();
+    let victim = disclosed_record(&tar, 2);
+    let bad = edit_disclosure(&tar, 2, |d| {
+        d.values[0].value = serde_json::json!("mallory@example.com");
+    });
+    let r = check(&bad, &trusted());
+    let (code, msg) = first(&r);
+    assert_eq!(code, "DISCLOSURE_MISMATCH");
+    assert!(
+        msg.contains(&victim) && msg.contains("/email") && msg.contains("not the one sealed"),
+        "{msg}"
+    );
+    // The records and their proofs are fine; only the disclosures file's size and hash fail
+    // besides.
+    assert_eq!(r.records_verified, 29);
+    let codes: Vec<_> = r.failures.iter().map(|f| f.code).collect();
+    assert_eq!(codes, ["FILE_SIZE", "DISCLOSURE_MISMATCH", "FILE_HASH"]);
+}
+
+#[test]
+fn a_wrong_key_or_a_key_for_another_path_opens_nothing() {
+    let tar = bundle();
+    // Another key altogether.
+    let wrong = edit_disclosure(&tar, 0, |d| {
+        d.values[0].field_key = B64.encode([1u8; 32]);
+    });
+    let (code, msg) = first(&check(&wrong, &trusted()));
+    assert_eq!(code, "DISCLOSURE_MISMATCH");
+    assert!(msg.contains("does not open the value at /email"), "{msg}");
+    // The record's own key for its other value, or the same path's key of another record:
+    // a field key opens exactly one value.
+    let swapped = edit_disclosure(&tar, 0, |d| {
+        let ssn_key = d.values[1].field_key.clone();
+        d.values[0].field_key = ssn_key;
+    });
+    let (code, msg) = first(&check(&swapped, &trusted()));
+    assert_eq!(code, "DISCLOSURE_MISMATCH");
+    assert!(msg.contains("/email"), "{msg}");
+    let other_key = {
+        let d = &files(&tar)
+            .into_iter()
+            .find(|(p, _)| p == DISCLOSURES)
+            .unwrap()
+            .1;
+        let second = d.split(|b| *b == b'\n').nth(1).unwrap();
+        crate::disclosure::parse(second).unwrap().values[0]
+            .field_key
+            .clone()
+    };
+    let moved = edit_disclosure(&tar, 0, |d| d.values[0].field_key = other_key);
+    assert_eq!(first(&check(&moved, &trusted())).0, "DISCLOSURE_MISMATCH");
+    // A value disclosed at a path the record does not seal.
+    let nowhere = edit_disclosure(&tar, 0, |d| d.values[1].path = "/zz".to_owned());
+    let (code, msg) = first(&check(&nowhere, &trusted()));
+    assert_eq!(code, "DISCLOSURE_MISMATCH");
+    assert!(msg.contains("no sealed value at /zz"), "{msg}");
+}
+
+#[test]
+fn a_disclosure_without_its_record_is_named() {
+    let tar = bundle();
+    // Pointed at a record the bundle leaves out (crm 5: every third is not selected).
+    let absent = edit_disclosure(&tar, 1, |d| {
+        d.chain_index = 5;
+        d.record_id = "01JD000CRM0000000000000005".to_owned();
+    });
+    let (code, msg) = first(&check(&absent, &trusted()));
+    assert_eq!(code, "DISCLOSURE_WITHOUT_RECORD");
+    assert!(msg.contains("01JD000CRM0000000000000005"), "{msg}");
+    // A line past the last record.
+    let extra = edit_lines(&tar, DISCLOSURES, |l| {
+        let mut d = crate::disclosure::parse(&l[4]).unwrap();
+        d.chain_index = 99;
+        l.push(d.to_canonical().unwrap());
+    });
+    assert_eq!(
+        first(&check(&extra, &trusted())).0,
+        "DISCLOSURE_WITHOUT_RECORD"
+    );
+    // Two lines swapped: the later one comes first, so the earlier one is left behind.
+    let swapped = edit_lines(&tar, DISCLOSURES, |l| l.swap(0, 1));
+    assert_eq!(
+        first(&check(&swapped, &trusted())).0,
+        "DISCLOSURE_WITHOUT_RECORD"
+    );
+    // A line naming another record id at the right place.
+    let renamed = edit_disclosure(&tar, 0, |d| {
+        d.record_id = "01JDFORGED0000000000000000".into()
+    });
+    assert_eq!(first(&check(&renamed, &trusted())).0, "DISCLOSURE_MISMATCH");
+}
+
+#[test]
+fn a_malformed_disclosure_line_is_refused() {
+    let tar = bundle();
+    let spaced = edit_lines(&tar, DISCLOSURES, |l| {
+        let v: serde_json::Value = serde_json::from_slice(&l[0]).unwrap();
+        l[0] = serde_json::to_vec_pretty(&v)
+            .unwrap()
+            .into_iter()
+            .filter(|b| *b != b'\n')
+            .collect();
+    });
+    // Not canonical: refused before it is matched to a record, so no record is named.
+    let r = check(&spaced, &trusted());
+    let f = r
+        .failures
+        .iter()
+        .find(|f| f.code == "DISCLOSURE_MALFORMED")
+        .unwrap_or_else(|| panic!("{:?}", r.failures));
+    assert!(f.message.contains("canonical"), "{}", f.message);
+    let unsorted = edit_disclosure(&tar, 0, |d| d.values.swap(0, 1));
+    let (code, msg) = first(&check(&unsorted, &trusted()));
+    assert_eq!(code, "DISCLOSURE_MALFORMED");
+    assert!(msg.contains("sorted"), "{msg}");
+    let short = edit_disclosure(&tar, 0, |d| d.values[0].field_key = "AAAA".into());
+    assert_eq!(first(&check(&short, &trusted())).0, "DISCLOSURE_MALFORMED");
+}
+
+#[test]
+fn a_bundle_that_discloses_nothing_has_no_disclosures_file() {
+    let tar = bundle_disclosing(false);
+    let names: Vec<String> = files(&tar).into_iter().map(|(p, _)| p).collect();
+    assert!(!names.iter().any(|n| n == DISCLOSURES), "{names:?}");
+    let r = check(&tar, &trusted());
+    assert!(r.ok, "{:?}", r.failures);
+    assert_eq!(r.disclosures_verified, 0);
+    assert_eq!(r.files_verified, 5);
+    // Removing the disclosures of a bundle that listed them is noticed (it is signed).
+    let mut all = files(&bundle());
+    all.retain(|(p, _)| p != DISCLOSURES);
+    let codes: Vec<_> = check(&rebuild(&all), &trusted())
+        .failures
+        .iter()
+        .map(|f| f.code)
+        .collect();
+    assert_eq!(codes, ["MISSING_FILE"]);
+}
+
+#[test]
+fn the_writer_takes_a_disclosure_only_for_the_record_just_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::new(Vec::new(), dir.path(), 0).unwrap();
+    let log = records("crm", 3);
+    let line = crate::disclosure::disclose(&log[1], &[bucket()], |_| true)
+        .unwrap()
+        .unwrap();
+    assert!(w.disclose(&line).is_err(), "before its record");
+    let (note, _) = checkpoint("crm", &log, 3);
+    let (head, link) = record::head(&log[1]).unwrap();
+    w.push(
+        &log[1],
+        &ProofLine::new(&head, link.digest, 3, vec![], &note),
+    )
+    .unwrap();
+    w.disclose(&line).unwrap();
+    assert!(w.disclose(&line).is_err(), "twice");
+    // Nothing is disclosed of a value whose class the reader may not read, or whose key is
+    // not given.
+    let personal_only =
+        crate::disclosure::disclose(&log[1], &[bucket()], |s| s.cls == Classification::Personal)
+            .unwrap()
+            .unwrap();
+    assert_eq!(personal_only.values.len(), 1);
+    assert_eq!(personal_only.values[0].path, "/email");
+    assert!(
+        crate::disclosure::disclose(&log[1], &[], |_| true)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        crate::disclosure::disclose(&log[0], &[bucket()], |_| true)
+            .unwrap()
+            .is_none()
+    );
 }

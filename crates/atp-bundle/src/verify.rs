@@ -3,7 +3,9 @@
 //!
 //! The archive is indexed first (headers only), then each file is read from its offset, so a
 //! bundle of any size is checked with bounded memory: the records parts and `proofs.jsonl` are
-//! walked side by side, line k of one against line k of the other.
+//! walked side by side, line k of one against line k of the other, and `disclosures.jsonl`
+//! (when there is one) alongside them: its lines are in record order too, so each is checked
+//! against its record when the walk reaches it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
@@ -19,9 +21,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::disclosure::{self, CheckError, DisclosureLine};
 use crate::{
-    MANIFEST, MANIFEST_SIG, Manifest, PROOFS, ProofLine, SHA256SUMS, SIGNING_KEY, checkpoint_path,
-    part_number, part_path, sha256_hex,
+    DISCLOSURES, MANIFEST, MANIFEST_SIG, Manifest, PROOFS, ProofLine, SHA256SUMS, SIGNING_KEY,
+    checkpoint_path, part_number, part_path, sha256_hex,
 };
 
 /// Small files are read whole; these bound what a hostile archive can make us allocate.
@@ -112,6 +115,8 @@ pub struct Report {
     pub key_id: Option<String>,
     /// Records whose every check passed.
     pub records_verified: u64,
+    /// Disclosed values proven against the sealed values of their records.
+    pub disclosures_verified: u64,
     pub checkpoints_verified: usize,
     pub files_verified: usize,
     pub failures: Vec<Failure>,
@@ -565,6 +570,10 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
             return Ok(());
         };
         let mut proofs = Lines::new(self.section(proofs_loc)?);
+        let mut disclosures = match self.index.get(DISCLOSURES).copied() {
+            Some(loc) => Some(DisclosureWalk::new(Lines::new(self.section(loc)?))),
+            None => None,
+        };
         let mut walk = RecordWalk {
             tenant: &manifest.tenant_id,
             checkpoints,
@@ -584,9 +593,18 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
                 if walk.stopped {
                     continue;
                 }
-                if let Err(f) = walk.check(record, proof, path, line_no, seen) {
-                    walk.stopped = true;
-                    self.failed(*f);
+                match walk.check(record, proof, path, line_no, seen) {
+                    Ok(at) => {
+                        if let Some(d) = &mut disclosures
+                            && let Err(f) = d.visit(record, &at)?
+                        {
+                            self.failed(*f);
+                        }
+                    }
+                    Err(f) => {
+                        walk.stopped = true;
+                        self.failed(*f);
+                    }
                 }
             }
             if let Some(f) = lines.fault(path) {
@@ -631,6 +649,19 @@ impl<R: Read + Seek, F: FnMut() -> io::Result<R>> Verification<'_, F> {
         }
         let hash = proofs.finish()?;
         self.check_hash(PROOFS, sums, &hash);
+        if let Some(mut d) = disclosures {
+            if !walk.stopped
+                && let Err(f) = d.rest()?
+            {
+                self.failed(*f);
+            }
+            if let Some(f) = d.lines.fault(DISCLOSURES) {
+                self.failed(f);
+            }
+            self.report.disclosures_verified = d.verified;
+            let hash = d.lines.finish()?;
+            self.check_hash(DISCLOSURES, sums, &hash);
+        }
         if seen != manifest.record_count {
             self.failed(fail(
                 "RECORD_COUNT",
@@ -655,7 +686,15 @@ fn layout_dir(path: &str) -> bool {
 }
 
 fn allowed_path(path: &str) -> bool {
-    if [MANIFEST, MANIFEST_SIG, SIGNING_KEY, SHA256SUMS, PROOFS].contains(&path)
+    if [
+        MANIFEST,
+        MANIFEST_SIG,
+        SIGNING_KEY,
+        SHA256SUMS,
+        PROOFS,
+        DISCLOSURES,
+    ]
+    .contains(&path)
         || part_number(path).is_some()
     {
         return true;
@@ -761,7 +800,7 @@ impl RecordWalk<'_> {
         path: &str,
         line: u64,
         proof_line: u64,
-    ) -> Result<(), Box<Failure>> {
+    ) -> Result<RecordAt, Box<Failure>> {
         let (head, link) = record::head(bytes).map_err(|e| {
             Box::new(fail(
                 "RECORD_MALFORMED",
@@ -897,6 +936,141 @@ impl RecordWalk<'_> {
         }
         self.prev = Some((at.source_id.clone(), at.chain_index, link.chain_hash));
         self.verified += 1;
-        Ok(())
+        Ok(at)
+    }
+}
+
+/// `disclosures.jsonl`, read alongside the records: each line is checked against its record
+/// when the walk reaches it. Lines are in record order, so a line naming a record before the
+/// current one names a record the bundle does not hold (or holds elsewhere).
+struct DisclosureWalk<R> {
+    lines: Lines<R>,
+    /// The 1-based number of the line in `next`.
+    line_no: u64,
+    /// The next line not yet matched to a record, parsed.
+    next: Option<Result<DisclosureLine, CheckError>>,
+    /// After the first failure the rest is only hashed.
+    stopped: bool,
+    verified: u64,
+}
+
+impl<R: Read> DisclosureWalk<R> {
+    fn new(lines: Lines<R>) -> Self {
+        Self {
+            lines,
+            line_no: 0,
+            next: None,
+            stopped: false,
+            verified: 0,
+        }
+    }
+
+    /// The next unmatched line, read if need be; `None` at the end.
+    fn peek(&mut self) -> io::Result<Option<&Result<DisclosureLine, CheckError>>> {
+        if self.next.is_none()
+            && let Some(line) = self.lines.next_line()?
+        {
+            self.line_no += 1;
+            self.next = Some(disclosure::parse(line));
+        }
+        Ok(self.next.as_ref())
+    }
+
+    fn failure(
+        &mut self,
+        code: &'static str,
+        message: String,
+        record: Option<RecordAt>,
+    ) -> Box<Failure> {
+        self.stopped = true;
+        Box::new(Failure {
+            code,
+            message: format!("{DISCLOSURES} line {}: {message}", self.line_no),
+            record,
+        })
+    }
+
+    /// The line claims a record the walk has passed: it is not in the bundle at this place.
+    fn without_record(&mut self, line: &DisclosureLine) -> Box<Failure> {
+        let at = RecordAt {
+            record_id: line.record_id.clone(),
+            source_id: line.source_id.clone(),
+            chain_index: line.chain_index,
+            path: DISCLOSURES.to_owned(),
+            line: self.line_no,
+            proof_line: 0,
+        };
+        self.failure(
+            "DISCLOSURE_WITHOUT_RECORD",
+            format!(
+                "discloses values of record {} ({} chain index {}), which the bundle does not hold there",
+                line.record_id, line.source_id, line.chain_index
+            ),
+            Some(at),
+        )
+    }
+
+    /// Checks the lines up to record `at` (whose bytes are `bytes`); `Ok(Err)` is a failure
+    /// of the bundle, `Err` an I/O error.
+    fn visit(&mut self, bytes: &[u8], at: &RecordAt) -> io::Result<Result<(), Box<Failure>>> {
+        if self.stopped {
+            return Ok(Ok(()));
+        }
+        let key = (at.source_id.as_str(), at.chain_index);
+        let line = match self.peek()? {
+            None => return Ok(Ok(())),
+            Some(Err(e)) => {
+                let message = e.to_string();
+                return Ok(Err(self.failure("DISCLOSURE_MALFORMED", message, None)));
+            }
+            Some(Ok(line)) => line.clone(),
+        };
+        match (line.source_id.as_str(), line.chain_index).cmp(&key) {
+            std::cmp::Ordering::Greater => Ok(Ok(())),
+            std::cmp::Ordering::Less => Ok(Err(self.without_record(&line))),
+            std::cmp::Ordering::Equal => {
+                self.next = None;
+                let named = |m: String| {
+                    format!(
+                        "record {} ({} chain index {}, {} line {}): {m}",
+                        at.record_id, at.source_id, at.chain_index, at.path, at.line
+                    )
+                };
+                match disclosure::check(&line, bytes) {
+                    Ok(n) => {
+                        self.verified += n as u64;
+                        Ok(Ok(()))
+                    }
+                    Err(CheckError::Malformed(m)) => Ok(Err(self.failure(
+                        "DISCLOSURE_MALFORMED",
+                        named(m),
+                        Some(at.clone()),
+                    ))),
+                    Err(CheckError::Mismatch(m)) => Ok(Err(self.failure(
+                        "DISCLOSURE_MISMATCH",
+                        named(m),
+                        Some(at.clone()),
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// After the last record: any line left names a record the bundle does not hold.
+    fn rest(&mut self) -> io::Result<Result<(), Box<Failure>>> {
+        if self.stopped {
+            return Ok(Ok(()));
+        }
+        match self.peek()? {
+            None => Ok(Ok(())),
+            Some(Err(e)) => {
+                let message = e.to_string();
+                Ok(Err(self.failure("DISCLOSURE_MALFORMED", message, None)))
+            }
+            Some(Ok(line)) => {
+                let line = line.clone();
+                Ok(Err(self.without_record(&line)))
+            }
+        }
     }
 }

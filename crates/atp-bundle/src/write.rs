@@ -2,10 +2,12 @@
 //! (at most [`PART_MAX_BYTES`]) and goes into the archive when full; `proofs.jsonl` is spooled
 //! to a file, since a tar header needs the size before the data.
 //!
-//! The archive comes out in three pieces ([`Finished`]): the records parts (written to the
-//! caller's writer as they fill), `proofs.jsonl` (the spool file, behind its header), and the
-//! rest (checkpoints, `SHA256SUMS`, the manifest, its signature and key, the end of the
-//! archive). Read in order they are the tar; nothing is copied to assemble it.
+//! `disclosures.jsonl`, when the bundle discloses anything, is spooled the same way.
+//!
+//! The archive comes out in pieces ([`Finished`]): the records parts (written to the caller's
+//! writer as they fill), `proofs.jsonl` and `disclosures.jsonl` (the spool files, each behind
+//! its header), and the rest (checkpoints, `SHA256SUMS`, the manifest, its signature and key,
+//! the end of the archive). Read in order they are the tar; nothing is copied to assemble it.
 //!
 //! `signing-key.pem` is the last entry but is listed in `SHA256SUMS` (CONTRACT §6: every file
 //! but `manifest.json`, `manifest.sig` and `SHA256SUMS` itself), so the public key is fixed
@@ -20,10 +22,11 @@ use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::{Signature, VerifyingKey};
 
+use crate::disclosure::DisclosureLine;
 use crate::{
-    CheckpointEntry, FileEntry, Hashing, MANIFEST, MANIFEST_SIG, Manifest, PART_MAX_BYTES,
-    PART_MAX_RECORDS, PROOFS, ProofLine, SHA256SUMS, SIGNING_KEY, checkpoint_path, part_path,
-    sha256_hex,
+    CheckpointEntry, DISCLOSURES, FileEntry, Hashing, MANIFEST, MANIFEST_SIG, Manifest,
+    PART_MAX_BYTES, PART_MAX_RECORDS, PROOFS, ProofLine, SHA256SUMS, SIGNING_KEY, checkpoint_path,
+    part_path, sha256_hex,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub enum WriteError {
     Io(#[from] io::Error),
     #[error("records must come in record order: {0}")]
     OutOfOrder(String),
+    #[error("a disclosure must follow its record, once: {0}")]
+    Disclosure(String),
     #[error("manifest: {0}")]
     Manifest(String),
 }
@@ -70,6 +75,11 @@ pub struct BundleWriter<W: Write> {
     proofs_path: PathBuf,
     /// Taken when the bundle is sealed.
     proofs: Option<Hashing<BufWriter<File>>>,
+    /// `disclosures.jsonl` while it grows: created with the first disclosure.
+    disclosures_path: PathBuf,
+    disclosures: Option<Hashing<BufWriter<File>>>,
+    /// The record the last disclosure was for.
+    disclosed: Option<(String, u64)>,
     files: Vec<FileEntry>,
     records: u64,
     last: Option<(String, u64)>,
@@ -77,8 +87,9 @@ pub struct BundleWriter<W: Write> {
 }
 
 impl<W: Write> BundleWriter<W> {
-    /// A bundle written to `out`; `spool` is a directory for `proofs.jsonl` while it grows,
-    /// and `mtime` (seconds) stamps every entry so the archive is reproducible.
+    /// A bundle written to `out`; `spool` is a directory for `proofs.jsonl` (and
+    /// `disclosures.jsonl`) while they grow, and `mtime` (seconds) stamps every entry so the
+    /// archive is reproducible.
     pub fn new(out: W, spool: &Path, mtime: u64) -> Result<Self, WriteError> {
         let proofs_path = spool.join(PROOFS);
         let proofs = Hashing::new(BufWriter::with_capacity(
@@ -93,6 +104,9 @@ impl<W: Write> BundleWriter<W> {
             parts: 0,
             proofs_path,
             proofs: Some(proofs),
+            disclosures_path: spool.join(DISCLOSURES),
+            disclosures: None,
+            disclosed: None,
             files: Vec::new(),
             records: 0,
             last: None,
@@ -147,6 +161,41 @@ impl<W: Write> BundleWriter<W> {
         Ok(())
     }
 
+    /// Adds the disclosed values of the record pushed last (at most one line per record, so
+    /// `disclosures.jsonl` follows record order).
+    pub fn disclose(&mut self, line: &DisclosureLine) -> Result<(), WriteError> {
+        let at = (line.source_id.clone(), line.chain_index);
+        if self.last.as_ref() != Some(&at) || self.disclosed.as_ref() == Some(&at) {
+            return Err(WriteError::Disclosure(format!(
+                "{}#{} is not the record pushed last, or is disclosed already",
+                at.0, at.1
+            )));
+        }
+        if line.values.is_empty() {
+            return Err(WriteError::Disclosure(format!(
+                "{}#{} discloses no value",
+                at.0, at.1
+            )));
+        }
+        let bytes = line
+            .to_canonical()
+            .map_err(|e| WriteError::Disclosure(e.to_string()))?;
+        if self.disclosures.is_none() {
+            self.disclosures = Some(Hashing::new(BufWriter::with_capacity(
+                1 << 20,
+                File::create(&self.disclosures_path)?,
+            )));
+        }
+        let out = self
+            .disclosures
+            .as_mut()
+            .ok_or_else(|| WriteError::Manifest("the bundle is already sealed".into()))?;
+        out.write_all(&bytes)?;
+        out.write_all(b"\n")?;
+        self.disclosed = Some(at);
+        Ok(())
+    }
+
     /// Adds the checkpoint a partition's proofs are against.
     pub fn add_checkpoint(&mut self, checkpoint: CheckpointFile) {
         self.checkpoints.push(checkpoint);
@@ -188,8 +237,32 @@ impl<W: Write> BundleWriter<W> {
             sha256,
             bytes,
         });
-        let proofs_header = entry_header(PROOFS, bytes, self.mtime)?.to_vec();
+        let mut pieces = vec![
+            Piece::Bytes(entry_header(PROOFS, bytes, self.mtime)?.to_vec()),
+            Piece::File {
+                path: self.proofs_path.clone(),
+                len: bytes,
+            },
+        ];
         let mut tail = PADDING[..padding(bytes)].to_vec();
+        // `disclosures.jsonl` comes right after the proofs, and only if anything is disclosed:
+        // a bundle that discloses nothing is laid out exactly as before disclosures existed.
+        if let Some(disclosures) = self.disclosures.take() {
+            let (file, sha256, len) = disclosures.finish();
+            file.into_inner().map_err(io::IntoInnerError::into_error)?;
+            self.files.push(FileEntry {
+                path: DISCLOSURES.to_owned(),
+                sha256,
+                bytes: len,
+            });
+            tail.extend_from_slice(&entry_header(DISCLOSURES, len, self.mtime)?);
+            pieces.push(Piece::Bytes(std::mem::take(&mut tail)));
+            pieces.push(Piece::File {
+                path: self.disclosures_path.clone(),
+                len,
+            });
+            tail = PADDING[..padding(len)].to_vec();
+        }
 
         let mut checkpoints = std::mem::take(&mut self.checkpoints);
         checkpoints.sort_by(|a, b| a.source_id.cmp(&b.source_id));
@@ -245,9 +318,7 @@ impl<W: Write> BundleWriter<W> {
         Ok(Sealed {
             finished: Finished {
                 head: self.head,
-                proofs: self.proofs_path,
-                proofs_header,
-                proofs_len: bytes,
+                pieces,
                 tail,
             },
             mtime: self.mtime,
@@ -291,29 +362,65 @@ impl<W: Write> Sealed<W> {
     }
 }
 
-/// A finished bundle: `head`, then `proofs_header`, the file `proofs`, then `tail`.
+/// What follows the head of a finished bundle, in order, before its tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Bytes(Vec<u8>),
+    /// A spooled file (`proofs.jsonl`, `disclosures.jsonl`) of `len` bytes; the caller removes
+    /// it once the bundle is stored.
+    File {
+        path: PathBuf,
+        len: u64,
+    },
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A finished bundle: `head`, then each of `pieces`, then `tail`.
 pub struct Finished<W> {
     /// The writer the records parts went to.
     pub head: W,
-    /// The spooled `proofs.jsonl`; the caller removes it once the bundle is stored.
-    pub proofs: PathBuf,
-    pub proofs_header: Vec<u8>,
-    pub proofs_len: u64,
-    /// Padding after the proofs, then every later entry and the end of the archive.
+    /// `proofs.jsonl` behind its header, then (if any) `disclosures.jsonl` behind its own.
+    pub pieces: Vec<Piece>,
+    /// Padding after the last spooled file, then every later entry and the end of the archive.
     pub tail: Vec<u8>,
 }
 
 impl<W> Finished<W> {
     /// The bytes after the head, in order.
     pub fn rest(&self) -> io::Result<impl Read + use<W>> {
-        Ok(io::Cursor::new(self.proofs_header.clone())
-            .chain(File::open(&self.proofs)?)
-            .chain(io::Cursor::new(self.tail.clone())))
+        let mut out: Box<dyn Read + Send> = Box::new(io::empty());
+        for piece in &self.pieces {
+            out = match piece {
+                Piece::Bytes(b) => Box::new(out.chain(io::Cursor::new(b.clone()))),
+                Piece::File { path, .. } => Box::new(out.chain(File::open(path)?)),
+            };
+        }
+        Ok(out.chain(io::Cursor::new(self.tail.clone())))
     }
 
     /// The size of everything after the head.
     pub fn rest_len(&self) -> u64 {
-        self.proofs_header.len() as u64 + self.proofs_len + self.tail.len() as u64
+        self.pieces.iter().map(Piece::len).sum::<u64>() + self.tail.len() as u64
+    }
+
+    /// The spooled files, to remove once the bundle is stored.
+    pub fn spooled(&self) -> impl Iterator<Item = &Path> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::File { path, .. } => Some(path.as_path()),
+            Piece::Bytes(_) => None,
+        })
     }
 }
 
@@ -322,9 +429,11 @@ impl Finished<Vec<u8>> {
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.head.len() + self.rest_len() as usize);
         self.rest()?.read_to_end(&mut out)?;
+        for path in self.spooled() {
+            std::fs::remove_file(path)?;
+        }
         let mut all = self.head;
         all.append(&mut out);
-        std::fs::remove_file(&self.proofs)?;
         Ok(all)
     }
 }

@@ -131,6 +131,9 @@ pub async fn create(
         )
         .tenant(&tenant));
     }
+    // The caller's clearance travels with the request: the exporter matches the filters and
+    // discloses sealed values by it, as `/audit/records` would show them to this caller now.
+    let clearance = crate::redact::Clearance::of(&state.bus, &principal).await?;
     let req = ExportRequest {
         export_id: ulid::Ulid::generate().to_string(),
         tenant_id: tenant.clone(),
@@ -139,6 +142,8 @@ pub async fn create(
         selection: body.selection,
         format,
         edition: principal.edition,
+        readable: Some(clearance.0),
+        subject_keys: None,
     };
     let cap = state.exports.limits.cap(&tenant);
     let lock = exports::lock_tenant(&state.db, &tenant)
@@ -242,6 +247,12 @@ fn status_json(row: &ExportRow) -> Value {
     }
     if row.status == ExportStatus::Failed {
         v["failure"] = json!({ "code": row.failure_code, "detail": row.failure_detail });
+    }
+    if let Some(readable) = &row.readable {
+        v["readable"] = json!(readable);
+    }
+    if row.subject_keys.is_some() {
+        v["kind"] = json!("subject-access");
     }
     if let Some(s) = &row.webhook_status {
         v["webhook"] = json!({

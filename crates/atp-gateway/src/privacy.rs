@@ -1,7 +1,8 @@
 //! Data-subject requests and legal holds over HTTP (CONTRACT §8). The gateway queues an
-//! erasure and answers at once (202); the lifecycle role carries it out
-//! (`atp_runtime::lifecycle`). Holds are rows the lifecycle role consults before destroying
-//! anything.
+//! access or erasure request and answers at once (202); the lifecycle role carries it out
+//! (`atp_runtime::lifecycle`): an access request becomes an export of the subject's records
+//! with the subject's values disclosed, an erasure destroys the subject's keys. Holds are rows
+//! the lifecycle role consults before destroying anything.
 
 use atp_core::producer::AdminAction;
 use atp_nats::admin_trail;
@@ -20,7 +21,7 @@ use crate::Bus;
 use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
 
-/// Who may ask for erasures and see their progress.
+/// Who may ask for access and erasure and see their progress.
 const DPO: [Permission; 1] = [Permission::Privacy];
 /// Who may place, list and release legal holds.
 const HOLDERS: [Permission; 2] = [Permission::Privacy, Permission::Admin];
@@ -32,17 +33,20 @@ const MAX_TEXT: usize = 1024;
 #[serde(rename_all = "camelCase")]
 pub struct RequestView {
     pub request_id: String,
-    /// `erasure` (access requests come with export disclosures).
+    /// `access` or `erasure`.
     pub kind: String,
-    /// `queued`, `keys_destroyed`, `scrubbed_once`, `scrubbed`, `done`; or `blocked` (a legal
-    /// hold: see `detail`) or `failed`.
+    /// An erasure: `queued`, `keys_destroyed`, `scrubbed_once`, `scrubbed`, `done`; or
+    /// `blocked` (a legal hold: see `detail`) or `failed`. An access request: `queued`,
+    /// `exporting` (its export is known: `exportId`), `done` (the export completed) or
+    /// `failed` (see `detail`).
     pub state: String,
     /// `sha256(subjectSalt ‖ subjectId)`, hex: how the attestation names the subject.
     pub subject_hash: String,
     pub subject_salt: String,
     pub requested_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// The subject keys the erasure destroys (recorded before the first is).
+    /// The subject keys the erasure destroys (recorded before the first is), or whose
+    /// records and values the access request's export holds.
     pub key_ids: Vec<String>,
     /// How many of them are destroyed (all of them once past `queued`).
     pub keys_destroyed: usize,
@@ -56,6 +60,10 @@ pub struct RequestView {
     pub attestation_record_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// An access request's export, once requested: follow it at `/exports/{exportId}`,
+    /// download it at `/exports/{exportId}/download`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_id: Option<String>,
 }
 
 fn subject_problem(tenant: &str, subject: &str) -> Result<(), Problem> {
@@ -71,6 +79,64 @@ fn subject_problem(tenant: &str, subject: &str) -> Result<(), Problem> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Queues a request of `kind` about `subject_id` and answers its view (202, `Location`).
+async fn queue(
+    db: &PgPool,
+    principal: &Principal,
+    kind: &str,
+    subject_id: &str,
+) -> Result<Response, Problem> {
+    let tenant = principal.tenant.to_string();
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt);
+    let salt = hex(&salt);
+    let hash = hex(&Sha256::new()
+        .chain_update(salt.as_bytes())
+        .chain_update(subject_id.as_bytes())
+        .finalize());
+    let request_id = ulid::Ulid::generate().to_string();
+    let by = format!("privacy:{}", principal.subject);
+    store::queue(
+        db,
+        &NewRequest {
+            tenant_id: &tenant,
+            request_id: &request_id,
+            kind,
+            subject_id,
+            subject_hash: &hash,
+            subject_salt: &salt,
+            requested_by: &by,
+        },
+    )
+    .await
+    .map_err(|e| Problem::from(e).tenant(&tenant))?;
+    tracing::info!(tenant = %tenant, request = %request_id, kind, by = %by, "data-subject request queued");
+    let r = store::request(db, &tenant, &request_id)
+        .await
+        .map_err(|e| Problem::from(e).tenant(&tenant))?
+        .ok_or_else(|| Problem::not_found("the request just queued").tenant(&tenant))?;
+    let mut resp = (StatusCode::ACCEPTED, Json(view(r, None))).into_response();
+    if let Ok(v) = format!("/api/v1/privacy/requests/{request_id}").parse() {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `POST /privacy/subjects/{subjectId}/access`.
+#[utoipa::path(post, path = "/privacy/subjects/{subject_id}/access", tag = "privacy",
+    params(("subject_id" = String, Path, description = "The data subject's id, as the policy's subject pointer finds it in events")),
+    responses(
+        (status = 202, description = "Queued; follow it at `/privacy/requests/{requestId}`, which names the export (`exportId`) of every record about the subject with the subject's values disclosed", body = RequestView, content_type = "application/json")))]
+pub async fn request_access(
+    principal: Principal,
+    State(db): State<PgPool>,
+    Path(subject_id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require(&DPO)?;
+    subject_problem(principal.tenant.as_str(), &subject_id)?;
+    queue(&db, &principal, "access", &subject_id).await
 }
 
 /// `POST /privacy/subjects/{subjectId}/erasure`.
@@ -96,45 +162,14 @@ pub async fn request_erasure(
         )
         .tenant(&tenant));
     }
-    let mut salt = [0u8; 16];
-    rand::fill(&mut salt);
-    let salt = hex(&salt);
-    let hash = hex(&Sha256::new()
-        .chain_update(salt.as_bytes())
-        .chain_update(subject_id.as_bytes())
-        .finalize());
-    let request_id = ulid::Ulid::generate().to_string();
-    let by = format!("privacy:{}", principal.subject);
-    store::queue(
-        &db,
-        &NewRequest {
-            tenant_id: &tenant,
-            request_id: &request_id,
-            kind: "erasure",
-            subject_id: &subject_id,
-            subject_hash: &hash,
-            subject_salt: &salt,
-            requested_by: &by,
-        },
-    )
-    .await
-    .map_err(|e| Problem::from(e).tenant(&tenant))?;
-    tracing::info!(tenant = %tenant, request = %request_id, by = %by, "erasure requested");
-    let r = store::request(&db, &tenant, &request_id)
-        .await
-        .map_err(|e| Problem::from(e).tenant(&tenant))?
-        .ok_or_else(|| Problem::not_found("the request just queued").tenant(&tenant))?;
-    let mut resp = (StatusCode::ACCEPTED, Json(view(r, None))).into_response();
-    if let Ok(v) = format!("/api/v1/privacy/requests/{request_id}").parse() {
-        resp.headers_mut().insert(axum::http::header::LOCATION, v);
-    }
-    Ok(resp)
+    queue(&db, &principal, "erasure", &subject_id).await
 }
 
 fn view(r: store::PrivacyRequest, attestation_record_id: Option<String>) -> RequestView {
-    let keys_destroyed = match r.state.as_str() {
-        store::state::QUEUED | store::state::BLOCKED => 0,
-        _ => r.key_ids.len(),
+    let keys_destroyed = match (r.kind.as_str(), r.state.as_str()) {
+        ("erasure", store::state::QUEUED | store::state::BLOCKED) => 0,
+        ("erasure", _) => r.key_ids.len(),
+        _ => 0,
     };
     RequestView {
         request_id: r.request_id,
@@ -150,6 +185,7 @@ fn view(r: store::PrivacyRequest, attestation_record_id: Option<String>) -> Requ
         attestation_event_id: r.attestation_event_id,
         attestation_record_id,
         detail: r.detail,
+        export_id: r.export_id,
     }
 }
 

@@ -261,12 +261,12 @@ fn writes(w: Role) -> Vec<String> {
         Role::Projector => vec![dlq_of("projector")],
         Role::Integrity => vec![all(subjects::CHECKPOINT), all(subjects::ALERT_INTEGRITY)],
         Role::Exporter => vec![all(subjects::EXPORT_COMPLETED), dlq_of("exporter")],
-        // Erasure and deletion attestations, on each tenant's admin trail (ADR 0010).
-        Role::Lifecycle => vec![subjects::render(
-            subjects::INGRESS,
-            "*",
-            atp_core::registry::SYSTEM_SOURCE,
-        )],
+        // Erasure and deletion attestations, on each tenant's admin trail (ADR 0010); the
+        // exports of data-subject access requests (ADR 0020).
+        Role::Lifecycle => vec![
+            subjects::render(subjects::INGRESS, "*", atp_core::registry::SYSTEM_SOURCE),
+            all(subjects::EXPORT_REQUESTED),
+        ],
     };
     let api: &[&str] = match w {
         Role::Gateway => &[

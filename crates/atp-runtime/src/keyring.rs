@@ -275,6 +275,13 @@ impl SubjectKeys {
         &self.kv
     }
 
+    /// The same key store and tenant keys with caches of its own, empty: for a job that must
+    /// not use a key destroyed before it started (an export's disclosures), whatever this
+    /// process read earlier.
+    pub fn fresh(&self) -> SubjectKeys {
+        SubjectKeys::new(self.kv.clone(), self.port.clone())
+    }
+
     pub async fn pseudonym(
         &self,
         tenant: &TenantId,

@@ -14,14 +14,27 @@
 //!    again, for records projected meanwhile by a process that still held a key (`scrubbed`).
 //! 4. `scrubbed`: the erasure attestation on the tenant's admin trail, under an id derived from
 //!    the request (a retry makes no second record); the subject's id is forgotten (`done`).
+//!
+//! An access request is carried out here too, because only a role with the tenant keys can
+//! turn a subject's id into its pseudonym, and so into its key ids:
+//!
+//! 1. `queued`: find the subject's keys (as erasure does), choose the export's id and record
+//!    both, then request the export — every record naming one of the keys, their values sealed
+//!    under them disclosed — and write its row (`exporting`). The request carries key ids
+//!    only, never the subject's id: the export stream and the bundle name no one.
+//! 2. `exporting`, once the export has finished ([`store::next_pending`] waits for it): `done`
+//!    with the export's record count, or `failed` with its failure; the subject's id is
+//!    forgotten either way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
 use atp_core::TenantId;
+use atp_core::policy::Classification;
 use atp_core::producer::AdminAction;
 use atp_nats::subject_keys;
+use atp_store::exports::{self, ExportRequest, ExportStatus};
 use atp_store::privacy::{self as store, PrivacyRequest, Step, state};
 use atp_store::projection::RecordRow;
 use serde_json::{Map, Value};
@@ -333,13 +346,15 @@ impl Lifecycle {
                 .or_retry("recording the second scrub")?;
             }
             ("erasure", state::SCRUBBED) => self.attest(&r).await?,
+            ("access", state::QUEUED) => self.request_export(&r).await?,
+            ("access", state::EXPORTING) => self.finish_access(&r).await?,
             (kind, st) => {
                 tracing::error!(request = %r.request_id, kind, state = st, "a privacy request in a state no step handles");
                 store::advance(
                     &self.pool,
                     &r,
                     &Step {
-                        state: "failed",
+                        state: state::FAILED,
                         detail: Some("no step handles this request"),
                         ..Step::default()
                     },
@@ -355,6 +370,137 @@ impl Lifecycle {
         TenantId::new(&r.tenant_id).map_err(|e| RoleError::fatal("a request's tenant", e))
     }
 
+    /// Every key name of the request's subject, `(entry, kid)`: none if the tenant has no key
+    /// (nothing of it was ever sealed).
+    async fn names_of(
+        &self,
+        tenant: &TenantId,
+        r: &PrivacyRequest,
+    ) -> Result<Vec<(String, String)>, RoleError> {
+        let subject = r.subject_id.clone().unwrap_or_default();
+        let keys = self.resolver.keys();
+        match keys.pseudonym(tenant, &subject, false).await {
+            Ok(pseudonym) => subject_keys::names_of_subject(keys.store(), tenant, &pseudonym)
+                .await
+                .or_retry("listing the subject's keys"),
+            Err(KeyringError::TenantKey { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e).or_retry("the subject's pseudonym"),
+        }
+    }
+
+    /// An access request, step 1: the subject's keys, then its export.
+    async fn request_export(&self, r: &PrivacyRequest) -> Result<(), RoleError> {
+        let tenant = Self::tenant(r)?;
+        // A retry after the export id was recorded requests the same export with the same keys
+        // (its message id deduplicates the request; its row is written once).
+        let (export_id, kids) = match &r.export_id {
+            Some(id) => (id.clone(), r.key_ids.clone()),
+            None => {
+                let mut kids: Vec<String> = self
+                    .names_of(&tenant, r)
+                    .await?
+                    .into_iter()
+                    .map(|(_, kid)| kid)
+                    .collect();
+                kids.sort();
+                kids.dedup();
+                let id = ulid::Ulid::generate().to_string();
+                store::advance(
+                    &self.pool,
+                    r,
+                    &Step {
+                        state: state::QUEUED,
+                        key_ids: Some(&kids),
+                        export_id: Some(&id),
+                        ..Step::default()
+                    },
+                )
+                .await
+                .or_retry("recording the access request's export")?;
+                (id, kids)
+            }
+        };
+        let req = ExportRequest {
+            export_id: export_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            requested_by: r.requested_by.clone(),
+            requested_at: chrono::Utc::now(),
+            selection: Default::default(),
+            format: "tar".to_owned(),
+            // Standard: the tenant's completion webhook hears nothing of access requests.
+            edition: Default::default(),
+            // The subject's own values, whatever their classification.
+            readable: Some(Classification::ALL.to_vec()),
+            subject_keys: Some(kids.clone()),
+        };
+        let payload = serde_json::to_vec(&req).or_retry("an export request")?;
+        atp_nats::exports::publish(
+            &self.js,
+            atp_nats::exports::ExportEvent::Requested,
+            &tenant,
+            &export_id,
+            payload,
+            None,
+        )
+        .await
+        .or_retry("requesting the access export")?;
+        // The exporter writes the row too when it takes the request; whichever is first wins.
+        exports::record_request(&self.pool, &req)
+            .await
+            .or_retry("recording the access export")?;
+        tracing::info!(tenant = %tenant, request = %r.request_id, export = %export_id, keys = kids.len(), "access export requested");
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: state::EXPORTING,
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording the requested export")
+    }
+
+    /// An access request, step 2: its export has finished.
+    async fn finish_access(&self, r: &PrivacyRequest) -> Result<(), RoleError> {
+        let export_id = r.export_id.clone().unwrap_or_default();
+        let row = exports::get(&self.pool, &r.tenant_id, &export_id)
+            .await
+            .or_retry("reading the access export")?;
+        let (to, detail, records) = match &row {
+            Some(e) if e.status == ExportStatus::Completed => (state::DONE, None, e.record_count),
+            Some(e) => (
+                state::FAILED,
+                Some(format!(
+                    "export {export_id} failed: {}: {}",
+                    e.failure_code.as_deref().unwrap_or("?"),
+                    e.failure_detail.as_deref().unwrap_or("")
+                )),
+                None,
+            ),
+            None => (
+                state::FAILED,
+                Some(format!("export {export_id} is not recorded")),
+                None,
+            ),
+        };
+        store::advance(
+            &self.pool,
+            r,
+            &Step {
+                state: to,
+                records_affected: records,
+                detail: detail.as_deref(),
+                forget_subject: true,
+                ..Step::default()
+            },
+        )
+        .await
+        .or_retry("recording the finished access request")?;
+        tracing::info!(tenant = %r.tenant_id, request = %r.request_id, export = %export_id, state = to, "access request finished");
+        Ok(())
+    }
+
     /// Step 1: holds, then the keys.
     async fn destroy_keys(&self, r: &PrivacyRequest) -> Result<(), RoleError> {
         let tenant = Self::tenant(r)?;
@@ -368,14 +514,7 @@ impl Lifecycle {
             return self.blocked(r, &block(hold)).await;
         }
         let keys = self.resolver.keys();
-        let names = match keys.pseudonym(&tenant, &subject, false).await {
-            Ok(pseudonym) => subject_keys::names_of_subject(keys.store(), &tenant, &pseudonym)
-                .await
-                .or_retry("listing the subject's keys")?,
-            // No tenant key: nothing of this tenant was ever sealed.
-            Err(KeyringError::TenantKey { .. }) => Vec::new(),
-            Err(e) => return Err(e).or_retry("the subject's pseudonym"),
-        };
+        let names = self.names_of(&tenant, r).await?;
         let mut kids: Vec<String> = r.key_ids.clone();
         kids.extend(names.iter().map(|(_, kid)| kid.clone()));
         kids.sort();

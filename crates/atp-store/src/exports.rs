@@ -5,12 +5,13 @@
 
 use atp_core::PartitionKey;
 use atp_core::edition::Edition;
+use atp_core::policy::Classification;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 
 use crate::StoreError;
-use crate::query::Selection;
+use crate::query::{Readable, Selection};
 
 /// Where an export is (the `exports.status` column and the API's `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +94,10 @@ pub struct ExportRow {
     pub webhook_at: Option<DateTime<Utc>>,
     /// The edition the export was requested under.
     pub edition: String,
+    /// What the requester reads in clear (classification names); `None` before disclosures.
+    pub readable: Option<Vec<String>>,
+    /// A data-subject access export: the subject's key ids.
+    pub subject_keys: Option<Vec<String>>,
 }
 
 impl ExportRow {
@@ -104,6 +109,44 @@ impl ExportRow {
     pub fn is_finished(&self) -> bool {
         self.status.is_finished()
     }
+
+    /// The classifications the requester reads in clear: what was stored with the request, or
+    /// for a request made before disclosures what every permission reads by default (public,
+    /// internal, confidential: nothing sealed, so nothing disclosed).
+    pub fn readable(&self) -> Vec<Classification> {
+        match &self.readable {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| Classification::parse(n))
+                .collect(),
+            None => Classification::ALL
+                .into_iter()
+                .filter(|c| !c.is_encrypted())
+                .collect(),
+        }
+    }
+
+    /// What the export selects: its filters, matched only on values its requester reads, and
+    /// for an access export only the records naming the subject's keys.
+    pub fn selection(&self) -> Result<ExportSelection, serde_json::Error> {
+        Ok(ExportSelection {
+            filters: serde_json::from_value(self.selection.clone())?,
+            readable: crate::query::readable(&self.readable()),
+            subject_keys: self.subject_keys.clone(),
+        })
+    }
+}
+
+/// What an export packages, as the store selects it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportSelection {
+    /// The `/audit/records` filters the requester gave.
+    pub filters: Selection,
+    /// What the requester reads in clear: a filter matches only where it reads the value it
+    /// filters on (no oracle, CONTRACT §8), as on `/audit/records`.
+    pub readable: Readable,
+    /// A data-subject access export: only records naming one of these keys.
+    pub subject_keys: Option<Vec<String>>,
 }
 
 /// What `atp.export.requested.<tenant>` carries.
@@ -119,6 +162,15 @@ pub struct ExportRequest {
     /// The requester's edition, re-checked by the exporter before it delivers a webhook.
     #[serde(default)]
     pub edition: Edition,
+    /// What the requester reads in clear under the tenant's policy when it asked (CONTRACT
+    /// §8): the filters match, and the bundle discloses sealed values, only of these. Absent
+    /// from requests made before disclosures ([`ExportRow::readable`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readable: Option<Vec<Classification>>,
+    /// A data-subject access request's export: only records naming one of these subject keys,
+    /// and only the values sealed under them disclosed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_keys: Option<Vec<String>>,
 }
 
 /// One partition of an export's snapshot: its records below `tree_size` are the candidates.
@@ -132,7 +184,7 @@ pub struct SnapshotPart {
 const COLUMNS: &str = "export_id, tenant_id, requested_by, requested_at, selection, format, status, \
     snapshot, created_at, records_total, records_done, attempts, started_at, finished_at, object_key, \
     bytes, bundle_sha256, manifest_sha256, record_count, failure_code, failure_detail, webhook_status, \
-    webhook_attempts, webhook_next_at, webhook_error, webhook_at, edition";
+    webhook_attempts, webhook_next_at, webhook_error, webhook_at, edition, readable, subject_keys";
 
 /// A tenant's exports, locked against concurrent admission until [`Self::admit`] or drop.
 pub struct TenantExports {
@@ -172,9 +224,14 @@ async fn insert_request(
 ) -> Result<(), StoreError> {
     let selection = serde_json::to_value(&r.selection)
         .map_err(|e| StoreError::Corrupt(format!("selection: {e}")))?;
+    let readable: Option<Vec<&str>> = r
+        .readable
+        .as_ref()
+        .map(|cs| cs.iter().map(|c| c.as_str()).collect());
     sqlx::query(
-        "INSERT INTO exports (export_id, tenant_id, requested_by, requested_at, selection, format, edition) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (export_id) DO NOTHING",
+        "INSERT INTO exports (export_id, tenant_id, requested_by, requested_at, selection, format, \
+         edition, readable, subject_keys) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (export_id) DO NOTHING",
     )
     .bind(&r.export_id)
     .bind(&r.tenant_id)
@@ -183,6 +240,8 @@ async fn insert_request(
     .bind(selection)
     .bind(&r.format)
     .bind(r.edition.as_str())
+    .bind(readable)
+    .bind(&r.subject_keys)
     .execute(conn)
     .await?;
     Ok(())
@@ -449,7 +508,7 @@ pub async fn checkpoint_at_most(
 fn selected_query(
     head: &str,
     p: &PartitionKey,
-    sel: &Selection,
+    sel: &ExportSelection,
     from_index: u64,
     below: u64,
 ) -> QueryBuilder<Postgres> {
@@ -462,16 +521,23 @@ fn selected_query(
         .push_bind(i64::try_from(from_index).unwrap_or(i64::MAX))
         .push(" AND chain_index < ")
         .push_bind(i64::try_from(below).unwrap_or(i64::MAX));
-    sel.push_where(&mut qb, &crate::query::read_all());
+    sel.filters.push_where(&mut qb, &sel.readable);
+    if let Some(kids) = &sel.subject_keys {
+        qb.push(" AND kids ?| ")
+            .push_bind(kids.clone())
+            .push("::text[]");
+    }
     qb
 }
 
-/// What packaging needs of a record: where it sits, its stored digest and its bytes.
+/// What packaging needs of a record: where it sits, its stored digest, its bytes, and the
+/// subject keys its sealed values name (what a disclosure needs).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PackagedRecord {
     pub chain_index: i64,
     pub digest: Vec<u8>,
     pub record: Vec<u8>,
+    pub kids: sqlx::types::Json<Vec<String>>,
 }
 
 /// The selected records of a partition with chain index in `[from_index, below)`, in chain
@@ -479,13 +545,13 @@ pub struct PackagedRecord {
 pub async fn selected(
     pool: &PgPool,
     p: &PartitionKey,
-    sel: &Selection,
+    sel: &ExportSelection,
     from_index: u64,
     below: u64,
     limit: i64,
 ) -> Result<Vec<PackagedRecord>, StoreError> {
     let mut qb = selected_query(
-        "SELECT chain_index, digest, record",
+        "SELECT chain_index, digest, record, kids",
         p,
         sel,
         from_index,
@@ -499,7 +565,7 @@ pub async fn selected(
 pub async fn count_selected(
     pool: &PgPool,
     p: &PartitionKey,
-    sel: &Selection,
+    sel: &ExportSelection,
     below: u64,
 ) -> Result<u64, StoreError> {
     let mut qb = selected_query("SELECT count(*)", p, sel, 0, below);

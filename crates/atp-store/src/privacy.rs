@@ -27,11 +27,16 @@ pub struct PrivacyRequest {
     pub records_affected: i64,
     pub attestation_event_id: Option<String>,
     pub detail: Option<String>,
+    /// The export an access request started.
+    pub export_id: Option<String>,
 }
 
-/// The states an erasure goes through, in order (or ends `blocked` or `failed`).
+/// The states an erasure goes through, in order (or ends `blocked` or `failed`); an access
+/// request goes `queued` → `exporting` → `done` (or `failed`).
 pub mod state {
     pub const QUEUED: &str = "queued";
+    pub const EXPORTING: &str = "exporting";
+    pub const FAILED: &str = "failed";
     pub const KEYS_DESTROYED: &str = "keys_destroyed";
     pub const SCRUBBED_ONCE: &str = "scrubbed_once";
     pub const SCRUBBED: &str = "scrubbed";
@@ -41,7 +46,7 @@ pub mod state {
 
 const REQUEST_COLUMNS: &str = "tenant_id, request_id, kind, subject_id, subject_hash, subject_salt, \
      state, requested_by, requested_at, updated_at, scrub_again_at, key_ids, records_affected, \
-     attestation_event_id, detail";
+     attestation_event_id, detail, export_id";
 
 /// What the gateway queues.
 #[derive(Debug, Clone)]
@@ -87,12 +92,15 @@ pub async fn request(
         .await?)
 }
 
-/// The oldest request still to be carried out, of any tenant (the lifecycle role's pool).
+/// The oldest request with a step to take now, of any tenant (the lifecycle role's pool): an
+/// erasure's second scrub waits for `scrub_again_at`, an access request its export's end.
 pub async fn next_pending(pool: &PgPool) -> Result<Option<PrivacyRequest>, StoreError> {
     let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM privacy_requests \
+        "SELECT {REQUEST_COLUMNS} FROM privacy_requests r \
          WHERE state NOT IN ('done', 'blocked', 'failed') \
          AND (scrub_again_at IS NULL OR scrub_again_at <= now() OR state <> 'scrubbed_once') \
+         AND (state <> 'exporting' OR EXISTS (SELECT 1 FROM exports e \
+              WHERE e.export_id = r.export_id AND e.status IN ('completed', 'failed'))) \
          ORDER BY requested_at LIMIT 1"
     );
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -111,6 +119,8 @@ pub struct Step<'a> {
     pub detail: Option<&'a str>,
     /// Forget the subject's id (the request is done).
     pub forget_subject: bool,
+    /// The export an access request starts.
+    pub export_id: Option<&'a str>,
 }
 
 pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<(), StoreError> {
@@ -120,7 +130,8 @@ pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<
          scrub_again_at = COALESCE($6, scrub_again_at), \
          attestation_event_id = COALESCE($7, attestation_event_id), \
          detail = COALESCE($8, detail), \
-         subject_id = CASE WHEN $9 THEN NULL ELSE subject_id END \
+         subject_id = CASE WHEN $9 THEN NULL ELSE subject_id END, \
+         export_id = COALESCE($10, export_id) \
          WHERE tenant_id = $1 AND request_id = $2",
     )
     .bind(&r.tenant_id)
@@ -132,6 +143,7 @@ pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<
     .bind(s.attestation_event_id)
     .bind(s.detail)
     .bind(s.forget_subject)
+    .bind(s.export_id)
     .execute(pool)
     .await?;
     Ok(())

@@ -39,7 +39,7 @@ pub struct Selection {
 /// clear: filters and `q` match only on values of these (CONTRACT §8, no oracle).
 pub type Readable = Vec<i16>;
 
-/// Every classification: for ATP's own reads (the exporter packages stored records whole).
+/// Every classification: what a caller who reads everything in clear filters on.
 pub fn read_all() -> Readable {
     (0..atp_core::policy::Classification::ALL.len() as i16).collect()
 }

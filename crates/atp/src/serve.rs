@@ -414,11 +414,12 @@ impl Started<'_> {
     ) -> anyhow::Result<()> {
         let js = self.connections.role(Role::Exporter).await?;
         let (url, settings) = (self.cfg.database_url.clone(), self.cfg.exports.clone());
+        let keys = Some(self.cfg.tenant_keys.clone());
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
             (
                 "exporter",
-                atp_runtime::export::spawn(js, url, signer, settings, sd).await,
+                atp_runtime::export::spawn(js, url, signer, keys, settings, sd).await,
             )
         });
         Ok(())

@@ -9,6 +9,10 @@
 //!
 //! The role runs on its own runtime thread and database pool ([`spawn`]) so packaging never
 //! occupies the threads or connections that answer queries.
+//!
+//! With the tenant keys it discloses, beside the records, the sealed values its requester may
+//! read (ADR 0020): the request carries what the requester reads in clear, and an access
+//! request's export the subject's key ids ([`package`]).
 
 pub mod package;
 pub mod webhook;
@@ -28,6 +32,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tracing::Instrument;
 
+use crate::keyring::{SubjectKeys, TenantKeys};
 use crate::signer::CheckpointSigner;
 use crate::{Classify, RoleError, Shutdown};
 use atp_delivery::cold::ColdStore;
@@ -91,11 +96,12 @@ pub fn completion(row: &ExportRow) -> Value {
 }
 
 /// Runs the exporter on a runtime thread of its own with its own small database pool, and
-/// returns when it stops.
+/// returns when it stops. Without `tenant_keys` no bundle discloses anything.
 pub async fn spawn<S: CheckpointSigner>(
     js: Context,
     database_url: crate::Secret,
     signer: Arc<S>,
+    tenant_keys: Option<Arc<dyn TenantKeys>>,
     settings: ExportSettings,
     shutdown: Shutdown,
 ) -> Result<(), RoleError> {
@@ -113,7 +119,7 @@ pub async fn spawn<S: CheckpointSigner>(
                     let pool = atp_store::connect(database_url.expose(), 3)
                         .await
                         .or_fatal("exporter database")?;
-                    run(js, pool, signer, settings, shutdown).await
+                    run(js, pool, signer, tenant_keys, settings, shutdown).await
                 }),
                 Err(e) => Err(RoleError::fatal("exporter runtime", e)),
             };
@@ -132,12 +138,22 @@ pub async fn run<S: CheckpointSigner>(
     js: Context,
     pool: PgPool,
     signer: Arc<S>,
+    tenant_keys: Option<Arc<dyn TenantKeys>>,
     settings: ExportSettings,
     mut shutdown: Shutdown,
 ) -> Result<(), RoleError> {
     let cold = ColdStore::open(&js, settings.cold_store.as_deref())
         .await
         .or_fatal("opening the cold store")?;
+    let keys = match tenant_keys {
+        Some(port) => Some(SubjectKeys::new(
+            atp_nats::subject_keys::bucket(&js)
+                .await
+                .or_fatal("opening the subject-key bucket")?,
+            port,
+        )),
+        None => None,
+    };
     let hooks = atp_nats::exports::webhooks(&js)
         .await
         .or_fatal("opening the webhooks bucket")?;
@@ -166,6 +182,7 @@ pub async fn run<S: CheckpointSigner>(
             spool: settings.spool_dir.clone(),
             coverage_wait: settings.coverage_wait,
             max_records_per_second: settings.max_records_per_second,
+            keys,
         }),
         pool,
         settings: settings.clone(),

@@ -2,9 +2,18 @@
 //! every record, and write the bundle.
 //!
 //! Two stages run side by side: this task reads pages of records and the tiles their proofs need
-//! from PostgreSQL; a blocking thread checks each record and proof, builds the proof lines and
-//! writes the archive. A bounded channel between them keeps memory flat however large the export.
+//! from PostgreSQL, and the subject keys of the values the requester may read; a blocking
+//! thread checks each record and proof, builds the proof lines, opens the values to disclose
+//! (ADR 0020) and writes the archive. A bounded channel between them keeps memory flat however
+//! large the export.
+//!
+//! Disclosures use the keys alive when the page is read, through a key cache of the attempt's
+//! own ([`SubjectKeys::fresh`]): a key destroyed (erasure, retention) before an attempt starts
+//! is never used by it, whatever this process cached earlier. A retry after an erasure may so
+//! disclose less than an earlier attempt; only the attempt whose bundle is stored last is
+//! recorded and announced (ADR 0005, decision 5), so that is harmless.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -13,11 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use atp_bundle::ProofLine;
-use atp_bundle::write::{BundleWriter, CheckpointFile, ManifestHeader, WriteError};
+use atp_bundle::disclosure::{self, DisclosureError};
+use atp_bundle::write::{BundleWriter, CheckpointFile, ManifestHeader, Piece, WriteError};
 use atp_core::merkle::{self, ProofPlan};
+use atp_core::policy::Classification;
+use atp_core::privacy::BucketKey;
 use atp_core::{Digest, PartitionKey, SourceId, TenantId, record};
-use atp_store::exports::{self, ExportRow, SnapshotPart};
-use atp_store::query::Selection;
+use atp_store::exports::{self, ExportRow, ExportSelection, SnapshotPart};
 use atp_store::{StoreError, integrity as store};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -26,6 +37,7 @@ use ed25519_dalek::VerifyingKey;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+use crate::keyring::{KeyringError, SubjectKeys};
 use crate::signer::CheckpointSigner;
 
 /// Records per page read from PostgreSQL: one query for the rows, one for their tiles.
@@ -73,14 +85,32 @@ impl From<WriteError> for PackageError {
     }
 }
 
+impl From<DisclosureError> for PackageError {
+    fn from(e: DisclosureError) -> Self {
+        // A sealed value its own key does not open: the record or the key store is not what
+        // sealed it. Nothing unverified is handed out.
+        permanent("INTEGRITY_ERROR", e.to_string())
+    }
+}
+
+impl From<KeyringError> for PackageError {
+    fn from(e: KeyringError) -> Self {
+        match e {
+            KeyringError::Store(e) => Self::Transient(format!("subject keys: {e}")),
+            other => permanent("EXPORT_FAILED", other.to_string()),
+        }
+    }
+}
+
 /// A packaged bundle, on local disk until stored.
 #[derive(Debug, Clone)]
 pub struct Packaged {
-    /// The bundle in three pieces ([`atp_bundle::write::Finished`]): the records parts in this
-    /// file, then the spooled proofs behind their header, then the tail.
+    /// The bundle in pieces ([`atp_bundle::write::Finished`]): the records parts in this file,
+    /// then the spooled proofs (and disclosures) behind their headers, then the tail.
     pub head: PathBuf,
-    pub proofs: PathBuf,
-    pub proofs_header: Vec<u8>,
+    pub pieces: Vec<Piece>,
+    /// Where the spooled pieces are: removed with the bundle.
+    pub spool: PathBuf,
     pub tail: Vec<u8>,
     pub bytes: u64,
     pub manifest_sha256: String,
@@ -93,20 +123,21 @@ impl Packaged {
         &self,
     ) -> std::io::Result<impl tokio::io::AsyncRead + Unpin + Send + use<>> {
         use tokio::io::AsyncReadExt as _;
-        let head = tokio::fs::File::open(&self.head).await?;
-        let proofs = tokio::fs::File::open(&self.proofs).await?;
-        Ok(head
-            .chain(std::io::Cursor::new(self.proofs_header.clone()))
-            .chain(proofs)
-            .chain(std::io::Cursor::new(self.tail.clone())))
+        let mut out: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
+            Box::new(tokio::fs::File::open(&self.head).await?);
+        for piece in &self.pieces {
+            out = match piece {
+                Piece::Bytes(b) => Box::new(out.chain(std::io::Cursor::new(b.clone()))),
+                Piece::File { path, .. } => Box::new(out.chain(tokio::fs::File::open(path).await?)),
+            };
+        }
+        Ok(out.chain(std::io::Cursor::new(self.tail.clone())))
     }
 
     /// Removes the spooled pieces.
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.head);
-        if let Some(dir) = self.proofs.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.spool);
     }
 }
 
@@ -119,6 +150,8 @@ pub struct Packager<S> {
     /// export started.
     pub coverage_wait: Duration,
     pub max_records_per_second: Option<u32>,
+    /// The subject keys that open sealed values for disclosure; `None` discloses nothing.
+    pub keys: Option<SubjectKeys>,
 }
 
 /// What flows from the reading stage to the writing thread.
@@ -129,6 +162,8 @@ enum Item {
         bytes: Vec<u8>,
         digest: Vec<u8>,
         hashes: Vec<Digest>,
+        /// The live keys of the values of this record the requester may see disclosed.
+        keys: Vec<BucketKey>,
     },
     /// The partition's checkpoint file, once at least one of its records was written.
     Checkpoint(CheckpointFile),
@@ -164,8 +199,17 @@ impl<S: CheckpointSigner> Packager<S> {
     ) -> Result<Packaged, PackageError> {
         let tenant = TenantId::new(&row.tenant_id)
             .map_err(|e| permanent("INVALID_SELECTION", e.to_string()))?;
-        let selection: Selection = serde_json::from_value(row.selection.clone())
+        let selection = row
+            .selection()
             .map_err(|e| permanent("INVALID_SELECTION", e.to_string()))?;
+        // Disclosed: sealed values of a classification the requester reads (for an access
+        // export, of the subject's keys alone), opened with keys alive now.
+        let readable = row.readable();
+        let keys = self
+            .keys
+            .as_ref()
+            .filter(|_| readable.iter().any(|c| c.is_encrypted()))
+            .map(SubjectKeys::fresh);
         let (parts, created_at) = match (&row.snapshot, row.created_at) {
             (Some(s), Some(at)) => (
                 serde_json::from_value(s.clone())
@@ -202,11 +246,17 @@ impl<S: CheckpointSigner> Packager<S> {
             std::fs::remove_dir_all(&spool)?;
         }
         std::fs::create_dir_all(&spool)?;
+        // An access export says so in its signed selection: which subject keys chose its
+        // records (random ids: they name no one).
+        let mut manifest_selection = row.selection.clone();
+        if let (Some(kids), Some(m)) = (&row.subject_keys, manifest_selection.as_object_mut()) {
+            m.insert("subjectKeys".to_owned(), serde_json::json!(kids));
+        }
         let header = ManifestHeader {
             export_id: row.export_id.clone(),
             tenant_id: row.tenant_id.clone(),
             created_at: record::timestamp(created_at),
-            selection: row.selection.clone(),
+            selection: manifest_selection,
             key_id: active.kid.clone(),
             signing_key: public,
         };
@@ -214,10 +264,17 @@ impl<S: CheckpointSigner> Packager<S> {
         let writer = {
             let (tar_path, spool) = (tar_path.clone(), spool.clone());
             let mtime = u64::try_from(created_at.timestamp()).unwrap_or(0);
-            tokio::task::spawn_blocking(move || write_bundle(rx, &tar_path, &spool, mtime, header))
+            tokio::task::spawn_blocking(move || {
+                write_bundle(rx, &tar_path, &spool, mtime, header, &readable)
+            })
+        };
+        let reading = Reading {
+            tenant: &tenant,
+            selection: &selection,
+            keys,
         };
         let read = self
-            .read_selection(&tenant, &selection, &parts, &keyring, tx, done)
+            .read_selection(&reading, &parts, &keyring, tx, done)
             .await;
         let written = writer
             .await
@@ -234,28 +291,23 @@ impl<S: CheckpointSigner> Packager<S> {
             .map_err(|e| PackageError::Transient(format!("signing the manifest: {e}")))?;
         let finished = tokio::task::spawn_blocking(move || {
             let finished = sealed.finish(&signature)?;
+            let rest_len = finished.rest_len();
             let head = finished
                 .head
                 .into_inner()
                 .map_err(std::io::IntoInnerError::into_error)?;
             head.sync_all()?;
             let head_len = head.metadata()?.len();
-            Ok::<_, PackageError>((
-                head_len,
-                finished.proofs,
-                finished.proofs_header,
-                finished.proofs_len,
-                finished.tail,
-            ))
+            Ok::<_, PackageError>((head_len + rest_len, finished.pieces, finished.tail))
         })
         .await
         .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))??;
-        let (head_len, proofs, proofs_header, proofs_len, tail) = finished;
+        let (bytes, pieces, tail) = finished;
         Ok(Packaged {
             head: tar_path,
-            proofs,
-            bytes: head_len + proofs_header.len() as u64 + proofs_len + tail.len() as u64,
-            proofs_header,
+            pieces,
+            spool,
+            bytes,
             tail,
             manifest_sha256,
             record_count,
@@ -268,10 +320,14 @@ impl<S: CheckpointSigner> Packager<S> {
     async fn snapshot(
         &self,
         tenant: &TenantId,
-        selection: &Selection,
+        selection: &ExportSelection,
     ) -> Result<Vec<SnapshotPart>, PackageError> {
-        let logs = exports::partitions(&self.pool, tenant.as_str(), selection.source_id.as_deref())
-            .await?;
+        let logs = exports::partitions(
+            &self.pool,
+            tenant.as_str(),
+            selection.filters.source_id.as_deref(),
+        )
+        .await?;
         let deadline = Instant::now() + self.coverage_wait;
         let mut out = Vec::with_capacity(logs.len());
         for log in logs {
@@ -304,13 +360,13 @@ impl<S: CheckpointSigner> Packager<S> {
 
     async fn read_selection(
         &self,
-        tenant: &TenantId,
-        selection: &Selection,
+        reading: &Reading<'_>,
         parts: &[SnapshotPart],
         keyring: &crate::signer::Keyring,
         tx: mpsc::Sender<Vec<Item>>,
         done: &AtomicU64,
     ) -> Result<(), PackageError> {
+        let (tenant, selection) = (reading.tenant, reading.selection);
         let started = Instant::now();
         let closed = || PackageError::Transient("the bundle writer stopped".to_owned());
         for part in parts {
@@ -363,11 +419,18 @@ impl<S: CheckpointSigner> Packager<S> {
                 };
                 let (hashes, upcoming) = tokio::join!(prove, fetch(next));
                 let hashes = hashes?;
+                let page_keys = reading.page_keys(&rows).await?;
                 let n = rows.len() as u64;
                 let batch = std::mem::take(&mut rows)
                     .into_iter()
                     .zip(hashes)
                     .map(|(r, hashes)| Item::Record {
+                        keys: r
+                            .kids
+                            .0
+                            .iter()
+                            .filter_map(|kid| page_keys.get(kid).cloned().flatten())
+                            .collect(),
                         bytes: r.record,
                         digest: r.digest,
                         hashes,
@@ -400,6 +463,42 @@ impl<S: CheckpointSigner> Packager<S> {
     }
 }
 
+/// What one attempt reads: the tenant's records its selection holds and, when it discloses
+/// anything, the subject keys to disclose with.
+struct Reading<'a> {
+    tenant: &'a TenantId,
+    selection: &'a ExportSelection,
+    /// A key cache of the attempt's own; `None` when nothing is disclosed.
+    keys: Option<SubjectKeys>,
+}
+
+impl Reading<'_> {
+    /// The keys a page's disclosures may use: every key its records name (for an access
+    /// export, only the subject's), as the key store holds them now; `None` for a key that is
+    /// destroyed.
+    async fn page_keys(
+        &self,
+        rows: &[exports::PackagedRecord],
+    ) -> Result<HashMap<String, Option<BucketKey>>, PackageError> {
+        let mut out = HashMap::new();
+        let Some(keys) = &self.keys else {
+            return Ok(out);
+        };
+        for kid in rows.iter().flat_map(|r| r.kids.0.iter()) {
+            let wanted = self
+                .selection
+                .subject_keys
+                .as_ref()
+                .is_none_or(|subject| subject.contains(kid));
+            if !wanted || out.contains_key(kid) {
+                continue;
+            }
+            out.insert(kid.clone(), keys.by_kid(self.tenant, kid).await?);
+        }
+        Ok(out)
+    }
+}
+
 fn partition(tenant: &TenantId, source: &str) -> Result<PartitionKey, PackageError> {
     let source = SourceId::new(source).map_err(|e| permanent("INTEGRITY_ERROR", e.to_string()))?;
     Ok(PartitionKey::new(tenant.clone(), source))
@@ -407,17 +506,20 @@ fn partition(tenant: &TenantId, source: &str) -> Result<PartitionKey, PackageErr
 
 type Sealed = atp_bundle::write::Sealed<BufWriter<File>>;
 
-/// The writing thread: every record is checked ([`prepare`]) before it goes in.
+/// The writing thread: every record is checked ([`prepare`]) before it goes in, and every value
+/// it discloses is opened with its key first.
 fn write_bundle(
     mut rx: mpsc::Receiver<Vec<Item>>,
     tar_path: &Path,
     spool: &Path,
     mtime: u64,
     header: ManifestHeader,
+    readable: &[Classification],
 ) -> Result<Sealed, PackageError> {
     let out = BufWriter::with_capacity(1 << 20, File::create(tar_path)?);
     let mut w = BundleWriter::new(out, spool, mtime)?;
     let mut current: Option<Arc<PartitionProof>> = None;
+    let may_read = disclosure::readable_by(readable);
     while let Some(batch) = rx.blocking_recv() {
         for item in batch {
             match item {
@@ -427,12 +529,19 @@ fn write_bundle(
                     bytes,
                     digest,
                     hashes,
+                    keys,
                 } => {
                     let cp = current.as_ref().ok_or_else(|| {
                         permanent("EXPORT_FAILED", "a record before its partition")
                     })?;
                     let (line, index) = prepare(&bytes, &digest, hashes, cp)?;
                     w.push_serialized(&bytes, &line, cp.partition.source.as_str(), index)?;
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    if let Some(line) = disclosure::disclose(&bytes, &keys, &may_read)? {
+                        w.disclose(&line)?;
+                    }
                 }
             }
         }

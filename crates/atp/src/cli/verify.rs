@@ -82,13 +82,15 @@ fn verify_bundle(bundle: &std::path::Path, keys: &[String]) -> anyhow::Result<bo
     println!("{}", serde_json::to_string_pretty(&report)?);
     match report.first() {
         None if report.anchored => eprintln!(
-            "OK: {} records and {} checkpoints verified; signed by a trusted key",
-            report.records_verified, report.checkpoints_verified
+            "OK: {} records, {} disclosed values and {} checkpoints verified; signed by a \
+             trusted key",
+            report.records_verified, report.disclosures_verified, report.checkpoints_verified
         ),
         None => eprintln!(
-            "OK (not anchored): {} records and {} checkpoints are intact and consistent, \
-             but no --key was given; compare signing-key.pem with GET /api/v1/integrity/keys",
-            report.records_verified, report.checkpoints_verified
+            "OK (not anchored): {} records, {} disclosed values and {} checkpoints are intact \
+             and consistent, but no --key was given; compare signing-key.pem with GET \
+             /api/v1/integrity/keys",
+            report.records_verified, report.disclosures_verified, report.checkpoints_verified
         ),
         Some(f) => {
             eprintln!("FAILED [{}]: {}", f.code, f.message);
