@@ -8,7 +8,13 @@ ALTER TABLE exports
     ADD COLUMN readable text[],
     -- A data-subject access export: only records naming one of these subject keys, and only
     -- values sealed under them disclosed. Key ids are random: they name no one.
-    ADD COLUMN subject_keys text[];
+    ADD COLUMN subject_keys text[],
+    -- The subject keys whose values the stored bundle discloses: an erasure or an expiry of
+    -- one of them withdraws the bundle (deletes it from the cold store).
+    ADD COLUMN disclosed_kids jsonb NOT NULL DEFAULT '[]',
+    -- When the bundle was withdrawn so.
+    ADD COLUMN withdrawn_at timestamptz;
+CREATE INDEX exports_by_disclosed_kid ON exports USING gin (disclosed_kids);
 
 ALTER TABLE privacy_requests
     -- The export an access request starts: chosen and stored before it is requested, so a

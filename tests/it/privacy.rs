@@ -1168,6 +1168,15 @@ async fn an_access_request_exports_the_subjects_records_and_values_until_it_is_e
     assert_eq!(report["disclosuresVerified"], 3);
     let (ok, _, err) = access.verify(&api, &access.tar).await;
     assert!(ok, "the access bundle issued before the erasure: {err}");
+    // ATP's stored copy of that bundle disclosed Ada's values: the erasure withdrew it.
+    let gone = api
+        .get(&format!("/api/v1/exports/{export_id}/download"), &privacy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 410, "the access bundle is withdrawn");
+    let gone: Value = gone.json().await.unwrap();
+    assert_eq!(gone["code"], "EXPORT_EXPIRED");
 
     // Asked again, Ada's access finds no key and no record: an empty bundle, verified.
     let again: Value = api

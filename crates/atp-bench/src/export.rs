@@ -135,6 +135,7 @@ pub async fn run(b: ExportBench) -> anyhow::Result<()> {
             bundle_sha256,
             manifest_sha256: packaged.manifest_sha256.clone(),
             record_count: packaged.record_count,
+            disclosed_kids: packaged.disclosed_kids.clone(),
         }),
         false,
     )

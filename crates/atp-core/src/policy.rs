@@ -397,6 +397,12 @@ impl PolicyDocument {
             .unwrap_or(&self.subject)
     }
 
+    /// True when every value of every event gets the default classification (no rule
+    /// anywhere): what a tenant without a policy has, decided without walking `data`.
+    pub fn is_uniform(&self) -> bool {
+        self.fields.is_empty() && self.sources.values().all(|s| s.fields.is_empty())
+    }
+
     /// What the policy decides for the `data` of an event of `event_type` from `source`.
     pub fn classify(&self, source: &str, event_type: &str, data: &Value) -> Classified {
         let refinement = self.sources.get(source);

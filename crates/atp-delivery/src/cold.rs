@@ -154,6 +154,29 @@ impl ColdStore {
         }
     }
 
+    /// Deletes `key` and its bytes (a bundle withdrawn because it disclosed an erased
+    /// subject). Deleting what is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), ColdError> {
+        match self {
+            Self::Nats(objects) => match objects.delete(key).await {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::object_store::DeleteErrorKind::NotFound =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(store_err(e)),
+            },
+            Self::Object { store, prefix, .. } => {
+                match store.delete(&Self::path(prefix, key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(store_err(e)),
+                }
+            }
+        }
+    }
+
     /// The size of `key`, or `None` if it is not there.
     pub async fn size(&self, key: &str) -> Result<Option<u64>, ColdError> {
         match self {

@@ -243,7 +243,12 @@ fn reads(w: Role) -> &'static [Reads] {
             Bucket(POLICIES_BUCKET),
             Bucket(SUBJECT_KEYS_BUCKET),
         ],
-        Role::Lifecycle => &[Bucket(POLICIES_BUCKET), Bucket(SUBJECT_KEYS_BUCKET)],
+        Role::Lifecycle => &[
+            Bucket(POLICIES_BUCKET),
+            Bucket(SUBJECT_KEYS_BUCKET),
+            // Bundles that disclose destroyed keys' values are withdrawn.
+            Objects(EXPORT_BUNDLES),
+        ],
     }
 }
 
@@ -287,8 +292,12 @@ fn writes(w: Role) -> Vec<String> {
         ],
         Role::Projector => &[],
         Role::Integrity => &["$KV.ATP_SIGNING_KEYS.>"],
-        // Destroying subject keys (erasure, retention).
-        Role::Lifecycle => &["$KV.ATP_SUBJECT_KEYS.>"],
+        // Destroying subject keys (erasure, retention), withdrawing bundles that disclose them.
+        Role::Lifecycle => &[
+            "$KV.ATP_SUBJECT_KEYS.>",
+            "$O.ATP_EXPORT_BUNDLES.>",
+            "$JS.API.STREAM.PURGE.OBJ_ATP_EXPORT_BUNDLES",
+        ],
         Role::Exporter => &[
             "$O.ATP_EXPORT_BUNDLES.>",
             // Replacing an object purges its old chunks.

@@ -901,6 +901,27 @@ impl Ingest {
                 out.push(None);
                 continue;
             };
+            let event_type_of = |ev: &Admitted| {
+                ev.event
+                    .get("type")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            if policy.is_uniform() && !policy.default_classification.is_encrypted() {
+                // Nothing to seal and one classification for every value: no walk of `data`.
+                let classified = policy.classify(
+                    key.source.as_str(),
+                    &event_type_of(ev),
+                    &serde_json::Value::Null,
+                );
+                out.push(Some(Ok(Sealing {
+                    classified,
+                    keys: Default::default(),
+                    nonces: Vec::new(),
+                })));
+                continue;
+            }
             let Some(data) = atp_core::privacy::data_of(&ev.event) else {
                 out.push(None);
                 continue;

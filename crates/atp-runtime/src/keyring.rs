@@ -259,6 +259,9 @@ pub struct SubjectKeys {
     port: Arc<dyn TenantKeys>,
     by_kid: Arc<Mutex<HashMap<(TenantId, String), CachedKey>>>,
     by_name: Arc<Mutex<HashMap<KeyName, (Instant, String)>>>,
+    /// Pseudonyms never change for a tenant key: cached (bounded) so that sealing an event
+    /// costs no HMAC once its subject has been seen.
+    pseudonyms: Arc<Mutex<HashMap<(TenantId, String), String>>>,
 }
 
 impl SubjectKeys {
@@ -268,6 +271,7 @@ impl SubjectKeys {
             port,
             by_kid: Arc::default(),
             by_name: Arc::default(),
+            pseudonyms: Arc::default(),
         }
     }
 
@@ -288,7 +292,13 @@ impl SubjectKeys {
         subject: &str,
         create: bool,
     ) -> Result<String, KeyringError> {
-        self.port.pseudonym(tenant, subject, create).await
+        let slot = (tenant.clone(), subject.to_owned());
+        if let Some(p) = lock(&self.pseudonyms).get(&slot) {
+            return Ok(p.clone());
+        }
+        let p = self.port.pseudonym(tenant, subject, create).await?;
+        bounded_insert(&self.pseudonyms, slot, p.clone());
+        Ok(p)
     }
 
     /// The key that seals `subject`'s values under `retention_policy_id` in time bucket
@@ -389,6 +399,7 @@ impl SubjectKeys {
     pub fn forget(&self) {
         lock(&self.by_kid).clear();
         lock(&self.by_name).clear();
+        lock(&self.pseudonyms).clear();
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Lifecycle {
     pool: PgPool,
     resolver: Resolver,
     settings: LifecycleSettings,
+    /// Where stored bundles are: one that discloses a destroyed key's values is withdrawn.
+    cold: atp_delivery::cold::ColdStore,
 }
 
 pub async fn run(
@@ -82,6 +84,7 @@ pub async fn run(
     pool: PgPool,
     tenant_keys: Arc<dyn TenantKeys>,
     settings: LifecycleSettings,
+    cold: atp_delivery::cold::ColdStore,
     mut shutdown: Shutdown,
 ) -> Result<(), RoleError> {
     let resolver = Resolver::new(&js, tenant_keys).await?;
@@ -90,6 +93,7 @@ pub async fn run(
         pool,
         resolver,
         settings,
+        cold,
     };
     let mut retention_due = tokio::time::Instant::now();
     loop {
@@ -603,6 +607,7 @@ impl Lifecycle {
         if kids.is_empty() {
             return Ok(0);
         }
+        self.withdraw_bundles(tenant, kids).await?;
         self.resolver.keys().forget();
         let (mut after, mut total) = (0, 0i64);
         loop {
@@ -632,6 +637,25 @@ impl Lifecycle {
                 .or_retry("scrubbing the keys' records")?;
             total += i64::try_from(rows.len()).unwrap_or(i64::MAX);
         }
+    }
+
+    /// Deletes every stored bundle that discloses a value sealed under one of `kids`: what a
+    /// bundle disclosed of an erased subject (or expired values) is a clear copy ATP holds.
+    async fn withdraw_bundles(&self, tenant: &TenantId, kids: &[String]) -> Result<(), RoleError> {
+        for (export_id, object_key) in store::bundles_disclosing(&self.pool, tenant.as_str(), kids)
+            .await
+            .or_retry("finding bundles that disclose the keys")?
+        {
+            self.cold
+                .delete(&object_key)
+                .await
+                .or_retry("deleting a bundle that discloses destroyed keys")?;
+            store::bundle_withdrawn(&self.pool, &export_id)
+                .await
+                .or_retry("recording a withdrawn bundle")?;
+            tracing::info!(tenant = %tenant, export = %export_id, "bundle withdrawn: it disclosed values whose keys are destroyed");
+        }
+        Ok(())
     }
 
     /// Step 4: the attestation, then done.

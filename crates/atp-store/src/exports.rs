@@ -349,6 +349,9 @@ pub struct Completed {
     pub bundle_sha256: String,
     pub manifest_sha256: String,
     pub record_count: u64,
+    /// The subject keys whose values the bundle discloses.
+    #[serde(default)]
+    pub disclosed_kids: Vec<String>,
 }
 
 /// How an export ended.
@@ -372,7 +375,8 @@ pub async fn finish(
             sqlx::query(
                 "UPDATE exports SET status = 'completed', finished_at = now(), object_key = $2, \
                  bytes = $3, bundle_sha256 = $4, manifest_sha256 = $5, record_count = $6, \
-                 records_done = $6, webhook_status = $7, webhook_next_at = now() \
+                 records_done = $6, webhook_status = $7, webhook_next_at = now(), \
+                 disclosed_kids = $8 \
                  WHERE export_id = $1 AND status NOT IN ('completed', 'failed')",
             )
             .bind(id)
@@ -382,6 +386,7 @@ pub async fn finish(
             .bind(&c.manifest_sha256)
             .bind(i64::try_from(c.record_count).unwrap_or(i64::MAX))
             .bind(webhook)
+            .bind(sqlx::types::Json(&c.disclosed_kids))
             .execute(pool)
             .await?;
         }

@@ -426,3 +426,31 @@ pub async fn destroyed_since(
     .fetch_all(pool)
     .await?)
 }
+
+/// Stored bundles of the tenant that disclose a value sealed under one of `kids`, not yet
+/// withdrawn: `(export id, object key)`.
+pub async fn bundles_disclosing(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT export_id, object_key FROM exports WHERE tenant_id = $1 \
+         AND disclosed_kids ?| $2::text[] AND withdrawn_at IS NULL AND object_key IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records that a bundle was withdrawn (deleted from the cold store).
+pub async fn bundle_withdrawn(pool: &PgPool, export_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE exports SET withdrawn_at = COALESCE(withdrawn_at, now()) WHERE export_id = $1",
+    )
+    .bind(export_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

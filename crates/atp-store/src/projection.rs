@@ -361,8 +361,13 @@ pub async fn insert_records(
 async fn note_subject_keys(conn: &mut PgConnection, rows: &[RecordRow]) -> Result<(), StoreError> {
     let (mut tenants, mut kids, mut policies, mut buckets, mut ends) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // A subject's key seals many records of a batch: noted once.
+    let mut seen = std::collections::HashSet::new();
     for r in rows {
         for kid in r.kids.0.iter() {
+            if !seen.insert((r.tenant_id.as_str(), kid.as_str())) {
+                continue;
+            }
             let Some((policy, bucket)) = privacy::kid_parts(kid) else {
                 continue;
             };

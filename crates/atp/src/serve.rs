@@ -363,11 +363,14 @@ impl Started<'_> {
         let js = self.connections.role(Role::Lifecycle).await?;
         let pool = self.pool("lifecycle")?;
         let (keys, settings) = (self.cfg.tenant_keys.clone(), self.cfg.lifecycle.clone());
+        let cold = atp_delivery::cold::ColdStore::open(&js, self.cfg.exports.cold_store.as_deref())
+            .await
+            .context("opening the cold store")?;
         let sd = running.shutdown.subscribe();
         running.tasks.spawn(async move {
             (
                 "lifecycle",
-                atp_runtime::lifecycle::run(js, pool, keys, settings, sd).await,
+                atp_runtime::lifecycle::run(js, pool, keys, settings, cold, sd).await,
             )
         });
         Ok(())

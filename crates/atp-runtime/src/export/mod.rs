@@ -366,6 +366,7 @@ impl<S: CheckpointSigner> Exporter<S> {
                     bundle_sha256,
                     manifest_sha256: p.manifest_sha256,
                     record_count: p.record_count,
+                    disclosed_kids: p.disclosed_kids,
                 })
             }
             Err(PackageError::Permanent { code, detail }) => {

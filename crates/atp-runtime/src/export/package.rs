@@ -115,6 +115,8 @@ pub struct Packaged {
     pub bytes: u64,
     pub manifest_sha256: String,
     pub record_count: u64,
+    /// The subject keys whose values the bundle discloses (an erasure withdraws it).
+    pub disclosed_kids: Vec<String>,
 }
 
 impl Packaged {
@@ -281,7 +283,21 @@ impl<S: CheckpointSigner> Packager<S> {
             .map_err(|e| PackageError::Transient(format!("bundle writer: {e}")))?;
         // A reading error explains a writer that stopped early; report it first.
         read?;
-        let sealed = written?;
+        let (sealed, disclosed_kids) = written?;
+        // A key destroyed while this attempt packaged (an erasure, an expiry): the bundle would
+        // disclose what is erased. Packaged again, the next attempt cannot read that key.
+        if let Some(keys) = &self.keys {
+            for kid in &disclosed_kids {
+                let alive = atp_nats::subject_keys::wrapped(keys.store(), &tenant, kid)
+                    .await
+                    .map_err(|e| PackageError::Transient(format!("a subject key: {e}")))?;
+                if alive.is_none() {
+                    return Err(PackageError::Transient(format!(
+                        "subject key {kid} was destroyed while the bundle was packaged; packaging again"
+                    )));
+                }
+            }
+        }
         let manifest_sha256 = atp_bundle::sha256_hex(&sealed.manifest_bytes);
         let record_count = sealed.manifest.record_count;
         let signature = self
@@ -311,6 +327,7 @@ impl<S: CheckpointSigner> Packager<S> {
             tail,
             manifest_sha256,
             record_count,
+            disclosed_kids: disclosed_kids.into_iter().collect(),
         })
     }
 
@@ -515,11 +532,12 @@ fn write_bundle(
     mtime: u64,
     header: ManifestHeader,
     readable: &[Classification],
-) -> Result<Sealed, PackageError> {
+) -> Result<(Sealed, std::collections::BTreeSet<String>), PackageError> {
     let out = BufWriter::with_capacity(1 << 20, File::create(tar_path)?);
     let mut w = BundleWriter::new(out, spool, mtime)?;
     let mut current: Option<Arc<PartitionProof>> = None;
     let may_read = disclosure::readable_by(readable);
+    let mut disclosed = std::collections::BTreeSet::new();
     while let Some(batch) = rx.blocking_recv() {
         for item in batch {
             match item {
@@ -541,13 +559,14 @@ fn write_bundle(
                     }
                     if let Some(line) = disclosure::disclose(&bytes, &keys, &may_read)? {
                         w.disclose(&line)?;
+                        disclosed.extend(keys.iter().map(|k| k.kid.clone()));
                     }
                 }
             }
         }
     }
     let sealed = w.seal(header)?;
-    Ok(sealed)
+    Ok((sealed, disclosed))
 }
 
 /// Checks one record against its stored digest, its partition and its proof against the signed
