@@ -857,10 +857,11 @@ mod tests {
                 (matches!(w, Role::Ingest | Role::Gateway), w == Role::Ingest),
                 "{w:?}"
             );
+            // The lifecycle role withdraws bundles that disclose destroyed keys' values.
             let bundles = reads(w, "OBJ_ATP_EXPORT_BUNDLES").0;
             assert_eq!(
                 bundles,
-                matches!(w, Role::Gateway | Role::Exporter),
+                matches!(w, Role::Gateway | Role::Exporter | Role::Lifecycle),
                 "{w:?}"
             );
             assert!(
