@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 received_at: chrono::DateTime::UNIX_EPOCH,
                 committed_at: chrono::DateTime::UNIX_EPOCH,
                 policy: PolicyStamp::default(),
+                sealing: None,
             };
             let sealed = match state.append(admitted.clone(), 1, stamps) {
                 Ok(s) => s,

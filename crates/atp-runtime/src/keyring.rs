@@ -250,6 +250,8 @@ fn wrap_aad(tenant: &TenantId, kid: &str, key: &WrappedKey) -> Vec<u8> {
 }
 
 type CachedKey = (Instant, [u8; 32]);
+/// A subject's pseudonym and when it was computed.
+type CachedPseudonym = (Instant, String);
 
 /// Subject bucket keys: found or created for sealing, found by id for opening, cached for
 /// [`KEY_CACHE_TTL`] at most.
@@ -259,9 +261,10 @@ pub struct SubjectKeys {
     port: Arc<dyn TenantKeys>,
     by_kid: Arc<Mutex<HashMap<(TenantId, String), CachedKey>>>,
     by_name: Arc<Mutex<HashMap<KeyName, (Instant, String)>>>,
-    /// Pseudonyms never change for a tenant key: cached (bounded) so that sealing an event
-    /// costs no HMAC once its subject has been seen.
-    pseudonyms: Arc<Mutex<HashMap<(TenantId, String), String>>>,
+    /// Pseudonyms never change for a tenant key: cached so that sealing an event costs no
+    /// HMAC once its subject has been seen. The key is the subject's id, personal data: kept
+    /// no longer than a key ([`KEY_CACHE_TTL`]), like everything else an erasure must outlive.
+    pseudonyms: Arc<Mutex<HashMap<(TenantId, String), CachedPseudonym>>>,
 }
 
 impl SubjectKeys {
@@ -293,11 +296,13 @@ impl SubjectKeys {
         create: bool,
     ) -> Result<String, KeyringError> {
         let slot = (tenant.clone(), subject.to_owned());
-        if let Some(p) = lock(&self.pseudonyms).get(&slot) {
+        if let Some((at, p)) = lock(&self.pseudonyms).get(&slot)
+            && at.elapsed() < KEY_CACHE_TTL
+        {
             return Ok(p.clone());
         }
         let p = self.port.pseudonym(tenant, subject, create).await?;
-        bounded_insert(&self.pseudonyms, slot, p.clone());
+        bounded_insert(&self.pseudonyms, slot, (Instant::now(), p.clone()));
         Ok(p)
     }
 
