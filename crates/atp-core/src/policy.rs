@@ -405,7 +405,8 @@ impl PolicyDocument {
 
     /// What the policy decides for the `data` of an event of `event_type` from `source`.
     pub fn classify(&self, source: &str, event_type: &str, data: &Value) -> Classified {
-        let refinement = self.sources.get(source);
+        let refinement = self.sources.get(source).map(|s| compile(&s.fields));
+        let tenant_rules = compile(&self.fields);
         let subject = data
             .pointer(self.subject_pointer(source))
             .and_then(Value::as_str)
@@ -414,8 +415,9 @@ impl PolicyDocument {
         let mut fields = Vec::new();
         for_each_leaf(data, &mut Vec::new(), &mut |segments| {
             let class = refinement
-                .and_then(|s| best_rule(&s.fields, segments))
-                .or_else(|| best_rule(&self.fields, segments))
+                .as_ref()
+                .and_then(|s| best_rule(s, segments))
+                .or_else(|| best_rule(&tenant_rules, segments))
                 .unwrap_or(self.default_classification);
             fields.push(FieldClass {
                 path: pointer(segments),
@@ -534,16 +536,25 @@ impl Classified {
     }
 }
 
-/// The most specific rule matching `segments`: a rule matches a value at or below its path.
-fn best_rule(rules: &[FieldRule], segments: &[String]) -> Option<Classification> {
+/// A rule with its path split into segments (once per classification, not once per value).
+type Compiled = Vec<(Vec<String>, Classification)>;
+
+fn compile(rules: &[FieldRule]) -> Compiled {
     rules
         .iter()
-        .filter_map(|r| {
-            let rule = split(&r.path).ok()?;
+        .filter_map(|r| Some((split(&r.path).ok()?, r.classification)))
+        .collect()
+}
+
+/// The most specific rule matching `segments`: a rule matches a value at or below its path.
+fn best_rule(rules: &Compiled, segments: &[String]) -> Option<Classification> {
+    rules
+        .iter()
+        .filter_map(|(rule, class)| {
             let matches = rule.len() <= segments.len()
                 && rule.iter().zip(segments).all(|(p, s)| p == "*" || p == s);
             let wildcards = rule.iter().filter(|p| *p == "*").count();
-            matches.then_some(((rule.len(), std::cmp::Reverse(wildcards)), r.classification))
+            matches.then_some(((rule.len(), std::cmp::Reverse(wildcards)), *class))
         })
         .max_by_key(|(rank, _)| *rank)
         .map(|(_, c)| c)
