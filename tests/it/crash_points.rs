@@ -516,7 +516,7 @@ async fn the_gateway_crashing_after_publishing_an_export_request_before_its_row_
 
 #[tokio::test]
 async fn an_erasure_crashing_between_its_keys_resumes_to_completion() {
-    use crate::privacy::{ada_and_bob, request_reaches, set_crm_policy};
+    use crate::privacy::{ada_and_bob, ask, request_reaches, set_crm_policy};
     let stack = Stack::start().await;
     set_crm_policy(&stack).await;
     let running = stack
@@ -525,14 +525,7 @@ async fn an_erasure_crashing_between_its_keys_resumes_to_completion() {
     let api = Api::new(&running);
     ada_and_bob(&stack).await;
     let privacy = stack.token(TENANT, Permission::Privacy);
-    let asked: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asked: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     let id = asked["requestId"].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("lifecycle.log");

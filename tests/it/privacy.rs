@@ -299,6 +299,18 @@ pub(crate) async fn ledger_digests(stack: &Stack) -> Vec<atp_core::Digest> {
         .collect()
 }
 
+/// Asks for a data-subject request (`erasure` or `access`) about `subject`; returns the
+/// answer's body, whatever its status.
+pub(crate) async fn ask(api: &Api, token: &str, kind: &str, subject: &str) -> Value {
+    api.post(&format!("/api/v1/privacy/subjects/{subject}/{kind}"), token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Waits for a privacy request to reach `state`; returns its view.
 pub(crate) async fn request_reaches(api: &Api, token: &str, id: &str, state: &str) -> Value {
     eventually(&format!("request {id} {state}"), || async {
@@ -507,14 +519,7 @@ async fn erasing_one_subject_leaves_every_proof_and_the_other_subject_whole() {
     assert_not_in_database(&stack, &["ada@example.com", "078-05-1120", "u-ada"]).await;
 
     // Erasure is idempotent: asking again finds nothing left and finishes.
-    let again: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     let again = request_reaches(&api, &privacy, again["requestId"].as_str().unwrap(), "done").await;
     assert_eq!(again["keysDestroyed"], 0);
     running.stop().await;
@@ -557,14 +562,7 @@ async fn a_legal_hold_blocks_erasure_until_it_is_released() {
         )
         .await;
     let source_hold_id = source_hold["holdId"].as_str().unwrap().to_owned();
-    let asked: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asked: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     let blocked = request_reaches(
         &api,
         &privacy,
@@ -602,14 +600,7 @@ async fn a_legal_hold_blocks_erasure_until_it_is_released() {
             .unwrap()
             .is_empty()
     );
-    let asked: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asked: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     request_reaches(&api, &privacy, asked["requestId"].as_str().unwrap(), "done").await;
     let seen = seen_by(&api, &privacy).await;
     assert_eq!(
@@ -831,14 +822,7 @@ async fn after_an_erasure_and_the_transient_bound_jetstream_holds_no_clear_copy(
         "the scan finds clear copies before the erasure (it can see them)"
     );
     let privacy = stack.token(TENANT, Permission::Privacy);
-    let asked: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asked: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     request_reaches(&api, &privacy, asked["requestId"].as_str().unwrap(), "done").await;
     let left = eventually(
         "no clear copy of Ada's values in the JetStream store",
@@ -1132,14 +1116,7 @@ async fn an_access_request_exports_the_subjects_records_and_values_until_it_is_e
 
     // Ada is erased: a new export discloses nothing of her (Bob's values still), and every
     // bundle, the earlier one disclosing her included, still verifies.
-    let erasure: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/erasure", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let erasure: Value = ask(&api, &privacy, "erasure", "u-ada").await;
     request_reaches(
         &api,
         &privacy,
@@ -1179,14 +1156,7 @@ async fn an_access_request_exports_the_subjects_records_and_values_until_it_is_e
     assert_eq!(gone["code"], "EXPORT_EXPIRED");
 
     // Asked again, Ada's access finds no key and no record: an empty bundle, verified.
-    let again: Value = api
-        .post("/api/v1/privacy/subjects/u-ada/access", &privacy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = ask(&api, &privacy, "access", "u-ada").await;
     let again = request_reaches(&api, &privacy, again["requestId"].as_str().unwrap(), "done").await;
     assert_eq!(again["recordsAffected"], 0, "{again}");
     let export_id = again["exportId"].as_str().unwrap();

@@ -77,10 +77,6 @@ fn subject_problem(tenant: &str, subject: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Queues a request of `kind` about `subject_id` and answers its view (202, `Location`).
 async fn queue(
     db: &PgPool,
@@ -91,11 +87,13 @@ async fn queue(
     let tenant = principal.tenant.to_string();
     let mut salt = [0u8; 16];
     rand::fill(&mut salt);
-    let salt = hex(&salt);
-    let hash = hex(&Sha256::new()
-        .chain_update(salt.as_bytes())
-        .chain_update(subject_id.as_bytes())
-        .finalize());
+    let salt = hex::encode(salt);
+    let hash = hex::encode(
+        Sha256::new()
+            .chain_update(salt.as_bytes())
+            .chain_update(subject_id.as_bytes())
+            .finalize(),
+    );
     let request_id = ulid::Ulid::generate().to_string();
     let by = format!("privacy:{}", principal.subject);
     store::queue(
@@ -244,7 +242,7 @@ async fn trail(bus: &Bus, principal: &Principal, action: &str, hold: &LegalHold)
             .chain_update(hold.hold_id.as_bytes())
             .chain_update(s.as_bytes())
             .finalize();
-        attributes.insert("subjectHash".into(), Value::from(hex(&h)));
+        attributes.insert("subjectHash".into(), Value::from(hex::encode(h)));
     }
     for (k, v) in [
         ("sourceId", hold.source_id.clone()),

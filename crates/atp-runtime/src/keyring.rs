@@ -125,7 +125,7 @@ impl FileTenantKeys {
         rand::fill(&mut key);
         let mut nonce = [0u8; 8];
         rand::fill(&mut nonce);
-        let tmp = self.dir.join(format!(".{}.tmp", hex_of(&nonce)));
+        let tmp = self.dir.join(format!(".{}.tmp", hex::encode(nonce)));
         {
             use std::io::Write as _;
             let mut f = std::fs::OpenOptions::new()
@@ -156,10 +156,6 @@ impl FileTenantKeys {
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {
     STANDARD.decode(text.trim()).ok()?.try_into().ok()
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl TenantKeys for FileTenantKeys {
@@ -234,7 +230,7 @@ impl TenantKeys for FileTenantKeys {
             })?;
             mac.update(subject.as_bytes());
             // 128 bits: collisions between a tenant's subjects are out of reach.
-            Ok(hex_of(&mac.finalize().into_bytes()[..16]))
+            Ok(hex::encode(&mac.finalize().into_bytes()[..16]))
         })
     }
 }
