@@ -10,8 +10,7 @@ use atp_core::TenantId;
 use atp_core::policy::PolicyDocument;
 use atp_core::privacy::BucketKey;
 use atp_nats::policy::PolicyCache;
-use atp_store::projection::Clearance;
-use serde::Deserialize;
+use atp_store::projection::{Clearance, Parsed};
 
 use crate::keyring::{SubjectKeys, TenantKeys};
 use crate::{Classify, RoleError};
@@ -61,46 +60,42 @@ impl Resolver {
 
     /// [`Resolver::prepare`] for record bytes however they were read.
     pub async fn prepare_records(&self, records: &[&[u8]]) -> Result<BatchClearance, RoleError> {
+        let parsed: Vec<Parsed> = records
+            .iter()
+            .filter_map(|bytes| Parsed::parse(bytes, 0).ok())
+            .collect();
+        self.for_parsed(parsed.iter()).await
+    }
+
+    /// What the records `parsed` name: the policy versions that classified them and the keys
+    /// of their sealed values.
+    pub async fn for_parsed<'a>(
+        &self,
+        parsed: impl Iterator<Item = &'a Parsed>,
+    ) -> Result<BatchClearance, RoleError> {
         let mut out = BatchClearance::default();
-        for &payload in records {
-            let Ok(head) = serde_json::from_slice::<Head<'_>>(payload) else {
+        for record in parsed {
+            let Ok(tenant) = TenantId::new(record.tenant()) else {
                 continue;
             };
-            let Ok(tenant) = TenantId::new(head.tenant_id) else {
-                continue;
-            };
-            let version = head.policy.policy_version;
+            let version = record.policy_version();
+            let policies = out.policies.entry(tenant.to_string()).or_default();
             if version > 1
-                && !out.policies.contains_key(&(tenant.to_string(), version))
+                && !policies.contains_key(&version)
                 && let Some(doc) = self
                     .policies
                     .version(&tenant, version)
                     .await
                     .or_retry("reading a policy version")?
             {
-                out.policies.insert((tenant.to_string(), version), doc);
+                policies.insert(version, doc);
             }
-            // Only records that seal something name key ids.
-            if !contains(payload, b"\"kid\":") {
-                continue;
-            }
-            let Ok(opened) = atp_core::record::open(payload, false) else {
-                continue;
-            };
-            let Some(data) = opened
-                .record
-                .event
-                .as_object()
-                .and_then(atp_core::privacy::data_of)
-            else {
-                continue;
-            };
-            for (_, sealed) in atp_core::privacy::sealed_values(&data) {
-                let slot = (tenant.to_string(), sealed.kid.clone());
-                if out.keys.contains_key(&slot) {
+            let keys = out.keys.entry(tenant.to_string()).or_default();
+            for kid in record.kids() {
+                if keys.contains_key(kid) {
                     continue;
                 }
-                let key = match self.keys.by_kid(&tenant, &sealed.kid).await {
+                let key = match self.keys.by_kid(&tenant, kid).await {
                     Ok(k) => k,
                     Err(crate::keyring::KeyringError::Store(e)) => {
                         return Err(e).or_retry("reading a subject key");
@@ -108,52 +103,30 @@ impl Resolver {
                     Err(e) => {
                         // A wrapped key the tenant key cannot open: the value reads as erased
                         // here, and the operator hears of it.
-                        tracing::error!(tenant = %tenant, kid = %sealed.kid, error = %e, "a subject key does not open");
+                        tracing::error!(tenant = %tenant, kid = %kid, error = %e, "a subject key does not open");
                         None
                     }
                 };
-                out.keys.insert(slot, key);
+                keys.insert(kid.to_owned(), key);
             }
         }
         Ok(out)
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The few fields of a record the clearance needs, read without the rest.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Head<'a> {
-    #[serde(borrow)]
-    tenant_id: &'a str,
-    policy: PolicyHead,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PolicyHead {
-    policy_version: u32,
-}
-
-/// Keys and policy versions for one batch.
+/// Keys and policy versions for one batch, by tenant.
 #[derive(Default)]
 pub struct BatchClearance {
-    keys: HashMap<(String, String), Option<BucketKey>>,
-    policies: HashMap<(String, u32), Arc<PolicyDocument>>,
+    keys: HashMap<String, HashMap<String, Option<BucketKey>>>,
+    policies: HashMap<String, HashMap<u32, Arc<PolicyDocument>>>,
 }
 
 impl Clearance for BatchClearance {
     fn key(&self, tenant: &str, kid: &str) -> Option<BucketKey> {
-        self.keys
-            .get(&(tenant.to_owned(), kid.to_owned()))
-            .cloned()
-            .flatten()
+        self.keys.get(tenant)?.get(kid).cloned().flatten()
     }
 
     fn policy(&self, tenant: &str, version: u32) -> Option<Arc<PolicyDocument>> {
-        self.policies.get(&(tenant.to_owned(), version)).cloned()
+        self.policies.get(tenant)?.get(&version).cloned()
     }
 }

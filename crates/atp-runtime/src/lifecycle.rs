@@ -46,8 +46,11 @@ use crate::reader::{Shutdown, pause};
 use crate::{Classify, RoleError};
 use atp_telemetry::failpoint;
 
-/// Records scrubbed per transaction: bounds the memory and the lock time of one step.
-const SCRUB_PAGE: i64 = 2_000;
+/// Records scrubbed per transaction: bounds the lock time of one step (and the memory of a page
+/// derived again in Rust).
+const SCRUB_PAGE: i64 = 10_000;
+/// Records derived again in Rust per transaction (they are parsed in memory).
+const REDERIVE_CHUNK: usize = 2_000;
 
 /// How the lifecycle role runs.
 #[derive(Debug, Clone)]
@@ -601,8 +604,11 @@ impl Lifecycle {
         Ok(affected)
     }
 
-    /// Every record naming one of `kids` derived again from its stored bytes, without the
-    /// destroyed keys: its clear values give way to erased markers. Returns how many.
+    /// Every record naming one of `kids` without the destroyed keys: its clear values give way
+    /// to erased markers. Scrubbed in place in SQL where every key the record names is
+    /// destroyed (an erasure: the subject's keys are all destroyed at once); derived again from
+    /// its stored bytes otherwise (an expiry of one of several retention policies, or a row
+    /// projected before migration 0010). Returns how many records name the keys.
     async fn scrub_keys(&self, tenant: &TenantId, kids: &[String]) -> Result<i64, RoleError> {
         if kids.is_empty() {
             return Ok(0);
@@ -611,31 +617,35 @@ impl Lifecycle {
         self.resolver.keys().forget();
         let (mut after, mut total) = (0, 0i64);
         loop {
-            let stored =
-                store::records_with_keys(&self.pool, tenant.as_str(), kids, after, SCRUB_PAGE)
-                    .await
-                    .or_retry("finding the keys' records")?;
-            let Some(last) = stored.last() else {
-                return Ok(total);
-            };
-            after = last.ledger_seq;
-            let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
-            let clearance = self.resolver.prepare_records(&payloads).await?;
-            let mut rows = Vec::with_capacity(stored.len());
-            for s in &stored {
-                let row = RecordRow::from_ledger(
-                    &s.record,
-                    u64::try_from(s.ledger_seq).unwrap_or_default(),
-                    s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
-                    &clearance,
-                )
-                .or_retry("deriving a record's row again")?;
-                rows.push(row);
-            }
-            store::replace_rows(&self.pool, &rows)
+            let page = store::scrub_page(&self.pool, tenant.as_str(), kids, after, SCRUB_PAGE)
                 .await
                 .or_retry("scrubbing the keys' records")?;
-            total += i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            let Some(last) = page.last else {
+                return Ok(total);
+            };
+            after = last;
+            total += page.named;
+            for ids in page.rederive.chunks(REDERIVE_CHUNK) {
+                let stored = store::records_by_id(&self.pool, tenant.as_str(), ids)
+                    .await
+                    .or_retry("reading records to derive again")?;
+                let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
+                let clearance = self.resolver.prepare_records(&payloads).await?;
+                let mut rows = Vec::with_capacity(stored.len());
+                for s in &stored {
+                    let row = RecordRow::from_ledger(
+                        &s.record,
+                        u64::try_from(s.ledger_seq).unwrap_or_default(),
+                        s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
+                        &clearance,
+                    )
+                    .or_retry("deriving a record's row again")?;
+                    rows.push(row);
+                }
+                store::replace_rows(&self.pool, &rows)
+                    .await
+                    .or_retry("scrubbing the keys' records")?;
+            }
         }
     }
 

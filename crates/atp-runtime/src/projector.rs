@@ -33,7 +33,7 @@ use atp_core::TenantId;
 use atp_core::deadletter::{DeadLetter, DeadRole, Letter};
 use atp_nats::{headers, streams, subjects};
 use atp_store::StoreError;
-use atp_store::projection::{self, NOTIFY_CHANNEL, RecordRow, RejectionRow, Target};
+use atp_store::projection::{self, NOTIFY_CHANNEL, Parsed, RecordRow, RejectionRow, Target};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
@@ -68,16 +68,18 @@ pub trait Projection: Send {
     /// What building a batch's rows needs besides the messages (fetched first: rows are built
     /// without I/O).
     type Context: Send + Sync;
+    /// What the messages of `batch` that `takes` accepts need.
     fn prepare(
         resolver: &Resolver,
         batch: &[Message],
+        takes: &(dyn Fn(&Message) -> bool + Sync),
     ) -> impl Future<Output = Result<Self::Context, RoleError>> + Send;
-    /// The row for a message (its payload and headers) at stream sequence `seq`.
+    /// The row for message `i` of the batch, at stream sequence `seq`.
     fn row(
-        payload: &[u8],
-        headers: Option<&HeaderMap>,
+        i: usize,
+        m: &Message,
         seq: u64,
-        cx: &Self::Context,
+        cx: &mut Self::Context,
     ) -> Result<Self::Row, StoreError>;
     /// The time the watermark reports for a row (committedAt or rejectedAt).
     fn time(row: &Self::Row) -> DateTime<Utc>;
@@ -94,17 +96,36 @@ impl Projection for Records {
     const STREAM: &'static str = streams::LEDGER;
     const SUBJECTS: &'static str = subjects::LEDGER;
     type Row = RecordRow;
-    type Context = BatchClearance;
-    async fn prepare(resolver: &Resolver, batch: &[Message]) -> Result<BatchClearance, RoleError> {
-        resolver.prepare(batch).await
+    type Context = Prepared;
+    async fn prepare(
+        resolver: &Resolver,
+        batch: &[Message],
+        takes: &(dyn Fn(&Message) -> bool + Sync),
+    ) -> Result<Prepared, RoleError> {
+        // Each record is parsed once: for the keys it names here, for its row after.
+        let mut parsed = Vec::with_capacity(batch.len());
+        for m in batch.iter() {
+            parsed.push(match (takes(m), seq_of(m)) {
+                (true, Ok(seq)) => Some(Parsed::parse(&m.payload, seq)),
+                _ => None,
+            });
+        }
+        let clearance = resolver
+            .for_parsed(parsed.iter().filter_map(|p| p.as_ref()?.as_ref().ok()))
+            .await?;
+        Ok(Prepared { parsed, clearance })
     }
-    fn row(
-        payload: &[u8],
-        headers: Option<&HeaderMap>,
-        seq: u64,
-        cx: &BatchClearance,
-    ) -> Result<RecordRow, StoreError> {
-        RecordRow::from_ledger(payload, seq, ingress_seq_of(headers), cx)
+    fn row(i: usize, m: &Message, seq: u64, cx: &mut Prepared) -> Result<RecordRow, StoreError> {
+        let parsed = match cx.parsed.get_mut(i).and_then(Option::take) {
+            Some(p) => p?,
+            None => Parsed::parse(&m.payload, seq)?,
+        };
+        RecordRow::from_parsed(
+            parsed,
+            &m.payload,
+            ingress_seq_of(m.headers.as_ref()),
+            &cx.clearance,
+        )
     }
     fn time(row: &RecordRow) -> DateTime<Utc> {
         row.committed_at
@@ -112,6 +133,13 @@ impl Projection for Records {
     async fn insert(conn: &mut PgConnection, rows: &[RecordRow]) -> Result<u64, StoreError> {
         projection::insert_records(conn, Target::Live, rows).await
     }
+}
+
+/// A batch of ledger messages parsed (by batch index; `None` for those another instance
+/// projects) and the keys and policies they name.
+pub struct Prepared {
+    parsed: Vec<Option<Result<Parsed, StoreError>>>,
+    clearance: BatchClearance,
 }
 
 pub struct Rejections;
@@ -122,16 +150,15 @@ impl Projection for Rejections {
     const SUBJECTS: &'static str = subjects::REJECTED;
     type Row = RejectionRow;
     type Context = ();
-    async fn prepare(_: &Resolver, _: &[Message]) -> Result<(), RoleError> {
+    async fn prepare(
+        _: &Resolver,
+        _: &[Message],
+        _: &(dyn Fn(&Message) -> bool + Sync),
+    ) -> Result<(), RoleError> {
         Ok(())
     }
-    fn row(
-        payload: &[u8],
-        _headers: Option<&HeaderMap>,
-        seq: u64,
-        _: &(),
-    ) -> Result<RejectionRow, StoreError> {
-        RejectionRow::from_stream(payload, seq)
+    fn row(_: usize, m: &Message, seq: u64, _: &mut ()) -> Result<RejectionRow, StoreError> {
+        RejectionRow::from_stream(&m.payload, seq)
     }
     fn time(row: &RejectionRow) -> DateTime<Utc> {
         row.rejected_at
@@ -157,7 +184,7 @@ pub struct Rows<R> {
 pub fn build<P: Projection>(
     batch: &[Message],
     shard: Shard,
-    cx: &P::Context,
+    cx: &mut P::Context,
 ) -> Result<Rows<P::Row>, RoleError> {
     build_for::<P>(batch, |m| owned::<P>(shard, m), cx)
 }
@@ -166,7 +193,7 @@ pub fn build<P: Projection>(
 fn build_for<P: Projection>(
     batch: &[Message],
     takes: impl Fn(&Message) -> bool,
-    cx: &P::Context,
+    cx: &mut P::Context,
 ) -> Result<Rows<P::Row>, RoleError> {
     let mut out = Rows {
         rows: Vec::with_capacity(batch.len()),
@@ -180,7 +207,7 @@ fn build_for<P: Projection>(
         if !takes(m) {
             continue;
         }
-        match P::row(&m.payload, m.headers.as_ref(), seq, cx) {
+        match P::row(i, m, seq, cx) {
             Ok(r) => {
                 out.rows.push(r);
                 out.from.push(i);
@@ -207,7 +234,7 @@ fn owned<P: Projection>(shard: Shard, m: &Message) -> bool {
 /// rebuilds, where the live projector has already dead-lettered them.
 pub fn rows<P: Projection>(
     batch: &[Message],
-    cx: &P::Context,
+    cx: &mut P::Context,
 ) -> Result<(Vec<P::Row>, u64), RoleError> {
     let built = build::<P>(batch, Shard::ALL, cx)?;
     for (i, e) in &built.failed {
@@ -601,8 +628,9 @@ impl<P: Projection> BatchHandler for Projector<P> {
         } else {
             Vec::new()
         };
-        let cx = P::prepare(&self.resolver, batch).await?;
-        let mut built = build_for::<P>(batch, |m| self.takes(m), &cx)?;
+        let takes = |m: &Message| self.takes(m);
+        let mut cx = P::prepare(&self.resolver, batch, &takes).await?;
+        let mut built = build_for::<P>(batch, takes, &mut cx)?;
         if self.lane.is_none() {
             // What the rest lane passes by, for moving the lanes' rows along with its own.
             for m in batch.iter() {

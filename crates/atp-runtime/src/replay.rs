@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use crate::projector::{Records, rows};
+use crate::projector::{Projection as _, Records, rows};
 use crate::reader::{BatchHandler, ReadSpec, read_stream};
 use crate::{Classify, RoleError};
 
@@ -39,8 +39,8 @@ struct Rebuild {
 
 impl BatchHandler for Rebuild {
     async fn handle(&mut self, batch: &Arc<[Message]>) -> Result<(), RoleError> {
-        let cx = self.resolver.prepare(batch).await?;
-        let (mut rows, _) = rows::<Records>(batch, &cx)?;
+        let mut cx = Records::prepare(&self.resolver, batch, &|_| true).await?;
+        let (mut rows, _) = rows::<Records>(batch, &mut cx)?;
         rows.retain(|r| u64::try_from(r.ledger_seq).is_ok_and(|s| s <= self.to_seq));
         let mut conn = self
             .pool

@@ -149,34 +149,92 @@ pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<
     Ok(())
 }
 
+/// One page of a scrub in place ([`scrub_page`]).
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct ScrubPage {
+    /// Records of the page that name one of the keys.
+    pub named: i64,
+    /// The page's last ledger sequence (`None`: no record left after the cursor).
+    pub last: Option<i64>,
+    /// Rows the page rewrote (the others held no clear value of the keys any more).
+    pub scrubbed: i64,
+    /// Records the page could not scrub in SQL: they name keys besides the ones destroyed, or
+    /// were projected before their sealed paths were stored (migration 0010). Their rows are
+    /// derived again from their bytes ([`records_by_id`]).
+    pub rederive: Vec<String>,
+}
+
+/// Scrubs, in place, up to `limit` of the tenant's records after ledger sequence `after` that
+/// name one of `kids`, where every key the record names is among them: each value sealed under
+/// them reads `{"erased": true}` in `data_view`, `private_text` is emptied, and a filter column
+/// whose value was sealed under them is blanked — what [`crate::projection::RecordRow`]
+/// derives from the record without those keys. A row that holds no clear value of `kids` any
+/// more is left alone, so a second scrub writes only rows projected since the first.
+pub async fn scrub_page(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+    after: i64,
+    limit: i64,
+) -> Result<ScrubPage, StoreError> {
+    Ok(sqlx::query_as(
+        "WITH page AS ( \
+             SELECT tenant_id, record_id, ledger_seq, \
+                    sealed IS NOT NULL AND kids <@ to_jsonb($2::text[]) AS whole \
+             FROM records \
+             WHERE tenant_id = $1 AND kids ?| $2::text[] AND ledger_seq > $3 \
+             ORDER BY ledger_seq LIMIT $4), \
+         done AS ( \
+             UPDATE records r SET \
+                 data_view = atp_erase_view(r.data_view, r.sealed, $2::text[]), \
+                 private_text = '', \
+                 actor_id = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{actor,id}') \
+                     THEN '' ELSE r.actor_id END, \
+                 action = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{action}') \
+                     THEN '' ELSE r.action END, \
+                 resource_type = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{resource,type}') \
+                     THEN '' ELSE r.resource_type END, \
+                 resource_id = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{resource,id}') \
+                     THEN '' ELSE r.resource_id END \
+             FROM page p \
+             WHERE p.whole AND r.tenant_id = p.tenant_id AND r.record_id = p.record_id \
+               AND r.data_view IS DISTINCT FROM atp_erase_view(r.data_view, r.sealed, $2::text[]) \
+             RETURNING r.record_id) \
+         SELECT (SELECT count(*) FROM page) AS named, \
+                (SELECT max(ledger_seq) FROM page) AS last, \
+                (SELECT count(*) FROM done) AS scrubbed, \
+                ARRAY(SELECT record_id FROM page WHERE NOT whole) AS rederive",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .bind(after)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The tenant's records `ids`, as stored.
+pub async fn records_by_id(
+    pool: &PgPool,
+    tenant: &str,
+    ids: &[String],
+) -> Result<Vec<StoredBytes>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT record, ledger_seq, ingress_seq FROM records \
+         WHERE tenant_id = $1 AND record_id = ANY($2::text[]) ORDER BY ledger_seq",
+    )
+    .bind(tenant)
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A stored record to read again: its bytes and where it came from on the ledger.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredBytes {
     pub record: Vec<u8>,
     pub ledger_seq: i64,
     pub ingress_seq: Option<i64>,
-}
-
-/// The tenant's records that name any of `kids`, after ledger sequence `after`, at most
-/// `limit` of them, in ledger order: a page of what erasure and retention scrub.
-pub async fn records_with_keys(
-    pool: &PgPool,
-    tenant: &str,
-    kids: &[String],
-    after: i64,
-    limit: i64,
-) -> Result<Vec<StoredBytes>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT record, ledger_seq, ingress_seq FROM records \
-         WHERE tenant_id = $1 AND kids ?| $2::text[] AND ledger_seq > $3 \
-         ORDER BY ledger_seq LIMIT $4",
-    )
-    .bind(tenant)
-    .bind(kids)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
 }
 
 /// Replaces rows with ones derived again from the same records (with fewer keys): their clear

@@ -71,6 +71,9 @@ pub struct RecordRow {
     pub data_view: Option<sqlx::types::Json<Value>>,
     /// The key ids the record's sealed values name.
     pub kids: sqlx::types::Json<Vec<String>>,
+    /// Where each sealed value sits (JSON Pointer tokens), by its key id: what erasure
+    /// scrubs in place. `None` when nothing is sealed.
+    pub sealed: Option<sqlx::types::Json<BTreeMap<String, Vec<Vec<String>>>>>,
     pub digest: Vec<u8>,
     pub chain_hash: Vec<u8>,
     pub ledger_seq: i64,
@@ -115,6 +118,51 @@ fn search_text(v: &Value) -> String {
     }
 }
 
+/// A ledger record parsed for its row: what [`RecordRow::from_parsed`] builds from, and the
+/// subject keys its sealed values name, for a [`Clearance`] to be fetched first. A record is
+/// parsed once however many steps look at it.
+pub struct Parsed {
+    opened: record::OpenedRecord,
+    data: Value,
+    sealed: Vec<(String, privacy::SealedValue)>,
+    ledger_seq: u64,
+}
+
+impl Parsed {
+    pub fn parse(bytes: &[u8], ledger_seq: u64) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::BadRecord {
+            seq: ledger_seq,
+            reason,
+        };
+        let opened = record::open(bytes, false).map_err(|e| bad(e.to_string()))?;
+        let Value::Object(event) = &opened.record.event else {
+            return Err(bad("the event is not an object".to_owned()));
+        };
+        let data =
+            privacy::data_of(event).ok_or_else(|| bad("event data is not JSON".to_owned()))?;
+        let sealed = privacy::sealed_values(&data);
+        Ok(Self {
+            opened,
+            data,
+            sealed,
+            ledger_seq,
+        })
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.opened.record.tenant_id
+    }
+
+    pub fn policy_version(&self) -> u32 {
+        self.opened.record.policy.policy_version
+    }
+
+    /// The key ids the record's sealed values name (once each value, not deduplicated).
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.sealed.iter().map(|(_, s)| s.kid.as_str())
+    }
+}
+
 impl RecordRow {
     /// Derives the row from the record bytes as stored on the ledger: sealed values opened
     /// with what `clearance` holds, every value classified under the record's policy version.
@@ -124,25 +172,41 @@ impl RecordRow {
         ingress_seq: Option<u64>,
         clearance: &dyn Clearance,
     ) -> Result<Self, StoreError> {
+        Self::from_parsed(
+            Parsed::parse(bytes, ledger_seq)?,
+            bytes,
+            ingress_seq,
+            clearance,
+        )
+    }
+
+    /// [`RecordRow::from_ledger`] for a record already parsed from `bytes`.
+    pub fn from_parsed(
+        parsed: Parsed,
+        bytes: &[u8],
+        ingress_seq: Option<u64>,
+        clearance: &dyn Clearance,
+    ) -> Result<Self, StoreError> {
+        let Parsed {
+            opened,
+            data,
+            sealed,
+            ledger_seq,
+        } = parsed;
         let bad = |reason: String| StoreError::BadRecord {
             seq: ledger_seq,
             reason,
         };
-        let opened = record::open(bytes, false).map_err(|e| bad(e.to_string()))?;
         let r = opened.record;
-        let Value::Object(event) = &r.event else {
-            return Err(bad("the event is not an object".to_owned()));
-        };
-        let data =
-            privacy::data_of(event).ok_or_else(|| bad("event data is not JSON".to_owned()))?;
         let ev = |name: &str| r.event.get(name).and_then(Value::as_str).map(str::to_owned);
         let event_type = ev("type").unwrap_or_default();
 
-        // Sealed values: opened where the key is alive, else marked erased.
-        let sealed = privacy::sealed_values(&data);
+        // Sealed values: opened where the key is alive, else marked erased. `shape` is the
+        // data with erased values blank, for the facets and the classification.
         let mut view = data.clone();
-        // The same data with erased values blank, for the facets and the classification.
-        let mut shape = data.clone();
+        let mut shape = data;
+        let mut opened_text = Vec::new();
+        let mut sealed_at: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
         for (path, s) in &sealed {
             let place = Place {
                 tenant: &r.tenant_id,
@@ -155,6 +219,9 @@ impl RecordRow {
                 .and_then(|k| privacy::open(&privacy::field_key(&k, &place), &place, s).ok());
             match clear {
                 Some(v) => {
+                    if path.starts_with("/attributes/") {
+                        opened_text.push(search_text(&v));
+                    }
                     privacy::replace(&mut view, path, v.clone());
                     privacy::replace(&mut shape, path, v);
                 }
@@ -163,6 +230,10 @@ impl RecordRow {
                     privacy::replace(&mut shape, path, Value::String(String::new()));
                 }
             }
+            sealed_at
+                .entry(s.kid.clone())
+                .or_default()
+                .push(atp_core::policy::split(path).unwrap_or_default());
         }
         let policy = clearance.policy(&r.tenant_id, r.policy.policy_version);
         let default_policy = PolicyDocument::default();
@@ -186,21 +257,24 @@ impl RecordRow {
         };
         let facets = AuditFacets::deserialize(&shape)
             .map_err(|_| bad("event data has no audit facets".to_owned()))?;
+        // `q` text (attributes are flat): the values anyone may search in `attributes_text`,
+        // the opened ones in `private_text`.
         let (mut open_text, mut private_text) = (Vec::new(), Vec::new());
-        if let Some(attrs) = &facets.attributes {
+        if let Some(Value::Object(attrs)) = shape.get("attributes") {
             for (name, v) in attrs {
                 let path = format!("/attributes/{}", atp_core::policy::escape(name));
-                if sealed.iter().any(|(p, _)| *p == path)
-                    && view.pointer(&path) == Some(&privacy::erased())
-                {
+                if classes.get(&path).is_some_and(|c| c.is_encrypted()) {
+                    // Classified personal or sensitive yet not sealed (it cannot be under the
+                    // record's own policy version): never in the open text.
+                    if !sealed.iter().any(|(p, _)| *p == path) {
+                        private_text.push(search_text(v));
+                    }
                     continue;
                 }
-                match classes.get(&path).is_some_and(|c| c.is_encrypted()) {
-                    true => private_text.push(search_text(v)),
-                    false => open_text.push(search_text(v)),
-                }
+                open_text.push(search_text(v));
             }
         }
+        private_text.extend(opened_text);
         let field_classes = classes
             .iter()
             .filter(|(_, c)| **c != Classification::Internal)
@@ -235,12 +309,8 @@ impl RecordRow {
             private_text: private_text.join(" "),
             field_classes: sqlx::types::Json(field_classes),
             data_view: (!sealed.is_empty()).then_some(sqlx::types::Json(view)),
-            kids: sqlx::types::Json({
-                let mut kids: Vec<String> = sealed.iter().map(|(_, s)| s.kid.clone()).collect();
-                kids.sort();
-                kids.dedup();
-                kids
-            }),
+            kids: sqlx::types::Json(sealed_at.keys().cloned().collect()),
+            sealed: (!sealed_at.is_empty()).then_some(sqlx::types::Json(sealed_at)),
             digest: opened.link.digest.0.to_vec(),
             chain_hash: opened.link.chain_hash.0.to_vec(),
             ledger_seq: i64::try_from(ledger_seq)
@@ -311,12 +381,13 @@ pub async fn insert_records(
          received_at, committed_at, actor_id, actor_type, action, resource_type, resource_id, outcome, \
          classification, policy_version, attributes_text, digest, chain_hash, ledger_seq, ingress_seq, record, \
          private_text, actor_id_class, action_class, resource_type_class, resource_id_class, field_classes, \
-         data_view, kids) \
+         data_view, kids, sealed) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
          $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[], \
          $13::text[], $14::text[], $15::text[], $16::text[], $17::int4[], $18::text[], $19::bytea[], \
          $20::bytea[], $21::int8[], $22::int8[], $23::bytea[], $24::text[], $25::int2[], $26::int2[], \
-         $27::int2[], $28::int2[], $29::jsonb[], $30::jsonb[], $31::jsonb[]) ON CONFLICT DO NOTHING",
+         $27::int2[], $28::int2[], $29::jsonb[], $30::jsonb[], $31::jsonb[], $32::jsonb[]) \
+         ON CONFLICT DO NOTHING",
         target.records()
     );
     let done = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -351,6 +422,7 @@ pub async fn insert_records(
         .bind(col!(rows, field_classes))
         .bind(col!(rows, data_view))
         .bind(col!(rows, kids))
+        .bind(col!(rows, sealed))
         .execute(&mut *conn)
         .await?;
     note_subject_keys(conn, rows).await?;
