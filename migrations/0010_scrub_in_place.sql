@@ -1,9 +1,16 @@
 -- Erasure and expiry scrub the read model in place (issue 15's erasure target), and rows that
 -- seal values are stored without compression.
 
--- Where each sealed value sits, by the key it is sealed under: {"<kid>": [["attributes",
--- "email"], ...]} (JSON Pointer tokens). NULL for rows projected before this migration, which
--- a scrub derives again from their record bytes instead.
+-- Where each value the row shows in clear sits, by the key it was sealed under: {"<kid>":
+-- [["attributes", "email"], ...]} (JSON Pointer tokens). A key the projector did not have is
+-- not there (its values already read erased): `sealed ?| <kids>` finds exactly the rows a scrub
+-- of those keys still has to write. '{}' when nothing sealed is shown in clear; NULL for rows
+-- that seal nothing, and for rows projected before this migration (a scrub derives those again
+-- from their record bytes).
+--
+-- `data_view` is now NULL also when no sealed value is shown in clear: readers then show each
+-- sealed value of the record as erased. A scrub in place sets it so, which leaves no clear copy
+-- in the row without rewriting the view value by value.
 ALTER TABLE records ADD COLUMN sealed jsonb;
 
 -- A record that seals values is ~0.6 KiB longer than one that does not, which takes a typical
@@ -23,32 +30,3 @@ BEGIN
     PERFORM atp_isolate_tenants(tbl);
 END $$;
 
--- `p_view` (a row's data_view) with every value sealed under one of `p_kids` marked erased.
-CREATE FUNCTION atp_erase_view(p_view jsonb, p_sealed jsonb, p_kids text[]) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    tokens text[];
-BEGIN
-    FOR tokens IN
-        SELECT ARRAY(SELECT jsonb_array_elements_text(p.path))
-        FROM jsonb_each(p_sealed) AS k(kid, paths)
-        CROSS JOIN LATERAL jsonb_array_elements(k.paths) AS p(path)
-        WHERE k.kid = ANY(p_kids)
-    LOOP
-        IF cardinality(tokens) = 0 THEN
-            -- The whole of the data was one sealed value.
-            RETURN '{"erased": true}'::jsonb;
-        END IF;
-        p_view := jsonb_set(p_view, tokens, '{"erased": true}'::jsonb, false);
-    END LOOP;
-    RETURN p_view;
-END $$;
-
--- Whether the value at `p_tokens` is sealed under one of `p_kids`.
-CREATE FUNCTION atp_sealed_at(p_sealed jsonb, p_kids text[], p_tokens text[]) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM jsonb_each(p_sealed) AS k(kid, paths)
-        CROSS JOIN LATERAL jsonb_array_elements(k.paths) AS p(path)
-        WHERE k.kid = ANY(p_kids) AND p.path = to_jsonb(p_tokens))
-$$;

@@ -731,6 +731,13 @@ async fn retention_expires_what_is_past_it_unless_held_and_attests_each_expiry()
     let record: Value = serde_json::from_slice(&attested[0].0).unwrap();
     let attrs = &record["event"]["data"]["attributes"];
     assert_eq!(record["event"]["data"]["action"], "RETENTION_EXPIRED");
+    // The tenant's policy makes actor ids personal; ATP's own trail is under ATP's built-in
+    // policy, so the attestation never depends on a key.
+    assert_eq!(record["policy"]["policyVersion"], 1, "{record}");
+    assert!(
+        record["event"]["data"]["actor"]["id"].is_string(),
+        "{record}"
+    );
     assert_eq!(attrs["retentionPolicyId"], "one-second");
     assert!(attrs["keysDestroyed"].as_u64().unwrap() >= 1, "{attrs}");
     stack.verify_chain(&partition(TENANT, SOURCE)).await;

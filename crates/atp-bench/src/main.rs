@@ -293,6 +293,34 @@ pub(crate) fn partitions_of(prefix: &str, n: usize) -> Vec<(PartitionKey, String
         .collect()
 }
 
+/// Gives the tenants of `parts` a policy that classifies the actor and the `personal`
+/// attributes personal (what ingest then seals).
+async fn classify_personal(
+    js: &async_nats::jetstream::Context,
+    parts: &[(PartitionKey, String)],
+    personal_fields: usize,
+) -> anyhow::Result<()> {
+    let mut fields = vec![atp_core::policy::FieldRule {
+        path: "/actor/id".to_owned(),
+        classification: atp_core::policy::Classification::Personal,
+    }];
+    fields.extend((0..personal_fields).map(|k| atp_core::policy::FieldRule {
+        path: format!("/attributes/personal_{k}"),
+        classification: atp_core::policy::Classification::Personal,
+    }));
+    let doc = atp_core::policy::PolicyDocument {
+        fields,
+        ..Default::default()
+    };
+    let kv = atp_nats::policy::bucket(js).await?;
+    let tenants: std::collections::BTreeSet<TenantId> =
+        parts.iter().map(|(p, _)| p.tenant.clone()).collect();
+    for t in tenants {
+        atp_nats::policy::replace(&kv, &t, doc.clone()).await?;
+    }
+    Ok(())
+}
+
 /// Pre-signed events (signing is the producer's cost, measured separately).
 fn sign_events(
     parts: &[(PartitionKey, String)],
@@ -444,24 +472,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let sealed_parts = partitions_of("pt", b.partitions);
     if b.personal_fields > 0 {
         register(&js, &sealed_parts, &key).await?;
-        let mut fields = vec![atp_core::policy::FieldRule {
-            path: "/actor/id".to_owned(),
-            classification: atp_core::policy::Classification::Personal,
-        }];
-        fields.extend((0..b.personal_fields).map(|k| atp_core::policy::FieldRule {
-            path: format!("/attributes/personal_{k}"),
-            classification: atp_core::policy::Classification::Personal,
-        }));
-        let doc = atp_core::policy::PolicyDocument {
-            fields,
-            ..Default::default()
-        };
-        let kv = atp_nats::policy::bucket(&js).await?;
-        let tenants: std::collections::BTreeSet<TenantId> =
-            sealed_parts.iter().map(|(p, _)| p.tenant.clone()).collect();
-        for t in tenants {
-            atp_nats::policy::replace(&kv, &t, doc.clone()).await?;
-        }
+        classify_personal(&js, &sealed_parts, b.personal_fields).await?;
     }
     let tenant_keys = tempfile::tempdir()?;
 
@@ -502,18 +513,22 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut serve = tokio::process::Command::new(&exe);
-    serve
-        .args(["serve", "--roles", "ingest,projector"])
-        .env("ATP_NATS_URL", nats.url())
-        .env("ATP_DATABASE_URL", &db)
-        .env("ATP_TENANT_KEYS_DIR", tenant_keys.path())
-        .env(
-            "ATP_LOG",
-            std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let serve_command = |roles: &str| {
+        let mut serve = tokio::process::Command::new(&exe);
+        serve
+            .args(["serve", "--roles", roles])
+            .env("ATP_NATS_URL", nats.url())
+            .env("ATP_DATABASE_URL", &db)
+            .env("ATP_TENANT_KEYS_DIR", tenant_keys.path())
+            .env(
+                "ATP_LOG",
+                std::env::var("ATP_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        serve
+    };
+    let mut serve = serve_command("ingest,projector");
     if let Some(sink) = &sink {
         serve.env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint);
     }
@@ -576,7 +591,18 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             .iter()
             .map(|(p, _)| subjects::ingress(p))
             .collect();
-        Some(drive(&js, &pool, &ledger, ingress, events, b.producers, 2 * total).await?)
+        Some(
+            drive(
+                &js,
+                &pool,
+                &ledger,
+                ingress,
+                events,
+                b.producers,
+                Until::Queryable(2 * total),
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -585,6 +611,42 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let lat = latency_run(&js, &pool, &parts, &key, b.latency_rate, b.latency_secs).await?;
     let _ = child.start_kill();
     let _ = child.wait().await;
+
+    // --- ATP: ingest alone, in clear and sealed: what sealing costs ingest itself, with no
+    // projector (which opens the sealed values again) sharing the cores ---
+    let alone = if b.personal_fields > 0 {
+        let clear_parts = partitions_of("ia", b.partitions);
+        let sealing_parts = partitions_of("ib", b.partitions);
+        register(&js, &clear_parts, &key).await?;
+        register(&js, &sealing_parts, &key).await?;
+        classify_personal(&js, &sealing_parts, b.personal_fields).await?;
+        let mut child = serve_command("ingest")
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting atp serve --roles ingest")?;
+        let mut rates = Vec::new();
+        for (parts, prefix) in [(&clear_parts, "ia"), (&sealing_parts, "ib")] {
+            let events = sign_events_with(parts, b.events, &key, prefix, b.personal_fields);
+            let ingress: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
+            let until = ledger.clone().info().await?.state.messages + total;
+            let (took, _) = drive(
+                &js,
+                &pool,
+                &ledger,
+                ingress,
+                events,
+                b.producers,
+                Until::Ledger(until),
+            )
+            .await?;
+            rates.push(total as f64 / took.as_secs_f64());
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        Some((rates[0], rates[1]))
+    } else {
+        None
+    };
 
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let cpus = cpus();
@@ -642,6 +704,16 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             (with / plain - 1.0) * 100.0
         );
     }
+    if let Some((plain, with)) = alone {
+        println!(
+            "| ATP ingress → ledger, ingest role alone, attributes in clear | {plain:.0} events/s |"
+        );
+        println!(
+            "| ATP ingress → ledger, ingest role alone, {} personal attributes and the actor sealed | {with:.0} events/s ({:+.1} %: the cost of sealing at ingest) |",
+            b.personal_fields,
+            (with / plain - 1.0) * 100.0
+        );
+    }
     println!(
         "| ingress → ledger latency at {}/s, p50 / p99 | {:.1} ms / {:.1} ms |",
         b.latency_rate, lat.ledger_p50, lat.ledger_p99
@@ -669,8 +741,16 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `events` and waits until the ledger holds `total` records and the read model all
-/// of them: (time to the ledger, time to queryable).
+/// When [`drive`] is done: once the ledger holds this many records, or once the read model
+/// has caught up with them too.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    Ledger(u64),
+    Queryable(u64),
+}
+
+/// Publishes `events` and waits until the ledger holds `until`'s count of records (and, for
+/// [`Until::Queryable`], the read model all of them): (time to the ledger, time to the end).
 async fn drive(
     js: &async_nats::jetstream::Context,
     pool: &sqlx::PgPool,
@@ -678,8 +758,12 @@ async fn drive(
     ingress: Vec<String>,
     events: Vec<(usize, String, Vec<u8>)>,
     producers: usize,
-    total: u64,
+    until: Until,
 ) -> anyhow::Result<(Duration, Duration)> {
+    let (total, queryable) = match until {
+        Until::Ledger(n) => (n, false),
+        Until::Queryable(n) => (n, true),
+    };
     let t0 = Instant::now();
     let publisher = {
         let js = js.clone();
@@ -697,6 +781,9 @@ async fn drive(
         let info = l.info().await?;
         if ledger_done.is_none() && info.state.messages >= total {
             ledger_done = Some(t0.elapsed());
+            if !queryable {
+                break;
+            }
         }
         if let Some(w) =
             atp_store::projection::watermark(pool, atp_store::projection::RECORDS).await?

@@ -128,7 +128,14 @@ pub fn show(r: &StoredRecord, clearance: &Clearance) -> Result<Shown, String> {
     };
     let mut data = match &r.data_view {
         Some(view) => view.0.clone(),
-        None => stored_data(&stored),
+        // No value shown in clear: each sealed value (if any) reads erased.
+        None => {
+            let mut data = stored_data(&stored);
+            for (path, _) in privacy::sealed_values(&data) {
+                privacy::replace(&mut data, &path, privacy::erased());
+            }
+            data
+        }
     };
     redact(&mut data, &classes, clearance);
     let mut shown = stored_data(&stored);

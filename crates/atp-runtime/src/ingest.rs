@@ -901,6 +901,12 @@ impl Ingest {
                 out.push(None);
                 continue;
             };
+            // ATP's own admin trail is classified by ATP's built-in policy, not the tenant's:
+            // its attestations must read as long as the trail proves anything (ADR 0021).
+            if key.source.as_str() == atp_core::registry::SYSTEM_SOURCE {
+                out.push(None);
+                continue;
+            }
             let event_type_of = |ev: &Admitted| {
                 ev.event
                     .get("type")

@@ -46,9 +46,8 @@ use crate::reader::{Shutdown, pause};
 use crate::{Classify, RoleError};
 use atp_telemetry::failpoint;
 
-/// Records scrubbed per transaction: bounds the lock time of one step (and the memory of a page
-/// derived again in Rust).
-const SCRUB_PAGE: i64 = 10_000;
+/// Records scrubbed in place per statement: bounds the lock time of one step.
+const SCRUB_CHUNK: usize = 10_000;
 /// Records derived again in Rust per transaction (they are parsed in memory).
 const REDERIVE_CHUNK: usize = 2_000;
 
@@ -615,38 +614,36 @@ impl Lifecycle {
         }
         self.withdraw_bundles(tenant, kids).await?;
         self.resolver.keys().forget();
-        let (mut after, mut total) = (0, 0i64);
-        loop {
-            let page = store::scrub_page(&self.pool, tenant.as_str(), kids, after, SCRUB_PAGE)
+        let plan = store::scrub_plan(&self.pool, tenant.as_str(), kids)
+            .await
+            .or_retry("finding the keys' records")?;
+        for ids in plan.in_place.chunks(SCRUB_CHUNK) {
+            store::scrub_in_place(&self.pool, tenant.as_str(), kids, ids)
                 .await
                 .or_retry("scrubbing the keys' records")?;
-            let Some(last) = page.last else {
-                return Ok(total);
-            };
-            after = last;
-            total += page.named;
-            for ids in page.rederive.chunks(REDERIVE_CHUNK) {
-                let stored = store::records_by_id(&self.pool, tenant.as_str(), ids)
-                    .await
-                    .or_retry("reading records to derive again")?;
-                let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
-                let clearance = self.resolver.prepare_records(&payloads).await?;
-                let mut rows = Vec::with_capacity(stored.len());
-                for s in &stored {
-                    let row = RecordRow::from_ledger(
-                        &s.record,
-                        u64::try_from(s.ledger_seq).unwrap_or_default(),
-                        s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
-                        &clearance,
-                    )
-                    .or_retry("deriving a record's row again")?;
-                    rows.push(row);
-                }
-                store::replace_rows(&self.pool, &rows)
-                    .await
-                    .or_retry("scrubbing the keys' records")?;
-            }
         }
+        for ids in plan.rederive.chunks(REDERIVE_CHUNK) {
+            let stored = store::records_by_id(&self.pool, tenant.as_str(), ids)
+                .await
+                .or_retry("reading records to derive again")?;
+            let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
+            let clearance = self.resolver.prepare_records(&payloads).await?;
+            let mut rows = Vec::with_capacity(stored.len());
+            for s in &stored {
+                let row = RecordRow::from_ledger(
+                    &s.record,
+                    u64::try_from(s.ledger_seq).unwrap_or_default(),
+                    s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
+                    &clearance,
+                )
+                .or_retry("deriving a record's row again")?;
+                rows.push(row);
+            }
+            store::replace_rows(&self.pool, &rows)
+                .await
+                .or_retry("scrubbing the keys' records")?;
+        }
+        Ok(plan.named)
     }
 
     /// Deletes every stored bundle that discloses a value sealed under one of `kids`: what a

@@ -149,68 +149,83 @@ pub async fn advance(pool: &PgPool, r: &PrivacyRequest, s: &Step<'_>) -> Result<
     Ok(())
 }
 
-/// One page of a scrub in place ([`scrub_page`]).
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
-pub struct ScrubPage {
-    /// Records of the page that name one of the keys.
+/// What a scrub of some keys finds in the tenant's read model ([`scrub_plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubPlan {
+    /// Records that name one of the keys.
     pub named: i64,
-    /// The page's last ledger sequence (`None`: no record left after the cursor).
-    pub last: Option<i64>,
-    /// Rows the page rewrote (the others held no clear value of the keys any more).
-    pub scrubbed: i64,
-    /// Records the page could not scrub in SQL: they name keys besides the ones destroyed, or
-    /// were projected before their sealed paths were stored (migration 0010). Their rows are
-    /// derived again from their bytes ([`records_by_id`]).
+    /// Records that show a value of the keys in clear and nothing else sealed: scrubbed in
+    /// place ([`scrub_in_place`]).
+    pub in_place: Vec<String>,
+    /// Records that also show values of other keys in clear, or were projected before
+    /// migration 0010: derived again from their bytes ([`records_by_id`]).
     pub rederive: Vec<String>,
 }
 
-/// Scrubs, in place, up to `limit` of the tenant's records after ledger sequence `after` that
-/// name one of `kids`, where every key the record names is among them: each value sealed under
-/// them reads `{"erased": true}` in `data_view`, `private_text` is emptied, and a filter column
-/// whose value was sealed under them is blanked — what [`crate::projection::RecordRow`]
-/// derives from the record without those keys. A row that holds no clear value of `kids` any
-/// more is left alone, so a second scrub writes only rows projected since the first.
-pub async fn scrub_page(
+/// Which of the tenant's records naming one of `kids` a scrub of them still has to write, and
+/// how. A record none of whose clear values was opened by `kids` (scrubbed already, or
+/// projected without them) needs nothing, so a second scrub finds only what was projected
+/// since the first.
+pub async fn scrub_plan(
     pool: &PgPool,
     tenant: &str,
     kids: &[String],
-    after: i64,
-    limit: i64,
-) -> Result<ScrubPage, StoreError> {
-    Ok(sqlx::query_as(
-        "WITH page AS ( \
-             SELECT tenant_id, record_id, ledger_seq, \
-                    sealed IS NOT NULL AND kids <@ to_jsonb($2::text[]) AS whole \
-             FROM records \
-             WHERE tenant_id = $1 AND kids ?| $2::text[] AND ledger_seq > $3 \
-             ORDER BY ledger_seq LIMIT $4), \
-         done AS ( \
-             UPDATE records r SET \
-                 data_view = atp_erase_view(r.data_view, r.sealed, $2::text[]), \
-                 private_text = '', \
-                 actor_id = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{actor,id}') \
-                     THEN '' ELSE r.actor_id END, \
-                 action = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{action}') \
-                     THEN '' ELSE r.action END, \
-                 resource_type = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{resource,type}') \
-                     THEN '' ELSE r.resource_type END, \
-                 resource_id = CASE WHEN atp_sealed_at(r.sealed, $2::text[], '{resource,id}') \
-                     THEN '' ELSE r.resource_id END \
-             FROM page p \
-             WHERE p.whole AND r.tenant_id = p.tenant_id AND r.record_id = p.record_id \
-               AND r.data_view IS DISTINCT FROM atp_erase_view(r.data_view, r.sealed, $2::text[]) \
-             RETURNING r.record_id) \
-         SELECT (SELECT count(*) FROM page) AS named, \
-                (SELECT max(ledger_seq) FROM page) AS last, \
-                (SELECT count(*) FROM done) AS scrubbed, \
-                ARRAY(SELECT record_id FROM page WHERE NOT whole) AS rederive",
+) -> Result<ScrubPlan, StoreError> {
+    let rows: Vec<(String, Option<bool>)> = sqlx::query_as(
+        "SELECT record_id, \
+                CASE WHEN sealed IS NULL THEN true \
+                     WHEN sealed ?| $2::text[] THEN (sealed - $2::text[]) <> '{}'::jsonb \
+                END AS rederive \
+         FROM records WHERE tenant_id = $1 AND kids ?| $2::text[]",
     )
     .bind(tenant)
     .bind(kids)
-    .bind(after)
-    .bind(limit)
-    .fetch_one(pool)
-    .await?)
+    .fetch_all(pool)
+    .await?;
+    let mut plan = ScrubPlan {
+        named: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+        ..ScrubPlan::default()
+    };
+    for (id, rederive) in rows {
+        match rederive {
+            Some(true) => plan.rederive.push(id),
+            Some(false) => plan.in_place.push(id),
+            None => {}
+        }
+    }
+    Ok(plan)
+}
+
+/// Scrubs the tenant's records `ids` in place, in one statement. Their only clear values were
+/// opened by `kids` ([`scrub_plan`]), so the row gives up every clear copy: `data_view` (read
+/// as the record with its sealed values erased), `private_text`, and every filter column
+/// holding a sealed value (classification personal or sensitive) — what
+/// [`crate::projection::RecordRow`] derives from the record without the keys. Rows that no
+/// longer show a value of `kids` are left alone. Returns how many were written.
+pub async fn scrub_in_place(
+    pool: &PgPool,
+    tenant: &str,
+    kids: &[String],
+    ids: &[String],
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE records SET \
+             data_view = NULL, \
+             sealed = '{}'::jsonb, \
+             private_text = '', \
+             actor_id = CASE WHEN actor_id_class >= 3 THEN '' ELSE actor_id END, \
+             action = CASE WHEN action_class >= 3 THEN '' ELSE action END, \
+             resource_type = CASE WHEN resource_type_class >= 3 THEN '' ELSE resource_type END, \
+             resource_id = CASE WHEN resource_id_class >= 3 THEN '' ELSE resource_id END \
+         WHERE tenant_id = $1 AND record_id = ANY($3::text[]) AND sealed ?| $2::text[] \
+           AND (sealed - $2::text[]) = '{}'::jsonb",
+    )
+    .bind(tenant)
+    .bind(kids)
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// The tenant's records `ids`, as stored.

@@ -67,12 +67,13 @@ pub struct RecordRow {
     pub resource_id_class: i16,
     /// JSON Pointer → classification of every value not `internal`.
     pub field_classes: sqlx::types::Json<BTreeMap<String, String>>,
-    /// The data with sealed values opened (or marked erased); `None` when nothing is sealed.
+    /// The data with sealed values opened (or marked erased); `None` when no sealed value is
+    /// shown in clear (readers then show each sealed value of the record as erased).
     pub data_view: Option<sqlx::types::Json<Value>>,
     /// The key ids the record's sealed values name.
     pub kids: sqlx::types::Json<Vec<String>>,
-    /// Where each sealed value sits (JSON Pointer tokens), by its key id: what erasure
-    /// scrubs in place. `None` when nothing is sealed.
+    /// Where each value shown in clear in `data_view` sits (JSON Pointer tokens), by the id of
+    /// the key that opened it: what erasure scrubs in place. `None` when nothing is sealed.
     pub sealed: Option<sqlx::types::Json<BTreeMap<String, Vec<Vec<String>>>>>,
     pub digest: Vec<u8>,
     pub chain_hash: Vec<u8>,
@@ -206,7 +207,7 @@ impl RecordRow {
         let mut view = data.clone();
         let mut shape = data;
         let mut opened_text = Vec::new();
-        let mut sealed_at: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        let mut shown: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
         for (path, s) in &sealed {
             let place = Place {
                 tenant: &r.tenant_id,
@@ -224,16 +225,16 @@ impl RecordRow {
                     }
                     privacy::replace(&mut view, path, v.clone());
                     privacy::replace(&mut shape, path, v);
+                    shown
+                        .entry(s.kid.clone())
+                        .or_default()
+                        .push(atp_core::policy::split(path).unwrap_or_default());
                 }
                 None => {
                     privacy::replace(&mut view, path, privacy::erased());
                     privacy::replace(&mut shape, path, Value::String(String::new()));
                 }
             }
-            sealed_at
-                .entry(s.kid.clone())
-                .or_default()
-                .push(atp_core::policy::split(path).unwrap_or_default());
         }
         let policy = clearance.policy(&r.tenant_id, r.policy.policy_version);
         let default_policy = PolicyDocument::default();
@@ -308,9 +309,14 @@ impl RecordRow {
             attributes_text: open_text.join(" "),
             private_text: private_text.join(" "),
             field_classes: sqlx::types::Json(field_classes),
-            data_view: (!sealed.is_empty()).then_some(sqlx::types::Json(view)),
-            kids: sqlx::types::Json(sealed_at.keys().cloned().collect()),
-            sealed: (!sealed_at.is_empty()).then_some(sqlx::types::Json(sealed_at)),
+            data_view: (!shown.is_empty()).then_some(sqlx::types::Json(view)),
+            kids: sqlx::types::Json({
+                let mut kids: Vec<String> = sealed.iter().map(|(_, s)| s.kid.clone()).collect();
+                kids.sort();
+                kids.dedup();
+                kids
+            }),
+            sealed: (!sealed.is_empty()).then_some(sqlx::types::Json(shown)),
             digest: opened.link.digest.0.to_vec(),
             chain_hash: opened.link.chain_hash.0.to_vec(),
             ledger_seq: i64::try_from(ledger_seq)
