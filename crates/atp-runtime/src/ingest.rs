@@ -851,7 +851,8 @@ impl BatchHandler for Ingest {
         };
         let (parts, planned) = tokio::task::spawn_blocking(move || {
             let mut parts = parts;
-            let out = plan(&input, admissions, sealings, &mut parts);
+            let sealed = seal_all(&input, admissions, sealings);
+            let out = plan(&input, sealed, &mut parts);
             (parts, out)
         })
         .await
@@ -1039,18 +1040,88 @@ fn admit_all(input: &PlanInput, parts: &HashMap<PartKey, Part>) -> Vec<Admission
     parallel_map(input.msgs.len(), admit_one)
 }
 
-/// Walks the admitted batch in order: each message's step, sealed with its plan.
-fn plan(
+/// An admitted event with what its policy decided, its values sealed (on every core) under
+/// the record id it gets if it is appended.
+struct Sealed {
+    admission: Admission,
+    sealing: SealingPlan,
+    /// Picked before sealing (the associated data binds each value to it); `None` when the
+    /// event seals nothing and its record id is picked when it is appended.
+    record_id: Option<String>,
+}
+
+/// Seals the `personal` and `sensitive` values of every admitted event in parallel, each under
+/// a record id picked now. Sealing happens before the partition decides whether the event is a
+/// duplicate; the work on a duplicate is thrown away. A sealing that fails (or panics) makes
+/// its event `UNPROCESSABLE`, never the batch.
+fn seal_all(
     input: &PlanInput,
     admissions: Vec<Admission>,
     sealings: Vec<SealingPlan>,
+) -> Vec<Sealed> {
+    let mut out: Vec<Sealed> = admissions
+        .into_iter()
+        .zip(sealings)
+        .map(|(admission, sealing)| Sealed {
+            admission,
+            sealing,
+            record_id: None,
+        })
+        .collect();
+    parallel_each_mut(&mut out, |i, item| {
+        let (Some(Ok(ev)), Some(Ok(sealing))) = (item.admission.as_mut(), item.sealing.as_ref())
+        else {
+            return;
+        };
+        let Some(key) = input.located[i].as_ref().and_then(|l| l.key.as_ref()) else {
+            return;
+        };
+        if sealing.nonces.is_empty() {
+            return;
+        }
+        let record_id = ulid::Ulid::generate().to_string();
+        let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            atp_core::privacy::seal_event(
+                &mut ev.event,
+                key.tenant.as_str(),
+                key.source.as_str(),
+                &record_id,
+                sealing,
+            )
+        }));
+        match sealed {
+            Ok(Ok(())) => item.record_id = Some(record_id),
+            Ok(Err(e)) => item.sealing = Some(Err(format!("cannot seal a record: {e}"))),
+            Err(panic) => {
+                item.sealing = Some(Err(format!(
+                    "sealing panicked: {}",
+                    crate::panic_message(&*panic)
+                )));
+            }
+        }
+    });
+    out
+}
+
+/// Walks the admitted batch in order: each message's step, with its values already sealed.
+fn plan(
+    input: &PlanInput,
+    sealed: Vec<Sealed>,
     parts: &mut HashMap<PartKey, Part>,
 ) -> Result<PlanOutput, RoleError> {
     let mut stats = BatchStats::default();
     let mut received = Vec::new();
     let mut plans: HashMap<PartKey, Plan> = HashMap::new();
     let mut order: Vec<PartKey> = Vec::new();
-    for (i, (admission, sealing)) in admissions.into_iter().zip(sealings).enumerate() {
+    for (
+        i,
+        Sealed {
+            admission,
+            sealing,
+            record_id,
+        },
+    ) in sealed.into_iter().enumerate()
+    {
         let (Some(loc), msg) = (input.located[i].as_ref(), &input.msgs[i]) else {
             continue;
         };
@@ -1070,7 +1141,9 @@ fn plan(
             ),
             Some(Ok(s)) => {
                 let stamp = s.classified.stamp();
-                (admission, stamp, (!s.nonces.is_empty()).then_some(s))
+                // Sealed by `seal_all` already, unless it had no record id to seal under.
+                let unsealed = !s.nonces.is_empty() && record_id.is_none();
+                (admission, stamp, unsealed.then_some(s))
             }
             None => (admission, PolicyStamp::default(), None),
         };
@@ -1084,7 +1157,7 @@ fn plan(
             }
         });
         let stamps = || Stamps {
-            record_id: ulid::Ulid::generate().to_string(),
+            record_id: record_id.unwrap_or_else(|| ulid::Ulid::generate().to_string()),
             received_at: loc.received_at,
             committed_at: input.committed_at,
             policy,
@@ -1214,6 +1287,31 @@ fn log_unprocessable(loc: &Located, defect: &str) {
 
 /// `f(0..n)` across the machine's cores (scoped threads; results in index order). Admission
 /// of ~1000 events is 50–100 ms of CPU, well worth two threads; below 64 items one is enough.
+/// Calls `f` with the index and each item of `items`, on every core for a batch big enough.
+fn parallel_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(8);
+    let n = items.len();
+    if threads < 2 || n < 64 {
+        for (i, item) in items.iter_mut().enumerate() {
+            f(i, item);
+        }
+        return;
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        for (t, part) in items.chunks_mut(chunk).enumerate() {
+            scope.spawn(move || {
+                for (j, item) in part.iter_mut().enumerate() {
+                    f(t * chunk + j, item);
+                }
+            });
+        }
+    });
+}
+
 fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |p| p.get())

@@ -47,7 +47,9 @@ use crate::{Classify, RoleError};
 use atp_telemetry::failpoint;
 
 /// Records scrubbed in place per statement: bounds the lock time of one step.
-const SCRUB_CHUNK: usize = 10_000;
+const SCRUB_CHUNK: usize = 5_000;
+/// Statements of one scrub run at once.
+const SCRUB_PARALLEL: usize = 2;
 /// Records derived again in Rust per transaction (they are parsed in memory).
 const REDERIVE_CHUNK: usize = 2_000;
 
@@ -617,10 +619,21 @@ impl Lifecycle {
         let plan = store::scrub_plan(&self.pool, tenant.as_str(), kids)
             .await
             .or_retry("finding the keys' records")?;
-        for ids in plan.in_place.chunks(SCRUB_CHUNK) {
-            store::scrub_in_place(&self.pool, tenant.as_str(), kids, ids)
-                .await
-                .or_retry("scrubbing the keys' records")?;
+        // Chunks on parallel connections: a scrub's rows are disjoint, and one statement keeps
+        // only one of the database's cores busy.
+        for round in plan.in_place.chunks(SCRUB_CHUNK * SCRUB_PARALLEL) {
+            let mut scrubs = Vec::with_capacity(SCRUB_PARALLEL);
+            for ids in round.chunks(SCRUB_CHUNK) {
+                scrubs.push(store::scrub_in_place(
+                    &self.pool,
+                    tenant.as_str(),
+                    kids,
+                    ids,
+                ));
+            }
+            for done in futures::future::join_all(scrubs).await {
+                done.or_retry("scrubbing the keys' records")?;
+            }
         }
         for ids in plan.rederive.chunks(REDERIVE_CHUNK) {
             let stored = store::records_by_id(&self.pool, tenant.as_str(), ids)
