@@ -1068,6 +1068,12 @@ fn seal_all(
             record_id: None,
         })
         .collect();
+    let seals_any = out
+        .iter()
+        .any(|s| matches!(&s.sealing, Some(Ok(s)) if !s.nonces.is_empty()));
+    if !seals_any {
+        return out;
+    }
     parallel_each_mut(&mut out, |i, item| {
         let (Some(Ok(ev)), Some(Ok(sealing))) = (item.admission.as_mut(), item.sealing.as_ref())
         else {
