@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_nats::jetstream::{Context, Message};
+use async_nats::jetstream::Context;
 use atp_core::TenantId;
 use atp_core::policy::PolicyDocument;
 use atp_core::privacy::BucketKey;
@@ -48,27 +48,9 @@ impl Resolver {
         Ok(Self { policies, keys })
     }
 
-    /// Everything the ledger messages of `batch` refer to. A key store or policy bucket that
-    /// does not answer fails the batch (retried); a key that is gone reads as erased.
-    pub async fn prepare(&self, batch: &[Message]) -> Result<BatchClearance, RoleError> {
-        let mut payloads: Vec<&[u8]> = Vec::with_capacity(batch.len());
-        for m in batch {
-            payloads.push(&m.payload);
-        }
-        self.prepare_records(&payloads).await
-    }
-
-    /// [`Resolver::prepare`] for record bytes however they were read.
-    pub async fn prepare_records(&self, records: &[&[u8]]) -> Result<BatchClearance, RoleError> {
-        let parsed: Vec<Parsed> = records
-            .iter()
-            .filter_map(|bytes| Parsed::parse(bytes, 0).ok())
-            .collect();
-        self.for_parsed(parsed.iter()).await
-    }
-
     /// What the records `parsed` name: the policy versions that classified them and the keys
-    /// of their sealed values.
+    /// of their sealed values. A key store or policy bucket that does not answer fails the
+    /// batch (retried); a key that is gone reads as erased.
     pub async fn for_parsed<'a>(
         &self,
         parsed: impl Iterator<Item = &'a Parsed>,

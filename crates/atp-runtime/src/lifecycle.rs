@@ -36,7 +36,7 @@ use atp_core::producer::AdminAction;
 use atp_nats::subject_keys;
 use atp_store::exports::{self, ExportRequest, ExportStatus};
 use atp_store::privacy::{self as store, PrivacyRequest, Step, state};
-use atp_store::projection::RecordRow;
+use atp_store::projection::{Parsed, RecordRow};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
@@ -639,17 +639,17 @@ impl Lifecycle {
             let stored = store::records_by_id(&self.pool, tenant.as_str(), ids)
                 .await
                 .or_retry("reading records to derive again")?;
-            let payloads: Vec<&[u8]> = stored.iter().map(|s| s.record.as_slice()).collect();
-            let clearance = self.resolver.prepare_records(&payloads).await?;
-            let mut rows = Vec::with_capacity(stored.len());
+            let mut parsed = Vec::with_capacity(stored.len());
             for s in &stored {
-                let row = RecordRow::from_ledger(
-                    &s.record,
-                    u64::try_from(s.ledger_seq).unwrap_or_default(),
-                    s.ingress_seq.and_then(|i| u64::try_from(i).ok()),
-                    &clearance,
-                )
-                .or_retry("deriving a record's row again")?;
+                let seq = u64::try_from(s.ledger_seq).unwrap_or_default();
+                parsed.push(Parsed::parse(&s.record, seq).or_retry("reading a record again")?);
+            }
+            let clearance = self.resolver.for_parsed(parsed.iter()).await?;
+            let mut rows = Vec::with_capacity(stored.len());
+            for (p, s) in parsed.into_iter().zip(&stored) {
+                let ingress_seq = s.ingress_seq.and_then(|i| u64::try_from(i).ok());
+                let row = RecordRow::from_parsed(p, &s.record, ingress_seq, &clearance)
+                    .or_retry("deriving a record's row again")?;
                 rows.push(row);
             }
             store::replace_rows(&self.pool, &rows)
