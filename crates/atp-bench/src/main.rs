@@ -266,6 +266,11 @@ impl Meter {
             start_cpu,
         }
     }
+    /// CPU seconds its processes used since it was made.
+    fn cpu_secs(&self) -> f64 {
+        (self.pids)().iter().map(|p| cpu_secs(*p)).sum::<f64>() - self.start_cpu
+    }
+
     /// (cores used on average over `wall`, peak RSS MiB of the main process)
     fn read(&self, wall: Duration) -> (f64, f64) {
         let pids = (self.pids)();
@@ -585,24 +590,26 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let (pg_cpu, pg_rss) = m_pg.read(e2e);
 
     // --- ATP: the same throughput with the personal attributes sealed ---
+    // CPU seconds of ATP, NATS and PostgreSQL per event: on a machine whose cores the run
+    // saturates this is what throughput divides, with less of the noise of a shared VM.
+    let clear_cpu_per_event = (atp_cpu + nats_cpu + pg_cpu) * e2e.as_secs_f64() / total as f64;
+    let servers = move |atp_pid: u32| {
+        move || {
+            let mut pids = vec![atp_pid, nats_pid];
+            pids.extend(process_tree(pg_pid));
+            pids
+        }
+    };
     let sealed = if b.personal_fields > 0 {
         let events = sign_events_with(&sealed_parts, b.events, &key, "tps", b.personal_fields);
         let ingress: Vec<String> = sealed_parts
             .iter()
             .map(|(p, _)| subjects::ingress(p))
             .collect();
-        Some(
-            drive(
-                &js,
-                &pool,
-                &ledger,
-                ingress,
-                events,
-                b.producers,
-                Until::Queryable(2 * total),
-            )
-            .await?,
-        )
+        let meter = Meter::new("servers", servers(atp_pid));
+        let until = Until::Queryable(2 * total);
+        let took = drive(&js, &pool, &ledger, ingress, events, b.producers, until).await?;
+        Some((took, meter.cpu_secs() / total as f64))
     } else {
         None
     };
@@ -624,22 +631,18 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .context("starting atp serve --roles ingest")?;
+        let ingest_pid = child.id().context("atp serve --roles ingest pid")?;
         let mut rates = Vec::new();
         for (parts, prefix) in [(&clear_parts, "ia"), (&sealing_parts, "ib")] {
             let events = sign_events_with(parts, b.events, &key, prefix, b.personal_fields);
             let ingress: Vec<String> = parts.iter().map(|(p, _)| subjects::ingress(p)).collect();
-            let until = ledger.clone().info().await?.state.messages + total;
-            let (took, _) = drive(
-                &js,
-                &pool,
-                &ledger,
-                ingress,
-                events,
-                b.producers,
-                Until::Ledger(until),
-            )
-            .await?;
-            rates.push(total as f64 / took.as_secs_f64());
+            let until = Until::Ledger(ledger.clone().info().await?.state.messages + total);
+            let meter = Meter::new("servers", servers(ingest_pid));
+            let (took, _) = drive(&js, &pool, &ledger, ingress, events, b.producers, until).await?;
+            rates.push((
+                total as f64 / took.as_secs_f64(),
+                meter.cpu_secs() / total as f64,
+            ));
         }
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -687,7 +690,7 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         "| ATP ingress → queryable in PostgreSQL, sustained (end to end) | {:.0} events/s |",
         total as f64 / e2e.as_secs_f64()
     );
-    if let Some((s_ledger, s_e2e)) = sealed {
+    if let Some(((s_ledger, s_e2e), s_cpu)) = sealed {
         let plain = total as f64 / to_ledger.as_secs_f64();
         let with = total as f64 / s_ledger.as_secs_f64();
         println!(
@@ -703,8 +706,17 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             with,
             (with / plain - 1.0) * 100.0
         );
+        println!(
+            "| CPU per event, ATP + NATS + PostgreSQL, ingress → queryable, in clear | {:.0} µs |",
+            clear_cpu_per_event * 1e6
+        );
+        println!(
+            "| CPU per event, ATP + NATS + PostgreSQL, ingress → queryable, sealed | {:.0} µs ({:+.1} %) |",
+            s_cpu * 1e6,
+            (s_cpu / clear_cpu_per_event - 1.0) * 100.0
+        );
     }
-    if let Some((plain, with)) = alone {
+    if let Some(((plain, plain_cpu), (with, with_cpu))) = alone {
         println!(
             "| ATP ingress → ledger, ingest role alone, attributes in clear | {plain:.0} events/s |"
         );
@@ -712,6 +724,16 @@ pub async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             "| ATP ingress → ledger, ingest role alone, {} personal attributes and the actor sealed | {with:.0} events/s ({:+.1} %: the cost of sealing at ingest) |",
             b.personal_fields,
             (with / plain - 1.0) * 100.0
+        );
+        println!(
+            "| CPU per event, ATP ingest + NATS + PostgreSQL, in clear / sealed | {:.0} µs / {:.0} µs ({:+.1} %) |",
+            plain_cpu * 1e6,
+            with_cpu * 1e6,
+            (with_cpu / plain_cpu - 1.0) * 100.0
+        );
+        let (seal, open) = privacy::value_crypto_micros(200_000)?;
+        println!(
+            "| one value, field key + XChaCha20-Poly1305 + its JSON, one core: seal / open | {seal:.2} µs / {open:.2} µs |"
         );
     }
     println!(

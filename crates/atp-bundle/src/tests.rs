@@ -26,10 +26,7 @@ fn key() -> SigningKey {
 
 /// The subject key the test records seal with.
 fn bucket() -> BucketKey {
-    BucketKey {
-        kid: "k-ada".to_owned(),
-        key: [5; 32],
-    }
+    BucketKey::new("k-ada", &[5; 32])
 }
 
 /// Whether record `i` of `source` seals values: every fourth crm record, from the second.

@@ -245,7 +245,7 @@ fn wrap_aad(tenant: &TenantId, kid: &str, key: &WrappedKey) -> Vec<u8> {
     out
 }
 
-type CachedKey = (Instant, [u8; 32]);
+type CachedKey = (Instant, BucketKey);
 /// A subject's pseudonym and when it was computed.
 type CachedPseudonym = (Instant, String);
 
@@ -357,7 +357,7 @@ impl SubjectKeys {
             bounded_insert(
                 &self.by_kid,
                 (name.tenant.clone(), kid.clone()),
-                (Instant::now(), key),
+                (Instant::now(), BucketKey::new(kid.clone(), &key)),
             );
         }
         Ok(winner)
@@ -373,10 +373,7 @@ impl SubjectKeys {
         if let Some((at, key)) = lock(&self.by_kid).get(&slot)
             && at.elapsed() < KEY_CACHE_TTL
         {
-            return Ok(Some(BucketKey {
-                kid: kid.to_owned(),
-                key: *key,
-            }));
+            return Ok(Some(key.clone()));
         }
         let Some(entry) = subject_keys::wrapped(&self.kv, tenant, kid).await? else {
             lock(&self.by_kid).remove(&slot);
@@ -389,11 +386,9 @@ impl SubjectKeys {
             })?;
         let aad = wrap_aad(tenant, kid, &entry);
         let key = self.port.unwrap(tenant, &aad, &wrapped).await?;
-        bounded_insert(&self.by_kid, slot, (Instant::now(), key));
-        Ok(Some(BucketKey {
-            kid: kid.to_owned(),
-            key,
-        }))
+        let key = BucketKey::new(kid, &key);
+        bounded_insert(&self.by_kid, slot, (Instant::now(), key.clone()));
+        Ok(Some(key))
     }
 
     /// Forgets every cached key: after this process destroyed keys itself.
