@@ -25,6 +25,7 @@ mod nats_auth;
 mod openapi;
 mod policy;
 mod privacy;
+mod producer;
 mod registry;
 mod replay;
 mod secrets;

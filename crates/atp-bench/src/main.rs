@@ -345,36 +345,51 @@ pub(crate) fn sign_events_with(
     prefix: &str,
     personal: usize,
 ) -> Vec<(usize, String, Vec<u8>)> {
+    sign_events_as(parts, n, key, prefix, personal, |i| {
+        if personal > 0 {
+            format!("user-{}", i / 1000)
+        } else {
+            "bench-user".to_owned()
+        }
+    })
+}
+
+/// [`sign_events_with`] with event `i`'s actor `actor(i)`. Events are built and signed by the
+/// Rust SDK (`atp-producer`), as a producer would; an event that cannot be signed is left out.
+pub(crate) fn sign_events_as(
+    parts: &[(PartitionKey, String)],
+    n: u64,
+    key: &ed25519_dalek::SigningKey,
+    prefix: &str,
+    personal: usize,
+    actor: impl Fn(u64) -> String,
+) -> Vec<(usize, String, Vec<u8>)> {
+    use atp_producer::{AuditEvent, Producer, Signer, Source};
+    let producers: Vec<Option<Producer>> = parts
+        .iter()
+        .map(|(p, uri)| {
+            let source = Source::new(p.tenant.as_str(), p.source.as_str(), uri).ok()?;
+            Some(Producer::new(source, Signer::new(key.clone(), "bench-1")))
+        })
+        .collect();
     (0..n)
-        .map(|i| {
+        .filter_map(|i| {
             let pi = (i as usize) % parts.len();
             let id = format!("{prefix}-{i}");
-            let actor = if personal > 0 {
-                format!("user-{}", i / 1000)
-            } else {
-                "bench-user".to_owned()
-            };
-            let mut ev = atp_core::producer::example_event(
-                &id,
-                &parts[pi].1,
-                chrono::Utc::now(),
-                &actor,
-                "UPDATE",
-            );
-            if let Some(attrs) = ev
-                .get_mut("data")
-                .and_then(|d| d.get_mut("attributes"))
-                .and_then(serde_json::Value::as_object_mut)
-            {
-                for k in 0..personal {
-                    attrs.insert(
-                        format!("personal_{k}"),
-                        serde_json::Value::from(format!("{actor}.{k}@mail.example")),
-                    );
-                }
+            let actor = actor(i);
+            let mut ev = AuditEvent::new("com.example.audit")
+                .id(&id)
+                .actor(&actor, "user")
+                .action("UPDATE")
+                .resource("Order", "4711")
+                .outcome("success")
+                .attribute("ip", "192.0.2.1")
+                .attribute("amount", 12.5);
+            for k in 0..personal {
+                ev = ev.attribute(format!("personal_{k}"), format!("{actor}.{k}@mail.example"));
             }
-            let _ = atp_core::producer::sign_structured(&mut ev, key, "bench-1");
-            (pi, id, serde_json::to_vec(&ev).unwrap_or_default())
+            let signed = producers.get(pi)?.as_ref()?.sign(ev).ok()?;
+            Some((pi, id, signed.body().to_vec()))
         })
         .collect()
 }

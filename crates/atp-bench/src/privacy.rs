@@ -100,19 +100,9 @@ pub async fn run(b: PrivacyBench) -> anyhow::Result<()> {
         b.records
     );
     for (parts, prefix) in [(&sealed, "big"), (&plain, "plain")] {
-        let mut events = super::sign_events_with(parts, b.records, &key, prefix, 3);
-        for e in &mut events {
-            // One data subject for every record.
-            let mut v: serde_json::Value = serde_json::from_slice(&e.2)?;
-            v["data"]["actor"]["id"] = serde_json::Value::from("u-big");
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("dssematerial");
-                let mut m = obj.clone();
-                atp_core::producer::sign_structured(&mut m, &key, "bench-1")
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                e.2 = serde_json::to_vec(&m)?;
-            }
-        }
+        // One data subject for every record.
+        let events =
+            super::sign_events_as(parts, b.records, &key, prefix, 3, |_| "u-big".to_owned());
         let ingress = parts
             .iter()
             .map(|(p, _)| atp_nats::subjects::ingress(p))

@@ -120,10 +120,12 @@ struct NatsArgs {
 }
 
 impl NatsArgs {
+    async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(atp_nats::connect(&self.nats_url, "atp-cli", self.nats_creds.as_deref()).await?)
+    }
+
     async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
-        let client =
-            atp_nats::connect(&self.nats_url, "atp-cli", self.nats_creds.as_deref()).await?;
-        Ok(async_nats::jetstream::new(client))
+        Ok(async_nats::jetstream::new(self.client().await?))
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use atp_producer::{AuditEvent, NatsPublisher, Producer, Signer, Source};
+
 use super::NatsArgs;
 
 #[derive(clap::Args)]
@@ -30,26 +32,53 @@ pub(super) struct Args {
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<()> {
-    let p = crate::admin::partition(&args.tenant, &args.source)?;
-    let key = crate::keys::read_private(&args.key)?;
-    let js = args.nats.jetstream().await?;
+    let source = Source::new(&args.tenant, &args.source, &args.source_uri)?;
+    let client = args.nats.client().await?;
+    if args.unsigned {
+        return publish_unsigned(&args, &source, client).await;
+    }
+    let producer = Producer::new(source, Signer::read_pem_file(&args.key, &args.key_id)?);
+    let nats = NatsPublisher::with_client(client, producer.source());
+    for _ in 0..args.count {
+        let event = producer.sign(
+            AuditEvent::new("com.example.audit")
+                .actor(&args.actor, "user")
+                .action(&args.action)
+                .resource("Order", "4711")
+                .outcome("success")
+                .attribute("ip", "192.0.2.1"),
+        )?;
+        let receipt = nats.publish(&event).await?;
+        println!(
+            "published {} (ingress seq {})",
+            event.id(),
+            receipt.ingress_seq
+        );
+    }
+    Ok(())
+}
+
+/// What a producer that does not sign sends: ATP refuses it (`SIGNATURE_MISSING`) unless the
+/// source allows unsigned events.
+async fn publish_unsigned(
+    args: &Args,
+    source: &Source,
+    client: async_nats::Client,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client);
     for _ in 0..args.count {
         let id = ulid::Ulid::generate().to_string();
-        let mut ev = atp_core::producer::example_event(
+        let ev = atp_core::producer::example_event(
             &id,
-            &args.source_uri,
+            source.uri(),
             chrono::Utc::now(),
             &args.actor,
             &args.action,
         );
-        if !args.unsigned {
-            atp_core::producer::sign_structured(&mut ev, &key, &args.key_id)?;
-        }
-        // No Nats-Msg-Id: ATP recognises repeats by (tenant, source, id) (ADR 0013).
         let h = atp_nats::headers::IngressHeaders::structured();
         let ack = js
             .publish_with_headers(
-                atp_nats::subjects::ingress(&p),
+                atp_nats::subjects::ingress(source.partition()),
                 h.into_map(),
                 serde_json::to_vec(&ev)?.into(),
             )

@@ -1,0 +1,133 @@
+//! [`NatsPublisher`]: events straight to ATP's ingress stream, acknowledged by JetStream.
+
+use std::path::Path;
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+
+use crate::{PublishError, Retry, SignedEvent, Source};
+
+/// What JetStream's acknowledgement says: the event is durable in ATP's ingress stream, and
+/// ATP will make it a record or a rejection (`GET /api/v1/audit/rejections` says why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub idempotency_key: String,
+    /// Its position in the ingress stream.
+    pub ingress_seq: u64,
+}
+
+/// Publishes signed events to `atp.ingress.<tenant>.<source>` and waits for JetStream's
+/// acknowledgement, retrying what was not acknowledged.
+#[derive(Debug, Clone)]
+pub struct NatsPublisher {
+    js: jetstream::Context,
+    subject: String,
+    retry: Retry,
+}
+
+impl NatsPublisher {
+    /// Connects to `url` as the producer whose NATS seed file `atp producer add` wrote (the
+    /// seed alone, or ATP's annotated form).
+    pub async fn connect(
+        url: &str,
+        seed_file: &Path,
+        source: &Source,
+    ) -> Result<NatsPublisher, PublishError> {
+        let (seed, inbox) = atp_nats::auth::read_seed(seed_file)
+            .map_err(|e| PublishError::Config(e.to_string()))?;
+        let mut options = async_nats::ConnectOptions::with_nkey(seed).name("atp-producer");
+        if let Some(prefix) = inbox {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        let client = options
+            .connect(url)
+            .await
+            .map_err(|e| PublishError::Unavailable(format!("connecting to {url}: {e}")))?;
+        Ok(NatsPublisher::with_client(client, source))
+    }
+
+    /// Publishes over a client the caller connected.
+    pub fn with_client(client: async_nats::Client, source: &Source) -> NatsPublisher {
+        NatsPublisher {
+            js: jetstream::new(client),
+            subject: atp_nats::subjects::ingress(source.partition()),
+            retry: Retry::default(),
+        }
+    }
+
+    pub fn retry(mut self, retry: Retry) -> NatsPublisher {
+        self.retry = retry;
+        self
+    }
+
+    /// Publishes one event and waits for its acknowledgement, retrying (with backoff and
+    /// jitter) until it comes or the attempts run out.
+    pub async fn publish(&self, event: &SignedEvent) -> Result<Receipt, PublishError> {
+        let mut last = String::new();
+        for attempt in 0..self.retry.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry.backoff(attempt)).await;
+            }
+            match self.try_once(event).await {
+                Ok(ingress_seq) => {
+                    return Ok(Receipt {
+                        idempotency_key: event.idempotency_key().to_owned(),
+                        ingress_seq,
+                    });
+                }
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Again(why)) => {
+                    tracing::debug!(id = event.id(), attempt, %why, "not acknowledged; retrying");
+                    last = why;
+                }
+            }
+        }
+        Err(PublishError::Unavailable(format!(
+            "not acknowledged after {} attempts: {last}",
+            self.retry.attempts.max(1)
+        )))
+    }
+
+    /// Publishes `events` with up to `in_flight` waiting for their acknowledgement at once,
+    /// and answers each in order. Memory stays bounded by `in_flight`, however many events
+    /// the iterator yields.
+    pub async fn publish_all<I>(
+        &self,
+        events: I,
+        in_flight: usize,
+    ) -> Vec<Result<Receipt, PublishError>>
+    where
+        I: IntoIterator<Item = SignedEvent>,
+    {
+        futures::stream::iter(events)
+            .map(|e| async move { self.publish(&e).await })
+            .buffered(in_flight.max(1))
+            .collect()
+            .await
+    }
+
+    async fn try_once(&self, event: &SignedEvent) -> Result<u64, Attempt> {
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        let headers = atp_nats::headers::IngressHeaders::structured().into_map();
+        let sent = self
+            .js
+            .publish_with_headers(self.subject.clone(), headers, event.body().to_vec().into())
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) => match e.kind() {
+                K::MaxPayloadExceeded => Err(Attempt::Final(PublishError::TooLarge(e.to_string()))),
+                _ => Err(Attempt::Again(e.to_string())),
+            },
+        }
+    }
+}
+
+enum Attempt {
+    Again(String),
+    Final(PublishError),
+}
