@@ -189,3 +189,152 @@ async fn the_rust_sdk_over_http_answers_the_record_a_repeat_and_a_typed_rejectio
     // A source the producer does not own is refused before anything is sent.
     assert!(Source::new("Not A Tenant", SOURCE, SOURCE_URI).is_err());
 }
+
+/// `atp producer add --generate-key --output DIR`: a directory with everything the producer
+/// needs, keys that openssl reads, a NATS seed the SDK connects with, and a first record.
+#[tokio::test]
+async fn onboarding_writes_everything_a_producer_needs_and_the_sdk_publishes_with_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let stack = Stack::start().await;
+    let _running = stack.serve(ingest_only()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("creds");
+    let out = std::process::Command::new(atp_binary())
+        .args([
+            "producer", "add", "--tenant", "globex", "--source", "billing",
+        ])
+        .args(["--source-uri", "https://billing.globex.example"])
+        .args(["--key-id", "billing-1", "--generate-key", "--output"])
+        .arg(&out_dir)
+        .envs(stack.cli_env())
+        .env("ATP_LOG", "warn")
+        .output()
+        .expect("atp runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out_dir), 0o700);
+    assert_eq!(mode(&out_dir.join("producer.pem")), 0o600);
+    assert_eq!(mode(&out_dir.join("nats.nk")), 0o600);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("producer.json")).unwrap()).unwrap();
+    assert_eq!(facts["subject"], "atp.ingress.globex.billing");
+    assert_eq!(facts["keyId"], "billing-1");
+    assert_eq!(facts["natsCredentials"], "nats.nk");
+
+    // openssl reads the private key and derives the public key ATP wrote beside it.
+    let derived = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(out_dir.join("producer.pem"))
+        .output()
+        .expect("openssl runs (this test needs it installed)");
+    assert!(derived.status.success());
+    assert_eq!(
+        String::from_utf8(derived.stdout).unwrap(),
+        std::fs::read_to_string(out_dir.join("producer.pub.pem")).unwrap()
+    );
+
+    // The SDK, configured from producer.json alone, publishes a record.
+    let text = |k: &str| facts[k].as_str().unwrap().to_owned();
+    let source = Source::new(&text("tenant"), &text("source"), &text("sourceUri")).unwrap();
+    let signer = Signer::read_pem_file(&out_dir.join(text("privateKey")), text("keyId")).unwrap();
+    let producer = Producer::new(source, signer);
+    let nats = NatsPublisher::connect(
+        &text("natsUrl"),
+        &out_dir.join(text("natsCredentials")),
+        producer.source(),
+    )
+    .await
+    .expect("the producer connects with its own seed");
+    let event = producer.sign(contact_updated(1)).unwrap();
+    nats.publish(&event).await.unwrap();
+    let p = partition("globex", "billing");
+    let records = eventually("the first record", || async {
+        let r = stack.ledger(&p).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(records[0].event["id"], event.id());
+    assert_eq!(records[0].producer.key_id.as_deref(), Some("billing-1"));
+}
+
+/// The Python SDK (`sdk/python`): `ATP_SDK_PYTHON` (what `ops/bin/test` installs with
+/// `ops/bin/install-sdk-python`; then a failure is a failure), else `None` after saying why the
+/// test is skipped.
+fn sdk_python() -> Option<String> {
+    if let Ok(python) = std::env::var("ATP_SDK_PYTHON") {
+        return Some(python);
+    }
+    eprintln!(
+        "skipped: ATP_SDK_PYTHON is not set; ops/bin/test installs the Python SDK \
+         (ops/bin/install-sdk-python) and sets it"
+    );
+    None
+}
+
+/// The SDK's own tests (the cross-language vectors included), then the SDK against the live
+/// stack: over NATS as the producer's identity and over HTTP, every stored event re-verified in
+/// Python with the keys the gateway publishes.
+#[tokio::test]
+async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
+    let Some(python) = sdk_python() else { return };
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
+    let unit = std::process::Command::new(&python)
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(&sdk)
+        .output()
+        .expect("the SDK's python runs");
+    assert!(
+        unit.status.success(),
+        "the Python SDK's tests: {}",
+        String::from_utf8_lossy(&unit.stderr)
+    );
+
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let (auth, _) = stack.auth.as_ref().unwrap();
+    let p = partition(TENANT, SOURCE);
+    let (_, seed) = atp::admin::add_nats_producer(&stack.nats.url(), auth, &p, None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("producer.pem");
+    atp::keys::write_private(&pem, &stack.producer).unwrap();
+    let out = tokio::process::Command::new(&python)
+        .arg(sdk.join("tests/live.py"))
+        .env("ATP_NATS_URL", stack.nats.url())
+        .env("ATP_SEED", &seed)
+        .env("ATP_TENANT", TENANT)
+        .env("ATP_SOURCE", SOURCE)
+        .env("ATP_SOURCE_URI", SOURCE_URI)
+        .env("ATP_KEY_PEM", &pem)
+        .env("ATP_KEY_ID", KEY_ID)
+        .env("ATP_GATEWAY", &api.base)
+        .env(
+            "ATP_TOKEN_PRODUCER",
+            stack.token(TENANT, Permission::Producer),
+        )
+        .env(
+            "ATP_TOKEN_AUDITOR",
+            stack.token(TENANT, Permission::Auditor),
+        )
+        .output()
+        .await
+        .expect("live.py runs");
+    assert!(
+        out.status.success(),
+        "live.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["acked"].as_array().unwrap().len(), 4, "{summary}");
+    assert_eq!(summary["verified"], summary["sent"], "{summary}");
+    assert_eq!(summary["httpFirstIndex"], 3);
+    assert_eq!(summary["httpRepeat"], true);
+    assert_eq!(summary["sequences"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(stack.verify_chain(&p).await, 4, "no repeat made a record");
+}

@@ -34,6 +34,26 @@ pub fn public_b64(key: &SigningKey) -> String {
     base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
 }
 
+/// Reads an Ed25519 public key from a SubjectPublicKeyInfo PEM (`openssl pkey -pubout`).
+pub fn read_public_pem(path: &Path) -> anyhow::Result<[u8; 32]> {
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let key = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 public key PEM: {e}", path.display()))?;
+    Ok(key.to_bytes())
+}
+
+/// Writes `key`'s public half as a SubjectPublicKeyInfo PEM, as `openssl pkey -pubout` does.
+pub fn write_public_pem(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    use ed25519_dalek::pkcs8::EncodePublicKey as _;
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding a public key: {e}"))?;
+    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Parses a raw 32-byte Ed25519 public key given in base64.
 pub fn parse_public(b64: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = base64::engine::general_purpose::STANDARD

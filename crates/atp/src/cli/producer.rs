@@ -1,7 +1,9 @@
 //! `atp producer add|revoke-nats|revoke`: the producer registry, and each change on the admin
 //! trail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 
 use super::{NatsArgs, SourceArgs};
 use atp_nats::auth::AuthDir;
@@ -17,11 +19,27 @@ pub(super) enum Action {
         at: SourceArgs,
         #[arg(long)]
         source_uri: String,
-        #[arg(long, requires = "public_key")]
+        /// The producer key's id (with `--public-key`, `--public-key-pem` or
+        /// `--generate-key`).
+        #[arg(long)]
         key_id: Option<String>,
         /// Raw Ed25519 public key, base64.
-        #[arg(long, requires = "key_id")]
+        #[arg(long, requires = "key_id", conflicts_with_all = ["public_key_pem", "generate_key"])]
         public_key: Option<String>,
+        /// An Ed25519 public key in PEM (SubjectPublicKeyInfo), as `openssl pkey -pubout`
+        /// writes it.
+        #[arg(long, requires = "key_id", conflicts_with = "generate_key")]
+        public_key_pem: Option<PathBuf>,
+        /// Make a new key pair for the producer and register its public half: written to
+        /// `--output` as `producer.pem` (PKCS#8, 0600) and `producer.pub.pem`.
+        #[arg(long, requires_all = ["key_id", "output"])]
+        generate_key: bool,
+        /// A directory (made 0700) that gets everything the producer needs:
+        /// `producer.json` (tenant, source, source URI, subject, key id, NATS URL and file
+        /// names), the key pair with `--generate-key`, and the NATS seed (`nats.nk`) with
+        /// `--nats-auth-dir`.
+        #[arg(long, conflicts_with = "nats_creds_out")]
+        output: Option<PathBuf>,
         /// Also make the source a NATS identity in this auth directory (`atp nats init-auth`):
         /// a new nkey user that may publish only to its own ingress subject, applied to the
         /// running servers by a reload.
@@ -59,32 +77,53 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
             source_uri,
             key_id,
             public_key,
+            public_key_pem,
+            generate_key,
+            output,
             nats_auth_dir,
             nats_creds_out,
         } => {
             let p = at.partition()?;
             let js = nats.jetstream().await?;
-            let key = match (key_id.as_deref(), public_key) {
-                (Some(id), Some(pk)) => Some((id, crate::keys::parse_public(&pk)?)),
+            if let Some(dir) = &output {
+                create_private_dir(dir)?;
+            }
+            let public = match (public_key, public_key_pem, generate_key, &output) {
+                (Some(b64), _, _, _) => Some(crate::keys::parse_public(&b64)?),
+                (_, Some(pem), _, _) => Some(crate::keys::read_public_pem(&pem)?),
+                (_, _, true, Some(dir)) => {
+                    let key = crate::keys::generate();
+                    crate::keys::write_private(&dir.join("producer.pem"), &key)?;
+                    crate::keys::write_public_pem(&dir.join("producer.pub.pem"), &key)?;
+                    Some(key.verifying_key().to_bytes())
+                }
                 _ => None,
+            };
+            let key = match (key_id.as_deref(), public) {
+                (Some(id), Some(pk)) => Some((id, pk)),
+                (None, None) => None,
+                (Some(_), None) => anyhow::bail!(
+                    "--key-id needs the key: --public-key, --public-key-pem or --generate-key"
+                ),
+                (None, Some(_)) => anyhow::bail!("a producer key needs its --key-id"),
             };
             let reg =
                 crate::admin::add_producer(&js, &at.tenant, &at.source, &source_uri, key).await?;
             println!("{}", serde_json::to_string_pretty(&reg)?);
             let mut details = Map::new();
             details.insert("sourceUri".into(), source_uri.into());
-            if let Some(id) = key_id {
-                details.insert("keyId".into(), id.into());
+            if let Some(id) = &key_id {
+                details.insert("keyId".into(), id.clone().into());
             }
             if let Some(dir) = nats_auth_dir {
                 let auth = AuthDir::open(&dir)?;
-                let (user, seed) = crate::admin::add_nats_producer(
-                    &nats.nats_url,
-                    &auth,
-                    &p,
-                    nats_creds_out.as_deref(),
-                )
-                .await?;
+                let seed_out = output
+                    .as_ref()
+                    .map(|d| d.join("nats.nk"))
+                    .or(nats_creds_out);
+                let (user, seed) =
+                    crate::admin::add_nats_producer(&nats.nats_url, &auth, &p, seed_out.as_deref())
+                        .await?;
                 details.insert("natsUser".into(), user.into());
                 eprintln!(
                     "NATS credentials for {}/{}: {} (applied to the running servers)",
@@ -92,6 +131,25 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
                     at.source,
                     seed.display()
                 );
+            }
+            if let Some(dir) = &output {
+                let facts = OnboardingFacts {
+                    tenant: at.tenant.clone(),
+                    source: at.source.clone(),
+                    source_uri: reg.source_uri.clone(),
+                    subject: atp_nats::subjects::ingress(&p),
+                    key_id: key.map(|(id, _)| id.to_owned()),
+                    private_key: generate_key.then(|| "producer.pem".to_owned()),
+                    public_key: generate_key.then(|| "producer.pub.pem".to_owned()),
+                    nats_url: nats.nats_url.clone(),
+                    nats_credentials: details
+                        .contains_key("natsUser")
+                        .then(|| "nats.nk".to_owned()),
+                };
+                let path = dir.join("producer.json");
+                std::fs::write(&path, serde_json::to_vec_pretty(&facts)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("everything the producer needs is in {}", dir.display());
             }
             crate::admin::record_producer_action(&js, &p, "PRODUCER_REGISTERED", details).await
         }
@@ -124,4 +182,37 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
             crate::admin::record_producer_action(&js, &p, "PRODUCER_KEY_REVOKED", details).await
         }
     }
+}
+
+/// `producer.json` in an `--output` directory: what a producer's engineer needs to configure an
+/// SDK, beside the files it names (relative to the directory).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OnboardingFacts {
+    tenant: String,
+    source: String,
+    source_uri: String,
+    /// Where the producer publishes (and the only subject its NATS identity may publish to).
+    subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    nats_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_credentials: Option<String>,
+}
+
+/// A directory only its owner may read: it will hold a private key and a NATS seed.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))
 }
