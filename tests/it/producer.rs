@@ -293,6 +293,17 @@ async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
         String::from_utf8_lossy(&unit.stderr)
     );
 
+    let mut live = tokio::process::Command::new(&python);
+    live.arg(sdk.join("tests/live.py"));
+    run_live_sdk(live).await;
+}
+
+/// Runs an SDK's live script against a fresh stack (everything it needs in its environment)
+/// and checks what it reports: four events acknowledged (three over NATS as the producer's own
+/// identity, a repeat), one over HTTP recorded and its repeat answered with the same record,
+/// every stored event re-verified by the SDK with the keys the gateway publishes, numbered 1 to
+/// 4 by the SDK's sequencer, and no repeat recorded twice.
+async fn run_live_sdk(mut live: tokio::process::Command) {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
     let api = Api::new(&running);
@@ -304,8 +315,7 @@ async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("producer.pem");
     atp::keys::write_private(&pem, &stack.producer).unwrap();
-    let out = tokio::process::Command::new(&python)
-        .arg(sdk.join("tests/live.py"))
+    let out = live
         .env("ATP_NATS_URL", stack.nats.url())
         .env("ATP_SEED", &seed)
         .env("ATP_TENANT", TENANT)
@@ -324,10 +334,10 @@ async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
         )
         .output()
         .await
-        .expect("live.py runs");
+        .expect("the live script runs");
     assert!(
         out.status.success(),
-        "live.py: {}",
+        "the live script: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -337,4 +347,32 @@ async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
     assert_eq!(summary["httpRepeat"], true);
     assert_eq!(summary["sequences"], serde_json::json!([1, 2, 3, 4]));
     assert_eq!(stack.verify_chain(&p).await, 4, "no repeat made a record");
+}
+
+/// The TypeScript SDK (`sdk/typescript`, built by `ops/bin/install-sdk-typescript`, which
+/// `ops/bin/test` runs and names in `ATP_SDK_TYPESCRIPT`): its own tests (the cross-language
+/// vectors included), then the same live run as the Python SDK's.
+#[tokio::test]
+async fn the_typescript_sdk_passes_its_tests_and_publishes_records_that_reverify() {
+    let Ok(sdk) = std::env::var("ATP_SDK_TYPESCRIPT") else {
+        eprintln!(
+            "skipped: ATP_SDK_TYPESCRIPT is not set; ops/bin/test installs and builds the \
+             TypeScript SDK (ops/bin/install-sdk-typescript) and sets it"
+        );
+        return;
+    };
+    let sdk = std::path::PathBuf::from(sdk);
+    let unit = std::process::Command::new("node")
+        .args(["--test", "dist/test/"])
+        .current_dir(&sdk)
+        .output()
+        .expect("node runs");
+    assert!(
+        unit.status.success(),
+        "the TypeScript SDK's tests: {}",
+        String::from_utf8_lossy(&unit.stdout)
+    );
+    let mut live = tokio::process::Command::new("node");
+    live.arg(sdk.join("dist/live/live.js"));
+    run_live_sdk(live).await;
 }
