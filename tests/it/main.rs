@@ -27,6 +27,7 @@ mod policy;
 mod privacy;
 mod producer;
 mod registry;
+mod relay;
 mod replay;
 mod secrets;
 mod streams;

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use async_nats::jetstream;
-use futures::StreamExt as _;
 
 use crate::{PublishError, Retry, SignedEvent, Source};
 
@@ -91,6 +90,12 @@ impl NatsPublisher {
     /// Publishes `events` with up to `in_flight` waiting for their acknowledgement at once,
     /// and answers each in order. Memory stays bounded by `in_flight`, however many events
     /// the iterator yields.
+    ///
+    /// Events are sent in the iterator's order on one connection, so numbered events
+    /// (`sequence`) reach ATP in their order. An event whose acknowledgement fails is sent
+    /// again ([`NatsPublisher::publish`]) after those behind it: if one of those was recorded
+    /// meanwhile, ATP refuses the late one as `SEQUENCE_REGRESSION`, a rejection you can see,
+    /// never a silent loss.
     pub async fn publish_all<I>(
         &self,
         events: I,
@@ -99,11 +104,54 @@ impl NatsPublisher {
     where
         I: IntoIterator<Item = SignedEvent>,
     {
-        futures::stream::iter(events)
-            .map(|e| async move { self.publish(&e).await })
-            .buffered(in_flight.max(1))
-            .collect()
+        let mut results = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        for event in events {
+            if pending.len() >= in_flight.max(1)
+                && let Some((e, ack)) = pending.pop_front()
+            {
+                results.push(self.settle(e, ack).await);
+            }
+            let ack = self.send(&event).await;
+            pending.push_back((event, ack));
+        }
+        while let Some((e, ack)) = pending.pop_front() {
+            results.push(self.settle(e, ack).await);
+        }
+        results
+    }
+
+    /// Hands `event` to the client (in call order); its acknowledgement comes later.
+    async fn send(
+        &self,
+        event: &SignedEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let headers = atp_nats::headers::IngressHeaders::structured().into_map();
+        self.js
+            .publish_with_headers(self.subject.clone(), headers, event.body().to_vec().into())
             .await
+    }
+
+    /// The acknowledgement of a sent event, or the event sent again until it comes.
+    async fn settle(
+        &self,
+        event: SignedEvent,
+        ack: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+    ) -> Result<Receipt, PublishError> {
+        let acked = match ack {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => Ok(Receipt {
+                idempotency_key: event.idempotency_key().to_owned(),
+                ingress_seq: ack.sequence,
+            }),
+            Err(e) => {
+                tracing::debug!(id = event.id(), error = %e, "not acknowledged; sending it again");
+                self.publish(&event).await
+            }
+        }
     }
 
     async fn try_once(&self, event: &SignedEvent) -> Result<u64, Attempt> {

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod dev;
 pub mod dlq;
 pub mod keys;
+pub mod relay;
 pub mod serve;
 pub mod verify;

@@ -15,6 +15,7 @@ mod nats;
 mod openapi;
 mod producer;
 mod publish;
+mod relay;
 mod replay;
 mod retention;
 mod serve;
@@ -72,6 +73,11 @@ enum Command {
     Dlq(dlq::Args),
     /// Sign and publish sample events straight to NATS, as a producer would.
     Publish(publish::Args),
+    /// Relays from a producer's systems to ATP: `atp relay outbox` (a PostgreSQL outbox table).
+    Relay {
+        #[command(subcommand)]
+        action: relay::Action,
+    },
     /// Checkpoint signing keys.
     Keys {
         #[command(subcommand)]
@@ -101,6 +107,7 @@ impl Cli {
             Command::Retention { action } => retention::run(action).await.map(|()| done),
             Command::Dlq(args) => dlq::run(args).await,
             Command::Publish(args) => publish::run(args).await.map(|()| done),
+            Command::Relay { action } => relay::run(action).await.map(|()| done),
             Command::Keys { action } => keys::run(action).await.map(|()| done),
             Command::Verify(args) => verify::run(args).await,
         }
