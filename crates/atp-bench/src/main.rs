@@ -25,6 +25,7 @@ mod ingress_isolation;
 mod integrity;
 mod isolation;
 mod privacy;
+mod relay;
 
 #[derive(clap::Parser)]
 #[command(
@@ -75,6 +76,9 @@ enum Which {
     /// Erasure of one data subject with 100,000 records end to end, and the redaction a
     /// 100-record query page adds, beside the raw query.
     Privacy(privacy::PrivacyBench),
+    /// The producer side: the Rust SDK's sign-and-publish rate beside raw JetStream publish,
+    /// and an outbox relayed to queryable records beside a raw read of the table.
+    Relay(relay::RelayBench),
     /// The flooding client of `atp-bench isolation`, run as its own process (token in
     /// `ATP_BENCH_TOKEN`); prints a line when the flood is on, then its counts as JSON.
     #[command(hide = true)]
@@ -200,6 +204,7 @@ async fn run(which: Which) -> anyhow::Result<()> {
         Which::Isolation(b) => isolation::run(b).await,
         Which::Flood(f) => isolation::flood(f).await,
         Which::Privacy(b) => privacy::run(b).await,
+        Which::Relay(b) => relay::run(b).await,
     }
 }
 
