@@ -299,10 +299,11 @@ async fn the_python_sdk_passes_its_tests_and_publishes_records_that_reverify() {
 }
 
 /// Runs an SDK's live script against a fresh stack (everything it needs in its environment)
-/// and checks what it reports: four events acknowledged (three over NATS as the producer's own
-/// identity, a repeat), one over HTTP recorded and its repeat answered with the same record,
-/// every stored event re-verified by the SDK with the keys the gateway publishes, numbered 1 to
-/// 4 by the SDK's sequencer, and no repeat recorded twice.
+/// and checks what it reports: 203 numbered events acknowledged over NATS as the producer's own
+/// identity (200 of them in one batch, 64 in flight) and a repeat, one over HTTP recorded and
+/// its repeat answered with the same record, every stored event re-verified by the SDK with
+/// the keys the gateway publishes, numbered 1 to 204 in chain order, nothing refused, and no
+/// repeat recorded twice.
 async fn run_live_sdk(mut live: tokio::process::Command) {
     let stack = Stack::start().await;
     let running = stack.serve(Roles::ALL).await;
@@ -341,12 +342,19 @@ async fn run_live_sdk(mut live: tokio::process::Command) {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["acked"].as_array().unwrap().len(), 4, "{summary}");
+    // 3 + 200 over NATS, a repeat acknowledged as a new submission, 1 over HTTP.
+    assert_eq!(summary["acked"].as_array().unwrap().len(), 204, "{summary}");
     assert_eq!(summary["verified"], summary["sent"], "{summary}");
-    assert_eq!(summary["httpFirstIndex"], 3);
+    assert_eq!(summary["sent"].as_array().unwrap().len(), 204);
+    assert_eq!(summary["httpFirstIndex"], 203);
     assert_eq!(summary["httpRepeat"], true);
-    assert_eq!(summary["sequences"], serde_json::json!([1, 2, 3, 4]));
-    assert_eq!(stack.verify_chain(&p).await, 4, "no repeat made a record");
+    let in_order: Vec<u64> = (1..=204).collect();
+    assert_eq!(summary["sequences"], serde_json::json!(in_order));
+    assert!(
+        stack.rejections(&p).await.is_empty(),
+        "nothing refused: numbered events arrived in order"
+    );
+    assert_eq!(stack.verify_chain(&p).await, 204, "no repeat made a record");
 }
 
 /// The TypeScript SDK (`sdk/typescript`, built by `ops/bin/install-sdk-typescript`, which

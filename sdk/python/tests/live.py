@@ -37,21 +37,26 @@ async def main() -> dict:
     producer = Producer(source, Signer.read_pem_file(env("ATP_KEY_PEM"), env("ATP_KEY_ID")),
                         Sequencer.starting_after(0))
     nats = await NatsPublisher.connect(env("ATP_NATS_URL"), env("ATP_SEED"), source, Retry(attempts=3))
+    # Numbered events in a batch must reach ATP in order, or the later numbers would refuse
+    # the earlier ones (SEQUENCE_REGRESSION): 3, then 200 with 64 in flight.
     signed = [producer.sign(event(n)) for n in range(3)]
     receipts = await nats.publish_all(signed, in_flight=2)
+    more = [producer.sign(event(n)) for n in range(100, 300)]
+    receipts += await nats.publish_all(more, in_flight=64)
+    signed += more
     repeat = await nats.publish(signed[0])
     await nats.close()
 
     http = HttpPublisher(env("ATP_GATEWAY"), env("ATP_TOKEN_PRODUCER"), wait=20)
-    over_http = producer.sign(event(3))
+    over_http = producer.sign(event(300))
     first = await http.append_async(over_http)
     again = http.append(over_http)
     assert isinstance(first, Recorded) and isinstance(again, Recorded), (first, again)
 
     deadline = time.monotonic() + 60
     while True:
-        items = get(f"/api/v1/audit/records?sourceId={source.source}&limit=100")["items"]
-        if len(items) >= 4 or time.monotonic() > deadline:
+        items = get(f"/api/v1/audit/records?sourceId={source.source}&limit=1000")["items"]
+        if len(items) >= len(signed) + 1 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     keys = {k["keyId"]: Ed25519PublicKey.from_public_bytes(base64.b64decode(k["publicKey"]))

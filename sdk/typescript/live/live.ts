@@ -25,13 +25,18 @@ async function get(path: string): Promise<any> {
 const source = new Source(env("ATP_TENANT"), env("ATP_SOURCE"), env("ATP_SOURCE_URI"));
 const producer = new Producer(source, Signer.readPemFile(env("ATP_KEY_PEM"), env("ATP_KEY_ID")), Sequencer.startingAfter(0n));
 const nats = await NatsPublisher.connect(env("ATP_NATS_URL"), env("ATP_SEED"), source, { attempts: 3, initialMs: 100, maxDelayMs: 1000 });
+// Numbered events in a batch must reach ATP in order, or the later numbers would refuse the
+// earlier ones (SEQUENCE_REGRESSION): 3, then 200 with 64 in flight.
 const signed = [0, 1, 2].map((n) => producer.sign(event(n)));
 const receipts = await nats.publishAll(signed, 2);
+const more = Array.from({ length: 200 }, (_, i) => producer.sign(event(100 + i)));
+receipts.push(...(await nats.publishAll(more, 64)));
+signed.push(...more);
 const repeat = await nats.publish(signed[0]);
 await nats.close();
 
 const http = new HttpPublisher(env("ATP_GATEWAY"), env("ATP_TOKEN_PRODUCER"), { waitSeconds: 20 });
-const overHttp = producer.sign(event(3));
+const overHttp = producer.sign(event(300));
 const first = await http.append(overHttp);
 const again = await http.append(overHttp);
 if (first.kind !== "recorded" || again.kind !== "recorded") throw new Error(`no record: ${JSON.stringify([first, again])}`);
@@ -39,8 +44,8 @@ if (first.kind !== "recorded" || again.kind !== "recorded") throw new Error(`no 
 const deadline = Date.now() + 60_000;
 let items: any[] = [];
 while (Date.now() < deadline) {
-  items = (await get(`/api/v1/audit/records?sourceId=${source.source}&limit=100`)).items;
-  if (items.length >= 4) break;
+  items = (await get(`/api/v1/audit/records?sourceId=${source.source}&limit=1000`)).items;
+  if (items.length >= signed.length + 1) break;
   await new Promise((r) => setTimeout(r, 200));
 }
 const keys: Record<string, KeyObject> = {};
