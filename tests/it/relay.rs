@@ -8,23 +8,12 @@ use std::path::{Path, PathBuf};
 use atp_tests::*;
 use sqlx::PgPool;
 
-/// The CRM's schema: its tables, and the outbox each transaction also writes to.
+/// The CRM's own tables; each transaction also writes to the outbox
+/// (`atp::relay::EXAMPLE_OUTBOX`).
 const CRM_SCHEMA: &str = r#"
 CREATE TABLE contacts (id text PRIMARY KEY, name text NOT NULL, email text);
 CREATE TABLE notes (id text PRIMARY KEY, contact_id text NOT NULL REFERENCES contacts (id), body text NOT NULL);
 CREATE TABLE exports (id text PRIMARY KEY, requested_by text NOT NULL, row_count int NOT NULL);
-CREATE TABLE outbox (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    seq bigserial UNIQUE NOT NULL,
-    event_type text NOT NULL,
-    aggregate_type text NOT NULL,
-    aggregate_id text NOT NULL,
-    actor_id text,
-    payload jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    delivered_at timestamptz
-);
-CREATE INDEX outbox_undelivered ON outbox (seq) WHERE delivered_at IS NULL;
 "#;
 
 struct Crm {
@@ -35,10 +24,12 @@ struct Crm {
 async fn crm(stack: &Stack) -> Crm {
     let url = stack.pg.create_database("crm").await.unwrap();
     let pool = atp_store::connect(&url, 4).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(CRM_SCHEMA))
-        .execute(&pool)
-        .await
-        .unwrap();
+    for ddl in [CRM_SCHEMA, atp::relay::EXAMPLE_OUTBOX] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     Crm { pool, url }
 }
 

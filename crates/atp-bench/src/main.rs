@@ -359,6 +359,19 @@ pub(crate) fn sign_events_with(
     })
 }
 
+/// The SDK producer of partition `p` (source URI `uri`), signing as `register` registered it.
+pub(crate) fn bench_producer(
+    p: &PartitionKey,
+    uri: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<atp_producer::Producer> {
+    use atp_producer::{Producer, Signer, Source};
+    Ok(Producer::new(
+        Source::new(p.tenant.as_str(), p.source.as_str(), uri)?,
+        Signer::new(key.clone(), "bench-1"),
+    ))
+}
+
 /// [`sign_events_with`] with event `i`'s actor `actor(i)`. Events are built and signed by the
 /// Rust SDK (`atp-producer`), as a producer would; an event that cannot be signed is left out.
 pub(crate) fn sign_events_as(
@@ -369,13 +382,10 @@ pub(crate) fn sign_events_as(
     personal: usize,
     actor: impl Fn(u64) -> String,
 ) -> Vec<(usize, String, Vec<u8>)> {
-    use atp_producer::{AuditEvent, Producer, Signer, Source};
-    let producers: Vec<Option<Producer>> = parts
+    use atp_producer::AuditEvent;
+    let producers: Vec<Option<atp_producer::Producer>> = parts
         .iter()
-        .map(|(p, uri)| {
-            let source = Source::new(p.tenant.as_str(), p.source.as_str(), uri).ok()?;
-            Some(Producer::new(source, Signer::new(key.clone(), "bench-1")))
-        })
+        .map(|(p, uri)| bench_producer(p, uri, key).ok())
         .collect();
     (0..n)
         .filter_map(|i| {

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use atp_core::PartitionKey;
-use atp_producer::{AuditEvent, NatsPublisher, Producer, Signer, Source};
+use atp_producer::{AuditEvent, NatsPublisher};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RelayBench {
@@ -19,32 +18,6 @@ pub struct RelayBench {
     /// Events the SDK keeps waiting for their acknowledgement.
     #[arg(long, default_value_t = 256)]
     pub in_flight: usize,
-}
-
-const OUTBOX: &str = r#"
-CREATE TABLE outbox (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    seq bigserial UNIQUE NOT NULL,
-    event_type text NOT NULL,
-    aggregate_type text NOT NULL,
-    aggregate_id text NOT NULL,
-    actor_id text,
-    payload jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    delivered_at timestamptz
-);
-CREATE INDEX outbox_undelivered ON outbox (seq) WHERE delivered_at IS NULL;
-"#;
-
-fn producer(
-    p: &PartitionKey,
-    uri: &str,
-    key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<Producer> {
-    Ok(Producer::new(
-        Source::new(p.tenant.as_str(), p.source.as_str(), uri)?,
-        Signer::new(key.clone(), "bench-1"),
-    ))
 }
 
 pub async fn run(b: RelayBench) -> anyhow::Result<()> {
@@ -64,7 +37,7 @@ pub async fn run(b: RelayBench) -> anyhow::Result<()> {
     super::register(&js, &outbox_parts, &key).await?;
 
     // --- The SDK: build, sign and publish (one partition, in order), against raw publish ---
-    let sdk = producer(&sdk_parts[0].0, &sdk_parts[0].1, &key)?;
+    let sdk = super::bench_producer(&sdk_parts[0].0, &sdk_parts[0].1, &key)?;
     let publisher = NatsPublisher::with_client(js.client(), sdk.source());
     let event = |n: u64| {
         AuditEvent::new("com.example.audit")
@@ -110,7 +83,7 @@ pub async fn run(b: RelayBench) -> anyhow::Result<()> {
     // --- The outbox: rows written, read raw, then relayed to queryable records ---
     let crm_url = pg.create_database("crm").await?;
     let crm = atp_store::connect(&crm_url, 2).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(OUTBOX))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(atp::relay::EXAMPLE_OUTBOX))
         .execute(&crm)
         .await?;
     sqlx::query(
@@ -157,7 +130,7 @@ pub async fn run(b: RelayBench) -> anyhow::Result<()> {
         in_flight: b.in_flight,
         poll: Duration::from_millis(50),
     };
-    let relay_producer = producer(&outbox_parts[0].0, &outbox_parts[0].1, &key)?;
+    let relay_producer = super::bench_producer(&outbox_parts[0].0, &outbox_parts[0].1, &key)?;
     let relay_nats = NatsPublisher::with_client(js.client(), relay_producer.source());
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let t = Instant::now();

@@ -24,6 +24,23 @@ use serde_json::Value;
 use sqlx::{Connection as _, PgConnection, Row as _};
 use tokio::sync::watch;
 
+/// An outbox table that the default [`OutboxMapping`] reads, for a producer to start from
+/// (PostgreSQL 13 or later). The benchmarks and tests create exactly this.
+pub const EXAMPLE_OUTBOX: &str = r#"
+CREATE TABLE outbox (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    seq bigserial UNIQUE NOT NULL,
+    event_type text NOT NULL,
+    aggregate_type text NOT NULL,
+    aggregate_id text NOT NULL,
+    actor_id text,
+    payload jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+);
+CREATE INDEX outbox_undelivered ON outbox (seq) WHERE delivered_at IS NULL;
+"#;
+
 /// Which columns of the outbox table hold what. Each is an identifier (`[a-z_][a-z0-9_]*`);
 /// the table may be schema-qualified.
 #[derive(Debug, Clone)]
