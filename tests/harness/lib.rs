@@ -415,6 +415,32 @@ impl Stack {
         .expect("producer registered");
     }
 
+    /// `atp producer add --generate-key --output out_dir` for `tenant`'s `source`: the
+    /// directory a producer's engineer is handed (producer.json, the key pair, the NATS seed).
+    pub fn onboard_producer(
+        &self,
+        tenant: &str,
+        source: &str,
+        uri: &str,
+        key_id: &str,
+        out_dir: &std::path::Path,
+    ) {
+        let out = std::process::Command::new(atp_binary())
+            .args(["producer", "add", "--tenant", tenant, "--source", source])
+            .args(["--source-uri", uri, "--key-id", key_id, "--generate-key"])
+            .arg("--output")
+            .arg(out_dir)
+            .envs(self.cli_env())
+            .env("ATP_LOG", "warn")
+            .output()
+            .expect("atp runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn event(&self, id: &str) -> Map<String, Value> {
         atp_core::producer::example_event(id, SOURCE_URI, chrono::Utc::now(), "alice", "UPDATE")
     }

@@ -122,6 +122,7 @@ async fn the_rust_sdk_publishes_over_nats_as_its_own_identity_and_every_record_r
             content_type: Some("application/cloudevents+json"),
             ce_headers: Vec::new(),
             repeated: Vec::new(),
+            unmappable: None,
             channel: Channel::Nats,
         };
         atp_core::event::admit(&p, &sub, Some(&reg)).expect("the stored signature verifies");
@@ -199,21 +200,12 @@ async fn onboarding_writes_everything_a_producer_needs_and_the_sdk_publishes_wit
     let _running = stack.serve(ingest_only()).await;
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("creds");
-    let out = std::process::Command::new(atp_binary())
-        .args([
-            "producer", "add", "--tenant", "globex", "--source", "billing",
-        ])
-        .args(["--source-uri", "https://billing.globex.example"])
-        .args(["--key-id", "billing-1", "--generate-key", "--output"])
-        .arg(&out_dir)
-        .envs(stack.cli_env())
-        .env("ATP_LOG", "warn")
-        .output()
-        .expect("atp runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stack.onboard_producer(
+        "globex",
+        "billing",
+        "https://billing.globex.example",
+        "billing-1",
+        &out_dir,
     );
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&out_dir), 0o700);

@@ -106,6 +106,10 @@ pub struct Submission<'a> {
     /// dedupe and the record could read different values, so admission refuses it.
     pub repeated: Vec<String>,
     pub channel: Channel,
+    /// The [`UNMAPPABLE_HEADER`] a producer's relay set: why it could not map this message of
+    /// the producer's own system onto an event. Such a message is refused as `UNMAPPABLE`
+    /// with that detail, before anything else is read from it.
+    pub unmappable: Option<&'a str>,
 }
 
 impl<'a> Submission<'a> {
@@ -119,6 +123,7 @@ impl<'a> Submission<'a> {
         let mut content_type = None;
         let mut ce_headers: Vec<(String, String)> = Vec::new();
         let mut repeated: Vec<String> = Vec::new();
+        let mut unmappable = None;
         let note_repeat = |name: &str, repeated: &mut Vec<String>| {
             if !repeated.iter().any(|r| r == name) {
                 repeated.push(name.to_owned());
@@ -131,6 +136,12 @@ impl<'a> Submission<'a> {
                     note_repeat(&lower, &mut repeated);
                 } else {
                     content_type = Some(value);
+                }
+            } else if lower == UNMAPPABLE_HEADER_LOWER {
+                if unmappable.is_some() {
+                    note_repeat(&lower, &mut repeated);
+                } else {
+                    unmappable = Some(value);
                 }
             } else if let Some(attr) = lower.strip_prefix(CE_HEADER_PREFIX) {
                 if ce_headers.iter().any(|(n, _)| n == attr) {
@@ -145,9 +156,18 @@ impl<'a> Submission<'a> {
             ce_headers,
             repeated,
             channel,
+            unmappable,
         }
     }
 }
+
+/// The header with which a producer's relay forwards a message it could not map onto an
+/// event, as received, so that it ends as a rejection rather than nowhere (ADR 0024). Its value
+/// says what was missing; it may only narrow what happens to the producer's own submission.
+pub const UNMAPPABLE_HEADER: &str = "Atp-Unmappable";
+const UNMAPPABLE_HEADER_LOWER: &str = "atp-unmappable";
+/// Longest detail taken from [`UNMAPPABLE_HEADER`].
+pub const MAX_UNMAPPABLE_DETAIL: usize = 512;
 
 /// Binary-mode CloudEvents attributes travel as headers with this prefix (any case).
 pub const CE_HEADER_PREFIX: &str = "ce-";
@@ -353,6 +373,16 @@ pub fn admit(
         return Err(reject(
             Reason::Malformed,
             format!("header {name:?} is given more than once (names are case-insensitive)"),
+        ));
+    }
+    if let Some(why) = sub.unmappable {
+        let why = match check_text(UNMAPPABLE_HEADER, why, MAX_UNMAPPABLE_DETAIL) {
+            Ok(()) if !why.trim().is_empty() => why.trim(),
+            _ => "(the relay's reason was empty, too long or not printable)",
+        };
+        return Err(reject(
+            Reason::Unmappable,
+            format!("the producer's relay could not map this message: {why}"),
         ));
     }
     let parsed = parse(sub)?;

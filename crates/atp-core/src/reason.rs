@@ -27,6 +27,9 @@ pub enum Reason {
     /// ATP failed on this submission (a defect in ATP, logged at ERROR and counted); it is
     /// kept here so that nothing is lost and the partition goes on (ADR 0013).
     Unprocessable,
+    /// A relay (`atp relay kafka`) could not map a message of the producer's own system onto
+    /// an event: it forwarded the message as received, with what was missing (ADR 0024).
+    Unmappable,
 }
 
 impl Reason {
@@ -46,10 +49,11 @@ impl Reason {
             Self::SourceMismatch => "SOURCE_MISMATCH",
             Self::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Self::Unprocessable => "UNPROCESSABLE",
+            Self::Unmappable => "UNMAPPABLE",
         }
     }
 
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Self::Malformed,
         Self::SchemaValidationFailed,
         Self::SignatureMissing,
@@ -64,6 +68,7 @@ impl Reason {
         Self::SourceMismatch,
         Self::IdempotencyConflict,
         Self::Unprocessable,
+        Self::Unmappable,
     ];
 }
 

@@ -104,6 +104,19 @@ pub enum DevstackError {
         path: PathBuf,
     },
 
+    /// No Tansu binary (the Kafka-protocol broker of the Kafka relay's tests) was found.
+    #[error(
+        "tansu not found at {}: run {install} to build the pinned version (once, cached), or set \
+         ATP_TANSU to a tansu binary",
+        .path.display()
+    )]
+    KafkaBrokerNotFound {
+        /// The path that was looked at.
+        path: PathBuf,
+        /// The install script to run.
+        install: String,
+    },
+
     /// A server process did not become ready.
     #[error("{server} failed to start: {reason}\n--- last lines of {} ---\n{tail}", .log.display())]
     StartFailed {

@@ -20,11 +20,13 @@
 //! per server notices the closed pipe, stops the server and deletes its temp dir.
 
 mod error;
+mod kafka;
 mod nats;
 mod postgres;
 mod process;
 
 pub use error::DevstackError;
+pub use kafka::{KafkaBroker, tansu_binary};
 pub use nats::{MIN_NATS_SERVER_VERSION, NatsCluster, NatsOptions, NatsServer, nats_server_binary};
 pub use postgres::{MIN_POSTGRES_MAJOR, Postgres, PostgresOptions, SUPERUSER};
 pub use process::free_port;

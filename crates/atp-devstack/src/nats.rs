@@ -8,9 +8,9 @@ use tokio::process::{Child, Command};
 
 use crate::DevstackError;
 use crate::process::{
-    Launch, POLL_INTERVAL, Watchdog, find_on_path, free_port, http_status, launch_with_port_retry,
-    log_since, log_tail, mentions_address_in_use, open_log, parse_version, repo_root, tcp_accepts,
-    terminate, terminate_sync, version_output,
+    Launch, Watchdog, find_on_path, free_port, http_status, launch_with_port_retry, open_log,
+    parse_version, repo_root, start_failed, tcp_accepts, terminate, terminate_sync, version_output,
+    wait_ready,
 };
 
 /// Oldest nats-server ATP accepts; older ones silently ignore newer stream settings.
@@ -256,44 +256,40 @@ impl NatsServer {
                 ))
             })?;
 
-        let deadline = Instant::now() + START_DEADLINE;
-        let failure = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break format!("it exited with {status} during start-up"),
-                Err(e) => break format!("waiting for it failed: {e}"),
-                Ok(None) => {}
-            }
-            if tcp_accepts(self.port).await
-                && http_status(self.monitor_port, "/healthz?js-enabled-only=true").await
-                    == Some(200)
-            {
-                let pid = child.id();
-                self.child = Some(child);
-                if let Some(pid) = pid {
+        let (port, monitor_port) = (self.port, self.monitor_port);
+        let waited = wait_ready(
+            &mut child,
+            START_DEADLINE,
+            async || {
+                tcp_accepts(port).await
+                    && http_status(monitor_port, "/healthz?js-enabled-only=true").await == Some(200)
+            },
+            || {
+                format!(
+                    "127.0.0.1:{port} did not accept connections with \
+                     /healthz?js-enabled-only=true on 127.0.0.1:{monitor_port} answering 200"
+                )
+            },
+        )
+        .await;
+        match waited {
+            Ok(()) => {
+                if let Some(pid) = child.id() {
                     self.watchdog = Watchdog::spawn(pid, "TERM", self.temp.path());
                 }
-                return Ok(());
+                self.child = Some(child);
+                Ok(())
             }
-            if Instant::now() >= deadline {
-                break format!(
-                    "127.0.0.1:{} did not accept connections with /healthz?js-enabled-only=true \
-                     on 127.0.0.1:{} answering 200 within {START_DEADLINE:?}",
-                    self.port, self.monitor_port
-                );
+            Err(failure) => {
+                terminate(&mut child, None, "KILL", Duration::ZERO, "nats-server").await;
+                let reason = format!("{failure} (config {})", self.config_path.display());
+                Err(start_failed(
+                    "nats-server",
+                    reason,
+                    &self.log_path,
+                    log_offset,
+                ))
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        };
-        terminate(&mut child, None, "KILL", Duration::ZERO, "nats-server").await;
-        let error = DevstackError::StartFailed {
-            server: "nats-server",
-            reason: format!("{failure} (config {})", self.config_path.display()),
-            log: self.log_path.clone(),
-            tail: log_tail(&self.log_path, 20),
-        };
-        if mentions_address_in_use(&log_since(&self.log_path, log_offset)) {
-            Err(Launch::PortTaken(error))
-        } else {
-            Err(Launch::Failed(error))
         }
     }
 }

@@ -13,8 +13,8 @@ use tokio::process::{Child, Command};
 use crate::DevstackError;
 use crate::process::{
     Launch, POLL_INTERVAL, Watchdog, display_command, find_on_path, launch_with_port_retry,
-    log_since, log_tail, mentions_address_in_use, open_log, parse_version, run_checked,
-    running_as_root, target_dir, tcp_accepts, terminate, terminate_sync, version_output,
+    log_since, open_log, parse_version, run_checked, running_as_root, start_failed, target_dir,
+    tcp_accepts, terminate, terminate_sync, version_output,
 };
 
 /// The cluster superuser created by `initdb` (trust authentication, loopback only).
@@ -300,17 +300,12 @@ impl Postgres {
         };
         let pid = self.ctx.postmaster_pid(&child, &self.data_dir);
         terminate(&mut child, pid, "QUIT", Duration::from_secs(2), "postgres").await;
-        let error = DevstackError::StartFailed {
-            server: "postgres",
-            reason: format!("{failure}; command: {display}"),
-            log: self.log_path.clone(),
-            tail: log_tail(&self.log_path, 20),
-        };
-        if mentions_address_in_use(&log_since(&self.log_path, log_offset)) {
-            Err(Launch::PortTaken(error))
-        } else {
-            Err(Launch::Failed(error))
-        }
+        Err(start_failed(
+            "postgres",
+            format!("{failure}; command: {display}"),
+            &self.log_path,
+            log_offset,
+        ))
     }
 }
 

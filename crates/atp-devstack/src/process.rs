@@ -124,6 +124,52 @@ pub(crate) async fn launch_with_port_retry(
     }
 }
 
+/// Waits for a just-spawned server: until `ready` says so (`Ok`), or until `child` exits or
+/// `within` passes (`Err` with why, `not_ready` naming what was awaited).
+pub(crate) async fn wait_ready(
+    child: &mut Child,
+    within: Duration,
+    mut ready: impl AsyncFnMut() -> bool,
+    not_ready: impl FnOnce() -> String,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Err(format!("it exited with {status} during start-up")),
+            Err(e) => return Err(format!("waiting for it failed: {e}")),
+            Ok(None) => {}
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{} within {within:?}", not_ready()));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A failed start, with the log's last lines; a port race when what this launch logged says
+/// the address was in use (the caller then tries another port).
+pub(crate) fn start_failed(
+    server: &'static str,
+    reason: String,
+    log: &Path,
+    log_offset: u64,
+) -> Launch {
+    let error = DevstackError::StartFailed {
+        server,
+        reason,
+        log: log.to_path_buf(),
+        tail: log_tail(log, 20),
+    };
+    if mentions_address_in_use(&log_since(log, log_offset)) {
+        Launch::PortTaken(error)
+    } else {
+        Launch::Failed(error)
+    }
+}
+
 /// Opens (appending) the server log and returns stdout/stderr handles plus the current length,
 /// so readiness checks only look at what this launch writes.
 pub(crate) fn open_log(path: &Path) -> Result<(Stdio, Stdio, u64), DevstackError> {

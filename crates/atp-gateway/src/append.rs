@@ -227,6 +227,7 @@ async fn prepare(
         content_type: Some("application/cloudevents+json"),
         ce_headers: vec![],
         repeated: vec![],
+        unmappable: None,
         channel: Channel::Gateway {
             subject: p.subject.clone(),
         },

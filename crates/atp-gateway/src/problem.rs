@@ -192,6 +192,8 @@ problem_codes! {
     IdempotencyConflict = (CONFLICT, "IDEMPOTENCY_CONFLICT", "The event id was recorded with other content"),
     /// ATP failed on this submission (a defect, logged): it is kept as a rejection.
     Unprocessable = (INTERNAL_SERVER_ERROR, "UNPROCESSABLE", "ATP failed on this submission"),
+    /// A producer's relay could not map a message onto an event and forwarded it as received.
+    Unmappable = (BAD_REQUEST, "UNMAPPABLE", "The producer's relay could not map the message"),
     // ATP's side: retrying helps only where the status is 503 or 504.
     /// A handler panicked (a defect, logged at ERROR).
     Internal = (INTERNAL_SERVER_ERROR, "INTERNAL", "ATP failed on this request"),
@@ -246,6 +248,7 @@ impl From<atp_core::Reason> for ProblemCode {
             R::SourceMismatch => Self::SourceMismatch,
             R::IdempotencyConflict => Self::IdempotencyConflict,
             R::Unprocessable => Self::Unprocessable,
+            R::Unmappable => Self::Unmappable,
         }
     }
 }

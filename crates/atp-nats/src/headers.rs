@@ -167,6 +167,14 @@ impl IngressHeaders {
         Ok(self)
     }
 
+    /// A message a producer's relay could not map onto an event, forwarded as received so that
+    /// ATP keeps it as an `UNMAPPABLE` rejection; `why` says what was missing
+    /// (`atp_core::event::UNMAPPABLE_HEADER`).
+    pub fn unmappable(&mut self, why: &str) -> Result<&mut Self, BadHeader> {
+        self.0.text(atp_core::event::UNMAPPABLE_HEADER, why)?;
+        Ok(self)
+    }
+
     pub fn into_map(self) -> HeaderMap {
         self.0.into_map()
     }

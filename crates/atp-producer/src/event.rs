@@ -468,6 +468,7 @@ mod tests {
             content_type: Some("application/cloudevents+json"),
             ce_headers: Vec::new(),
             repeated: Vec::new(),
+            unmappable: None,
             channel: Channel::Nats,
         };
         atp_core::event::admit(p.source().partition(), &sub, Some(&reg))

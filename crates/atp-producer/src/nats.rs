@@ -121,6 +121,61 @@ impl NatsPublisher {
         results
     }
 
+    /// Forwards a message of the producer's own system that could not be mapped onto an event
+    /// (a relay's input: not JSON, no tenant, ...), as received, so that ATP keeps it as an
+    /// `UNMAPPABLE` rejection saying `why` rather than it being dropped. `message_id` names it
+    /// in the producer's system (Kafka coordinates, a row id): sent again within the ingress
+    /// stream's duplicate window, it is not kept twice.
+    pub async fn publish_unmappable(
+        &self,
+        message: &[u8],
+        why: &str,
+        message_id: &str,
+    ) -> Result<Receipt, PublishError> {
+        let mut headers = atp_nats::headers::IngressHeaders::structured();
+        let why: String = why
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(atp_core::event::MAX_UNMAPPABLE_DETAIL / 4)
+            .collect();
+        let msg_id = format!("unmappable:{message_id}");
+        headers
+            .unmappable(&why)
+            .and_then(|h| h.msg_id(&msg_id))
+            .map_err(|e| PublishError::Config(e.to_string()))?;
+        let headers = headers.into_map();
+        let mut last = String::new();
+        for attempt in 0..self.retry.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry.backoff(attempt)).await;
+            }
+            let sent = self
+                .js
+                .publish_with_headers(
+                    self.subject.clone(),
+                    headers.clone(),
+                    message.to_vec().into(),
+                )
+                .await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => {
+                        return Ok(Receipt {
+                            idempotency_key: msg_id,
+                            ingress_seq: ack.sequence,
+                        });
+                    }
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(PublishError::Unavailable(format!(
+            "not acknowledged after {} attempts: {last}",
+            self.retry.attempts.max(1)
+        )))
+    }
+
     /// Hands `event` to the client (in call order); its acknowledgement comes later.
     async fn send(
         &self,

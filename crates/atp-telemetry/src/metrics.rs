@@ -73,6 +73,13 @@ pub mod names {
     /// Role (re)starts after a failure, by `role` and `kind` (`retry`: an outage, backed off;
     /// `restart`: a lost race or a failed pipelined commit).
     pub const ROLE_RESTARTS: &str = "atp.role.restarts";
+    /// Messages a relay (`atp relay outbox|kafka`) handed to ATP and saw acknowledged, by
+    /// `relay` and `outcome`: `event` (signed and sent), `unmappable` (forwarded as received, to
+    /// become an `UNMAPPABLE` rejection).
+    pub const RELAY_MESSAGES: &str = "atp.relay.messages";
+    /// Kafka messages not yet relayed, by `partition` of the relayed topic: the partition's
+    /// high watermark less the relay's position. Measured every `--lag-interval`.
+    pub const RELAY_KAFKA_LAG: &str = "atp.relay.kafka.lag";
     /// Seconds to answer an HTTP request, by `route`.
     pub const HTTP_SECONDS: &str = "atp.http.request.duration";
 }
@@ -107,6 +114,8 @@ pub struct Metrics {
     pub role_restarts: Counter<u64>,
     pub ingest_lag_seconds: Gauge<f64>,
     pub ingress_fill: Gauge<f64>,
+    pub relay_messages: Counter<u64>,
+    pub relay_kafka_lag: Gauge<u64>,
 }
 
 /// Latency buckets in seconds, from 1 ms to 30 s.
@@ -265,6 +274,14 @@ impl Metrics {
                 .with_description(
                     "How near ATP_INGRESS is to refusing publishes: the larger of its bytes over its byte limit and its fullest partition's waiting messages over the per-partition limit",
                 )
+                .build(),
+            relay_messages: counter(
+                names::RELAY_MESSAGES,
+                "Messages a relay handed to ATP and saw acknowledged, by relay and outcome",
+            ),
+            relay_kafka_lag: meter
+                .u64_gauge(names::RELAY_KAFKA_LAG)
+                .with_description("Kafka messages not yet relayed, by partition")
                 .build(),
             registry,
             _provider: provider,

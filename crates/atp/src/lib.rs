@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dev;
 pub mod dlq;
 pub mod keys;
+pub mod onboarding;
 pub mod relay;
 pub mod serve;
 pub mod verify;

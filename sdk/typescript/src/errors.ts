@@ -14,6 +14,7 @@ export const REASONS = [
   "SOURCE_MISMATCH",
   "IDEMPOTENCY_CONFLICT",
   "UNPROCESSABLE",
+  "UNMAPPABLE",
 ] as const;
 export type Reason = (typeof REASONS)[number];
 

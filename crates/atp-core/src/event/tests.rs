@@ -60,6 +60,7 @@ fn nats(body: &[u8]) -> Submission<'_> {
         content_type: Some("application/cloudevents+json"),
         ce_headers: vec![],
         repeated: vec![],
+        unmappable: None,
         channel: Channel::Nats,
     }
 }
@@ -132,6 +133,7 @@ fn binary_mode_is_stored_structured_with_the_body_byte_for_byte() {
         content_type: Some("application/json"),
         ce_headers: headers,
         repeated: vec![],
+        unmappable: None,
         channel: Channel::Nats,
     };
     let a = admit(&partition(), &sub, Some(&registration())).unwrap();
@@ -157,6 +159,7 @@ fn gateway_submissions_may_be_unsigned_and_are_attributed_to_the_token() {
         content_type: None,
         ce_headers: vec![],
         repeated: vec![],
+        unmappable: None,
         channel: Channel::Gateway {
             subject: "svc-billing".to_owned(),
         },
@@ -482,4 +485,29 @@ fn rejection_details_never_quote_a_value() {
     );
     data["outcome"] = serde_json::json!("success");
     assert!(super::data_as::<super::AuditData>(&data).is_ok());
+}
+
+/// A relay's `Atp-Unmappable` refuses the message as `UNMAPPABLE` with the relay's reason,
+/// whatever the body holds, even a valid signed event; a detail that could forge a log line is
+/// not copied, and the header given twice is ambiguous.
+#[test]
+fn a_relay_marks_what_it_could_not_map() {
+    let body = signed(event("e-1"));
+    let refuse = |headers: Vec<(&'static str, &'static str)>, body: &[u8]| {
+        let sub = Submission::from_headers(body, headers, Channel::Nats);
+        admit(&partition(), &sub, Some(&registration())).unwrap_err()
+    };
+    let r = refuse(vec![("atp-unmappable", "no x-tenant-id")], b"not json");
+    assert_eq!(r.reason, Reason::Unmappable);
+    assert!(r.detail.ends_with(": no x-tenant-id"), "{}", r.detail);
+    let r = refuse(vec![("Atp-Unmappable", "x\nFORGED")], &body);
+    assert_eq!(r.reason, Reason::Unmappable);
+    assert!(!r.detail.contains("FORGED"), "{}", r.detail);
+    let r = refuse(
+        vec![("Atp-Unmappable", "a"), ("ATP-UNMAPPABLE", "b")],
+        &body,
+    );
+    assert_eq!(r.reason, Reason::Malformed);
+    let sub = Submission::from_headers(&body[..], vec![("atp-unmappable-not", "x")], Channel::Nats);
+    assert!(admit(&partition(), &sub, Some(&registration())).is_ok());
 }

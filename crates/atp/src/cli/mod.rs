@@ -73,7 +73,8 @@ enum Command {
     Dlq(dlq::Args),
     /// Sign and publish sample events straight to NATS, as a producer would.
     Publish(publish::Args),
-    /// Relays from a producer's systems to ATP: `atp relay outbox` (a PostgreSQL outbox table).
+    /// Relays from a producer's systems to ATP: `atp relay outbox` (a PostgreSQL outbox table),
+    /// `atp relay kafka` (trace events on a Kafka topic).
     Relay {
         #[command(subcommand)]
         action: relay::Action,

@@ -133,7 +133,7 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
                 );
             }
             if let Some(dir) = &output {
-                let facts = OnboardingFacts {
+                let facts = crate::onboarding::OnboardingFacts {
                     tenant: at.tenant.clone(),
                     source: at.source.clone(),
                     source_uri: reg.source_uri.clone(),
@@ -146,9 +146,7 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
                         .contains_key("natsUser")
                         .then(|| "nats.nk".to_owned()),
                 };
-                let path = dir.join("producer.json");
-                std::fs::write(&path, serde_json::to_vec_pretty(&facts)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                facts.write(dir)?;
                 eprintln!("everything the producer needs is in {}", dir.display());
             }
             crate::admin::record_producer_action(&js, &p, "PRODUCER_REGISTERED", details).await
@@ -182,27 +180,6 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
             crate::admin::record_producer_action(&js, &p, "PRODUCER_KEY_REVOKED", details).await
         }
     }
-}
-
-/// `producer.json` in an `--output` directory: what a producer's engineer needs to configure an
-/// SDK, beside the files it names (relative to the directory).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct OnboardingFacts {
-    tenant: String,
-    source: String,
-    source_uri: String,
-    /// Where the producer publishes (and the only subject its NATS identity may publish to).
-    subject: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    private_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    public_key: Option<String>,
-    nats_url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nats_credentials: Option<String>,
 }
 
 /// A directory only its owner may read: it will hold a private key and a NATS seed.

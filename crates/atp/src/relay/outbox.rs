@@ -24,6 +24,8 @@ use serde_json::Value;
 use sqlx::{Connection as _, PgConnection, Row as _};
 use tokio::sync::watch;
 
+use super::pause;
+
 /// An outbox table that the default [`OutboxMapping`] reads, for a producer to start from
 /// (PostgreSQL 13 or later). The benchmarks and tests create exactly this.
 pub const EXAMPLE_OUTBOX: &str = r#"
@@ -324,6 +326,13 @@ async fn relay_batch(
         .await;
     // Only an unbroken acknowledged prefix is marked: the rest is claimed again, in order.
     let acked = results.iter().take_while(|r| r.is_ok()).count();
+    atp_telemetry::metrics::metrics().relay_messages.add(
+        acked as u64,
+        &[
+            atp_telemetry::metrics::label("relay", "outbox"),
+            atp_telemetry::metrics::label("outcome", "event"),
+        ],
+    );
     if acked > 0 {
         sqlx::query(sqlx::AssertSqlSafe(statements.delivered.clone()))
             .bind(&orders[..acked])
@@ -339,10 +348,6 @@ async fn relay_batch(
         return Err(e.context("a row cannot be relayed until the mapping is fixed"));
     }
     Ok(acked)
-}
-
-async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) {
-    let _ = tokio::time::timeout(d, shutdown.changed()).await;
 }
 
 #[cfg(test)]
