@@ -400,7 +400,19 @@ impl Stack {
         .unwrap()
     }
 
-    /// A valid, unsigned audit event of the test source.
+    /// A producer token for `tenant` whose `sub` is `subject`.
+    pub fn token_as(&self, tenant: &str, subject: &str) -> String {
+        atp::dev::mint_token_in(
+            &self.issuer,
+            tenant,
+            Permission::Producer,
+            subject,
+            3600,
+            atp_core::edition::Edition::Enterprise,
+        )
+        .unwrap()
+    }
+
     /// Registers another tenant's `crm` source at `uri`, with this stack's producer key under
     /// `key_id`.
     pub async fn register_tenant(&self, tenant: &str, uri: &str, key_id: &str) {
@@ -415,8 +427,9 @@ impl Stack {
         .expect("producer registered");
     }
 
-    /// `atp producer add --generate-key --output out_dir` for `tenant`'s `source`: the
-    /// directory a producer's engineer is handed (producer.json, the key pair, the NATS seed).
+    /// `atp producer add --generate-key --output out_dir` (and `extra` arguments) for
+    /// `tenant`'s `source`: the directory a producer's engineer is handed (producer.json, the
+    /// key pair, the NATS seed).
     pub fn onboard_producer(
         &self,
         tenant: &str,
@@ -424,10 +437,12 @@ impl Stack {
         uri: &str,
         key_id: &str,
         out_dir: &std::path::Path,
+        extra: &[&str],
     ) {
         let out = std::process::Command::new(atp_binary())
             .args(["producer", "add", "--tenant", tenant, "--source", source])
             .args(["--source-uri", uri, "--key-id", key_id, "--generate-key"])
+            .args(extra)
             .arg("--output")
             .arg(out_dir)
             .envs(self.cli_env())

@@ -27,6 +27,7 @@ fn onboard(stack: &Stack, tenant: &str, dir: &Path) -> PathBuf {
         &format!("https://platform.{tenant}.example"),
         &format!("{tenant}-platform-1"),
         &out_dir,
+        &[],
     );
     out_dir
 }

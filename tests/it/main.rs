@@ -35,3 +35,4 @@ mod streams;
 mod tenancy;
 mod tidy;
 mod traces;
+mod webhook;

@@ -206,6 +206,7 @@ async fn onboarding_writes_everything_a_producer_needs_and_the_sdk_publishes_wit
         "https://billing.globex.example",
         "billing-1",
         &out_dir,
+        &[],
     );
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&out_dir), 0o700);

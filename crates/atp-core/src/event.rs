@@ -624,9 +624,15 @@ fn producer_stamp(
 ) -> Result<ProducerStamp, Rejection> {
     Ok(match event.get("dssematerial") {
         None | Some(Value::Null) => match &sub.channel {
-            Channel::Gateway { subject } => ProducerStamp {
-                key_id: None,
-                auth: format!("token:{subject}"),
+            Channel::Gateway { subject } => match crate::webhook::stamp_of_subject(subject) {
+                Some((auth, id)) => ProducerStamp {
+                    key_id: Some(id.to_owned()),
+                    auth: auth.to_owned(),
+                },
+                None => ProducerStamp {
+                    key_id: None,
+                    auth: format!("token:{subject}"),
+                },
             },
             Channel::Nats if reg.allow_unsigned => ProducerStamp {
                 key_id: None,

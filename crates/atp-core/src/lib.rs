@@ -30,6 +30,7 @@ pub mod role;
 pub mod tiles;
 pub mod trace;
 pub mod walk;
+pub mod webhook;
 
 pub use chain::{ChainLink, Digest};
 pub use names::{PartitionKey, SourceId, TenantId};

@@ -71,6 +71,68 @@ pub struct SourceRegistration {
     /// Accept top-level `data` members outside the audit schema.
     #[serde(default)]
     pub allow_unknown_data_fields: bool,
+    /// Shared secrets for webhooks signed with HMAC (Standard Webhooks `v1`,
+    /// `POST /ingest/webhooks/{sourceId}`); webhooks signed with Ed25519 (`v1a`) verify
+    /// against [`SourceRegistration::keys`] instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_secrets: Vec<WebhookSecret>,
+}
+
+/// A source's webhook HMAC secret. It never prints; on the wire (the registry bucket, which
+/// only ATP's roles read) it is `whsec_` and base64, as Standard Webhooks writes it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSecret {
+    pub id: String,
+    #[serde(with = "whsec")]
+    pub secret: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecret")
+            .field("id", &self.id)
+            .field("secret", &"***")
+            .field("created_at", &self.created_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish()
+    }
+}
+
+impl WebhookSecret {
+    /// The secret as a sender configures it: `whsec_<base64>`.
+    pub fn to_whsec(&self) -> String {
+        use base64::Engine as _;
+        format!(
+            "{}{}",
+            crate::webhook::SECRET_PREFIX,
+            base64::engine::general_purpose::STANDARD.encode(&self.secret)
+        )
+    }
+}
+
+mod whsec {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!(
+            "{}{}",
+            crate::webhook::SECRET_PREFIX,
+            STANDARD.encode(k)
+        ))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        let b64 = s
+            .strip_prefix(crate::webhook::SECRET_PREFIX)
+            .ok_or_else(|| serde::de::Error::custom("a webhook secret starts with whsec_"))?;
+        STANDARD.decode(b64).map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_max() -> usize {
@@ -87,6 +149,7 @@ impl SourceRegistration {
             allow_unsigned: false,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             allow_unknown_data_fields: false,
+            webhook_secrets: Vec::new(),
         }
     }
     /// The registration of a tenant's admin-trail source: events on it are accepted unsigned,

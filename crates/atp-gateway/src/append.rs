@@ -54,8 +54,8 @@ struct Simplified {
 }
 
 /// An event ready to publish.
-struct Prepared {
-    partition: PartitionKey,
+pub(crate) struct Prepared {
+    pub(crate) partition: PartitionKey,
     body: Vec<u8>,
     event_id: String,
     /// What makes a repeat of this id the same event (ADR 0013).
@@ -131,7 +131,7 @@ fn content_type_ok(h: &HttpHeaders, batch: bool) -> Result<(), Problem> {
     }
 }
 
-async fn prepare(
+pub(crate) async fn prepare(
     p: &Principal,
     bus: &Bus,
     event: Value,
@@ -371,18 +371,33 @@ pub async fn append_one(
     let key = caller_key(&headers, &tenant)?;
     let prepared = prepare(&principal, &bus, value, key.as_deref()).await?;
     key_matches(key.as_deref(), &prepared, &tenant)?;
+    append_prepared(&principal, &bus, &db, &waiters, &headers, prepared).await
+}
+
+/// Appends an event that passed the gateway's admission: answers a repeat with its record,
+/// publishes anything else with the gateway's attestation for `principal`, and with
+/// `Prefer: wait` waits for its record (or rejection).
+pub(crate) async fn append_prepared(
+    principal: &Principal,
+    bus: &Bus,
+    db: &PgPool,
+    waiters: &Waiters,
+    headers: &HttpHeaders,
+    prepared: Prepared,
+) -> Result<Response, Problem> {
+    let tenant = principal.tenant.to_string();
     let idem = idempotency_key(&prepared);
-    let wait = prefer_wait(&headers);
+    let wait = prefer_wait(headers);
     let source = prepared.partition.source.to_string();
     // A repeat answers the record it repeats (or 409 for other content under its id), without a
     // second submission. One index probe; a repeat not yet projected is ingest's to recognise.
-    if let Some(r) = atp_store::query::record_by_event(&db, &tenant, &source, &prepared.event_id)
+    if let Some(r) = atp_store::query::record_by_event(db, &tenant, &source, &prepared.event_id)
         .await
         .map_err(Problem::from)?
     {
         return repeat_of(&r, &prepared, &tenant);
     }
-    let ack = publish(&bus, &principal, &prepared, &trace_context(&headers))
+    let ack = publish(bus, principal, &prepared, &trace_context(headers))
         .await?
         .await
         .map_err(|e| Problem::unavailable("the event bus", e))?;

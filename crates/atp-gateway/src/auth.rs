@@ -507,6 +507,15 @@ where
                 "the token's sub claim must be 1 to 256 characters with no control characters",
             ));
         }
+        // `webhook:` subjects are what the gateway attests for verified webhooks.
+        if claims
+            .sub
+            .starts_with(atp_core::webhook::RESERVED_SUBJECT_PREFIX)
+        {
+            return Err(Problem::unauthorized(
+                "the token's sub claim may not start with `webhook:` (reserved for webhooks)",
+            ));
+        }
         reserved_tenant_roles(&tenant, &claims.roles)
             .map_err(|e| Problem::forbidden(e).tenant(tenant.as_str()))?;
         // The request's span (and so its log lines and trace) names the caller's tenant.

@@ -20,6 +20,7 @@ pub mod query;
 pub mod redact;
 pub mod server;
 mod wait;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,6 +134,7 @@ fn api_routes() -> OpenApiRouter<GatewayState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(append::append_one))
         .routes(routes!(append::append_batch))
+        .routes(routes!(webhook::ingest))
         .routes(routes!(query::list_records))
         .routes(routes!(query::get_record))
         .routes(routes!(query::list_rejections))

@@ -258,23 +258,28 @@ pub async fn enforce(State(state): State<GatewayState>, req: Request, next: Next
             if let Some((pause, _held)) = state.limits.pause(retry_after) {
                 tokio::time::sleep(pause).await;
             }
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            let mut resp = Problem::new(
-                ProblemCode::RateLimited,
-                format!(
-                    "over the tenant's {} rate of {limit}/s; retry in {secs} s",
-                    class.as_str()
-                ),
-            )
-            .tenant(&tenant)
-            .into_response();
-            header(&mut resp, "retry-after", secs);
-            header(&mut resp, "x-ratelimit-limit", limit);
-            header(&mut resp, "x-ratelimit-remaining", 0);
-            header(&mut resp, "x-ratelimit-reset", secs);
-            resp
+            limited(&tenant, class, limit, retry_after)
         }
     }
+}
+
+/// The 429 for a tenant over its `class` rate, with `Retry-After` and the rate headers.
+pub(crate) fn limited(tenant: &str, class: Class, limit: u32, retry_after: Duration) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut resp = Problem::new(
+        ProblemCode::RateLimited,
+        format!(
+            "over the tenant's {} rate of {limit}/s; retry in {secs} s",
+            class.as_str()
+        ),
+    )
+    .tenant(tenant)
+    .into_response();
+    header(&mut resp, "retry-after", secs);
+    header(&mut resp, "x-ratelimit-limit", limit);
+    header(&mut resp, "x-ratelimit-remaining", 0);
+    header(&mut resp, "x-ratelimit-reset", secs);
+    resp
 }
 
 #[cfg(test)]

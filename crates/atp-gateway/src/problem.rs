@@ -163,6 +163,9 @@ problem_codes! {
     PolicyInvalid = (BAD_REQUEST, "POLICY_INVALID", "The policy document is not valid"),
     // The caller.
     Unauthenticated = (UNAUTHORIZED, "UNAUTHENTICATED", "No valid bearer token"),
+    /// `POST /ingest/webhooks/{sourceId}` without a Standard Webhooks signature that verifies
+    /// (or outside its 5-minute window).
+    WebhookUnauthenticated = (UNAUTHORIZED, "WEBHOOK_UNAUTHENTICATED", "No valid webhook signature"),
     Forbidden = (FORBIDDEN, "FORBIDDEN", "The token's roles do not allow this"),
     EditionRequired = (FORBIDDEN, "EDITION_REQUIRED", "The token's edition does not include this feature"),
     CrossTenant = (FORBIDDEN, "CROSS_TENANT", "Another tenant's data"),

@@ -147,6 +147,43 @@ pub async fn add_producer(
     Ok(reg)
 }
 
+/// Adds a webhook HMAC secret (32 random bytes) to a registered source, for
+/// `POST /ingest/webhooks/{sourceId}` signed with Standard Webhooks `v1`. The secret is
+/// returned once; the registry bucket keeps it for the gateway.
+pub async fn add_webhook_secret(
+    js: &Context,
+    tenant: &str,
+    source: &str,
+    secret_id: &str,
+) -> anyhow::Result<atp_core::registry::WebhookSecret> {
+    let p = PartitionKey::new(TenantId::new(tenant)?, SourceId::new(source)?);
+    anyhow::ensure!(
+        !secret_id.is_empty()
+            && secret_id.len() <= 128
+            && secret_id.bytes().all(|b| b.is_ascii_graphic()),
+        "a webhook secret id is 1 to 128 printable ASCII characters"
+    );
+    let kv = js.get_key_value(streams::PRODUCERS_BUCKET).await?;
+    let mut reg = registry::get(&kv, &p)
+        .await?
+        .with_context(|| format!("{p} is not registered"))?;
+    anyhow::ensure!(
+        reg.webhook_secrets.iter().all(|s| s.id != secret_id),
+        "webhook secret id {secret_id:?} is already used for {p}; ids are never reused"
+    );
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let secret = atp_core::registry::WebhookSecret {
+        id: secret_id.to_owned(),
+        secret: bytes.to_vec(),
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    reg.webhook_secrets.push(secret.clone());
+    registry::put(&kv, &reg).await?;
+    Ok(secret)
+}
+
 pub async fn revoke_key(
     js: &Context,
     tenant: &str,

@@ -28,6 +28,12 @@ pub struct OnboardingFacts {
     pub nats_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_credentials: Option<String>,
+    /// Where the gateway takes this source's webhooks (after its base URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_path: Option<String>,
+    /// The file with the source's webhook secret (`whsec_…`), with `--webhook-secret-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 impl OnboardingFacts {

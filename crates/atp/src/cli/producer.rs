@@ -34,6 +34,12 @@ pub(super) enum Action {
         /// `--output` as `producer.pem` (PKCS#8, 0600) and `producer.pub.pem`.
         #[arg(long, requires_all = ["key_id", "output"])]
         generate_key: bool,
+        /// Also give the source a webhook secret with this id, for
+        /// `POST /api/v1/ingest/webhooks/{sourceId}?tenant=…` signed with Standard Webhooks
+        /// `v1` (HMAC): written to `--output` as `webhook.secret` (`whsec_…`, 0600), shown
+        /// nowhere else. (Webhooks signed `v1a` verify with the source's producer keys.)
+        #[arg(long, requires = "output")]
+        webhook_secret_id: Option<String>,
         /// A directory (made 0700) that gets everything the producer needs:
         /// `producer.json` (tenant, source, source URI, subject, key id, NATS URL and file
         /// names), the key pair with `--generate-key`, and the NATS seed (`nats.nk`) with
@@ -82,6 +88,7 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
             output,
             nats_auth_dir,
             nats_creds_out,
+            webhook_secret_id,
         } => {
             let p = at.partition()?;
             let js = nats.jetstream().await?;
@@ -107,10 +114,29 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
                 ),
                 (None, Some(_)) => anyhow::bail!("a producer key needs its --key-id"),
             };
-            let reg =
+            let mut reg =
                 crate::admin::add_producer(&js, &at.tenant, &at.source, &source_uri, key).await?;
-            println!("{}", serde_json::to_string_pretty(&reg)?);
+            let webhook = match (&webhook_secret_id, &output) {
+                (Some(id), Some(dir)) => {
+                    let secret =
+                        crate::admin::add_webhook_secret(&js, &at.tenant, &at.source, id).await?;
+                    write_secret(&dir.join("webhook.secret"), &secret.to_whsec())?;
+                    Some(id.clone())
+                }
+                _ => None,
+            };
+            // The registration as printed names its webhook secrets, never their values.
+            let mut secret_ids: Vec<String> = reg.webhook_secrets.drain(..).map(|s| s.id).collect();
+            if let Some(id) = webhook.as_ref().filter(|id| !secret_ids.contains(id)) {
+                secret_ids.push(id.clone());
+            }
+            let mut shown = serde_json::to_value(&reg)?;
+            shown["webhookSecretIds"] = secret_ids.into();
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             let mut details = Map::new();
+            if let Some(id) = &webhook {
+                details.insert("webhookSecretId".into(), id.clone().into());
+            }
             details.insert("sourceUri".into(), source_uri.into());
             if let Some(id) = &key_id {
                 details.insert("keyId".into(), id.clone().into());
@@ -145,6 +171,11 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
                     nats_credentials: details
                         .contains_key("natsUser")
                         .then(|| "nats.nk".to_owned()),
+                    webhook_path: Some(format!(
+                        "/api/v1/ingest/webhooks/{}?tenant={}",
+                        at.source, at.tenant
+                    )),
+                    webhook_secret: webhook.as_ref().map(|_| "webhook.secret".to_owned()),
                 };
                 facts.write(dir)?;
                 eprintln!("everything the producer needs is in {}", dir.display());
@@ -180,6 +211,20 @@ pub(super) async fn run(action: Action) -> anyhow::Result<()> {
             crate::admin::record_producer_action(&js, &p, "PRODUCER_KEY_REVOKED", details).await
         }
     }
+}
+
+/// A secret in a file only its owner may read.
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A directory only its owner may read: it will hold a private key and a NATS seed.
