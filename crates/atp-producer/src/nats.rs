@@ -6,6 +6,10 @@ use async_nats::jetstream;
 
 use crate::{PublishError, Retry, SignedEvent, Source};
 
+/// How long an event waits for its acknowledgement from when it was sent (JetStream's own
+/// default request timeout).
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What JetStream's acknowledgement says: the event is durable in ATP's ingress stream, and
 /// ATP will make it a record or a rejection (`GET /api/v1/audit/rejections` says why).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,15 +112,15 @@ impl NatsPublisher {
         let mut pending = std::collections::VecDeque::new();
         for event in events {
             if pending.len() >= in_flight.max(1)
-                && let Some((e, ack)) = pending.pop_front()
+                && let Some((e, ack, deadline)) = pending.pop_front()
             {
-                results.push(self.settle(e, ack).await);
+                results.push(self.settle(e, ack, deadline).await);
             }
             let ack = self.send(&event).await;
-            pending.push_back((event, ack));
+            pending.push_back((event, ack, tokio::time::Instant::now() + ACK_TIMEOUT));
         }
-        while let Some((e, ack)) = pending.pop_front() {
-            results.push(self.settle(e, ack).await);
+        while let Some((e, ack, deadline)) = pending.pop_front() {
+            results.push(self.settle(e, ack, deadline).await);
         }
         results
     }
@@ -188,14 +192,22 @@ impl NatsPublisher {
     }
 
     /// The acknowledgement of a sent event, or the event sent again until it comes.
+    ///
+    /// The wait is bounded from when the event was sent (`deadline`), not from when its turn to
+    /// be settled comes: after an outage, every lost acknowledgement of a window runs out
+    /// together, rather than one after the other.
     async fn settle(
         &self,
         event: SignedEvent,
         ack: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+        deadline: tokio::time::Instant,
     ) -> Result<Receipt, PublishError> {
         let acked = match ack {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
+            Ok(ack) => match tokio::time::timeout_at(deadline, ack.into_future()).await {
+                Ok(acked) => acked.map_err(|e| e.to_string()),
+                Err(_) => Err("no acknowledgement within 5 s of sending".to_owned()),
+            },
+            Err(e) => Err(e.to_string()),
         };
         match acked {
             Ok(ack) => Ok(Receipt {
