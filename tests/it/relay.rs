@@ -247,3 +247,45 @@ async fn a_relay_killed_mid_stream_and_a_nats_restart_lose_and_double_nothing() 
     assert_relayed_once_in_order(&stack, &crm).await;
     relay.start_kill().unwrap();
 }
+
+/// A row no event can be made of (here: no aggregate id, so no resource) is forwarded as an
+/// `UNMAPPABLE` rejection holding the row, marked delivered, and the rows behind it flow on.
+#[tokio::test]
+async fn a_row_that_cannot_be_an_event_becomes_a_rejection_and_the_outbox_flows_on() {
+    let stack = Stack::start().await;
+    let _running = stack.serve(ingest_only()).await;
+    let crm = crm(&stack).await;
+    let env = relay_env(&stack).await;
+    let logs = tempfile::tempdir().unwrap();
+    crm.work(0, 10).await;
+    sqlx::query(
+        "INSERT INTO outbox (event_type, aggregate_type, aggregate_id, payload) \
+         VALUES ('contact.merged', 'contact', '', '{\"into\": \"c-1\"}')",
+    )
+    .execute(&crm.pool)
+    .await
+    .unwrap();
+    crm.work(10, 20).await;
+    let mut relay = spawn_relay(&stack, &crm, &env, &logs.path().join("relay.log"));
+    let p = partition(TENANT, SOURCE);
+    let rejected = eventually("the row refused as UNMAPPABLE", || async {
+        stack.rejections(&p).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(rejected.reason, atp_core::Reason::Unmappable);
+    assert!(
+        rejected.detail.contains("no resource"),
+        "{}",
+        rejected.detail
+    );
+    assert_eq!(rejected.event["eventType"], "contact.merged");
+    eventually(
+        "every other row recorded and every row delivered",
+        || async {
+            (stack.ledger_len(&p).await == 42 && crm.undelivered().await == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stack.verify_chain(&p).await, 42);
+    relay.start_kill().unwrap();
+}

@@ -2,7 +2,8 @@
 //!
 //! Each undelivered row becomes a signed event: its id is the row's id, its `sequence` the
 //! row's order, its time the row's `created_at`. A row is marked delivered only after ATP's
-//! ingress stream acknowledged it.
+//! ingress stream acknowledged it. A row no event can be made of is forwarded, its columns as
+//! JSON, to become an `UNMAPPABLE` rejection (ADR 0024), and marked delivered too.
 //!
 //! - **A crash anywhere loses nothing.** Rows whose acknowledgement came but whose update did
 //!   not are sent again, as the same bytes: Ed25519 is deterministic and every field comes from
@@ -283,8 +284,10 @@ pub async fn run_outbox(
 }
 
 /// Claims up to a batch of rows, publishes them and marks them delivered, in one transaction:
-/// the number of rows relayed. Rows before one that cannot be mapped are relayed; that row
-/// fails the batch after them (it is never skipped).
+/// the number of rows relayed. A row that cannot be made an event (a non-positive order, a
+/// type or id ATP refuses) is forwarded as received, its columns as JSON, to become an
+/// `UNMAPPABLE` rejection (ADR 0024), and is marked delivered like the others: it neither
+/// stops the outbox nor disappears.
 async fn relay_batch(
     conn: &mut PgConnection,
     statements: &Statements,
@@ -315,39 +318,68 @@ async fn relay_batch(
         match event_of(&row, &relay.mapping.type_prefix).and_then(|e| Ok(producer.sign(e)?)) {
             Ok(s) => signed.push((row.seq, s)),
             Err(e) => {
-                unmappable = Some(e);
+                // Rows after it wait for the next batch, so that order holds.
+                unmappable = Some((row, e));
                 break;
             }
         }
     }
-    let orders: Vec<i64> = signed.iter().map(|(o, _)| *o).collect();
+    let mut orders: Vec<i64> = signed.iter().map(|(o, _)| *o).collect();
     let results = nats
         .publish_all(signed.into_iter().map(|(_, s)| s), relay.in_flight)
         .await;
     // Only an unbroken acknowledged prefix is marked: the rest is claimed again, in order.
     let acked = results.iter().take_while(|r| r.is_ok()).count();
-    atp_telemetry::metrics::metrics().relay_messages.add(
-        acked as u64,
-        &[
-            atp_telemetry::metrics::label("relay", "outbox"),
-            atp_telemetry::metrics::label("outcome", "event"),
-        ],
-    );
-    if acked > 0 {
+    count("event", acked);
+    orders.truncate(acked);
+    let mut failure = results.into_iter().nth(acked).and_then(Result::err);
+    if failure.is_none()
+        && let Some((row, why)) = unmappable
+    {
+        let message = serde_json::json!({
+            "id": row.id, "order": row.seq, "eventType": row.event_type,
+            "aggregateType": row.aggregate_type, "aggregateId": row.aggregate_id,
+            "actor": row.actor, "payload": row.payload, "createdAt": row.created_at,
+        });
+        let message_id = format!("outbox:{}:{}", relay.mapping.table, row.id);
+        match nats
+            .publish_unmappable(
+                message.to_string().as_bytes(),
+                &format!("{why:#}"),
+                &message_id,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(row = %row.id, error = %format!("{why:#}"), "a row that cannot be an event was forwarded as UNMAPPABLE");
+                count("unmappable", 1);
+                orders.push(row.seq);
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    if !orders.is_empty() {
         sqlx::query(sqlx::AssertSqlSafe(statements.delivered.clone()))
-            .bind(&orders[..acked])
+            .bind(&orders)
             .execute(&mut *tx)
             .await
             .context("marking rows delivered")?;
     }
     tx.commit().await?;
-    if let Some(Err(e)) = results.into_iter().nth(acked) {
+    if let Some(e) = failure {
         return Err(e).context("publishing to ATP");
     }
-    if let Some(e) = unmappable {
-        return Err(e.context("a row cannot be relayed until the mapping is fixed"));
-    }
-    Ok(acked)
+    Ok(orders.len())
+}
+
+fn count(outcome: &'static str, n: usize) {
+    atp_telemetry::metrics::metrics().relay_messages.add(
+        n as u64,
+        &[
+            atp_telemetry::metrics::label("relay", "outbox"),
+            atp_telemetry::metrics::label("outcome", outcome),
+        ],
+    );
 }
 
 #[cfg(test)]
