@@ -396,7 +396,10 @@ async fn kafka(
         brokers: broker.bootstrap(),
         topic: TOPIC.to_owned(),
         group: "atp-relay".to_owned(),
-        instance_id: None,
+        // Static membership, as the Kafka relay's tests use: Tansu 0.6.0 never expires a
+        // member whose session timed out, so a plain member that missed a heartbeat under load
+        // would wait to rejoin for ever (ADR 0024).
+        instance_id: Some("atp-bench-relay".to_owned()),
         type_prefix: "com.example.platform.".to_owned(),
         batch: 500,
         in_flight,
