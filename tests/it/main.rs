@@ -18,6 +18,7 @@ mod gateway;
 mod hostile;
 mod ingest;
 mod integrity;
+mod investigator;
 mod kafka_relay;
 mod lanes;
 mod limits;

@@ -72,7 +72,7 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 34);
+    assert_eq!(operations, 35);
     running.stop().await;
 }
 
@@ -145,5 +145,87 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         "schemathesis found problems:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    running.stop().await;
+}
+
+/// A client generated from the document by an outside generator (openapi-typescript, in
+/// `sdk/api-typescript`, built by `ops/bin/install-api-typescript`, which `ops/bin/test` runs
+/// and names in `ATP_API_TYPESCRIPT`) works against the live gateway: it pages through every
+/// record by cursor, fetches a proof and the signing keys, and reads a problem's `code`. Its
+/// own tests (run here too) compile only while the bodies they name are typed.
+#[tokio::test]
+async fn a_client_generated_from_the_document_reads_records_proofs_and_problems() {
+    let Ok(client) = std::env::var("ATP_API_TYPESCRIPT") else {
+        eprintln!(
+            "skipped: ATP_API_TYPESCRIPT is not set; ops/bin/test generates and builds the \
+             TypeScript API client (ops/bin/install-api-typescript) and sets it"
+        );
+        return;
+    };
+    let client = std::path::PathBuf::from(client);
+    let unit = std::process::Command::new("node")
+        .args(["--test", "dist/test/"])
+        .current_dir(&client)
+        .output()
+        .expect("node runs");
+    assert!(
+        unit.status.success(),
+        "the API client's tests: {}",
+        String::from_utf8_lossy(&unit.stdout)
+    );
+
+    let stack = Stack::start().await;
+    let running = stack.serve(Roles::ALL).await;
+    let api = Api::new(&running);
+    let p = partition(TENANT, SOURCE);
+    for i in 0..5 {
+        stack
+            .publish(&p, &stack.sign(stack.event(&format!("gen-{i}"))))
+            .await;
+    }
+    eventually("records projected and checkpointed", || async {
+        (stack.checkpoint_size(&p).await == 5).then_some(())
+    })
+    .await;
+    let token = stack.token(TENANT, Permission::Auditor);
+    let page = api
+        .get_json("/api/v1/audit/records?limit=1000", &token)
+        .await;
+    let ids: Vec<Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["recordId"].clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+
+    let out = tokio::process::Command::new("node")
+        .arg(client.join("dist/live/live.js"))
+        .env("ATP_URL", &api.base)
+        .env("ATP_TOKEN", &token)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the live run ends within a minute")
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the generated client's live run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Pages of two: three requests, newest first, as the gateway's own page lists them.
+    assert_eq!(summary["recordIds"], Value::Array(ids.clone()), "{summary}");
+    assert_eq!(summary["proof"]["recordId"], ids[0]);
+    assert_eq!(summary["proof"]["treeSize"], 5);
+    assert_eq!(
+        summary["proof"]["leafIndex"], 4,
+        "the newest record is the last leaf"
+    );
+    assert!(summary["proof"]["hashes"].as_u64().unwrap() > 0);
+    assert_eq!(summary["keyIds"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(summary["missing"]["status"], 404);
+    assert_eq!(summary["missing"]["code"], "NOT_FOUND");
     running.stop().await;
 }

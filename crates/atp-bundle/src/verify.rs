@@ -70,8 +70,9 @@ impl Trust {
 }
 
 /// Where a record sits in the bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "BundleRecordAt")]
 pub struct RecordAt {
     pub record_id: String,
     pub source_id: String,
@@ -83,8 +84,10 @@ pub struct RecordAt {
     pub proof_line: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One check that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "BundleFailure")]
 pub struct Failure {
     /// A stable code per kind of check: `RECORD_DIGEST`, `FILE_HASH`, `MANIFEST_SIGNATURE`…
     pub code: &'static str,
@@ -102,8 +105,9 @@ fn fail(code: &'static str, message: impl Into<String>) -> Failure {
 }
 
 /// What verification found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "BundleReport")]
 pub struct Report {
     pub ok: bool,
     /// The signing keys were checked against keys given from outside the bundle.

@@ -14,7 +14,7 @@ pub const EXPORT_ATTEMPTS_EXHAUSTED: &str = "EXPORT_ATTEMPTS_EXHAUSTED";
 use crate::trace::TraceParent;
 
 /// The roles that dead-letter, as they appear in the subject `atp.dlq.<role>.<tenant>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeadRole {
     /// A ledger or rejected message the read model cannot take.
@@ -39,7 +39,7 @@ impl DeadRole {
 }
 
 /// What went wrong with which message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub role: DeadRole,

@@ -70,6 +70,13 @@ pub enum Outcome {
     Failure,
 }
 
+/// The JSON Schema (2020-12) of [`AuditData`]: what admission checks an event's `data`
+/// against, published so that producers can validate before sending and cite it as
+/// `dataschema`.
+pub fn data_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(AuditData)).unwrap_or(Value::Null)
+}
+
 /// The part of [`AuditData`] every read model needs; permissive about extra members so that
 /// records admitted under a schema allowing them still project.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

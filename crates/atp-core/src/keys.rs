@@ -66,23 +66,55 @@ impl PublishedKey {
     }
 
     /// The JWKS entry (RFC 8037 OKP/Ed25519) with ATP's note and validity members.
-    pub fn jwk(&self) -> serde_json::Value {
+    pub fn jwk(&self) -> Jwk {
         let x = B64
             .decode(&self.public_key)
             .map(|k| B64URL.encode(k))
             .unwrap_or_default();
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "kid": self.kid,
-            "x": x,
-            "use": "sig",
-            "alg": "EdDSA",
-            "noteVerifierKey": self.verifier_key,
-            "notBefore": self.not_before,
-            "notAfter": self.not_after,
-        })
+        Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            kid: self.kid.clone(),
+            x,
+            usage: "sig",
+            alg: "EdDSA",
+            note_verifier_key: self.verifier_key.clone(),
+            not_before: self.not_before.clone(),
+            not_after: self.not_after.clone(),
+        }
     }
+}
+
+/// A checkpoint signing key as a JSON Web Key (RFC 8037 `OKP`/`Ed25519`), with ATP's note
+/// verifier key and validity window beside the standard members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Jwk {
+    /// `OKP`.
+    pub kty: &'static str,
+    /// `Ed25519`.
+    pub crv: &'static str,
+    /// The note key ID in 8 lowercase hex digits, as a checkpoint's signature line names it.
+    pub kid: String,
+    /// The public key, base64url without padding.
+    pub x: String,
+    /// `sig`.
+    #[serde(rename = "use")]
+    pub usage: &'static str,
+    /// `EdDSA`.
+    pub alg: &'static str,
+    /// `<name>+<kid>+<base64(0x01 || public key)>`, what Go's `note.Open` takes.
+    pub note_verifier_key: String,
+    /// RFC 3339: the first instant the key signs.
+    pub not_before: String,
+    /// RFC 3339: set once the key was rotated out.
+    pub not_after: Option<String>,
+}
+
+/// A JSON Web Key Set of checkpoint signing keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
 }
 
 /// A private key as PKCS#8 v1 DER (RFC 5208 `PrivateKeyInfo`, version 0, the 32-byte seed
@@ -118,7 +150,7 @@ mod tests {
         let pk = PublishedKey::new("atp.example", &key, at).unwrap();
         let v = pk.verifier().unwrap();
         assert_eq!(format!("{:08x}", v.key_id()), pk.kid);
-        let jwk = pk.jwk();
+        let jwk = serde_json::to_value(pk.jwk()).unwrap();
         assert_eq!(jwk["kty"], "OKP");
         assert_eq!(jwk["crv"], "Ed25519");
         assert_eq!(

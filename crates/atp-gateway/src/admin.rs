@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::GatewayState;
 use crate::auth::{Permission, Principal};
@@ -25,8 +24,11 @@ pub struct ListParams {
     /// `projector` or `exporter`.
     #[param(value_type = Option<String>)]
     role: Option<DeadRole>,
+    /// Letters that died at or after this (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Letters that died before this (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// At most this many letters, 1 to 500 (default 100).
     limit: Option<usize>,
 }
 
@@ -39,9 +41,26 @@ fn dlq_problem(tenant: &str) -> impl Fn(DlqError) -> Problem + '_ {
     }
 }
 
+/// The tenant's dead letters, each with its last replay.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetters {
+    #[schema(value_type = Vec<crate::openapi::DeadLetterEntrySchema>)]
+    items: Vec<Entry>,
+}
+
+/// What a replay did, letter by letter.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayResults {
+    /// Nothing was written: each result says what would have happened.
+    dry_run: bool,
+    #[schema(value_type = Vec<crate::openapi::ReplayedSchema>)]
+    results: Vec<atp_ops::dlq::Replayed>,
+}
+
 /// `GET /admin/dlq`: the tenant's letters, oldest first, each with its last replay.
-#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(ListParams),
-    responses((status = 200, description = "The tenant's dead letters", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(get, operation_id = "list_dead_letters", path = "/admin/dlq", tag = "admin", params(ListParams),
+    responses((status = 200, description = "The tenant's dead letters, oldest first", body = DeadLetters, content_type = "application/json")))]
 pub async fn list(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -61,7 +80,7 @@ pub async fn list(
     let items = dlq::list(&state.bus.js, &filter)
         .await
         .map_err(dlq_problem(&tenant))?;
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(DeadLetters { items }).into_response())
 }
 
 async fn own(state: &GatewayState, tenant: &str, seq: u64) -> Result<Entry, Problem> {
@@ -75,8 +94,8 @@ async fn own(state: &GatewayState, tenant: &str, seq: u64) -> Result<Entry, Prob
 }
 
 /// `GET /admin/dlq/{seq}`: one letter.
-#[utoipa::path(get, path = "/admin/dlq/{seq}", tag = "admin", params(("seq" = u64, Path)),
-    responses((status = 200, description = "One dead letter", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(get, operation_id = "get_dead_letter", path = "/admin/dlq/{seq}", tag = "admin", params(("seq" = u64, Path, description = "The letter's sequence (`seq`)")),
+    responses((status = 200, description = "One dead letter", body = crate::openapi::DeadLetterEntrySchema, content_type = "application/json")))]
 pub async fn show(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -103,8 +122,8 @@ pub struct ReplayBody {
 }
 
 /// `POST /admin/dlq/replay`: handles letters again; one result per letter.
-#[utoipa::path(post, path = "/admin/dlq/replay", tag = "admin", request_body = ReplayBody,
-    responses((status = 200, description = "One result per letter", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(post, operation_id = "replay_dead_letters", path = "/admin/dlq/replay", tag = "admin", request_body = ReplayBody,
+    responses((status = 200, description = "One result per letter", body = ReplayResults, content_type = "application/json")))]
 pub async fn replay(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -147,5 +166,9 @@ pub async fn replay(
             .map_err(dlq_problem(&tenant))?;
         results.push(r);
     }
-    Ok(Json(json!({ "dryRun": body.dry_run, "results": results })).into_response())
+    Ok(Json(ReplayResults {
+        dry_run: body.dry_run,
+        results,
+    })
+    .into_response())
 }

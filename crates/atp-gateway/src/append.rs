@@ -32,25 +32,109 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Longest `Prefer: wait` honoured.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// The simplified form: the audit fields plus where and when.
-#[derive(Debug, Deserialize)]
+/// The short form of an event: the audit fields (CONTRACT §2's `data`) plus where and when.
+/// The gateway makes the CloudEvent of it (`specversion` 1.0, the source's URI, `type`
+/// `dev.atp.audit` unless given, `time` now unless given), unsigned and so attributed to the
+/// caller. The audit fields are kept as JSON here and checked by admission, so that a bad one
+/// is answered exactly as in a CloudEvent.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Simplified {
+#[schema(as = ShortFormEvent)]
+pub(crate) struct Simplified {
+    /// The source, as registered for the caller's tenant.
     source_id: String,
-    /// Optional when `X-Idempotency-Key` is sent: the key is then the event's id.
+    /// The event's id, unique per source. Optional when `X-Idempotency-Key` is sent: the key
+    /// is then the event's id.
     #[serde(default)]
     id: Option<String>,
+    /// RFC 3339; default: now.
     #[serde(default)]
     time: Option<String>,
+    /// The CloudEvents `type`; default `dev.atp.audit`.
     #[serde(default, rename = "type")]
     ty: Option<String>,
+    #[schema(value_type = crate::openapi::ActorSchema)]
     actor: Value,
+    /// What was done: `CREATE`, `UPDATE`, `DELETE`, `READ`, `LOGIN`, ...
+    #[schema(value_type = String)]
     action: Value,
+    #[schema(value_type = crate::openapi::ResourceSchema)]
     resource: Value,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::OutcomeSchema>)]
     outcome: Option<Value>,
+    /// Flat JSON: string, number, boolean or null values only.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     attributes: Option<Value>,
+}
+
+/// A submission ATP has taken: on the ingress stream, not yet a record.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// `<tenant>:<source>:<id>`: what makes a repeat the same event.
+    idempotency_key: String,
+    /// Always `accepted-for-processing`.
+    status: &'static str,
+    /// Its sequence on the ingress stream.
+    ingress_seq: u64,
+}
+
+/// The record an event became.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Appended {
+    record_id: String,
+    chain_index: i64,
+    /// `sha256:<hex>` of the record's canonical bytes.
+    digest: String,
+    /// With a repeat (200): `<tenant>:<source>:<id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    /// With a repeat (200): `true`, the event was recorded before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotent: Option<bool>,
+}
+
+impl Appended {
+    fn of(r: &atp_store::query::StoredRecord) -> Self {
+        Self {
+            record_id: r.record_id.clone(),
+            chain_index: r.chain_index,
+            digest: r.digest.to_string(),
+            idempotency_key: None,
+            idempotent: None,
+        }
+    }
+}
+
+/// What became of one event of a batch.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    /// Its place in the batch, from 0.
+    index: usize,
+    /// 202 when taken, else the status its own request would have been answered with.
+    status: u16,
+    /// When taken: `<tenant>:<source>:<id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    /// When taken: its sequence on the ingress stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress_seq: Option<u64>,
+    /// When refused: the problem code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<crate::problem::ProblemCode>,
+    /// When refused: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// One result per event of a batch, in order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BatchResults {
+    results: Vec<BatchItem>,
 }
 
 /// An event ready to publish.
@@ -259,15 +343,12 @@ fn repeat_of(
             atp_core::event::idempotency_conflict(&p.event_id, r.chain_index, &r.record_id);
         return Err(Problem::from_rejection(&conflict).tenant(tenant));
     }
-    let digest = r.digest;
-    Ok((
-        StatusCode::OK,
-        Json(json!({
-            "recordId": r.record_id, "chainIndex": r.chain_index, "digest": digest.to_string(),
-            "idempotencyKey": idempotency_key(p), "idempotent": true,
-        })),
-    )
-        .into_response())
+    let repeat = Appended {
+        idempotency_key: Some(idempotency_key(p)),
+        idempotent: Some(true),
+        ..Appended::of(r)
+    };
+    Ok((StatusCode::OK, Json(repeat)).into_response())
 }
 
 /// The trace a submission joins, so every record can be followed from here to the read model:
@@ -337,23 +418,18 @@ fn prefer_wait(h: &HttpHeaders) -> Option<Duration> {
 }
 
 fn created(r: &atp_store::query::StoredRecord) -> Response {
-    let digest = r.digest;
-    (
-        StatusCode::CREATED,
-        Json(json!({ "recordId": r.record_id, "chainIndex": r.chain_index, "digest": digest.to_string() })),
-    )
-        .into_response()
+    (StatusCode::CREATED, Json(Appended::of(r))).into_response()
 }
 
 #[utoipa::path(post, path = "/audit/append", tag = "audit",
-    request_body(content = serde_json::Value, content_type = "application/json",
-        description = "A CloudEvent (structured mode, also as application/cloudevents+json) or the short form {sourceId, id, actor, action, resource, ...}"),
+    request_body(content = crate::openapi::AppendBody, content_type = "application/json",
+        description = "A signed CloudEvent (structured mode, also as application/cloudevents+json) or the short form"),
     params(("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 30): answer once the record is queryable"),
         ("X-Idempotency-Key" = Option<String>, Header, description = "The event's `id` or its key `<tenant>:<source>:<id>`; in the short form it may stand in for a missing `id`")),
     responses(
-        (status = 200, description = "A repeat of a recorded event: its record, with `idempotent: true`", body = serde_json::Value, content_type = "application/json"),
-        (status = 201, description = "The record (with `Prefer: wait`)", body = serde_json::Value, content_type = "application/json"),
-        (status = 202, description = "Accepted: on the ingress stream (a 409 `IDEMPOTENCY_CONFLICT` problem when the id was recorded with other content)", body = serde_json::Value, content_type = "application/json"),
+        (status = 200, description = "A repeat of a recorded event: its record, with `idempotent: true`", body = Appended, content_type = "application/json"),
+        (status = 201, description = "The record (with `Prefer: wait`)", body = Appended, content_type = "application/json"),
+        (status = 202, description = "Accepted: on the ingress stream (a 409 `IDEMPOTENCY_CONFLICT` problem when the id was recorded with other content)", body = Accepted, content_type = "application/json"),
     ))]
 pub async fn append_one(
     principal: Principal,
@@ -444,19 +520,20 @@ pub(crate) async fn append_prepared(
             None => {}
         }
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "idempotencyKey": idem, "status": "accepted-for-processing", "ingressSeq": ack.sequence })),
-    )
-        .into_response())
+    let accepted = Accepted {
+        idempotency_key: idem,
+        status: "accepted-for-processing",
+        ingress_seq: ack.sequence,
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 #[utoipa::path(post, path = "/audit/append:batch", tag = "audit",
-    request_body(content = Vec<serde_json::Value>, content_type = "application/json",
-        description = "Up to the batch limit of events, each a CloudEvent or the short form"),
+    request_body(content = Vec<crate::openapi::AppendBody>, content_type = "application/json",
+        description = "Up to 1000 events, each a signed CloudEvent or the short form (also as application/cloudevents-batch+json)"),
     responses(
-        (status = 202, description = "Every event accepted", body = serde_json::Value, content_type = "application/json"),
-        (status = 207, description = "One result per event, some refused", body = serde_json::Value, content_type = "application/json"),
+        (status = 202, description = "Every event accepted", body = BatchResults, content_type = "application/json"),
+        (status = 207, description = "One result per event, some refused", body = BatchResults, content_type = "application/json"),
     ))]
 pub async fn append_batch(
     principal: Principal,
@@ -485,7 +562,7 @@ pub async fn append_batch(
         )
         .tenant(&tenant));
     }
-    let mut results: Vec<Value> = Vec::with_capacity(items.len());
+    let mut results: Vec<BatchItem> = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
     // One request, one trace: every item of the batch joins it.
     let trace = trace_context(&headers);
@@ -495,34 +572,56 @@ pub async fn append_batch(
             Ok(prep) => {
                 let idem = idempotency_key(&prep);
                 let fut = publish(&bus, &principal, &prep, &trace).await?;
-                results.push(json!({"index": index, "status": 202, "idempotencyKey": idem}));
+                results.push(BatchItem {
+                    index,
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    idempotency_key: Some(idem),
+                    ingress_seq: None,
+                    code: None,
+                    detail: None,
+                });
                 pending.push((index, fut));
             }
         }
     }
     for (index, fut) in pending {
         match fut.await {
-            Ok(ack) => results[index]["ingressSeq"] = json!(ack.sequence),
+            Ok(ack) => {
+                if let Some(item) = results.get_mut(index) {
+                    item.ingress_seq = Some(ack.sequence);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "batch item not acknowledged by JetStream");
-                results[index] = item_refused(
-                    index,
-                    &Problem::new(ProblemCode::Unavailable, "not stored; retry this item"),
-                );
+                if let Some(item) = results.get_mut(index) {
+                    *item = item_refused(
+                        index,
+                        &Problem::new(ProblemCode::Unavailable, "not stored; retry this item"),
+                    );
+                }
             }
         }
     }
-    let all_ok = results.iter().all(|r| r["status"] == 202);
+    let all_ok = results
+        .iter()
+        .all(|r| r.status == StatusCode::ACCEPTED.as_u16());
     let status = if all_ok {
         StatusCode::ACCEPTED
     } else {
         StatusCode::MULTI_STATUS
     };
-    Ok((status, Json(json!({ "results": results }))).into_response())
+    Ok((status, Json(BatchResults { results })).into_response())
 }
 
 /// A batch item's result when it was not taken: the status, code and detail its own request
 /// would have been answered with.
-fn item_refused(index: usize, p: &Problem) -> Value {
-    json!({"index": index, "status": p.status().as_u16(), "code": p.code, "detail": p.detail})
+fn item_refused(index: usize, p: &Problem) -> BatchItem {
+    BatchItem {
+        index,
+        status: p.status().as_u16(),
+        idempotency_key: None,
+        ingress_seq: None,
+        code: Some(p.code),
+        detail: Some(p.detail.clone()),
+    }
 }

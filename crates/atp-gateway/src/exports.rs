@@ -24,7 +24,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::auth::{Permission, Principal};
 use crate::problem::{Problem, ProblemCode};
@@ -103,10 +104,143 @@ pub struct ExportBody {
     tenant_id: Option<String>,
 }
 
+/// An export just queued, and where to follow it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportQueued {
+    pub export_id: String,
+    /// Always `queued`.
+    #[schema(value_type = crate::openapi::ExportStatusSchema)]
+    pub status: ExportStatus,
+    /// `/api/v1/exports/{exportId}` (also the `Location` header).
+    pub status_url: String,
+    /// Where the bundle will be, once `completed`.
+    pub download_url: String,
+}
+
+/// How far a running export is.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportProgress {
+    pub records_done: i64,
+    /// Known once the export's snapshot is taken.
+    pub records_total: Option<i64>,
+}
+
+/// Why an export failed.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct ExportFailure {
+    pub code: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The delivery of an export's completion webhook.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<String>,
+    /// While `pending`: when it is tried next.
+    pub next_attempt_at: Option<String>,
+}
+
+/// An export and where it is.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Export)]
+pub struct ExportView {
+    pub export_id: String,
+    pub tenant_id: String,
+    #[schema(value_type = crate::openapi::ExportStatusSchema)]
+    pub status: ExportStatus,
+    /// `tar`.
+    pub format: String,
+    /// The `/audit/records` filters it selects by.
+    #[schema(value_type = Object)]
+    pub selection: Value,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// While `queued` or `running`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ExportProgress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Once `completed`: the records in the bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_count: Option<i64>,
+    /// Once `completed`: the bundle's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// Once `completed`: hex SHA-256 of the bundle's `manifest.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+    /// Once `completed`: hex SHA-256 of the whole bundle (what `sha256sum` prints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_sha256: Option<String>,
+    /// Once `completed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    /// Once `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ExportFailure>,
+    /// The classifications the requester reads in clear, disclosed in the bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readable: Option<Vec<String>>,
+    /// `subject-access` for a data-subject access export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDelivery>,
+}
+
+/// The tenant's recent exports, newest first.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct ExportList {
+    pub items: Vec<ExportView>,
+}
+
+/// The tenant's export webhook, just set: the secret is shown this once.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct WebhookSet {
+    url: String,
+    /// Base64 of the 32-byte HMAC key.
+    secret: String,
+    /// How deliveries are signed.
+    signature: &'static str,
+}
+
+/// Whether the tenant has an export webhook, and where.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct WebhookState {
+    configured: bool,
+    url: Option<String>,
+}
+
+/// A bundle verified against the deployment's published signing keys.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportVerification {
+    /// Every check passed.
+    verified: bool,
+    #[schema(value_type = Option<crate::openapi::BundleFailureSchema>)]
+    first_failure: Option<bundle_verify::Failure>,
+    /// Every check `atp verify` makes, as it reports them.
+    #[schema(value_type = crate::openapi::BundleReportSchema)]
+    report: bundle_verify::Report,
+}
+
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-#[utoipa::path(post, path = "/exports", tag = "exports", request_body = ExportBody,
-    responses((status = 202, description = "Queued: `{exportId, status, statusUrl, downloadUrl}`", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(post, operation_id = "create_export", path = "/exports", tag = "exports", request_body = ExportBody,
+    responses((status = 202, description = "Queued",
+        headers(("Location" = String, description = "The export's status URL")),
+        body = ExportQueued, content_type = "application/json")))]
 pub async fn create(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -193,12 +327,12 @@ pub async fn create(
     let location = format!("/api/v1/exports/{}", req.export_id);
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({
-            "exportId": req.export_id,
-            "status": "queued",
-            "statusUrl": location,
-            "downloadUrl": format!("{location}/download"),
-        })),
+        Json(ExportQueued {
+            export_id: req.export_id.clone(),
+            status: ExportStatus::Queued,
+            download_url: format!("{location}/download"),
+            status_url: location.clone(),
+        }),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -215,67 +349,63 @@ async fn load(state: &GatewayState, principal: &Principal, id: &str) -> Result<E
         .ok_or_else(|| Problem::not_found(format!("no export {id:?}")).tenant(tenant))
 }
 
-fn status_json(row: &ExportRow) -> Value {
-    let mut v = json!({
-        "exportId": row.export_id,
-        "tenantId": row.tenant_id,
-        "status": row.status,
-        "format": row.format,
-        "selection": row.selection,
-        "requestedBy": row.requested_by,
-        "requestedAt": atp_core::record::timestamp(row.requested_at),
-        "attempts": row.attempts,
-    });
-    if let Some(at) = row.started_at {
-        v["startedAt"] = json!(atp_core::record::timestamp(at));
+fn export_view(row: &ExportRow) -> ExportView {
+    let completed = row.status == ExportStatus::Completed;
+    ExportView {
+        export_id: row.export_id.clone(),
+        tenant_id: row.tenant_id.clone(),
+        status: row.status,
+        format: row.format.clone(),
+        selection: row.selection.clone(),
+        requested_by: row.requested_by.clone(),
+        requested_at: atp_core::record::timestamp(row.requested_at),
+        attempts: row.attempts,
+        started_at: row.started_at.map(atp_core::record::timestamp),
+        progress: matches!(row.status, ExportStatus::Running | ExportStatus::Queued).then(|| {
+            ExportProgress {
+                records_done: row.records_done,
+                records_total: row.records_total,
+            }
+        }),
+        finished_at: row.finished_at.map(atp_core::record::timestamp),
+        record_count: row.record_count.filter(|_| completed),
+        bytes: row.bytes.filter(|_| completed),
+        manifest_sha256: row.manifest_sha256.clone().filter(|_| completed),
+        bundle_sha256: row.bundle_sha256.clone().filter(|_| completed),
+        download_url: completed.then(|| format!("/api/v1/exports/{}/download", row.export_id)),
+        failure: (row.status == ExportStatus::Failed).then(|| ExportFailure {
+            code: row.failure_code.clone(),
+            detail: row.failure_detail.clone(),
+        }),
+        readable: row.readable.clone(),
+        kind: row
+            .subject_keys
+            .as_ref()
+            .map(|_| "subject-access".to_owned()),
+        webhook: row.webhook_status.as_ref().map(|s| WebhookDelivery {
+            status: s.clone(),
+            attempts: row.webhook_attempts,
+            last_error: row.webhook_error.clone(),
+            last_attempt_at: row.webhook_at.map(atp_core::record::timestamp),
+            next_attempt_at: row
+                .webhook_next_at
+                .filter(|_| s == "pending")
+                .map(atp_core::record::timestamp),
+        }),
     }
-    if matches!(row.status, ExportStatus::Running | ExportStatus::Queued) {
-        v["progress"] = json!({
-            "recordsDone": row.records_done,
-            "recordsTotal": row.records_total,
-        });
-    }
-    if let Some(at) = row.finished_at {
-        v["finishedAt"] = json!(atp_core::record::timestamp(at));
-    }
-    if row.status == ExportStatus::Completed {
-        v["recordCount"] = json!(row.record_count);
-        v["bytes"] = json!(row.bytes);
-        v["manifestSha256"] = json!(row.manifest_sha256);
-        v["bundleSha256"] = json!(row.bundle_sha256);
-        v["downloadUrl"] = json!(format!("/api/v1/exports/{}/download", row.export_id));
-    }
-    if row.status == ExportStatus::Failed {
-        v["failure"] = json!({ "code": row.failure_code, "detail": row.failure_detail });
-    }
-    if let Some(readable) = &row.readable {
-        v["readable"] = json!(readable);
-    }
-    if row.subject_keys.is_some() {
-        v["kind"] = json!("subject-access");
-    }
-    if let Some(s) = &row.webhook_status {
-        v["webhook"] = json!({
-            "status": s,
-            "attempts": row.webhook_attempts,
-            "lastError": row.webhook_error,
-            "lastAttemptAt": row.webhook_at.map(atp_core::record::timestamp),
-            "nextAttemptAt": row.webhook_next_at.filter(|_| s == "pending").map(atp_core::record::timestamp),
-        });
-    }
-    v
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// How many exports, newest first, 1 to 100 (default 20).
     limit: Option<i64>,
 }
 
 /// `GET /exports`: the tenant's 20 (up to 100) most recent exports, newest first.
-#[utoipa::path(get, path = "/exports", tag = "exports", params(ListParams),
-    responses((status = 200, description = "The tenant's recent exports", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(get, operation_id = "list_exports", path = "/exports", tag = "exports", params(ListParams),
+    responses((status = 200, description = "The tenant's recent exports", body = ExportList, content_type = "application/json")))]
 pub async fn list(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -288,11 +418,14 @@ pub async fn list(
     let rows = exports::list(&state.db, &tenant, p.limit.unwrap_or(20))
         .await
         .map_err(Problem::from)?;
-    Ok(Json(json!({ "items": rows.iter().map(status_json).collect::<Vec<_>>() })).into_response())
+    Ok(Json(ExportList {
+        items: rows.iter().map(export_view).collect(),
+    })
+    .into_response())
 }
 
-#[utoipa::path(get, path = "/exports/{export_id}", tag = "exports", params(("export_id" = String, Path)),
-    responses((status = 200, description = "The export's status", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(get, operation_id = "get_export", path = "/exports/{export_id}", tag = "exports", params(("export_id" = String, Path, description = "The export's id (`exportId`)")),
+    responses((status = 200, description = "The export's status", body = ExportView, content_type = "application/json")))]
 pub async fn status(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -300,7 +433,7 @@ pub async fn status(
 ) -> Result<Response, Problem> {
     principal.require(&READERS)?;
     let row = load(&state, &principal, &id).await?;
-    Ok(Json(status_json(&row)).into_response())
+    Ok(Json(export_view(&row)).into_response())
 }
 
 /// Parses a single `bytes=` range against a body of `size` bytes. `Ok(None)`: no (usable)
@@ -343,8 +476,8 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, ()>
     Ok(Some(range))
 }
 
-#[utoipa::path(get, path = "/exports/{export_id}/download", tag = "exports",
-    params(("export_id" = String, Path), ("Range" = Option<String>, Header)),
+#[utoipa::path(get, operation_id = "download_export", path = "/exports/{export_id}/download", tag = "exports",
+    params(("export_id" = String, Path, description = "The export's id (`exportId`)"), ("Range" = Option<String>, Header, description = "One byte range, `bytes=<first>-[<last>]`, to resume a download")),
     responses(
         (status = 200, description = "The signed bundle", body = Vec<u8>, content_type = "application/x-tar"),
         (status = 206, description = "A byte range of it", body = Vec<u8>, content_type = "application/x-tar"),
@@ -449,7 +582,7 @@ pub struct WebhookBody {
 /// `PUT /exports/webhook`: sets the tenant's completion webhook and answers a fresh secret, the
 /// only time it is shown.
 #[utoipa::path(put, path = "/exports/webhook", tag = "exports", request_body = WebhookBody,
-    responses((status = 200, description = "Set; the secret is shown this once (enterprise edition)", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "Set; the secret is shown this once (enterprise edition)", body = WebhookSet, content_type = "application/json")))]
 pub async fn set_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -480,16 +613,16 @@ pub async fn set_webhook(
     .await
     .map_err(|e| webhook_problem(e, &tenant))?;
     tracing::info!(tenant = %tenant, by = %principal.subject, "export webhook set");
-    Ok(Json(json!({
-        "url": hook.url,
-        "secret": hook.secret,
-        "signature": "ATP-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(base64-decoded secret, \"<t>.\" + body)>",
-    }))
+    Ok(Json(WebhookSet {
+        url: hook.url,
+        secret: hook.secret,
+        signature: "ATP-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(base64-decoded secret, \"<t>.\" + body)>",
+    })
     .into_response())
 }
 
 #[utoipa::path(get, path = "/exports/webhook", tag = "exports",
-    responses((status = 200, description = "Whether a webhook is set, and its URL", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "Whether a webhook is set, and its URL", body = WebhookState, content_type = "application/json")))]
 pub async fn get_webhook(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -498,7 +631,11 @@ pub async fn get_webhook(
     let hook = bus_exports::webhook_of(&state.exports.webhooks, &principal.tenant)
         .await
         .map_err(|e| Problem::unavailable("the webhook registry", e))?;
-    Ok(Json(json!({ "configured": hook.is_some(), "url": hook.map(|h| h.url) })).into_response())
+    Ok(Json(WebhookState {
+        configured: hook.is_some(),
+        url: hook.map(|h| h.url),
+    })
+    .into_response())
 }
 
 #[utoipa::path(delete, path = "/exports/webhook", tag = "exports",
@@ -536,10 +673,10 @@ pub struct VerifyExportBody {
 /// `POST /integrity/verify/export`: `{ "exportId" }` verifies a stored bundle; a body of
 /// `application/x-tar` (up to the request limit) verifies an uploaded one. Both against the
 /// deployment's published signing keys.
-#[utoipa::path(post, path = "/integrity/verify/export", tag = "integrity",
+#[utoipa::path(post, operation_id = "verify_export", path = "/integrity/verify/export", tag = "integrity",
     request_body(content = VerifyExportBody, content_type = "application/json",
         description = "A stored export by id (an uploaded bundle may be sent as application/x-tar)"),
-    responses((status = 200, description = "The verification report", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "The verification report", body = ExportVerification, content_type = "application/json")))]
 pub async fn verify(
     principal: Principal,
     State(state): State<GatewayState>,
@@ -607,12 +744,11 @@ pub async fn verify(
         )
         .tenant(&tenant));
     }
-    let first = report.first().cloned();
-    Ok(Json(json!({
-        "verified": report.ok,
-        "firstFailure": first,
-        "report": report,
-    }))
+    Ok(Json(ExportVerification {
+        verified: report.ok,
+        first_failure: report.first().cloned(),
+        report,
+    })
     .into_response())
 }
 

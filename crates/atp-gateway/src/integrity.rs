@@ -21,9 +21,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use crate::Bus;
 use crate::auth::{Permission, Principal};
@@ -179,21 +180,138 @@ async fn inclusion(
     })
 }
 
-/// The JSON proof answer: the record (as the records query serves it, digest re-checked),
-/// where it sits, the proof and the signed checkpoint.
-fn proof_json(rec: &RecordView, proof: &TlogProof, cp: &StoredCheckpoint) -> Value {
-    json!({
-        "recordId": rec.record_id,
-        "tenantId": rec.tenant_id,
-        "sourceId": rec.source_id,
-        "record": rec.record,
-        "digest": rec.digest,
-        "leafIndex": proof.index,
-        "treeSize": cp.size(),
-        "inclusionProof": b64_all(&proof.hashes),
-        "checkpoint": cp.note,
-        "tlogProof": proof.to_text(),
-    })
+/// A record's inclusion proof: the record (as the records query serves it, digest
+/// re-checked), where it sits, the proof and the signed checkpoint it proves against.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordProof {
+    pub record_id: String,
+    pub tenant_id: String,
+    pub source_id: String,
+    /// The record as stored (CONTRACT §3), unless the caller may not read all of it.
+    #[schema(value_type = Object)]
+    pub record: Box<serde_json::value::RawValue>,
+    /// `sha256:<hex>` of the record's canonical bytes.
+    pub digest: String,
+    /// The record's leaf in the source's Merkle log (its chain index).
+    pub leaf_index: u64,
+    /// The size of the tree the checkpoint signs.
+    pub tree_size: u64,
+    /// The RFC 9162 inclusion proof: the hashes from the leaf up, each base64.
+    pub inclusion_proof: Vec<String>,
+    /// The signed checkpoint (C2SP tlog-checkpoint, a signed note).
+    pub checkpoint: String,
+    /// The same proof as a C2SP tlog-proof text.
+    pub tlog_proof: String,
+}
+
+fn record_proof_of(rec: RecordView, proof: &TlogProof, cp: &StoredCheckpoint) -> RecordProof {
+    RecordProof {
+        record_id: rec.record_id,
+        tenant_id: rec.tenant_id,
+        source_id: rec.source_id,
+        record: rec.record,
+        digest: rec.digest,
+        leaf_index: proof.index,
+        tree_size: cp.size(),
+        inclusion_proof: b64_all(&proof.hashes),
+        checkpoint: cp.note.clone(),
+        tlog_proof: proof.to_text(),
+    }
+}
+
+/// A signed checkpoint and what it says.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Checkpoint)]
+pub struct CheckpointView {
+    tenant_id: String,
+    source_id: String,
+    /// The log's origin line.
+    origin: String,
+    tree_size: u64,
+    /// The Merkle tree's root hash, base64.
+    root_hash: String,
+    /// The signing key's id (8 hex digits), as `GET /integrity/keys` lists it.
+    key_id: String,
+    issued_at: String,
+    /// The signed note itself (C2SP tlog-checkpoint).
+    checkpoint: String,
+}
+
+/// Proof that one tree extends another.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistencyProof {
+    tenant_id: String,
+    source_id: String,
+    from_size: u64,
+    to_size: u64,
+    /// The smaller tree's root hash, base64.
+    from_root: String,
+    /// The larger tree's root hash, base64.
+    to_root: String,
+    /// The RFC 9162 consistency proof, each hash base64.
+    consistency_proof: Vec<String>,
+    /// The signed checkpoint of the smaller tree, when one was issued at that size.
+    from_checkpoint: Option<String>,
+    /// The signed checkpoint of the larger tree, when one was issued at that size.
+    to_checkpoint: Option<String>,
+}
+
+/// One check of a verification.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = VerificationCheck)]
+pub struct Check {
+    /// E.g. `storedDigest`, `chainLink`, `inclusion`, `checkpointSignature`.
+    check: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// A stored record re-checked end to end.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordVerification {
+    /// Every check passed.
+    verified: bool,
+    record_id: String,
+    tenant_id: String,
+    source_id: String,
+    chain_index: i64,
+    checks: Vec<Check>,
+    /// The inclusion proof, once a checkpoint covers the record.
+    proof: Option<RecordProof>,
+}
+
+/// The first record of a range that failed a check.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeFailure {
+    chain_index: u64,
+    /// `record`, `sequence`, `digest`, `chainLink` or `leaf`.
+    check: &'static str,
+    detail: String,
+}
+
+/// A range of a partition re-walked as stored.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeVerification {
+    /// Every check passed.
+    verified: bool,
+    tenant_id: String,
+    source_id: String,
+    from_index: u64,
+    to_index: u64,
+    /// How many records were checked.
+    checked: u64,
+    first_failure: Option<RangeFailure>,
+    checks: Vec<Check>,
+    tree_size: u64,
+    /// The checkpoint's root hash, base64.
+    root_hash: String,
+    checkpoint: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -206,9 +324,9 @@ pub struct ProofParams {
 
 /// `GET /audit/records/{recordId}/proof`.
 #[utoipa::path(get, path = "/audit/records/{record_id}/proof", tag = "integrity",
-    params(("record_id" = String, Path), ProofParams),
-    responses((status = 200, description = "Inclusion proof against a signed checkpoint",
-        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
+    params(("record_id" = String, Path, description = "The record's id (`recordId`)"), ProofParams),
+    responses((status = 200, description = "Inclusion proof against a signed checkpoint (as a C2SP tlog-proof with `Accept: text/plain`)",
+        content((RecordProof = "application/json"), (String = "text/plain")))))]
 pub async fn record_proof(
     principal: Principal,
     State(db): State<PgPool>,
@@ -253,21 +371,22 @@ pub async fn record_proof(
     if wants_text(&headers) {
         return Ok(text(proof.to_text()));
     }
-    Ok(Json(proof_json(&rec, &proof, &cp)).into_response())
+    Ok(Json(record_proof_of(rec, &proof, &cp)).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SizeParams {
+    /// The checkpoint of this tree size; default: the newest.
     size: Option<u64>,
 }
 
 /// `GET /integrity/checkpoints/{tenantId}/{sourceId}` (newest, or `?size=n`).
-#[utoipa::path(get, path = "/integrity/checkpoints/{tenant_id}/{source_id}", tag = "integrity",
-    params(("tenant_id" = String, Path), ("source_id" = String, Path), SizeParams),
-    responses((status = 200, description = "A signed checkpoint (C2SP tlog-checkpoint)",
-        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
+#[utoipa::path(get, operation_id = "get_checkpoint", path = "/integrity/checkpoints/{tenant_id}/{source_id}", tag = "integrity",
+    params(("tenant_id" = String, Path, description = "The caller's own tenant"), ("source_id" = String, Path, description = "The source (one hash chain and Merkle log)"), SizeParams),
+    responses((status = 200, description = "A signed checkpoint (the signed note alone with `Accept: text/plain`)",
+        content((CheckpointView = "application/json"), (String = "text/plain")))))]
 pub async fn checkpoint(
     principal: Principal,
     State(db): State<PgPool>,
@@ -289,16 +408,16 @@ pub async fn checkpoint(
         .map_err(|e| e.to_string())
         .and_then(|(text, _)| Checkpoint::parse(text).map_err(|e| e.to_string()))
         .map_err(|e| integrity_error(&tenant, format!("stored checkpoint is malformed: {e}")))?;
-    Ok(Json(json!({
-        "tenantId": cp.tenant_id,
-        "sourceId": cp.source_id,
-        "origin": body.origin,
-        "treeSize": cp.size(),
-        "rootHash": B64.encode(body.root.0),
-        "keyId": cp.key_id,
-        "issuedAt": record::timestamp(cp.issued_at),
-        "checkpoint": cp.note,
-    }))
+    Ok(Json(CheckpointView {
+        tenant_id: cp.tenant_id.clone(),
+        source_id: cp.source_id.clone(),
+        origin: body.origin.to_string(),
+        tree_size: cp.size(),
+        root_hash: B64.encode(body.root.0),
+        key_id: cp.key_id.clone(),
+        issued_at: record::timestamp(cp.issued_at),
+        checkpoint: cp.note.clone(),
+    })
     .into_response())
 }
 
@@ -306,16 +425,18 @@ pub async fn checkpoint(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyParams {
+    /// The smaller tree's size (at least 1).
     from: u64,
+    /// The larger tree's size; default: the newest checkpoint's.
     to: Option<u64>,
 }
 
 /// `GET /integrity/consistency/{tenantId}/{sourceId}?from=m&to=n`: proof that the tree of `n`
 /// records (default: the newest checkpoint's) extends the tree of `m`.
-#[utoipa::path(get, path = "/integrity/consistency/{tenant_id}/{source_id}", tag = "integrity",
-    params(("tenant_id" = String, Path), ("source_id" = String, Path), ConsistencyParams),
+#[utoipa::path(get, operation_id = "consistency_proof", path = "/integrity/consistency/{tenant_id}/{source_id}", tag = "integrity",
+    params(("tenant_id" = String, Path, description = "The caller's own tenant"), ("source_id" = String, Path, description = "The source (one hash chain and Merkle log)"), ConsistencyParams),
     responses((status = 200, description = "Consistency proof between two tree sizes",
-        content((serde_json::Value = "application/json"), (String = "text/plain")))))]
+        body = ConsistencyProof, content_type = "application/json")))]
 pub async fn consistency(
     principal: Principal,
     State(db): State<PgPool>,
@@ -371,30 +492,43 @@ pub async fn consistency(
             )));
         }
     }
-    Ok(Json(json!({
-        "tenantId": tenant,
-        "sourceId": p.source.as_str(),
-        "fromSize": params.from,
-        "toSize": to,
-        "fromRoot": B64.encode(roots[0].0),
-        "toRoot": B64.encode(roots[1].0),
-        "consistencyProof": b64_all(&proof),
-        "fromCheckpoint": from_cp.map(|c| c.note),
-        "toCheckpoint": to_cp.map(|c| c.note),
-    }))
+    Ok(Json(ConsistencyProof {
+        tenant_id: tenant.clone(),
+        source_id: p.source.to_string(),
+        from_size: params.from,
+        to_size: to,
+        from_root: B64.encode(roots[0].0),
+        to_root: B64.encode(roots[1].0),
+        consistency_proof: b64_all(&proof),
+        from_checkpoint: from_cp.map(|c| c.note),
+        to_checkpoint: to_cp.map(|c| c.note),
+    })
     .into_response())
 }
 
 /// Keeps the first failure of a range walk.
-fn note_failure(slot: &mut Option<Value>, index: u64, check_name: &str, detail: String) {
+fn note_failure(
+    slot: &mut Option<RangeFailure>,
+    index: u64,
+    check_name: &'static str,
+    detail: String,
+) {
     if slot.is_none() {
-        *slot = Some(json!({ "chainIndex": index, "check": check_name, "detail": detail }));
+        *slot = Some(RangeFailure {
+            chain_index: index,
+            check: check_name,
+            detail,
+        });
     }
 }
 
 /// One line of a verification answer.
-fn check(name: &str, ok: bool, detail: impl Into<String>) -> Value {
-    json!({ "check": name, "ok": ok, "detail": detail.into() })
+fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        check: name,
+        ok,
+        detail: detail.into(),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -409,7 +543,7 @@ pub struct VerifyRecordBody {
 /// `POST /integrity/verify/record`: re-checks a stored record (and optionally the caller's
 /// copy) end to end: digest, chain link, inclusion in the newest checkpoint, its signature.
 #[utoipa::path(post, path = "/integrity/verify/record", tag = "integrity", request_body = VerifyRecordBody,
-    responses((status = 200, description = "The verification report", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "The verification report", body = RecordVerification, content_type = "application/json")))]
 pub async fn verify_record(
     principal: Principal,
     State(db): State<PgPool>,
@@ -468,7 +602,7 @@ pub async fn verify_record(
         Err(e) => check("chainLink", false, e.to_string()),
     });
     let cp = checkpoint_for(&db, &p, None).await?;
-    let mut proof_answer = Value::Null;
+    let mut proof_answer = None;
     match cp.filter(|c| c.size() > r.chain_index as u64) {
         None => checks.push(check(
             "inclusion",
@@ -484,7 +618,7 @@ pub async fn verify_record(
                         format!("leaf {} of the tree of {} records", proof.index, cp.size()),
                     ));
                     let clearance = crate::redact::Clearance::of(&bus, &principal).await?;
-                    proof_answer = proof_json(&record_view(&r, &clearance)?, &proof, &cp);
+                    proof_answer = Some(record_proof_of(record_view(&r, &clearance)?, &proof, &cp));
                 }
                 Err(e) => checks.push(check("inclusion", false, e.detail)),
             }
@@ -499,16 +633,15 @@ pub async fn verify_record(
             });
         }
     }
-    let verified = checks.iter().all(|c| c["ok"] == true);
-    Ok(Json(json!({
-        "verified": verified,
-        "recordId": r.record_id,
-        "tenantId": r.tenant_id,
-        "sourceId": r.source_id,
-        "chainIndex": r.chain_index,
-        "checks": checks,
-        "proof": proof_answer,
-    }))
+    Ok(Json(RecordVerification {
+        verified: checks.iter().all(|c| c.ok),
+        record_id: r.record_id.clone(),
+        tenant_id: r.tenant_id.clone(),
+        source_id: r.source_id.clone(),
+        chain_index: r.chain_index,
+        checks,
+        proof: proof_answer,
+    })
     .into_response())
 }
 
@@ -527,7 +660,7 @@ pub struct VerifyRangeBody {
 /// stored: every digest, every chain link, every leaf against the stored tree, and the tree's
 /// root against the newest signed checkpoint.
 #[utoipa::path(post, path = "/integrity/verify/range", tag = "integrity", request_body = VerifyRangeBody,
-    responses((status = 200, description = "The verification report (enterprise edition)", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "The verification report (enterprise edition)", body = RangeVerification, content_type = "application/json")))]
 pub async fn verify_range(
     principal: Principal,
     State(db): State<PgPool>,
@@ -636,20 +769,19 @@ pub async fn verify_range(
         ),
         Err(e) => check("checkpointSignature", false, e.to_string()),
     });
-    let verified = checks.iter().all(|c| c["ok"] == true);
-    Ok(Json(json!({
-        "verified": verified,
-        "tenantId": tenant,
-        "sourceId": p.source.as_str(),
-        "fromIndex": from,
-        "toIndex": to,
-        "checked": checked,
-        "firstFailure": first_failure,
-        "checks": checks,
-        "treeSize": cp.size(),
-        "rootHash": B64.encode(signed_root.0),
-        "checkpoint": cp.note,
-    }))
+    Ok(Json(RangeVerification {
+        verified: checks.iter().all(|c| c.ok),
+        tenant_id: tenant.clone(),
+        source_id: p.source.to_string(),
+        from_index: from,
+        to_index: to,
+        checked,
+        first_failure,
+        checks,
+        tree_size: cp.size(),
+        root_hash: B64.encode(signed_root.0),
+        checkpoint: cp.note.clone(),
+    })
     .into_response())
 }
 
@@ -662,7 +794,7 @@ struct RangeWalk {
     expected: u64,
     prev: Option<Digest>,
     checked: u64,
-    first_failure: Option<Value>,
+    first_failure: Option<RangeFailure>,
     /// The walk cannot go on (a record that does not parse, a record out of sequence).
     stopped: bool,
 }
@@ -748,7 +880,7 @@ impl RangeWalk {
     }
 
     /// The records checked and the first failure, a missing record at the end included.
-    fn finish(mut self, to: u64) -> (u64, Option<Value>) {
+    fn finish(mut self, to: u64) -> (u64, Option<RangeFailure>) {
         if self.expected < to && self.first_failure.is_none() {
             note_failure(
                 &mut self.first_failure,
@@ -763,11 +895,14 @@ impl RangeWalk {
 
 /// `GET /integrity/keys`: every checkpoint signing key ever used, as a JWKS. Public: verifying
 /// needs no account.
-#[utoipa::path(get, path = "/integrity/keys", tag = "integrity", security(()),
-    responses((status = 200, description = "The published checkpoint signing keys (JWKS)", body = serde_json::Value, content_type = "application/json")))]
+#[utoipa::path(get, operation_id = "checkpoint_keys", path = "/integrity/keys", tag = "integrity", security(()),
+    responses((status = 200, description = "The published checkpoint signing keys (JWKS)", body = crate::openapi::JwksSchema, content_type = "application/json")))]
 pub async fn keys(State(bus): State<Bus>) -> Result<Response, Problem> {
     let keys = signing_keys::list(&bus.signing_keys)
         .await
         .map_err(|e| Problem::unavailable("the signing-key registry", e))?;
-    Ok(Json(json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })).into_response())
+    Ok(Json(atp_core::keys::Jwks {
+        keys: keys.iter().map(|k| k.jwk()).collect(),
+    })
+    .into_response())
 }

@@ -160,6 +160,7 @@ fn api_routes() -> OpenApiRouter<GatewayState> {
         .routes(routes!(policy::get_policy, policy::put_policy))
         .routes(routes!(policy::evaluate_event))
         .routes(routes!(policy::policy_schema))
+        .routes(routes!(openapi::audit_data_schema))
         .routes(routes!(privacy::request_access))
         .routes(routes!(privacy::request_erasure))
         .routes(routes!(privacy::request_status))

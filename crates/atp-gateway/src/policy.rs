@@ -449,7 +449,7 @@ static SCHEMA: LazyLock<Value> = LazyLock::new(core_policy::schema);
 /// `GET /policy/schema`: the JSON Schema (2020-12) of a policy document, for editors and
 /// client generators. Any authenticated caller.
 #[utoipa::path(get, path = "/policy/schema", tag = "policy",
-    responses((status = 200, description = "The JSON Schema (2020-12) of a policy document", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "The JSON Schema (2020-12) of a policy document", body = crate::openapi::JsonSchemaDoc, content_type = "application/json")))]
 pub async fn policy_schema(_principal: Principal) -> Json<Value> {
     Json(SCHEMA.clone())
 }

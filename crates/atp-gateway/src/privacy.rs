@@ -31,6 +31,7 @@ const MAX_TEXT: usize = 1024;
 /// A data-subject request as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = PrivacyRequest)]
 pub struct RequestView {
     pub request_id: String,
     /// `access` or `erasure`.
@@ -189,7 +190,7 @@ fn view(r: store::PrivacyRequest, attestation_record_id: Option<String>) -> Requ
 
 /// `GET /privacy/requests/{requestId}`.
 #[utoipa::path(get, path = "/privacy/requests/{request_id}", tag = "privacy",
-    params(("request_id" = String, Path)),
+    params(("request_id" = String, Path, description = "The request's id (`requestId`)")),
     responses((status = 200, description = "The request's progress", body = RequestView, content_type = "application/json")))]
 pub async fn request_status(
     principal: Principal,
@@ -272,7 +273,7 @@ async fn trail(bus: &Bus, principal: &Principal, action: &str, hold: &LegalHold)
 
 /// `POST /legal-holds`.
 #[utoipa::path(post, path = "/legal-holds", tag = "privacy", request_body = NewHold,
-    responses((status = 201, description = "The hold, in force", body = Object, content_type = "application/json")))]
+    responses((status = 201, description = "The hold, in force", body = crate::openapi::LegalHoldSchema, content_type = "application/json")))]
 pub async fn create_hold(
     principal: Principal,
     State(db): State<PgPool>,
@@ -331,9 +332,16 @@ pub struct HoldsParams {
     all: Option<bool>,
 }
 
+/// The tenant's legal holds, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct HoldList {
+    #[schema(value_type = Vec<crate::openapi::LegalHoldSchema>)]
+    items: Vec<LegalHold>,
+}
+
 /// `GET /legal-holds`.
 #[utoipa::path(get, path = "/legal-holds", tag = "privacy", params(HoldsParams),
-    responses((status = 200, description = "The tenant's holds, newest first: `{items}`", body = Object, content_type = "application/json")))]
+    responses((status = 200, description = "The tenant's holds, newest first", body = HoldList, content_type = "application/json")))]
 pub async fn list_holds(
     principal: Principal,
     State(db): State<PgPool>,
@@ -346,13 +354,13 @@ pub async fn list_holds(
     let items = store::holds(&db, &tenant, p.all.unwrap_or(false))
         .await
         .map_err(|e| Problem::from(e).tenant(&tenant))?;
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    Ok(Json(HoldList { items }).into_response())
 }
 
 /// `DELETE /legal-holds/{holdId}`: releases the hold.
 #[utoipa::path(delete, path = "/legal-holds/{hold_id}", tag = "privacy",
-    params(("hold_id" = String, Path)),
-    responses((status = 200, description = "The released hold", body = Object, content_type = "application/json")))]
+    params(("hold_id" = String, Path, description = "The hold's id (`holdId`)")),
+    responses((status = 200, description = "The released hold", body = crate::openapi::LegalHoldSchema, content_type = "application/json")))]
 pub async fn release_hold(
     principal: Principal,
     State(db): State<PgPool>,

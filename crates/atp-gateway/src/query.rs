@@ -13,9 +13,10 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 use crate::Bus;
 use crate::auth::{Permission, Principal};
@@ -30,51 +31,131 @@ pub(crate) const READERS: [Permission; 3] =
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RecordsParams {
+    /// Records whose event time (`occurredAt`) is at or after this (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Records whose event time is before this (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Records of this source only.
     source_id: Option<String>,
+    /// Exact match on `data.actor.id`.
     actor_id: Option<String>,
+    /// Exact match on `data.action`.
     action: Option<String>,
+    /// Exact match on `data.resource.type`.
     resource_type: Option<String>,
+    /// Exact match on `data.resource.id`.
     resource_id: Option<String>,
+    /// Free text: a case-insensitive substring of the values of `data.attributes` (not the
+    /// actor, action or resource: filter those exactly). Values the caller may not read in
+    /// clear are not searched.
     q: Option<String>,
+    /// Records per page, 1 to 1000 (default 100).
     limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// A record as the API shows it. The record itself is embedded byte for byte as stored, after
-/// checking those bytes still hash to the stored digest: altered data is never served.
-/// A record as the API serves it. The record itself is passed through as the stored bytes
-/// (`RawValue`), never parsed into a tree and printed again: that round trip was most of what
-/// a page of records cost the gateway.
-#[derive(Debug, serde::Serialize)]
+/// A record, served only after its stored bytes were checked against its digest: altered
+/// data is never served.
+// The record itself is passed through as the stored bytes (`RawValue`), never parsed into a
+// tree and printed again: that round trip was most of what a page of records cost the gateway.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct RecordView {
+#[schema(as = Record)]
+pub struct RecordView {
+    /// The record's id (a ULID): what `/audit/records/{recordId}` and its proof take.
     pub record_id: String,
     pub tenant_id: String,
     pub source_id: String,
+    /// Its place in the source's hash chain, from 0.
     pub chain_index: i64,
+    /// `sha256:<hex>` of the record's canonical bytes (CONTRACT §3).
     pub digest: String,
+    /// `sha256:<hex>`: SHA-256(prevHash ‖ digest).
     pub chain_hash: String,
+    /// The event's `time` (RFC 3339, UTC).
     pub occurred_at: String,
+    /// When ingest committed the record (RFC 3339, UTC).
     pub committed_at: String,
-    /// The record as stored, byte for byte, unless `redacted`.
+    /// The record as stored (CONTRACT §3), byte for byte, unless `redacted`.
+    #[schema(value_type = Object)]
     pub record: Box<RawValue>,
     /// The record holds values stored in clear that the caller may not read: `record` shows
     /// them redacted, and so no longer hashes to `digest`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     pub redacted: bool,
     /// The event's `data` as the caller may see it (CONTRACT §8): each value in clear,
     /// `{"redacted": "<classification>"}` or `{"erased": true}`.
+    #[schema(value_type = Object)]
     pub data: Value,
 }
 
-/// A page of answers, newest first.
-#[derive(Debug, serde::Serialize)]
+/// A page of records, newest first.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PageView<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
+pub struct RecordPage {
+    pub items: Vec<RecordView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A refused submission: why, and the bytes as received (redacted as for any reader).
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Rejection)]
+pub struct RejectionView {
+    pub source_id: String,
+    /// The reason code (CONTRACT §6), e.g. `SIGNATURE_INVALID`.
+    pub reason: String,
+    pub detail: String,
+    /// The event's `id`, when it could be read.
+    pub event_id: Option<String>,
+    /// The submission's sequence on the ingress stream.
+    pub ingress_seq: i64,
+    pub received_at: String,
+    pub rejected_at: String,
+    /// `json` when `event` is the submission as JSON, `base64` when it was not JSON.
+    pub event_encoding: Option<String>,
+    /// The submission as received: JSON with the values the caller may not read redacted,
+    /// or a base64 string when it was not JSON.
+    #[schema(value_type = Option<Value>)]
+    pub event: Option<Value>,
+}
+
+/// A page of rejections, newest first.
+#[derive(Debug, serde::Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionPage {
+    pub items: Vec<RejectionView>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// One of a source's producer keys.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ProducerKey)]
+pub struct ProducerKeyView {
+    source_id: String,
+    /// The CloudEvents `source` the producer's events carry.
+    source_uri: String,
+    key_id: String,
+    /// Always `Ed25519`.
+    algorithm: String,
+    /// The raw 32-byte public key, base64.
+    public_key: String,
+    created_at: String,
+    revoked_at: Option<String>,
+    revoked: bool,
+}
+
+/// The tenant's producer keys, every source's, revoked ones included.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerKeys {
+    tenant_id: String,
+    keys: Vec<ProducerKeyView>,
 }
 
 /// The record, after checking its bytes against their stored digest.
@@ -220,7 +301,10 @@ fn with_headers(mut resp: Response, headers: Vec<(&'static str, String)>) -> Res
 }
 
 #[utoipa::path(get, path = "/audit/records", tag = "audit", params(RecordsParams),
-    responses((status = 200, description = "A page of records, newest first: `{items, nextCursor}`", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "A page of records, newest first",
+        headers(("X-Watermark" = String, description = "The commit time of the newest record the read model holds"),
+            ("X-Lag" = String, description = "Seconds the read model is behind the ledger")),
+        body = RecordPage, content_type = "application/json")))]
 pub async fn list_records(
     principal: Principal,
     State(bus): State<Bus>,
@@ -265,7 +349,7 @@ pub async fn list_records(
         .iter()
         .map(|r| record_view(r, &clearance))
         .collect::<Result<Vec<_>, _>>()?;
-    let resp = Json(PageView {
+    let resp = Json(RecordPage {
         items,
         next_cursor: page.next_cursor,
     })
@@ -274,8 +358,8 @@ pub async fn list_records(
 }
 
 #[utoipa::path(get, path = "/audit/records/{record_id}", tag = "audit",
-    params(("record_id" = String, Path)),
-    responses((status = 200, description = "One record", body = serde_json::Value, content_type = "application/json")))]
+    params(("record_id" = String, Path, description = "The record's id (`recordId`)")),
+    responses((status = 200, description = "One record", body = RecordView, content_type = "application/json")))]
 pub async fn get_record(
     principal: Principal,
     State(bus): State<Bus>,
@@ -296,16 +380,22 @@ pub async fn get_record(
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RejectionsParams {
+    /// Rejections of this source only.
     source_id: Option<String>,
+    /// Rejections with this reason code only (e.g. `SIGNATURE_INVALID`).
     reason: Option<String>,
+    /// Rejected at or after this (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Rejected before this (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Rejections per page, 1 to 1000 (default 100).
     limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/audit/rejections", tag = "audit", params(RejectionsParams),
-    responses((status = 200, description = "A page of refused submissions with their reason, newest first: `{items, nextCursor}`; at most `limit` items and about 4 MiB of them, so a page may hold fewer than `limit` and still have a `nextCursor`", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "A page of refused submissions with their reason, newest first: `{items, nextCursor}`; at most `limit` items and about 4 MiB of them, so a page may hold fewer than `limit` and still have a `nextCursor`", body = RejectionPage, content_type = "application/json")))]
 pub async fn list_rejections(
     principal: Principal,
     State(bus): State<Bus>,
@@ -335,35 +425,42 @@ pub async fn list_rejections(
     let page = query::rejections(&db, &tenant, &filter)
         .await
         .map_err(Problem::from)?;
-    let items: Vec<Value> = page
+    let items = page
         .items
         .iter()
         .map(|r| {
             let envelope: Value = serde_json::from_slice(&r.envelope).unwrap_or(Value::Null);
-            json!({
-                "sourceId": r.source_id,
-                "reason": r.reason,
-                "detail": r.detail,
-                "eventId": r.event_id,
-                "ingressSeq": r.ingress_seq,
-                "receivedAt": atp_core::record::timestamp(r.received_at),
-                "rejectedAt": atp_core::record::timestamp(r.rejected_at),
-                "eventEncoding": envelope.get("eventEncoding"),
-                "event": redact::submission(
+            RejectionView {
+                source_id: r.source_id.clone(),
+                reason: r.reason.clone(),
+                detail: r.detail.clone(),
+                event_id: r.event_id.clone(),
+                ingress_seq: r.ingress_seq,
+                received_at: atp_core::record::timestamp(r.received_at),
+                rejected_at: atp_core::record::timestamp(r.rejected_at),
+                event_encoding: envelope
+                    .get("eventEncoding")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                event: redact::submission(
                     envelope.get("event"),
                     envelope.get("eventEncoding"),
                     &r.source_id,
                     &policy,
                     &clearance,
                 ),
-            })
+            }
         })
         .collect();
-    Ok(Json(json!({ "items": items, "nextCursor": page.next_cursor })).into_response())
+    Ok(Json(RejectionPage {
+        items,
+        next_cursor: page.next_cursor,
+    })
+    .into_response())
 }
 
 #[utoipa::path(get, path = "/producers/keys", tag = "audit",
-    responses((status = 200, description = "The tenant's producer keys", body = serde_json::Value, content_type = "application/json")))]
+    responses((status = 200, description = "The tenant's producer keys", body = ProducerKeys, content_type = "application/json")))]
 pub async fn producer_keys(
     principal: Principal,
     State(bus): State<Bus>,
@@ -375,17 +472,24 @@ pub async fn producer_keys(
     let mut keys = Vec::new();
     for r in regs {
         for k in &r.keys {
-            keys.push(json!({
-                "sourceId": r.source_id,
-                "sourceUri": r.source_uri,
-                "keyId": k.key_id,
-                "algorithm": "Ed25519",
-                "publicKey": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, k.public_key),
-                "createdAt": atp_core::record::timestamp(k.created_at),
-                "revokedAt": k.revoked_at.map(atp_core::record::timestamp),
-                "revoked": k.revoked_at.is_some(),
-            }));
+            keys.push(ProducerKeyView {
+                source_id: r.source_id.to_string(),
+                source_uri: r.source_uri.clone(),
+                key_id: k.key_id.clone(),
+                algorithm: "Ed25519".to_owned(),
+                public_key: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    k.public_key,
+                ),
+                created_at: atp_core::record::timestamp(k.created_at),
+                revoked_at: k.revoked_at.map(atp_core::record::timestamp),
+                revoked: k.revoked_at.is_some(),
+            });
         }
     }
-    Ok(Json(json!({ "tenantId": principal.tenant, "keys": keys })).into_response())
+    Ok(Json(ProducerKeys {
+        tenant_id: principal.tenant.to_string(),
+        keys,
+    })
+    .into_response())
 }

@@ -35,8 +35,8 @@ pub struct WebhookQuery {
     tenant: String,
 }
 
-#[utoipa::path(post, path = "/ingest/webhooks/{source_id}", tag = "audit", security(()),
-    request_body(content = serde_json::Value, content_type = "application/json",
+#[utoipa::path(post, operation_id = "ingest_webhook", path = "/ingest/webhooks/{source_id}", tag = "audit", security(()),
+    request_body(content = crate::openapi::AppendBody, content_type = "application/json",
         description = "The short form `{id?, actor, action, resource, ...}` (its `sourceId`, if given, must be the path's) or a CloudEvent of the source; without an `id`, the `webhook-id` is the event's id"),
     params(
         ("source_id" = String, Path, description = "The source, registered with a webhook secret (`atp producer add --webhook-secret`) or producer keys"),
@@ -47,9 +47,9 @@ pub struct WebhookQuery {
         ("Prefer" = Option<String>, Header, description = "`wait=<seconds>` (at most 30): answer once the record is queryable"),
     ),
     responses(
-        (status = 200, description = "A repeat of a recorded event: its record, with `idempotent: true`", body = serde_json::Value, content_type = "application/json"),
-        (status = 201, description = "The record (with `Prefer: wait`)", body = serde_json::Value, content_type = "application/json"),
-        (status = 202, description = "Accepted: on the ingress stream", body = serde_json::Value, content_type = "application/json"),
+        (status = 200, description = "A repeat of a recorded event: its record, with `idempotent: true`", body = crate::append::Appended, content_type = "application/json"),
+        (status = 201, description = "The record (with `Prefer: wait`)", body = crate::append::Appended, content_type = "application/json"),
+        (status = 202, description = "Accepted: on the ingress stream", body = crate::append::Accepted, content_type = "application/json"),
     ))]
 pub async fn ingest(
     State(state): State<GatewayState>,

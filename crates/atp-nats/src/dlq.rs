@@ -50,8 +50,9 @@ pub async fn publish(js: &Context, letter: &DeadLetter) -> Result<u64, DlqError>
 }
 
 /// What a replay did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "DeadLetterReplay")]
 pub struct Replay {
     /// `replayed` (the message is handled now) or `failed` (it still cannot be).
     pub outcome: String,
@@ -68,8 +69,9 @@ impl Replay {
 }
 
 /// A letter, where it is, and its last replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "DeadLetterEntry")]
 pub struct Entry {
     pub seq: u64,
     pub letter: DeadLetter,

@@ -23,8 +23,9 @@ use sqlx::PgPool;
 use atp_core::deadletter::EXPORT_ATTEMPTS_EXHAUSTED;
 
 /// What a replay of one letter did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "ReplayOutcome")]
 pub enum Outcome {
     /// The message is handled now.
     Replayed,
@@ -36,8 +37,10 @@ pub enum Outcome {
     WouldReplay,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One letter's replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "ReplayResult")]
 pub struct Replayed {
     pub seq: u64,
     pub outcome: Outcome,

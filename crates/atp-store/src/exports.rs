@@ -14,7 +14,7 @@ use crate::StoreError;
 use crate::query::{Readable, Selection};
 
 /// Where an export is (the `exports.status` column and the API's `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportStatus {
     Queued,

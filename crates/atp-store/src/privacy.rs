@@ -294,7 +294,7 @@ pub async fn forget_rejections_of(
 }
 
 /// A legal hold as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LegalHold {
     #[serde(skip)]

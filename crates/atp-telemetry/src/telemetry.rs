@@ -79,7 +79,13 @@ impl Drop for Telemetry {
 /// Installs the process's subscriber: JSON logs filtered by `$ATP_LOG` (default `info`), and
 /// OTLP span export when an endpoint is configured.
 pub fn init() -> Telemetry {
-    let filter = EnvFilter::try_from_env("ATP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default("info")
+}
+
+/// As [`init`], logging at `level` (an `EnvFilter` directive) unless `ATP_LOG` says otherwise:
+/// one-shot commands log warnings and errors only, their answer being on stdout.
+pub fn init_with_default(level: &str) -> Telemetry {
+    let filter = EnvFilter::try_from_env("ATP_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let logs = tracing_subscriber::fmt::layer()
         .fmt_fields(JsonFields::new())
         .event_format(JsonLine)

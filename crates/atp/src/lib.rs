@@ -3,6 +3,7 @@
 //! same entry point as `atp serve`. (The benchmarks are `atp-bench`, outside the product.)
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod dev;
 pub mod dlq;

@@ -11,8 +11,21 @@ use clap::Parser as _;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes: 0 done (and verified), 1 a check failed (a bundle, chain or record that does
+/// not verify; letters that still fail; an export that failed), 2 the command could not run
+/// (bad arguments, a file or server it could not reach) — as `diff` and `grep` use them.
+const COULD_NOT_RUN: u8 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let _telemetry = atp_telemetry::telemetry::init();
-    atp::cli::Cli::parse().run().await
+async fn main() -> ExitCode {
+    let cli = atp::cli::Cli::parse();
+    let quiet = if cli.is_service() { "info" } else { "warn" };
+    let _telemetry = atp_telemetry::telemetry::init_with_default(quiet);
+    match cli.run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("atp: {e:#}");
+            ExitCode::from(COULD_NOT_RUN)
+        }
+    }
 }

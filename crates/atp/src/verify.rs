@@ -105,6 +105,13 @@ pub async fn chain(js: &Context, p: &PartitionKey, keys: &[String]) -> anyhow::R
             walk.size()
         ));
     }
+    // Nothing to vouch for is not a chain that verifies: a mistyped tenant or source, or a
+    // ledger emptied under the checkpoints, must not pass.
+    if walk.size() == 0 && problems.is_empty() {
+        problems.push(format!(
+            "the ledger holds no record of {p}: an unknown or empty partition verifies nothing"
+        ));
+    }
     Ok(ChainReport {
         ok: problems.is_empty(),
         tenant_id: p.tenant.to_string(),

@@ -9,12 +9,14 @@ use clap::{Parser, Subcommand};
 
 mod dev;
 mod dlq;
+mod export;
 mod keys;
 mod migrate;
 mod nats;
 mod openapi;
 mod producer;
 mod publish;
+mod records;
 mod relay;
 mod replay;
 mod retention;
@@ -88,11 +90,37 @@ enum Command {
     /// ledger, or one record with its proof.
     #[command(args_conflicts_with_subcommands = true)]
     Verify(verify::Args),
+    /// Search records and fetch them with their proofs, through the gateway (ATP_URL,
+    /// ATP_TOKEN).
+    Records {
+        #[command(subcommand)]
+        action: records::Records,
+    },
+    /// Submissions ATP refused, through the gateway (ATP_URL, ATP_TOKEN).
+    Rejections {
+        #[command(subcommand)]
+        action: records::Rejections,
+    },
+    /// Signed export bundles, through the gateway (ATP_URL, ATP_TOKEN).
+    Export {
+        #[command(subcommand)]
+        action: export::Export,
+    },
+    /// Print a shell completion script, e.g. `atp completions bash > /etc/bash_completion.d/atp`.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (atp.1 and one per command) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, default_value = "man")]
+        dir: PathBuf,
+    },
 }
 
 impl Cli {
     /// Runs the command. A command whose check fails (a bundle that does not verify, letters
-    /// that still fail) exits 1 after printing its report.
+    /// that still fail, an export that failed) exits 1 after printing its report; a command
+    /// that could not run (bad input, a server that does not answer) returns the error, which
+    /// `main` prints and exits 2 with, as `diff` and `grep` do.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let done = ExitCode::SUCCESS;
         match self.command {
@@ -111,7 +139,50 @@ impl Cli {
             Command::Relay { action } => relay::run(action).await.map(|()| done),
             Command::Keys { action } => keys::run(action).await.map(|()| done),
             Command::Verify(args) => verify::run(args).await,
+            Command::Records { action } => records::run_records(action).await,
+            Command::Rejections { action } => records::run_rejections(action).await,
+            Command::Export { action } => export::run(action).await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "atp", &mut std::io::stdout());
+                Ok(done)
+            }
+            Command::Man { dir } => {
+                std::fs::create_dir_all(&dir)?;
+                clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
+                eprintln!("man pages written to {}", dir.display());
+                Ok(done)
+            }
         }
+    }
+
+    /// Whether the command runs until stopped (a service, whose INFO lines are its story) or
+    /// once (whose answer is on stdout, and whose logs are only warnings and errors).
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Serve(_) | Command::Dev(_) | Command::Relay { .. }
+        )
+    }
+}
+
+/// Where the gateway is. The caller's bearer token comes from `ATP_TOKEN` only, never an
+/// argument, so that it stays out of shell history and process lists (`atp token mint` makes
+/// a dev one).
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "ATP_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<crate::api::ApiClient> {
+        let token = std::env::var("ATP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("set ATP_TOKEN to a bearer token for the gateway"))?;
+        Ok(crate::api::ApiClient::new(&self.url, &token)?)
     }
 }
 

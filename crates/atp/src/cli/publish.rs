@@ -1,10 +1,12 @@
-//! `atp publish`: sign sample events and publish them straight to NATS, as a producer would.
+//! `atp publish`: sign sample events and publish them straight to NATS, as a producer would;
+//! with `--wait`, through the gateway, printing each event's record id once it is queryable.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use atp_producer::{AuditEvent, NatsPublisher, Producer, Signer, Source};
+use atp_producer::{AuditEvent, HttpPublisher, NatsPublisher, Outcome, Producer, Signer, Source};
 
-use super::NatsArgs;
+use super::{ApiArgs, NatsArgs};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -27,12 +29,22 @@ pub(super) struct Args {
     #[arg(long, default_value = "UPDATE")]
     action: String,
     /// Publish without a signature (ATP refuses it: SIGNATURE_MISSING).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     unsigned: bool,
+    /// Send each signed event through the gateway (ATP_URL, with a producer token in
+    /// ATP_TOKEN) and wait until it is a queryable record: prints its record id.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     let source = Source::new(&args.tenant, &args.source, &args.source_uri)?;
+    if args.wait {
+        let producer = Producer::new(source, Signer::read_pem_file(&args.key, &args.key_id)?);
+        return publish_and_wait(&args, &producer).await;
+    }
     let client = args.nats.client().await?;
     if args.unsigned {
         return publish_unsigned(&args, &source, client).await;
@@ -40,20 +52,51 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
     let producer = Producer::new(source, Signer::read_pem_file(&args.key, &args.key_id)?);
     let nats = NatsPublisher::with_client(client, producer.source());
     for _ in 0..args.count {
-        let event = producer.sign(
-            AuditEvent::new("com.example.audit")
-                .actor(&args.actor, "user")
-                .action(&args.action)
-                .resource("Order", "4711")
-                .outcome("success")
-                .attribute("ip", "192.0.2.1"),
-        )?;
+        let event = producer.sign(sample(&args))?;
         let receipt = nats.publish(&event).await?;
         println!(
             "published {} (ingress seq {})",
             event.id(),
             receipt.ingress_seq
         );
+    }
+    Ok(())
+}
+
+fn sample(args: &Args) -> AuditEvent {
+    AuditEvent::new("com.example.audit")
+        .actor(&args.actor, "user")
+        .action(&args.action)
+        .resource("Order", "4711")
+        .outcome("success")
+        .attribute("ip", "192.0.2.1")
+}
+
+/// `--wait`: each event through the gateway with `Prefer: wait`, its record id printed (a
+/// repeat prints the record it repeats). An event accepted but not yet recorded when the wait
+/// runs out is an error: the caller asked for record ids.
+async fn publish_and_wait(args: &Args, producer: &Producer) -> anyhow::Result<()> {
+    let token = std::env::var("ATP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--wait sends through the gateway: set ATP_TOKEN"))?;
+    let http = HttpPublisher::new(&args.api.url, token)?.wait(Duration::from_secs(30));
+    for _ in 0..args.count {
+        let event = producer.sign(sample(args))?;
+        match http.append(&event).await? {
+            Outcome::Recorded(r) => println!(
+                "{}\t{} (chain index {}{})",
+                r.record_id,
+                event.id(),
+                r.chain_index,
+                if r.repeat { ", a repeat" } else { "" }
+            ),
+            Outcome::Accepted { .. } => anyhow::bail!(
+                "event {} was accepted but is not a record within 30 s: find it later with \
+                 `atp records list`, or its refusal with `atp rejections list`",
+                event.id()
+            ),
+        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `atp verify`: an export bundle offline, a partition's chain from the ledger, or one record
-//! with its proof. Prints the report; exits 1 when something does not verify.
+//! with its proof. Prints the report; exits 1 when something does not verify (a bundle checked
+//! against no trusted key included, unless `--allow-unanchored`), 2 when it could not check.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,10 @@ pub(super) struct Args {
     /// checked against the keys it carries (intact, but not anchored).
     #[arg(long = "key")]
     keys: Vec<String>,
+    /// Without --key, report an intact bundle as verified (exit 0) although its signing key
+    /// was not checked against one you trust.
+    #[arg(long)]
+    allow_unanchored: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -47,7 +52,7 @@ enum What {
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ok = match (args.what, args.bundle) {
-        (None, Some(bundle)) => verify_bundle(&bundle, &args.keys)?,
+        (None, Some(bundle)) => verify_bundle(&bundle, &args.keys, args.allow_unanchored)?,
         (None, None) => {
             anyhow::bail!("give a bundle (atp verify <bundle.tar>) or a subcommand (chain, record)")
         }
@@ -77,7 +82,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn verify_bundle(bundle: &std::path::Path, keys: &[String]) -> anyhow::Result<bool> {
+fn verify_bundle(
+    bundle: &std::path::Path,
+    keys: &[String],
+    allow_unanchored: bool,
+) -> anyhow::Result<bool> {
     let report = crate::verify::bundle(bundle, keys)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     match report.first() {
@@ -86,12 +95,22 @@ fn verify_bundle(bundle: &std::path::Path, keys: &[String]) -> anyhow::Result<bo
              trusted key",
             report.records_verified, report.disclosures_verified, report.checkpoints_verified
         ),
-        None => eprintln!(
+        None if allow_unanchored => eprintln!(
             "OK (not anchored): {} records, {} disclosed values and {} checkpoints are intact \
              and consistent, but no --key was given; compare signing-key.pem with GET \
              /api/v1/integrity/keys",
             report.records_verified, report.disclosures_verified, report.checkpoints_verified
         ),
+        None => {
+            eprintln!(
+                "NOT ANCHORED: {} records, {} disclosed values and {} checkpoints are intact and \
+                 consistent, but signed by a key nobody vouched for: give the log's key with \
+                 --key (a JWKS file as GET /api/v1/integrity/keys answers, a note verifier key \
+                 or a PEM public key), or pass --allow-unanchored",
+                report.records_verified, report.disclosures_verified, report.checkpoints_verified
+            );
+            return Ok(false);
+        }
         Some(f) => {
             eprintln!("FAILED [{}]: {}", f.code, f.message);
             return Ok(false);
