@@ -24,13 +24,30 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let https = forwarded_https(req.headers());
     REQUEST_ID
-        .scope(id, async move { secure(shape(next.run(req).await).await) })
+        .scope(id, async move {
+            secure(shape(next.run(req).await).await, https)
+        })
         .await
 }
 
+/// Whether the TLS-terminating proxy in front says the request came over HTTPS
+/// (`X-Forwarded-Proto: https`, its first value when proxies chained). The gateway itself
+/// speaks plain HTTP.
+fn forwarded_https(h: &axum::http::HeaderMap) -> bool {
+    h.get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// Sent only on answers to requests that came over HTTPS: over plain HTTP the header means
+/// nothing (RFC 6797 §8.1, a browser ignores it) and only claims a transport that is not there.
+const HSTS: (&str, &str) = ("strict-transport-security", "max-age=31536000");
+
 /// Headers every answer carries: nothing here is a page to frame, sniff, cache or refer from.
-const SECURITY_HEADERS: [(&str, &str); 6] = [
+const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     (
@@ -38,13 +55,13 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
         "default-src 'none'; frame-ancestors 'none'",
     ),
     ("referrer-policy", "no-referrer"),
-    ("strict-transport-security", "max-age=31536000"),
     ("cache-control", "no-store"),
 ];
 
-fn secure(mut resp: Response) -> Response {
+fn secure(mut resp: Response, https: bool) -> Response {
     let h = resp.headers_mut();
-    for (name, value) in SECURITY_HEADERS {
+    let hsts = https.then_some(HSTS);
+    for (name, value) in SECURITY_HEADERS.into_iter().chain(hsts) {
         if !h.contains_key(name) {
             h.insert(name, axum::http::HeaderValue::from_static(value));
         }
@@ -559,6 +576,34 @@ mod tests {
                 !p["detail"].as_str().unwrap().contains("32 bytes"),
                 "the store's reason is logged, not shown: {p}"
             );
+        }
+    }
+
+    #[test]
+    fn hsts_only_on_answers_to_requests_a_proxy_says_came_over_https() {
+        let headers = |proto: Option<&'static str>| {
+            let mut h = axum::http::HeaderMap::new();
+            if let Some(p) = proto {
+                h.insert("x-forwarded-proto", axum::http::HeaderValue::from_static(p));
+            }
+            h
+        };
+        for (proto, https) in [
+            (None, false),
+            (Some("http"), false),
+            (Some("https"), true),
+            (Some("HTTPS"), true),
+            (Some("https, http"), true),
+            (Some("http, https"), false),
+        ] {
+            assert_eq!(forwarded_https(&headers(proto)), https, "{proto:?}");
+            let resp = secure(Response::new(axum::body::Body::empty()), https);
+            assert_eq!(
+                resp.headers().contains_key("strict-transport-security"),
+                https,
+                "{proto:?}"
+            );
+            assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
         }
     }
 
