@@ -178,12 +178,16 @@ struct ApiArgs {
 
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<crate::api::ApiClient> {
-        let token = std::env::var("ATP_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("set ATP_TOKEN to a bearer token for the gateway"))?;
-        Ok(crate::api::ApiClient::new(&self.url, &token)?)
+        Ok(crate::api::ApiClient::new(&self.url, &bearer_token()?)?)
     }
+}
+
+/// The caller's bearer token for the gateway, from `ATP_TOKEN`.
+fn bearer_token() -> anyhow::Result<String> {
+    std::env::var("ATP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("set ATP_TOKEN to a bearer token for the gateway"))
 }
 
 /// Where NATS is and who ATP is there.

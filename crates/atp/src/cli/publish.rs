@@ -76,10 +76,7 @@ fn sample(args: &Args) -> AuditEvent {
 /// repeat prints the record it repeats). An event accepted but not yet recorded when the wait
 /// runs out is an error: the caller asked for record ids.
 async fn publish_and_wait(args: &Args, producer: &Producer) -> anyhow::Result<()> {
-    let token = std::env::var("ATP_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("--wait sends through the gateway: set ATP_TOKEN"))?;
+    let token = super::bearer_token()?;
     let http = HttpPublisher::new(&args.api.url, token)?.wait(Duration::from_secs(30));
     for _ in 0..args.count {
         let event = producer.sign(sample(args))?;
